@@ -1,0 +1,10 @@
+"""genre-se: music genre classification with a Squeeze-and-Excitation CNN over log-mel spectrograms.
+
+Importing the package is cheap: TensorFlow and librosa are imported only by the modules that need them.
+"""
+
+from .errors import AudioError, ConfigError, DatasetError, GenreSEError, ModelError
+
+__version__ = "0.1.0"
+
+__all__ = ["AudioError", "ConfigError", "DatasetError", "GenreSEError", "ModelError", "__version__"]

@@ -1,0 +1,345 @@
+"""Typed parameters, loaded from ``params.yaml`` and validated.
+
+Every section of ``params.yaml`` is a frozen dataclass. :func:`load_params` rejects unknown keys, wrong
+types and out-of-range values with a :class:`~genre_se.errors.ConfigError` that names the dotted key
+(``features.n_mels``), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+#: Per-block settings accept a scalar (same for every block) or one value per block.
+PerBlock = typing.Union[float, list]
+
+DEFAULT_GENRES = (
+    "blues",
+    "classical",
+    "country",
+    "disco",
+    "hiphop",
+    "jazz",
+    "metal",
+    "pop",
+    "reggae",
+    "rock",
+)
+
+
+def _require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the labelled audio is and how it is split."""
+
+    root: str = "data/corpus"
+    layout: Literal["auto", "gtzan", "folders", "manifest"] = "auto"
+    manifest: str | None = None
+    extensions: list = field(default_factory=lambda: ["wav", "au", "flac", "ogg", "mp3"])
+    split: Literal["stratified", "gtzan-fault-filtered"] = "stratified"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    def validate(self, p: str) -> None:
+        _require(bool(self.root), f"{p}.root", "must not be empty")
+        _require(0.0 <= self.val_fraction < 1.0, f"{p}.val_fraction", "must be in [0, 1)")
+        _require(0.0 < self.test_fraction < 1.0, f"{p}.test_fraction", "must be in (0, 1)")
+        _require(
+            self.val_fraction + self.test_fraction < 1.0,
+            f"{p}.val_fraction",
+            "val_fraction + test_fraction must be < 1 (something must be left to train on)",
+        )
+        _require(len(self.extensions) > 0, f"{p}.extensions", "must list at least one extension")
+        _require(
+            self.layout != "manifest" or bool(self.manifest),
+            f"{p}.manifest",
+            "must be set when layout is 'manifest'",
+        )
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The built-in default corpus: synthetic but musically structured clips per genre."""
+
+    genres: list = field(default_factory=lambda: list(DEFAULT_GENRES))
+    clips_per_genre: int = 12
+    clip_seconds: float = 8.0
+    sample_rate: int = 22050
+
+    def validate(self, p: str) -> None:
+        _require(len(self.genres) >= 2, f"{p}.genres", "needs at least two genres")
+        _require(len(set(self.genres)) == len(self.genres), f"{p}.genres", "has duplicates")
+        _require(self.clips_per_genre >= 1, f"{p}.clips_per_genre", "must be >= 1")
+        _require(0.5 <= self.clip_seconds <= 600, f"{p}.clip_seconds", "must be in [0.5, 600]")
+        _require(8000 <= self.sample_rate <= 192000, f"{p}.sample_rate", "must be in [8000, 192000]")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """The single log-mel + segmenting definition shared by training, evaluation and inference."""
+
+    sample_rate: int = 22050
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float | None = None
+    ref_power: float = 1.0
+    amin: float = 1e-10
+    segment_frames: int = 128
+    segment_hop: int = 64
+    workers: int = 2
+
+    def validate(self, p: str) -> None:
+        _require(8000 <= self.sample_rate <= 192000, f"{p}.sample_rate", "must be in [8000, 192000]")
+        _require(self.n_fft >= 16, f"{p}.n_fft", "must be >= 16")
+        _require(0 < self.hop_length <= self.n_fft, f"{p}.hop_length", "must be in (0, n_fft]")
+        _require(1 <= self.n_mels <= 512, f"{p}.n_mels", "must be in [1, 512]")
+        nyquist = self.sample_rate / 2
+        fmax = nyquist if self.fmax is None else self.fmax
+        _require(0.0 <= self.fmin < nyquist, f"{p}.fmin", f"must be in [0, {nyquist:g})")
+        _require(self.fmin < fmax <= nyquist, f"{p}.fmax", f"must be in (fmin, {nyquist:g}] or null")
+        _require(self.ref_power > 0, f"{p}.ref_power", "must be > 0")
+        _require(self.amin > 0, f"{p}.amin", "must be > 0")
+        _require(self.segment_frames >= 8, f"{p}.segment_frames", "must be >= 8")
+        _require(
+            1 <= self.segment_hop <= self.segment_frames,
+            f"{p}.segment_hop",
+            "must be in [1, segment_frames]",
+        )
+        _require(self.workers >= 1, f"{p}.workers", "must be >= 1")
+
+    @property
+    def segment_seconds(self) -> float:
+        """Duration covered by one segment."""
+        return self.segment_frames * self.hop_length / self.sample_rate
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The SE-CNN: per-block settings are a scalar or a list with one entry per block."""
+
+    filters: list = field(default_factory=lambda: [32, 64, 128, 256, 128])
+    kernel_size: PerBlock = 3
+    padding: Any = "same"
+    dropout: PerBlock = 0.25
+    batch_norm: bool = True
+    se: bool = True
+    reduction_ratios: PerBlock = 16
+    se_bias: bool = True
+    head: Literal["gap", "flatten"] = "gap"
+
+    def validate(self, p: str) -> None:
+        _require(len(self.filters) >= 1, f"{p}.filters", "needs at least one block")
+        for f in self.filters:
+            _require(isinstance(f, int) and f >= 1, f"{p}.filters", f"entries must be ints >= 1, got {f!r}")
+        for name in ("kernel_size", "padding", "dropout", "reduction_ratios"):
+            self.per_block(name, key=f"{p}.{name}")
+        for k in self.per_block("kernel_size", key=f"{p}.kernel_size"):
+            _require(isinstance(k, int) and k >= 1, f"{p}.kernel_size", f"must be ints >= 1, got {k!r}")
+        for pad in self.per_block("padding", key=f"{p}.padding"):
+            _require(pad in ("same", "valid"), f"{p}.padding", f"must be 'same' or 'valid', got {pad!r}")
+        for d in self.per_block("dropout", key=f"{p}.dropout"):
+            _require(0.0 <= d < 1.0, f"{p}.dropout", f"must be in [0, 1), got {d!r}")
+        for r in self.per_block("reduction_ratios", key=f"{p}.reduction_ratios"):
+            _require(
+                isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0,
+                f"{p}.reduction_ratios",
+                f"must be numbers > 0, got {r!r}",
+            )
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.filters)
+
+    def per_block(self, name: str, key: str | None = None) -> list:
+        """Expand setting ``name`` to one value per block, or raise ConfigError saying why not."""
+        value = getattr(self, name)
+        key = key or f"model.{name}"
+        if isinstance(value, (list, tuple)):
+            _require(
+                len(value) == self.n_blocks,
+                key,
+                f"has {len(value)} entries but the model has {self.n_blocks} blocks "
+                "(give a scalar or one value per block)",
+            )
+            return list(value)
+        return [value] * self.n_blocks
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    monitor: Literal["val_clip_accuracy", "val_loss"] = "val_clip_accuracy"
+    patience: int = 8
+    spec_augment: bool = False
+    mixup_alpha: float = 0.0
+
+    def validate(self, p: str) -> None:
+        _require(self.epochs >= 1, f"{p}.epochs", "must be >= 1")
+        _require(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
+        _require(0 < self.learning_rate < 1, f"{p}.learning_rate", "must be in (0, 1)")
+        _require(self.patience >= 1, f"{p}.patience", "must be >= 1")
+        _require(self.mixup_alpha >= 0, f"{p}.mixup_alpha", "must be >= 0 (0 turns mixup off)")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    enabled: bool = True
+    mode: Literal["shared", "per_block"] = "shared"
+    r_min: float = 8.0
+    r_max: float = 32.0
+    r_type: Literal["float", "int"] = "float"
+    max_trials: int = 4
+    executions_per_trial: int = 1
+    epochs: int = 3
+
+    def validate(self, p: str) -> None:
+        _require(self.r_min > 0, f"{p}.r_min", "must be > 0")
+        _require(self.r_max > self.r_min, f"{p}.r_max", "must be > r_min")
+        _require(self.max_trials >= 1, f"{p}.max_trials", "must be >= 1")
+        _require(self.executions_per_trial >= 1, f"{p}.executions_per_trial", "must be >= 1")
+        _require(self.epochs >= 1, f"{p}.epochs", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    folds: int = 1
+    aggregate: Literal["mean"] = "mean"
+
+    def validate(self, p: str) -> None:
+        _require(self.folds >= 1, f"{p}.folds", "must be >= 1 (1: the fixed train/valid/test split)")
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of ``params.yaml``."""
+
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def validate(self, p: str) -> None:
+        _require(self.seed >= 0, "seed", "must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the (simple) type ``hint``; ints are accepted where floats are."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is list or origin is list:
+        return isinstance(value, (list, tuple))
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def from_dict(cls: type, raw: Any, prefix: str = ""):
+    """Build dataclass ``cls`` from a mapping, checking keys, types and ranges."""
+    where = prefix or "params"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, key)
+            continue
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not _type_ok(value, hint):
+            raise ConfigError(f"{key}: expected {_describe(hint)}, got {value!r}")
+        if isinstance(value, tuple):
+            value = list(value)
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    obj.validate(prefix)
+    return obj
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Load and validate ``params.yaml``; ``overrides`` maps dotted keys to values (``{"train.epochs": 1}``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: parameter file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    return from_dict(Params, raw)
+
+
+def set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    """Set ``raw['a']['b'] = value`` for ``dotted == 'a.b'``, creating sections as needed."""
+    *parents, last = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+    node[last] = value

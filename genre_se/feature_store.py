@@ -1,0 +1,244 @@
+"""The feature store: every clip's log-mel segments in one memory-mappable float16 array.
+
+Layout of ``data/features/``::
+
+    segments.npy   (n_segments, n_mels, segment_frames, 1) float16, opened with mmap_mode="r"
+    segments.csv   one row per segment: segment, clip_id, label, label_index, split, [fold], start_frame, pad_frames
+    meta.json      store version, the FeatureConfig, the label order, shape
+
+The `features` stage computes clips in worker processes and writes each clip's segments to a shard in a
+cache directory as soon as it is done, so an interrupted run resumes where it stopped. The store itself is
+assembled from the shards and swapped in atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .config import FeatureConfig, Params
+from .errors import DatasetError, GenreSEError
+from .fileio import atomic_dir
+
+STORE_VERSION = 1
+STORE_DTYPE = np.float16
+
+
+def features_key(cfg: FeatureConfig) -> str:
+    """A short hash of everything that changes feature values (not ``workers``)."""
+    relevant = {k: v for k, v in cfg.to_dict().items() if k != "workers"}
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _shard_name(clip_id: str, path: str) -> str:
+    return hashlib.sha1(f"{clip_id}\0{path}".encode()).hexdigest()[:20] + ".npz"
+
+
+def _compute_shard(task: tuple[str, str, str, dict]) -> tuple[str, int, str | None]:
+    """Worker: segments of one clip -> shard file. Returns (clip_id, n_segments, error or None)."""
+    from .features import extract_segments
+
+    clip_id, path, shard, cfg_dict = task
+    cfg = FeatureConfig(**cfg_dict)
+    try:
+        segs = extract_segments(path, cfg)
+    except GenreSEError as exc:
+        return clip_id, 0, str(exc)
+    tmp = f"{shard}.{os.getpid()}.tmp.npz"
+    np.savez(
+        tmp,
+        data=segs.data.astype(STORE_DTYPE),
+        start_frames=segs.start_frames,
+        pad_frames=segs.pad_frames,
+    )
+    os.replace(tmp, shard)
+    return clip_id, len(segs), None
+
+
+@dataclass
+class FeatureStore:
+    """A read-only view of the store: ``segments`` is memory-mapped, nothing is loaded up front."""
+
+    root: Path
+    segments: np.ndarray
+    table: pd.DataFrame
+    labels: list[str]
+    features: FeatureConfig
+
+    @classmethod
+    def open(cls, root: str | Path = "data/features") -> "FeatureStore":
+        root = Path(root)
+        meta_path = root / "meta.json"
+        if not meta_path.exists():
+            raise DatasetError(f"{root}: no feature store here (run `genre-se features` first)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("store_version") != STORE_VERSION:
+                raise DatasetError(
+                    f"{root}: feature store version {meta.get('store_version')!r}, expected {STORE_VERSION}; "
+                    "run `genre-se features` again"
+                )
+            segments = np.load(root / "segments.npy", mmap_mode="r")
+            table = pd.read_csv(root / "segments.csv", keep_default_na=False)
+        except (OSError, ValueError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"{root}: corrupt feature store ({exc})") from None
+        if len(table) != len(segments):
+            raise DatasetError(f"{root}: segments.csv has {len(table)} rows but segments.npy {len(segments)}")
+        return cls(root, segments, table, list(meta["labels"]), FeatureConfig(**meta["features"]))
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.segments.shape[1:])
+
+    def rows(self, split: str | None = None, fold: int | None = None, exclude_fold: int | None = None) -> np.ndarray:
+        """Indices of the segments of one split (and/or fold), in store order."""
+        mask = np.ones(len(self.table), dtype=bool)
+        if split is not None:
+            mask &= (self.table["split"] == split).to_numpy()
+        if fold is not None:
+            mask &= (self.table["fold"] == fold).to_numpy()
+        if exclude_fold is not None:
+            mask &= (self.table["fold"] != exclude_fold).to_numpy()
+        return np.flatnonzero(mask)
+
+
+def build_store(
+    index: pd.DataFrame,
+    cfg: FeatureConfig,
+    out_dir: str | Path,
+    cache_dir: str | Path,
+    *,
+    workers: int | None = None,
+    progress: Callable | None = None,
+) -> tuple[FeatureStore, pd.DataFrame]:
+    """Compute (or resume) every usable clip's segments and assemble the store.
+
+    Parameters
+    ----------
+    index : DataFrame
+        The dataset index (``genre-se prepare``): clip_id, path, label, status, split[, fold].
+    progress : callable, optional
+        Wraps an iterable for a progress bar (e.g. ``functools.partial(tqdm, total=n)``).
+
+    Returns
+    -------
+    store, failures
+        The opened store and a table (clip_id, path, error) of clips that could not be decoded.
+    """
+    usable = index[(index["status"] == "ok") & (index["split"] != "excluded")].reset_index(drop=True)
+    if usable.empty:
+        raise DatasetError("the index has no readable clips to compute features for")
+    labels = sorted(usable["label"].unique())
+    cache = Path(cache_dir) / features_key(cfg)
+    cache.mkdir(parents=True, exist_ok=True)
+    shards = {row.clip_id: str(cache / _shard_name(row.clip_id, row.path)) for row in usable.itertuples()}
+    todo = [
+        (row.clip_id, row.path, shards[row.clip_id], cfg.to_dict())
+        for row in usable.itertuples()
+        if not Path(shards[row.clip_id]).exists()
+    ]
+    errors: dict[str, str] = {}
+    n_workers = max(1, min(workers or cfg.workers, len(todo) or 1))
+    if todo:
+        if n_workers == 1:
+            results = map(_compute_shard, todo)
+        else:
+            pool = ProcessPoolExecutor(n_workers, mp_context=get_context("fork" if os.name == "posix" else "spawn"))
+            results = pool.map(_compute_shard, todo, chunksize=1)
+        if progress is not None:
+            results = progress(results, total=len(todo))
+        try:
+            for clip_id, _, error in results:
+                if error:
+                    errors[clip_id] = error
+        finally:
+            if n_workers > 1:
+                pool.shutdown(cancel_futures=True)
+
+    ok = usable[~usable["clip_id"].isin(errors)].reset_index(drop=True)
+    failures = usable[usable["clip_id"].isin(errors)][["clip_id", "path"]].assign(
+        error=lambda f: f["clip_id"].map(errors)
+    )
+    _assemble(ok, shards, labels, cfg, out_dir)
+    shutil.rmtree(cache, ignore_errors=True)
+    return FeatureStore.open(out_dir), failures.reset_index(drop=True)
+
+
+def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: FeatureConfig, out_dir) -> None:
+    """Concatenate shards into segments.npy (memory-mapped, written in place) plus the tables."""
+    if clips.empty:
+        raise DatasetError("no clip could be decoded; nothing to store")
+    counts = []
+    for clip_id in clips["clip_id"]:
+        with np.load(shards[clip_id]) as z:
+            counts.append(len(z["start_frames"]))
+    total = int(sum(counts))
+    shape = (total, cfg.n_mels, cfg.segment_frames, 1)
+    label_index = {label: i for i, label in enumerate(labels)}
+    with atomic_dir(out_dir) as tmp:
+        array = np.lib.format.open_memmap(tmp / "segments.npy", mode="w+", dtype=STORE_DTYPE, shape=shape)
+        rows = []
+        pos = 0
+        for clip, count in zip(clips.itertuples(), counts):
+            with np.load(shards[clip.clip_id]) as z:
+                array[pos : pos + count] = z["data"]
+                for start, pad in zip(z["start_frames"], z["pad_frames"]):
+                    row = {
+                        "segment": pos,
+                        "clip_id": clip.clip_id,
+                        "label": clip.label,
+                        "label_index": label_index[clip.label],
+                        "split": clip.split,
+                        "start_frame": int(start),
+                        "pad_frames": int(pad),
+                    }
+                    if "fold" in clips.columns:
+                        row["fold"] = int(clip.fold)
+                    rows.append(row)
+                    pos += 1
+        array.flush()
+        del array
+        pd.DataFrame(rows).to_csv(tmp / "segments.csv", index=False)
+        meta = {
+            "store_version": STORE_VERSION,
+            "features": cfg.to_dict(),
+            "features_key": features_key(cfg),
+            "labels": labels,
+            "shape": list(shape),
+            "dtype": np.dtype(STORE_DTYPE).name,
+            "n_clips": int(len(clips)),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def run_features(
+    params: Params,
+    index_path: str | Path = "data/index.csv",
+    out_dir: str | Path = "data/features",
+    cache_dir: str | Path = "data/features-cache",
+    errors_path: str | Path = "reports/features_errors.csv",
+    progress: Callable | None = None,
+) -> tuple[FeatureStore, pd.DataFrame]:
+    """The `genre-se features` stage: index -> feature store, plus a CSV of clips that failed to decode."""
+    from .fileio import write_csv
+
+    index_path = Path(index_path)
+    if not index_path.exists():
+        raise DatasetError(f"{index_path}: no dataset index (run `genre-se prepare` first)")
+    index = pd.read_csv(index_path, keep_default_na=False)
+    missing = {"clip_id", "path", "label", "status", "split"} - set(index.columns)
+    if missing:
+        raise DatasetError(f"{index_path}: index lacks columns {sorted(missing)}")
+    store, failures = build_store(index, params.features, out_dir, cache_dir, progress=progress)
+    write_csv(errors_path, failures)
+    return store, failures

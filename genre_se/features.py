@@ -1,0 +1,304 @@
+"""The one feature definition: log-mel spectrogram, cut into fixed-length segments.
+
+Training, evaluation, prediction and embedding all call this module with the :class:`FeatureConfig`
+that travels with the model, so features cannot drift between them.
+
+Definition (equal to ``librosa.power_to_db(librosa.feature.melspectrogram(y, center=True,
+pad_mode="constant"), ref=ref_power, amin=amin, top_db=None)``):
+
+* frame ``t`` is the window of ``n_fft`` samples centred on sample ``t * hop_length`` (zeros outside the
+  signal), Hann-windowed; a signal of ``n`` samples has ``1 + n // hop_length`` frames;
+* power spectrum -> mel filter bank (Slaney-normalised, librosa's default) -> dB against a *fixed*
+  reference, so a quiet clip stays quiet (no per-clip maximum);
+* segments of ``segment_frames`` frames start every ``segment_hop`` frames; when the hop does not land on
+  the end, one last segment is aligned to the end so the whole clip is covered; a clip shorter than one
+  segment is padded with the dB floor (silence) and the padding is recorded.
+
+The computation is incremental (:class:`LogMelStream`), so an hour-long file is processed block by block
+with bounded memory and gives exactly the frames the whole-signal computation gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .config import FeatureConfig
+
+__all__ = [
+    "LogMelStream",
+    "Segments",
+    "log_mel",
+    "segment",
+    "extract_segments",
+    "iter_segment_batches",
+    "segment_times",
+    "floor_db",
+    "n_segments_for",
+    "concat_segments",
+]
+
+
+def floor_db(cfg: FeatureConfig) -> float:
+    """The dB value of silence (the power floor ``amin``), used to pad short clips."""
+    return float(10.0 * np.log10(cfg.amin / cfg.ref_power))
+
+
+@lru_cache(maxsize=8)
+def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _window(n_fft: int) -> np.ndarray:
+    import scipy.signal
+
+    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+
+
+def _frames_to_db(frames: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """(n_frames, n_fft) windowless sample frames -> (n_mels, n_frames) log-mel in dB, float32."""
+    spectrum = np.fft.rfft(frames * _window(cfg.n_fft), axis=1)
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ power.T
+    return (10.0 * np.log10(np.maximum(mel, cfg.amin)) - 10.0 * np.log10(cfg.ref_power)).astype(np.float32)
+
+
+class LogMelStream:
+    """Incremental log-mel: feed sample blocks, get the spectrogram frames they complete.
+
+    Frames are identical to the whole-signal computation whatever the block sizes, because each frame is
+    computed from exactly the same samples (the stream keeps the ``n_fft - hop`` samples of overlap).
+
+    Parameters
+    ----------
+    cfg : FeatureConfig
+        The feature definition; input samples must already be at ``cfg.sample_rate``.
+    frames_per_chunk : int
+        At most this many frames are transformed at once (bounds the FFT scratch memory).
+    """
+
+    def __init__(self, cfg: FeatureConfig, frames_per_chunk: int = 1024):
+        self.cfg = cfg
+        self.frames_per_chunk = frames_per_chunk
+        # center=True: the signal is preceded by n_fft // 2 zeros.
+        self._buffer = np.zeros(cfg.n_fft // 2, dtype=np.float32)
+        self._n_samples = 0
+        self._n_frames = 0
+        self._finished = False
+
+    @property
+    def n_samples(self) -> int:
+        """Samples fed so far."""
+        return self._n_samples
+
+    def _emit(self, limit: int | None = None) -> np.ndarray:
+        """Transform every complete frame in the buffer (at most ``limit`` frames)."""
+        n_fft, hop = self.cfg.n_fft, self.cfg.hop_length
+        available = 0 if len(self._buffer) < n_fft else 1 + (len(self._buffer) - n_fft) // hop
+        if limit is not None:
+            available = min(available, limit)
+        if available == 0:
+            return np.zeros((self.cfg.n_mels, 0), dtype=np.float32)
+        outputs = []
+        for start in range(0, available, self.frames_per_chunk):
+            count = min(self.frames_per_chunk, available - start)
+            span = self._buffer[start * hop : (start + count - 1) * hop + n_fft]
+            frames = np.lib.stride_tricks.sliding_window_view(span, n_fft)[::hop]
+            outputs.append(_frames_to_db(frames, self.cfg))
+        self._buffer = self._buffer[available * hop :]
+        self._n_frames += available
+        return np.concatenate(outputs, axis=1)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Add samples; return the (n_mels, k) frames now complete (k may be 0)."""
+        if self._finished:
+            raise RuntimeError("LogMelStream.push() after finish()")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._n_samples += len(samples)
+        self._buffer = np.concatenate([self._buffer, samples])
+        return self._emit()
+
+    def finish(self) -> np.ndarray:
+        """Flush: pad the end with zeros (center=True) and return the remaining frames."""
+        if self._finished:
+            return np.zeros((self.cfg.n_mels, 0), dtype=np.float32)
+        self._finished = True
+        total = 1 + self._n_samples // self.cfg.hop_length
+        self._buffer = np.concatenate([self._buffer, np.zeros(self.cfg.n_fft, dtype=np.float32)])
+        return self._emit(limit=total - self._n_frames)
+
+
+def log_mel(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Log-mel spectrogram (n_mels, 1 + len(y) // hop_length) in dB of a mono signal at ``cfg.sample_rate``."""
+    stream = LogMelStream(cfg)
+    return np.concatenate([stream.push(y), stream.finish()], axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Segmenting
+
+
+@dataclass
+class Segments:
+    """Fixed-length log-mel segments of one clip (or one batch of them).
+
+    Attributes
+    ----------
+    data : ndarray, shape (n_segments, n_mels, segment_frames, 1), float32
+    start_frames : ndarray of int64, the first frame of each segment in the clip
+    pad_frames : ndarray of int64, how many frames of each segment are padding (clips shorter than a segment)
+    n_frames : int, frames of the whole clip (so far, for a batch of a stream)
+    """
+
+    data: np.ndarray
+    start_frames: np.ndarray
+    pad_frames: np.ndarray
+    n_frames: int
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def _segment_starts(n_frames: int, length: int, hop: int) -> np.ndarray:
+    if n_frames <= length:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, n_frames - length + 1, hop, dtype=np.int64)
+    if starts[-1] + length < n_frames:
+        starts = np.append(starts, n_frames - length)
+    return starts
+
+
+def segment(spec: np.ndarray, cfg: FeatureConfig) -> Segments:
+    """Cut an (n_mels, frames) spectrogram into segments of ``cfg.segment_frames``; see the module doc."""
+    n_mels, n_frames = spec.shape
+    length = cfg.segment_frames
+    pad = max(0, length - n_frames)
+    if pad:
+        spec = np.concatenate([spec, np.full((n_mels, pad), floor_db(cfg), dtype=spec.dtype)], axis=1)
+    starts = _segment_starts(n_frames, length, cfg.segment_hop)
+    windows = np.lib.stride_tricks.sliding_window_view(spec, length, axis=1)[:, starts]  # (mels, N, length)
+    data = np.ascontiguousarray(windows.transpose(1, 0, 2))[..., None].astype(np.float32)
+    return Segments(data, starts, np.full(len(starts), pad, dtype=np.int64), n_frames)
+
+
+def segment_times(start_frames: np.ndarray, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end time in seconds of segments (the centre of their first and last frame + one hop)."""
+    start = np.asarray(start_frames, dtype=np.float64) * cfg.hop_length / cfg.sample_rate
+    return start, start + cfg.segment_seconds
+
+
+# --------------------------------------------------------------------------------------------------
+# From audio to segments
+
+
+def _blocks(source, cfg: FeatureConfig, block_seconds: float) -> Iterator[np.ndarray]:
+    if isinstance(source, (str, Path)):
+        from .audio import iter_audio_blocks
+
+        yield from iter_audio_blocks(source, cfg.sample_rate, block_seconds=block_seconds)
+    else:
+        y = np.asarray(source, dtype=np.float32)
+        if y.ndim != 1:
+            raise ValueError(f"expected a 1-D mono signal, got shape {y.shape}")
+        step = max(1, int(block_seconds * cfg.sample_rate))
+        for i in range(0, max(len(y), 1), step):
+            yield y[i : i + step]
+
+
+def iter_segment_batches(
+    source: str | Path | np.ndarray,
+    cfg: FeatureConfig,
+    *,
+    batch_size: int = 64,
+    block_seconds: float = 30.0,
+) -> Iterator[Segments]:
+    """Segments of a file (or a mono array at ``cfg.sample_rate``), in batches, with bounded memory.
+
+    Only about ``batch_size + 1`` segments of spectrogram are held at once, so an hour of audio costs the
+    same memory as a minute. Concatenating the batches equals ``segment(log_mel(y), cfg)``.
+    """
+    length, hop = cfg.segment_frames, cfg.segment_hop
+    stream = LogMelStream(cfg)
+    held = np.zeros((cfg.n_mels, 0), dtype=np.float32)  # frames from `held_start` on
+    held_start = 0  # clip frame index of held[:, 0]
+    next_start = 0  # next regular segment start
+    pending: list[np.ndarray] = []
+    pending_starts: list[int] = []
+    last_emitted = -1
+
+    def flush() -> Segments:
+        nonlocal pending, pending_starts
+        batch = Segments(
+            np.stack(pending)[..., None],
+            np.asarray(pending_starts, dtype=np.int64),
+            np.zeros(len(pending), dtype=np.int64),
+            held_start + held.shape[1],
+        )
+        pending, pending_starts = [], []
+        return batch
+
+    def take_complete() -> Iterator[Segments]:
+        nonlocal held, held_start, next_start, last_emitted
+        while next_start + length <= held_start + held.shape[1]:
+            offset = next_start - held_start
+            pending.append(held[:, offset : offset + length])
+            pending_starts.append(next_start)
+            last_emitted = next_start
+            next_start += hop
+            if len(pending) == batch_size:
+                yield flush()
+        # keep only what a later segment (regular or end-aligned) can still need
+        keep_from = min(next_start, max(held_start, held_start + held.shape[1] - length))
+        held = held[:, keep_from - held_start :].copy()
+        held_start = keep_from
+
+    for block in _blocks(source, cfg, block_seconds):
+        held = np.concatenate([held, stream.push(block)], axis=1)
+        yield from take_complete()
+    held = np.concatenate([held, stream.finish()], axis=1)
+    yield from take_complete()
+    n_frames = held_start + held.shape[1]
+    if n_frames < length:  # shorter than one segment: pad with silence, record the padding
+        short = segment(held, cfg)
+        yield Segments(short.data, short.start_frames, short.pad_frames, n_frames)
+        return
+    end_start = n_frames - length
+    if last_emitted < end_start:  # the hop did not land on the end: one end-aligned segment
+        pending.append(held[:, end_start - held_start :])
+        pending_starts.append(end_start)
+    if pending:
+        yield flush()
+
+
+def extract_segments(source: str | Path | np.ndarray, cfg: FeatureConfig, **kwargs) -> Segments:
+    """All segments of one file or mono array (at ``cfg.sample_rate``); streaming under the hood."""
+    batches = list(iter_segment_batches(source, cfg, **kwargs))
+    return concat_segments(batches)
+
+
+def concat_segments(batches: Iterable[Segments]) -> Segments:
+    """Join the batches of one clip back into one :class:`Segments`."""
+    batches = list(batches)
+    return Segments(
+        np.concatenate([b.data for b in batches]).astype(np.float32, copy=False),
+        np.concatenate([b.start_frames for b in batches]),
+        np.concatenate([b.pad_frames for b in batches]),
+        batches[-1].n_frames,
+    )
+
+
+def n_segments_for(n_samples: int, cfg: FeatureConfig) -> int:
+    """How many segments a signal of ``n_samples`` samples gives (without computing them)."""
+    n_frames = 1 + n_samples // cfg.hop_length
+    if n_frames <= cfg.segment_frames:
+        return 1
+    regular = 1 + (n_frames - cfg.segment_frames) // cfg.segment_hop
+    return regular + int((n_frames - cfg.segment_frames) % cfg.segment_hop != 0)
+

@@ -1,0 +1,86 @@
+"""The features stage: store contents, failures reported not fatal, resume after an interruption."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from genre_se import feature_store
+from genre_se.config import FeatureConfig
+from genre_se.feature_store import FeatureStore, build_store
+from genre_se.features import extract_segments
+
+CFG = FeatureConfig(n_fft=512, hop_length=256, n_mels=16, segment_frames=16, segment_hop=8, workers=2)
+
+
+@pytest.fixture
+def index(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (label, seconds) in enumerate([("a", 1.0), ("a", 0.1), ("b", 0.5), ("b", 2.0), ("c", 0.7)]):
+        path = tmp_path / f"{label}{i}.wav"
+        sf.write(path, rng.standard_normal(int(seconds * 22050)).astype(np.float32) * 0.1, 22050)
+        rows.append(dict(clip_id=f"{label}/{i}", path=str(path), label=label, status="ok", error="",
+                         split=["train", "valid", "test"][i % 3], fold=i % 2))
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(50))
+    rows.append(dict(clip_id="c/broken", path=str(bad), label="c", status="ok", error="", split="train", fold=0))
+    rows.append(dict(clip_id="c/gone", path=str(tmp_path / "gone.wav"), label="c", status="error",
+                     error="gone.wav: file not found", split="excluded", fold=-1))
+    return pd.DataFrame(rows)
+
+
+def test_store_holds_every_readable_clip_as_float16_memmap(tmp_path, index):
+    store, failures = build_store(index, CFG, tmp_path / "features", tmp_path / "cache")
+    assert isinstance(store.segments, np.memmap) and store.segments.dtype == np.float16
+    assert store.input_shape == (16, 16, 1)
+    assert store.labels == ["a", "b", "c"]
+    # the corrupt file is reported (with its name) and skipped; the error row never reaches the store
+    assert failures["clip_id"].tolist() == ["c/broken"] and "broken.wav" in failures["error"][0]
+    assert sorted(store.table["clip_id"].unique()) == ["a/0", "a/1", "b/2", "b/3", "c/4"]
+    for clip in ["a/0", "a/1", "b/3"]:
+        rows = store.table[store.table["clip_id"] == clip]
+        expected = extract_segments(index.set_index("clip_id").loc[clip, "path"], CFG)
+        assert rows["start_frame"].tolist() == expected.start_frames.tolist()
+        assert rows["pad_frames"].tolist() == expected.pad_frames.tolist()
+        np.testing.assert_allclose(store.segments[rows["segment"].to_numpy()], expected.data, atol=0.05)
+    short = store.table[store.table["clip_id"] == "a/1"]
+    assert len(short) == 1 and short["pad_frames"].iloc[0] > 0  # 0.1 s clip padded, not dropped
+    assert set(store.table["split"]) <= {"train", "valid", "test"}
+    assert (store.table["label_index"] == store.table["label"].map({"a": 0, "b": 1, "c": 2})).all()
+    assert store.rows("test").size == (store.table["split"] == "test").sum()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npz"))
+
+
+def test_interrupted_run_resumes_without_recomputing(tmp_path, index, monkeypatch):
+    cfg = dataclasses.replace(CFG, workers=1)
+    calls = []
+    real = feature_store._compute_shard
+
+    def counting(task):
+        calls.append(task[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while computing the third clip
+        return real(task)
+
+    monkeypatch.setattr(feature_store, "_compute_shard", counting)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(index, cfg, tmp_path / "features", tmp_path / "cache")
+    assert not (tmp_path / "features").exists()  # nothing half-written
+    done_before = calls[:2]
+    calls.clear()
+    monkeypatch.setattr(feature_store, "_compute_shard", lambda task: (calls.append(task[0]), real(task))[1])
+    store, _ = build_store(index, cfg, tmp_path / "features", tmp_path / "cache")
+    assert not set(done_before) & set(calls)  # finished clips were not recomputed
+    assert len(calls) == 6 - len(done_before)  # every usable clip without a shard (the broken one retried)
+    reopened = FeatureStore.open(tmp_path / "features")
+    assert len(reopened.segments) == len(store.segments)
+
+
+def test_open_missing_store_is_a_clear_error(tmp_path):
+    from genre_se.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="run `genre-se features` first"):
+        FeatureStore.open(tmp_path / "nothing")
