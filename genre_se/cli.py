@@ -40,6 +40,23 @@ def _params(args):
     return load_params(args.params, overrides)
 
 
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up banner (oneDNN notice) kept off the user's terminal."""
+    if "tensorflow" in sys.modules:
+        return
+    import os
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _err(message: str) -> None:
     print(f"genre-se: {message}", file=sys.stderr)
 
@@ -89,6 +106,46 @@ def cmd_features(args) -> int:
         f"{store.table['clip_id'].nunique()} clips -> {args.out}",
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .tune import run_tune
+
+    best = run_tune(_params(args), out_path=args.out)
+    print(f"reduction ratios {best['model']['reduction_ratios']} ({best['source']}) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _log(args):
+    return None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def cmd_train(args) -> int:
+    from .train import run_train
+
+    result = run_train(
+        _params(args), store_dir=args.features, bundle_dir=args.out, state_dir=args.state,
+        live_dir=args.live, best_params_path=args.best_params, log=_log(args),
+    )
+    resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
+    print(f"best epoch {result.best_epoch} (score {result.best_score:.4f}){resumed} -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import run_evaluate
+
+    metrics = run_evaluate(
+        _params(args), store_dir=args.features, bundle_dir=args.model, reports_dir=args.reports, log=_log(args)
+    )
+    line = (f"test clips: accuracy {metrics['clip']['accuracy']:.3f}, macro-F1 {metrics['clip']['macro_f1']:.3f} "
+            f"(n={metrics['n_clips']}); segments: accuracy {metrics['segment']['accuracy']:.3f}")
+    if "cv" in metrics:
+        cv = metrics["cv"]
+        line += (f"; {cv['folds']}-fold CV clip accuracy {cv['clip_accuracy_mean']:.3f} "
+                 f"+- {cv['clip_accuracy_std']:.3f}")
+    print(line, file=sys.stderr)
     return 0
 
 
@@ -150,6 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--errors", default="reports/features_errors.csv", help="decode-failure report")
     p.set_defaults(func=cmd_features)
 
+    p = sub.add_parser("tune", help="choose the SE reduction ratios (writes best_params.json)")
+    _add_params(p)
+    p.add_argument("--out", default="models/best_params.json", help="output (default: %(default)s)")
+    p.set_defaults(func=cmd_tune, needs_tf=True)
+
+    p = sub.add_parser("train", help="train the SE-CNN on the train split and write the model bundle")
+    _add_params(p)
+    p.add_argument("--features", default="data/features", help="feature store (default: %(default)s)")
+    p.add_argument("--best-params", default="models/best_params.json", help="the tune stage's choices")
+    p.add_argument("--out", default="models/bundle", help="model bundle to write (default: %(default)s)")
+    p.add_argument("--state", default="models/train-state", help="resume state (default: %(default)s)")
+    p.add_argument("--live", default="dvclive", help="DVCLive metrics folder (default: %(default)s)")
+    p.set_defaults(func=cmd_train, needs_tf=True)
+
+    p = sub.add_parser("evaluate", help="score the bundle on the test split (and k-fold CV if configured)")
+    _add_params(p)
+    p.add_argument("--features", default="data/features", help="feature store (default: %(default)s)")
+    p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
+    p.add_argument("--reports", default="reports", help="reports folder (default: %(default)s)")
+    p.set_defaults(func=cmd_evaluate, needs_tf=True)
+
     p = sub.add_parser("model", help="inspect the SE-CNN")
     model_sub = p.add_subparsers(dest="model_command", metavar="ACTION")
     model_sub.required = True
@@ -157,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params(s)
     s.add_argument("--model", help="summarise this trained bundle instead of the params' architecture")
     s.add_argument("--classes", type=int, default=10, help="number of genres (default: %(default)s)")
-    s.set_defaults(func=cmd_model_summary)
+    s.set_defaults(func=cmd_model_summary, needs_tf=True)
     return parser
 
 
@@ -165,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "needs_tf", False):
+            _import_tensorflow_quietly()
         return args.func(args)
     except GenreSEError as exc:
         _err(f"error: {exc}")

@@ -150,6 +150,9 @@ def build_store(
     errors: dict[str, str] = {}
     n_workers = max(1, min(workers or cfg.workers, len(todo) or 1))
     if todo:
+        from .features import warm_up
+
+        warm_up(cfg)  # forked workers inherit librosa and the filter bank instead of each building them
         if n_workers == 1:
             results = map(_compute_shard, todo)
         else:

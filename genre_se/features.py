@@ -55,6 +55,12 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
     return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
 
 
+def warm_up(cfg: FeatureConfig) -> None:
+    """Build the cached filter bank (imports librosa) now, e.g. once before forking worker processes."""
+    _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+    _window(cfg.n_fft)
+
+
 @lru_cache(maxsize=8)
 def _window(n_fft: int) -> np.ndarray:
     import scipy.signal

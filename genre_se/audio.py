@@ -1,0 +1,455 @@
+"""Decode any audio file to mono float32 at a target rate, whole or in bounded-memory blocks.
+
+One decoding road serves everything: the file is decoded in fixed native-rate reads, each read is mixed
+down to mono and fed through one streaming ``soxr`` resampler. :func:`load_audio` concatenates that stream
+and :func:`iter_audio_blocks` re-cuts it into blocks, so both give bit-identical samples and an hour-long
+file never has to sit in memory to be blocked.
+
+Decoding uses libsndfile (via ``soundfile``: WAV, Sun/NeXT .au, AIFF, FLAC, Ogg Vorbis/Opus, MP3). A file
+libsndfile rejects but whose extension names an audio format is retried with ``audioread`` (ffmpeg,
+GStreamer or Python's own WAV/AIFF/AU readers, whichever is installed), which is how .m4a/.aac decode where
+ffmpeg exists. Every failure is an :class:`~genre_se.errors.AudioError` whose message starts with the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import AudioError
+
+#: File extensions (lower case, no dot) that name audio formats genre-se tries to decode.
+AUDIO_EXTENSIONS: tuple[str, ...] = (
+    "wav",
+    "wave",
+    "au",
+    "snd",
+    "aif",
+    "aiff",
+    "aifc",
+    "flac",
+    "ogg",
+    "oga",
+    "opus",
+    "mp3",
+    "m4a",
+    "aac",
+)
+
+#: Extensions only an ``audioread`` backend (in practice ffmpeg) can decode; libsndfile cannot.
+_FALLBACK_ONLY_EXTENSIONS = frozenset({"m4a", "aac"})
+
+#: Native-rate frames decoded per read. Fixed (never derived from the block size) so that every
+#: consumer of the stream sees the same reads and therefore bit-identical resampler output.
+READ_FRAMES = 65536
+
+#: soxr quality preset used everywhere ('HQ' is what librosa calls soxr_hq).
+RESAMPLE_QUALITY = "HQ"
+
+#: libsndfile formats whose seek is sample-exact. MP3 seeking in libsndfile/mpg123 is approximate,
+#: so an offset into an MP3 is reached by decoding and discarding instead.
+_EXACT_SEEK_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AU", "AIFF", "FLAC", "OGG", "CAF"})
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says about its audio (``frames`` is approximate for MP3)."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+    duration: float
+    format: str
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read a file's header (no decoding where the format allows it).
+
+    Raises
+    ------
+    AudioError
+        The file is missing, a directory, empty, unreadable, not audio, or declares no samples.
+    """
+    checked = _check_path(path)
+    with _open_decoder(checked) as decoder:
+        return decoder.info
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sr: int | None = 22050,
+    *,
+    offset: float = 0.0,
+    duration: float | None = None,
+) -> np.ndarray:
+    """Decode a file to a 1-D float32 mono signal at ``sr`` Hz.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Any file libsndfile (or an audioread backend) can decode.
+    sr : int or None
+        Target sample rate; ``None`` keeps the file's own rate.
+    offset, duration : float
+        Seconds (at the file's native rate) to skip, and to keep (``None``: to the end).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, shape ``(n,)``; channels are averaged. Silence is valid, an empty result is not.
+
+    Raises
+    ------
+    AudioError
+        On any failure, with a message naming the file and the cause.
+    """
+    checked = _check_path(path)
+    pieces = list(_mono_stream(checked, sr, offset, duration))
+    if not pieces:
+        raise AudioError(_no_samples_message(checked, offset))
+    return np.concatenate(pieces)
+
+
+def iter_audio_blocks(
+    path: str | os.PathLike, sr: int | None = 22050, *, block_seconds: float = 30.0
+) -> Iterator[np.ndarray]:
+    """Yield consecutive 1-D float32 mono blocks of ``block_seconds`` (the last may be shorter).
+
+    The file is decoded and resampled incrementally, so memory stays bounded by one block plus one
+    :data:`READ_FRAMES` read however long the file is (it never reads the whole file at once, e.g. with
+    ``sf.read``). ``np.concatenate(list(iter_audio_blocks(p, sr)))`` equals ``load_audio(p, sr)`` exactly,
+    because :func:`load_audio` concatenates the very same stream.
+
+    Raises
+    ------
+    AudioError
+        Path and argument problems at call time; decoding problems while iterating.
+    """
+    checked = _check_path(path)
+    _check_sr(checked, sr)
+    if not (isinstance(block_seconds, (int, float)) and math.isfinite(block_seconds) and block_seconds > 0):
+        raise AudioError(
+            f"{checked}: block_seconds must be a positive number of seconds, got {block_seconds!r}"
+        )
+    return _blocks_of(checked, sr, block_seconds)
+
+
+def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample a signal (1-D, or ``(frames, channels)``) with soxr at :data:`RESAMPLE_QUALITY`.
+
+    Returns float32; the same rate returns a float32 copy.
+    """
+    for name, rate in (("orig_sr", orig_sr), ("target_sr", target_sr)):
+        if not _is_positive_int(rate):
+            raise AudioError(f"resample: {name} must be a positive integer, got {rate!r}")
+    signal = np.asarray(y, dtype=np.float32)
+    if signal.ndim not in (1, 2):
+        raise AudioError(f"resample: expected a 1-D or (frames, channels) array, got shape {signal.shape}")
+    if orig_sr == target_sr or signal.shape[0] == 0:
+        return signal.copy()
+    return np.asarray(soxr.resample(signal, orig_sr, target_sr, quality=RESAMPLE_QUALITY), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- the decoding road
+
+
+def _blocks_of(path: str, sr: int | None, block_seconds: float) -> Iterator[np.ndarray]:
+    """Generator behind :func:`iter_audio_blocks` (so argument errors there are raised eagerly)."""
+    with _open_decoder(path) as decoder:
+        out_sr = decoder.info.sample_rate if sr is None else sr
+        block_len = max(1, int(round(block_seconds * out_sr)))
+        produced_any = False
+        for block in _rechunk(_decoded_mono(path, decoder, sr, 0.0, None), block_len):
+            produced_any = True
+            yield block
+    if not produced_any:
+        raise AudioError(_no_samples_message(path, 0.0))
+
+
+def _mono_stream(path: str, sr: int | None, offset: float, duration: float | None) -> Iterator[np.ndarray]:
+    """Open ``path`` and stream its mono, resampled window ``[offset, offset + duration)``."""
+    _check_sr(path, sr)
+    with _open_decoder(path) as decoder:
+        yield from _decoded_mono(path, decoder, sr, offset, duration)
+
+
+def _decoded_mono(
+    path: str, decoder, sr: int | None, offset: float, duration: float | None
+) -> Iterator[np.ndarray]:
+    """Decoded, mixed-down, resampled pieces of an open decoder's window (the one shared road)."""
+    native_sr = decoder.info.sample_rate
+    start, stop = _frame_window(path, native_sr, offset, duration)
+    mono = (_downmix(path, block) for block in decoder.blocks(start, stop))
+    yield from _resample_stream(mono, native_sr, native_sr if sr is None else sr)
+
+
+def _downmix(path: str, block: np.ndarray) -> np.ndarray:
+    """Average ``(frames, channels)`` to ``(frames,)`` float32, refusing NaN/inf samples."""
+    mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
+    if not np.isfinite(mono).all():
+        raise AudioError(f"{path}: contains non-finite samples (NaN or infinity)")
+    return mono
+
+
+def _resample_stream(pieces: Iterable[np.ndarray], in_sr: int, out_sr: int) -> Iterator[np.ndarray]:
+    """Feed pieces through one streaming soxr resampler (identity when the rates match)."""
+    if in_sr == out_sr:
+        yield from pieces
+        return
+    stream = soxr.ResampleStream(in_sr, out_sr, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+    for piece in pieces:
+        out = stream.resample_chunk(np.ascontiguousarray(piece, dtype=np.float32))
+        if out.size:
+            yield out
+    tail = stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+    if tail.size:
+        yield tail
+
+
+def _rechunk(pieces: Iterable[np.ndarray], block_len: int) -> Iterator[np.ndarray]:
+    """Re-cut a stream of 1-D pieces into new arrays of ``block_len`` (the last may be shorter)."""
+    pending: list[np.ndarray] = []
+    pending_len = 0
+    for piece in pieces:
+        while piece.size:
+            take = min(block_len - pending_len, piece.size)
+            pending.append(piece[:take])
+            pending_len += take
+            piece = piece[take:]
+            if pending_len == block_len:
+                yield np.concatenate(pending)
+                pending, pending_len = [], 0
+    if pending_len:
+        yield np.concatenate(pending)
+
+
+def _frame_window(path: str, native_sr: int, offset: float, duration: float | None) -> tuple[int, int | None]:
+    """Native-rate ``[start, stop)`` frames for an offset/duration in seconds (``stop`` None: to EOF)."""
+    if not (isinstance(offset, (int, float)) and math.isfinite(offset) and offset >= 0):
+        raise AudioError(f"{path}: offset must be a finite number of seconds >= 0, got {offset!r}")
+    start = int(round(offset * native_sr))
+    if duration is None:
+        return start, None
+    if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
+        raise AudioError(f"{path}: duration must be a positive number of seconds or None, got {duration!r}")
+    return start, start + max(1, int(round(duration * native_sr)))
+
+
+# --------------------------------------------------------------------------- decoders
+
+
+class _SoundFileDecoder:
+    """libsndfile reader that decodes in :data:`READ_FRAMES` reads and reads MP3 to EOF."""
+
+    def __init__(self, path: str, handle: sf.SoundFile):
+        self._path = path
+        self._handle = handle
+        self.info = AudioInfo(
+            path=path,
+            sample_rate=int(handle.samplerate),
+            channels=int(handle.channels),
+            frames=int(handle.frames),
+            duration=handle.frames / handle.samplerate if handle.samplerate > 0 else 0.0,
+            format=str(handle.format),
+        )
+
+    def blocks(self, start: int, stop: int | None) -> Iterator[np.ndarray]:
+        """Yield ``(n, channels)`` float32 arrays for frames ``[start, stop)``."""
+        seeks_exactly = self.info.format in _EXACT_SEEK_FORMATS
+        if start and seeks_exactly and start >= self.info.frames:
+            return  # these formats' frame counts are exact: the window lies past the end
+        position = self._seek(start) if start and seeks_exactly else 0
+        while stop is None or position < stop:
+            want = READ_FRAMES if stop is None else min(READ_FRAMES, stop - position)
+            block = self._read(want, position)
+            if block.shape[0] == 0:
+                return
+            first, position = position, position + block.shape[0]
+            if position > start:  # decode-and-discard reaches an MP3 offset exactly
+                yield block[max(0, start - first) :]
+
+    def _seek(self, frame: int) -> int:
+        try:
+            return int(self._handle.seek(frame))
+        except (sf.SoundFileError, RuntimeError, OSError) as exc:
+            raise AudioError(f"{self._path}: cannot seek to frame {frame} ({_reason(exc)})") from exc
+
+    def _read(self, frames: int, position: int) -> np.ndarray:
+        """Decode up to ``frames`` frames at ``position``; an empty array means end of file."""
+        out = np.empty((frames, self.info.channels), dtype=np.float32)
+        try:
+            got = _readf_float(self._handle, out)
+        except (sf.SoundFileError, RuntimeError, OSError) as exc:
+            seconds = position / self.info.sample_rate
+            raise AudioError(
+                f"{self._path}: corrupt or truncated audio data after {seconds:.2f} s ({_reason(exc)})"
+            ) from exc
+        return out[:got]
+
+
+def _readf_float(handle: sf.SoundFile, out: np.ndarray) -> int:
+    """Fill ``out`` from the current position; return the number of frames decoded.
+
+    soundfile's public ``read`` re-seeks after every call (and trusts the header's frame count). For
+    MP3 that re-seek is approximate in libsndfile 1.2, which corrupts chunked decoding, and header
+    counts are estimates. So call ``sf_readf_float`` directly and check libsndfile's error state.
+    """
+    lib = getattr(sf, "_snd", None)
+    ffi = getattr(sf, "_ffi", None)
+    if lib is None or ffi is None:  # pragma: no cover - a future soundfile without these internals
+        return handle.read(out=out).shape[0]
+    pointer = ffi.cast("float *", ffi.from_buffer(out))
+    got = int(lib.sf_readf_float(handle._file, pointer, out.shape[0]))
+    if lib.sf_error(handle._file) != 0:
+        reason = ffi.string(lib.sf_strerror(handle._file)).decode("utf-8", "replace")
+        raise RuntimeError(_clean_reason(reason))
+    return max(got, 0)
+
+
+class _AudioreadDecoder:
+    """Fallback for files libsndfile rejects: ``audioread`` yields 16-bit interleaved buffers."""
+
+    def __init__(self, path: str, handle):
+        self._path = path
+        self._handle = handle
+        sample_rate, channels = int(handle.samplerate), int(handle.channels)
+        seconds = float(handle.duration or 0.0)
+        self.info = AudioInfo(
+            path=path,
+            sample_rate=sample_rate,
+            channels=channels,
+            frames=int(round(seconds * sample_rate)),
+            duration=seconds,
+            format=Path(path).suffix.lstrip(".").upper() or "UNKNOWN",
+        )
+
+    def blocks(self, start: int, stop: int | None) -> Iterator[np.ndarray]:
+        """Yield ``(n, channels)`` float32 arrays for frames ``[start, stop)`` (decode and discard)."""
+        position = 0
+        try:
+            for buffer in self._handle:
+                block = np.frombuffer(buffer, dtype="<i2").reshape(-1, self.info.channels)
+                first, position = position, position + block.shape[0]
+                lo = max(start - first, 0)
+                hi = block.shape[0] if stop is None else min(stop - first, block.shape[0])
+                if hi > lo:
+                    yield block[lo:hi].astype(np.float32) / np.float32(32768.0)
+                if stop is not None and position >= stop:
+                    return
+        except AudioError:
+            raise
+        except Exception as exc:  # audioread backends raise their own zoo of types
+            raise AudioError(f"{self._path}: corrupt or truncated audio data ({_reason(exc)})") from exc
+
+
+@contextmanager
+def _open_decoder(path: str):
+    """Open ``path`` with libsndfile, else (known audio extension) audioread; close it afterwards."""
+    try:
+        handle = sf.SoundFile(path)
+    except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError) as exc:
+        handle, sndfile_reason = None, _reason(exc)
+    if handle is not None:
+        with handle:
+            decoder = _SoundFileDecoder(path, handle)
+            _require_samples(decoder.info)
+            yield decoder
+        return
+    with _open_fallback(path, sndfile_reason) as decoder:
+        yield decoder  # its header duration may be unknown (0): emptiness shows when decoding ends
+
+
+@contextmanager
+def _open_fallback(path: str, sndfile_reason: str):
+    """audioread for a known audio extension; otherwise (or if it fails too) an AudioError."""
+    extension = Path(path).suffix.lstrip(".").lower()
+    message = f"{path}: not a readable audio file ({sndfile_reason})"
+    if extension not in AUDIO_EXTENSIONS:
+        raise AudioError(message)
+    try:
+        import audioread
+
+        handle = audioread.audio_open(path)
+    except Exception as exc:  # NoBackendError, DecodeError subclasses, OSError, ...
+        if extension in _FALLBACK_ONLY_EXTENSIONS:
+            message = message[:-1] + f"; fallback decoder: {_fallback_reason(exc)})"
+        raise AudioError(message) from exc
+    try:
+        yield _AudioreadDecoder(path, handle)
+    finally:
+        handle.close()
+
+
+def _fallback_reason(exc: BaseException) -> str:
+    if type(exc).__name__ == "NoBackendError":
+        return "no ffmpeg or GStreamer decoder is installed"
+    return str(exc).strip() or f"could not decode it ({type(exc).__name__})"
+
+
+# --------------------------------------------------------------------------- checks and messages
+
+
+def _check_path(path: str | os.PathLike) -> str:
+    """Return ``path`` as a string after ruling out missing, directory, empty and unopenable files."""
+    try:
+        text = os.fspath(path)
+    except TypeError as exc:
+        raise AudioError(f"{path!r}: not a file path") from exc
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if os.path.isdir(text):
+        raise AudioError(f"{text}: is a directory")
+    if not os.path.exists(text):
+        raise AudioError(f"{text}: file not found")
+    try:
+        size = os.path.getsize(text)
+        with open(text, "rb"):
+            pass
+    except OSError as exc:
+        raise AudioError(f"{text}: cannot be opened ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise AudioError(f"{text}: empty file (0 bytes)")
+    return text
+
+
+def _check_sr(path: str, sr: int | None) -> None:
+    if sr is not None and not _is_positive_int(sr):
+        raise AudioError(f"{path}: sr must be a positive integer or None, got {sr!r}")
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+
+def _require_samples(info: AudioInfo) -> None:
+    if info.frames <= 0 or info.sample_rate <= 0 or info.channels <= 0:
+        raise AudioError(f"{info.path}: no audio samples (the header declares none; empty or truncated file)")
+
+
+def _no_samples_message(path: str, offset: float) -> str:
+    if offset:
+        return f"{path}: no audio samples at or after offset {offset:g} s"
+    return f"{path}: no audio samples"
+
+
+def _reason(exc: BaseException) -> str:
+    """libsndfile's own words where available, without soundfile's 'Error opening ...' prefix."""
+    text = getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)
+    text = text or type(exc).__name__
+    return _clean_reason(str(text))
+
+
+def _clean_reason(text: str) -> str:
+    return text.strip().rstrip(".").strip() or "unknown error"

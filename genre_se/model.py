@@ -1,0 +1,343 @@
+"""The SE-CNN: Squeeze-and-Excitation blocks on a small 2-D CNN over log-mel segments.
+
+Layer names are stable (``block{i}_conv``, ``block{i}_se``, ``embedding``, ``genre``; blocks count from 1)
+because analysis, the embedding model and :func:`summary_text` find layers by name, also in a loaded model.
+The input normalisation (train-split mean/std) is a layer of the model, so a saved model is complete.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from typing import Any
+
+import keras
+from keras import ops
+
+from .config import ModelConfig, from_dict
+from .errors import ConfigError, ModelError
+
+INPUT_NAME = "spectrogram"
+STANDARDIZE_NAME = "standardize"
+EMBEDDING_NAME = "embedding"
+OUTPUT_NAME = "genre"
+_BLOCK_LAYER = re.compile(r"^block(\d+)_(\w+)$")
+
+
+def se_hidden_units(channels: int, ratio: float) -> int:
+    """Hidden width of an SE bottleneck: ``max(1, round(channels / ratio))``.
+
+    ``ratio`` is the reduction ratio *r* of Hu et al. (a divisor, may be a float such as 31.43). Rounding
+    is half-up (40 / 16 = 2.5 gives 3), not Python's half-to-even, which would give 2 for 40 / 16 but 4 for
+    56 / 16. ``max(1, ...)`` keeps a bottleneck when r exceeds the channel count.
+    """
+    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 1:
+        raise ConfigError(f"SE channels must be an int >= 1, got {channels!r}")
+    is_number = isinstance(ratio, numbers.Real) and not isinstance(ratio, bool)
+    if not is_number or not math.isfinite(ratio) or ratio <= 0:
+        raise ConfigError(f"SE reduction ratio must be a finite number > 0, got {ratio!r}")
+    return max(1, int(math.floor(int(channels) / float(ratio) + 0.5)))
+
+
+@keras.saving.register_keras_serializable(package="genre_se")
+class SqueezeExcitation(keras.layers.Layer):
+    """Channel attention (Hu et al., 2018) for ``(batch, H, W, C)`` feature maps.
+
+    Squeeze: global average over H and W. Excitation: Dense(hidden, ReLU) -> Dense(C, sigmoid), with
+    ``hidden = se_hidden_units(C, ratio)``. The input is scaled channel-wise by the excitation.
+
+    Parameters
+    ----------
+    ratio : float
+        Reduction ratio r (> 0); the bottleneck width is known after ``build`` as :attr:`hidden_units`.
+    use_bias : bool
+        Whether both dense steps have a bias.
+    """
+
+    def __init__(self, ratio: float, use_bias: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        se_hidden_units(1, ratio)  # reject r <= 0 (and non-numbers) now, not at build time
+        self.ratio = float(ratio)
+        self.use_bias = bool(use_bias)
+        self.channels: int | None = None
+        self._hidden_units: int | None = None
+
+    @property
+    def hidden_units(self) -> int | None:
+        """Bottleneck width; ``None`` until the layer is built (it depends on the input channels)."""
+        return self._hidden_units
+
+    def build(self, input_shape: tuple) -> None:
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ModelError(f"{self.name}: expects (batch, H, W, C) with known C, got {tuple(input_shape)}")
+        self.channels = int(input_shape[-1])
+        self._hidden_units = se_hidden_units(self.channels, self.ratio)
+        c, h = self.channels, self._hidden_units
+        self.reduce_kernel = self.add_weight(shape=(c, h), initializer="glorot_uniform", name="reduce_kernel")
+        self.expand_kernel = self.add_weight(shape=(h, c), initializer="glorot_uniform", name="expand_kernel")
+        if self.use_bias:
+            self.reduce_bias = self.add_weight(shape=(h,), initializer="zeros", name="reduce_bias")
+            self.expand_bias = self.add_weight(shape=(c,), initializer="zeros", name="expand_bias")
+
+    def excitation(self, inputs):
+        """The per-channel gates in (0, 1), shape ``(batch, C)``, for feature maps ``(batch, H, W, C)``."""
+        return self.excite(ops.mean(inputs, axis=(1, 2)))
+
+    def excite(self, squeezed):
+        """Gates from already squeezed (channel-mean) vectors ``(batch, C)``."""
+        hidden = ops.matmul(squeezed, self.reduce_kernel)
+        if self.use_bias:
+            hidden = hidden + self.reduce_bias
+        gates = ops.matmul(ops.relu(hidden), self.expand_kernel)
+        if self.use_bias:
+            gates = gates + self.expand_bias
+        return ops.sigmoid(gates)
+
+    def call(self, inputs):
+        return inputs * self.excitation(inputs)[:, None, None, :]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "ratio": self.ratio, "use_bias": self.use_bias}
+
+
+@keras.saving.register_keras_serializable(package="genre_se")
+class Standardize(keras.layers.Layer):
+    """Fixed ``(x - mean) / std`` with train-split statistics, stored in the model's config (no weights)."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for key, value in (("mean", mean), ("std", std)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ConfigError(f"input normalisation {key} must be a finite number, got {value!r}")
+        if std <= 0:
+            raise ConfigError(f"input normalisation std must be > 0, got {std!r}")
+        self.mean = float(mean)
+        self.std = float(std)
+
+    def call(self, inputs):
+        return (inputs - self.mean) / self.std
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+
+
+def _as_model_config(config: ModelConfig | dict) -> ModelConfig:
+    """Accept a ModelConfig or its dict (as stored in a bundle) and validate it."""
+    if isinstance(config, ModelConfig):
+        config.validate("model")
+        return config
+    if isinstance(config, dict):
+        return from_dict(ModelConfig, config, "model")
+    raise ConfigError(f"model: expected a ModelConfig or a mapping, got {type(config).__name__}")
+
+
+def _check_input(input_shape: tuple, n_classes: int) -> tuple[int, int, int]:
+    shape = tuple(input_shape)
+    is_size = [isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in shape]
+    if len(shape) != 3 or not all(is_size):
+        raise ConfigError(
+            f"input_shape must be three ints >= 1 (n_mels, frames, channels), got {input_shape!r}"
+        )
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ConfigError(f"n_classes must be an int >= 2, got {n_classes!r}")
+    return tuple(int(d) for d in shape)  # type: ignore[return-value]
+
+
+def _check_spatial(config: ModelConfig, input_shape: tuple[int, int, int]) -> None:
+    """Fail early, naming the block, when convolutions and 2x2 pools shrink the map to nothing."""
+    height, width = input_shape[:2]
+    for i, (k, pad) in enumerate(zip(config.per_block("kernel_size"), config.per_block("padding")), start=1):
+        if pad == "valid":
+            height, width = height - k + 1, width - k + 1
+        if height < 2 or width < 2:
+            raise ConfigError(
+                f"model.filters: input {input_shape} is too small for {config.n_blocks} blocks; the feature "
+                f"map is {max(height, 0)}x{max(width, 0)} before the 2x2 pool of block {i} "
+                "(use fewer blocks, 'same' padding, smaller kernels or a larger input)"
+            )
+        height, width = height // 2, width // 2
+
+
+def _conv_block(x, i: int, filters: int, kernel: int, padding: str, dropout: float, cfg: ModelConfig, ratio):
+    """Conv -> [BN] -> ReLU -> MaxPool 2x2 -> Dropout -> [SE]; the conv has no bias when BN follows it."""
+    x = keras.layers.Conv2D(
+        filters, kernel, padding=padding, use_bias=not cfg.batch_norm, name=f"block{i}_conv"
+    )(x)
+    if cfg.batch_norm:
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+    x = keras.layers.ReLU(name=f"block{i}_relu")(x)
+    x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    x = keras.layers.Dropout(dropout, name=f"block{i}_dropout")(x)
+    if cfg.se:
+        x = SqueezeExcitation(ratio, use_bias=cfg.se_bias, name=f"block{i}_se")(x)
+    return x
+
+
+def build_model(
+    config: ModelConfig | dict,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    *,
+    mean: float = 0.0,
+    std: float = 1.0,
+    name: str | None = None,
+) -> keras.Model:
+    """Build the (uncompiled) SE-CNN, or the plain CNN when ``config.se`` is false.
+
+    Parameters
+    ----------
+    config : ModelConfig or dict
+        Validated here; a per-block list of the wrong length raises ConfigError naming the key.
+    input_shape : tuple
+        ``(n_mels, frames, 1)`` of one segment.
+    n_classes : int
+        Number of genre labels; the softmax output layer is named ``genre``.
+    mean, std : float
+        Train-split statistics, applied by a :class:`Standardize` layer so the model is self-contained.
+    name : str, optional
+        Model name; defaults to ``se_cnn`` or ``plain_cnn``.
+    """
+    cfg = _as_model_config(config)
+    shape = _check_input(input_shape, n_classes)
+    _check_spatial(cfg, shape)
+    inputs = keras.Input(shape=shape, name=INPUT_NAME)
+    x = Standardize(mean, std, name=STANDARDIZE_NAME)(inputs)
+    per_block = zip(
+        cfg.filters,
+        cfg.per_block("kernel_size"),
+        cfg.per_block("padding"),
+        cfg.per_block("dropout"),
+        cfg.per_block("reduction_ratios"),
+    )
+    for i, (filters, kernel, padding, dropout, ratio) in enumerate(per_block, start=1):
+        x = _conv_block(x, i, filters, kernel, padding, dropout, cfg, ratio)
+    if cfg.head == "gap":
+        embedding = keras.layers.GlobalAveragePooling2D(name=EMBEDDING_NAME)(x)
+    else:
+        embedding = keras.layers.Flatten(name=EMBEDDING_NAME)(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name=OUTPUT_NAME)(embedding)
+    return keras.Model(inputs, outputs, name=name or ("se_cnn" if cfg.se else "plain_cnn"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Views on a built (or loaded) model
+
+
+def _layer(model: keras.Model, name: str) -> keras.layers.Layer:
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        raise ModelError(f"model {model.name!r} has no layer named {name!r}; not a genre-se model") from None
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """A model sharing ``model``'s weights that outputs the ``embedding`` (the classifier's input)."""
+    return keras.Model(model.inputs, _layer(model, EMBEDDING_NAME).output, name=f"{model.name}_embedding")
+
+
+def se_blocks(model: keras.Model) -> list[SqueezeExcitation]:
+    """The SE layers in block order (empty for the plain-CNN baseline)."""
+    return [layer for layer in model.layers if isinstance(layer, SqueezeExcitation)]
+
+
+def excitations(model: keras.Model, x, batch_size: int = 64) -> list:
+    """Every SE block's gates for inputs ``x``: one ``(n, C)`` numpy array per block, in block order.
+
+    A side model outputs each block's squeezed input (channel means, small), and the block's own weights
+    turn those into gates; a Keras layer node has a single output, so the gates cannot be tapped directly.
+    """
+    blocks = se_blocks(model)
+    if not blocks:
+        raise ModelError(f"model {model.name!r} has no SE blocks (built with se: false?)")
+    squeezed = [keras.layers.GlobalAveragePooling2D()(block.input) for block in blocks]
+    squeeze_model = keras.Model(model.inputs, squeezed)
+    channel_means = squeeze_model.predict(x, batch_size=batch_size, verbose=0)
+    if not isinstance(channel_means, (list, tuple)):
+        channel_means = [channel_means]
+    return [ops.convert_to_numpy(block.excite(means)) for block, means in zip(blocks, channel_means)]
+
+
+def block_table(model: keras.Model) -> list[dict]:
+    """One row per conv block: filters, kernel, r, SE hidden units, SE params and all block params."""
+    blocks: dict[int, dict] = {}
+    for layer in model.layers:
+        match = _BLOCK_LAYER.match(layer.name)
+        if not match:
+            continue
+        number = int(match.group(1))
+        row = blocks.setdefault(
+            number,
+            {"block": number, "filters": None, "kernel": None, "ratio": None, "se_hidden": None,
+             "se_params": 0, "params": 0},
+        )
+        row["params"] += layer.count_params()
+        if isinstance(layer, keras.layers.Conv2D):
+            row["filters"], row["kernel"] = layer.filters, layer.kernel_size[0]
+        elif isinstance(layer, SqueezeExcitation):
+            row.update(ratio=layer.ratio, se_hidden=layer.hidden_units, se_params=layer.count_params())
+    return [blocks[i] for i in sorted(blocks)]
+
+
+def _format_table(header: tuple, rows: list[tuple], align_left: int = 0) -> str:
+    """Plain-text table; the first ``align_left`` columns are left-aligned, the rest right-aligned."""
+    cells = [tuple(header)] + [tuple(str(c) for c in row) for row in rows]
+    widths = [max(len(row[c]) for row in cells) for c in range(len(header))]
+
+    def line(row: tuple) -> str:
+        return "  ".join(
+            cell.ljust(w) if c < align_left else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths))
+        ).rstrip()
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(row) for row in cells[1:]])
+
+
+def _layer_rows(model: keras.Model) -> list[tuple]:
+    rows = []
+    for layer in model.layers:
+        shape = str(tuple(layer.output.shape)).replace("None", "batch")
+        rows.append((layer.name, type(layer).__name__, shape, f"{layer.count_params():,}"))
+    return rows
+
+
+def _block_rows(model: keras.Model) -> list[tuple]:
+    return [
+        (
+            r["block"],
+            r["filters"],
+            r["kernel"],
+            "-" if r["ratio"] is None else f"{r['ratio']:g}",
+            "-" if r["se_hidden"] is None else r["se_hidden"],
+            f"{r['se_params']:,}",
+            f"{r['params']:,}",
+        )
+        for r in block_table(model)
+    ]
+
+
+def summary_text(model: keras.Model) -> str:
+    """The layer table plus a per-block table showing each SE block's ratio r and hidden width.
+
+    Plain text (not Keras' rich table, which is cut at 80 columns when captured), so a user sees e.g.
+    that r=32 on a 32-channel block leaves a single hidden unit.
+    """
+    trainable = sum(int(math.prod(w.shape)) for w in model.trainable_weights)
+    total = model.count_params()
+    parts = [
+        f"Model: {model.name}",
+        _format_table(("layer", "type", "output shape", "params"), _layer_rows(model), align_left=3),
+        f"Total params: {total:,} (trainable {trainable:,}, non-trainable {total - trainable:,})",
+        "",
+        "Per-block SE settings (SE hidden = max(1, round(filters / r))):",
+        _format_table(
+            ("block", "filters", "kernel", "r", "SE hidden", "SE params", "block params"), _block_rows(model)
+        ),
+    ]
+    standardize = [layer for layer in model.layers if isinstance(layer, Standardize)]
+    if standardize:
+        parts += ["", f"Input normalisation: mean={standardize[0].mean:g}, std={standardize[0].std:g}"]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,328 @@
+"""Training: tf.data over the memory-mapped feature store, early stopping on validation clip accuracy,
+best-model bundle, per-epoch DVCLive metrics, and resume after an interruption.
+
+Resume works at epoch granularity: after every epoch the full model (optimizer included) and the loop's
+state (epoch, best score, patience counter) are saved atomically in ``state_dir``; a new run with the
+same parameters continues from there (an epoch cut short is run again). Different parameters start over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import ModelConfig, Params, TrainConfig, from_dict
+from .errors import DatasetError
+from .feature_store import FeatureStore
+from .fileio import atomic_path, write_json
+from .metrics import aggregate_clips, cross_entropy
+
+STATE_FILE = "state.json"
+LAST_MODEL = "last.keras"
+BEST_WEIGHTS = "best.weights.h5"
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def standardization_stats(segments: np.ndarray, rows: np.ndarray, chunk: int = 512) -> tuple[float, float]:
+    """Mean and std of the training segments, computed in chunks (the store is never fully loaded)."""
+    total = total_sq = 0.0
+    count = 0
+    for i in range(0, len(rows), chunk):
+        block = np.asarray(segments[np.sort(rows[i : i + chunk])], dtype=np.float64)
+        total += block.sum()
+        total_sq += np.square(block).sum()
+        count += block.size
+    if count == 0:
+        raise DatasetError("no training segments: the train split is empty")
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
+    return float(mean), std if std > 1e-6 else 1.0
+
+
+def make_dataset(
+    store: FeatureStore,
+    rows: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    n_classes: int,
+    spec_augment: bool = False,
+    mixup_alpha: float = 0.0,
+):
+    """A tf.data pipeline reading batches of segments from the memmap (shuffled, batched, prefetched)."""
+    import tensorflow as tf
+
+    segments = store.segments
+    targets = store.table["label_index"].to_numpy(dtype=np.int32)
+    shape = store.input_shape
+
+    def load(batch_rows):
+        order = np.sort(batch_rows)  # sorted reads are sequential on disk
+        x = np.asarray(segments[order], dtype=np.float32)
+        y = np.eye(n_classes, dtype=np.float32)[targets[order]]
+        return x, y
+
+    def load_tf(batch_rows):
+        x, y = tf.numpy_function(load, [batch_rows], [tf.float32, tf.float32])
+        x.set_shape((None, *shape))
+        y.set_shape((None, n_classes))
+        return x, y
+
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(rows, dtype=np.int64))
+    if shuffle:
+        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=tf.data.AUTOTUNE)
+    if spec_augment:
+        ds = ds.map(lambda x, y: (_spec_augment(x, seed), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if mixup_alpha > 0:
+        ds = ds.map(lambda x, y: _mixup(x, y, mixup_alpha, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _spec_augment(x, seed: int, max_freq: float = 0.15, max_time: float = 0.15):
+    """SpecAugment-style masking: one frequency band and one time span per segment set to the batch mean."""
+    import tensorflow as tf
+
+    batch = tf.shape(x)[0]
+    n_mels, n_frames = x.shape[1], x.shape[2]
+    fill = tf.reduce_mean(x)
+
+    def mask(size, fraction):
+        width = tf.random.uniform([batch, 1], 0, int(size * fraction) + 1, dtype=tf.int32)
+        start = tf.random.uniform([batch, 1], 0, size, dtype=tf.int32)
+        idx = tf.range(size)[None, :]
+        return (idx >= start) & (idx < start + width)
+
+    freq = mask(n_mels, max_freq)[:, :, None, None]
+    time = mask(n_frames, max_time)[:, None, :, None]
+    return tf.where(freq | time, fill, x)
+
+
+def _mixup(x, y, alpha: float, seed: int):
+    """mixup (Zhang et al. 2018): convex combinations of a batch with its own permutation."""
+    import tensorflow as tf
+
+    batch = tf.shape(x)[0]
+    g1 = tf.random.gamma([batch], alpha)
+    g2 = tf.random.gamma([batch], alpha)
+    lam = g1 / (g1 + g2)
+    perm = tf.random.shuffle(tf.range(batch))
+    lx = tf.reshape(lam, [-1, 1, 1, 1])
+    ly = tf.reshape(lam, [-1, 1])
+    return lx * x + (1 - lx) * tf.gather(x, perm), ly * y + (1 - ly) * tf.gather(y, perm)
+
+
+def predict_rows(model, store: FeatureStore, rows: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Softmax outputs for the given store rows, in the order given, read in batches."""
+    out = []
+    for i in range(0, len(rows), batch_size):
+        x = np.asarray(store.segments[rows[i : i + batch_size]], dtype=np.float32)
+        out.append(np.asarray(model(x, training=False)))
+    return np.concatenate(out) if out else np.zeros((0, len(store.labels)), np.float32)
+
+
+def clip_scores(model, store: FeatureStore, rows: np.ndarray, batch_size: int = 128) -> dict:
+    """Segment loss/accuracy and clip accuracy (mean of segment probabilities) on some rows."""
+    probs = predict_rows(model, store, rows, batch_size)
+    labels = store.table["label_index"].to_numpy()[rows]
+    clips = aggregate_clips(store.table["clip_id"].to_numpy()[rows], probs, labels)
+    return {
+        "loss": cross_entropy(probs, labels),
+        "accuracy": float((probs.argmax(axis=1) == labels).mean()),
+        "clip_accuracy": float((clips["pred"] == clips["label"]).mean()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainResult:
+    model: object
+    mean: float
+    std: float
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    resumed_from: int
+
+
+def _state_key(model_cfg: ModelConfig, train_cfg: TrainConfig, store: FeatureStore, rows, seed: int) -> str:
+    """Identifies a run; epochs and patience are left out so a run can be resumed with a longer budget."""
+    loop = {k: v for k, v in train_cfg.__dict__.items() if k not in ("epochs", "patience")}
+    blob = json.dumps(
+        [model_cfg.__dict__, loop, store.features.to_dict(), len(store.segments),
+         np.asarray(rows).tolist()[:50], len(rows), seed],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def train_model(
+    store: FeatureStore,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    train_rows: np.ndarray,
+    valid_rows: np.ndarray,
+    seed: int,
+    state_dir: str | Path,
+    live=None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train an SE-CNN on some store rows with early stopping on the validation rows; resumable.
+
+    Parameters
+    ----------
+    live : dvclive.Live, optional
+        Receives per-epoch metrics (``train/loss``, ``val/loss``, ``val/clip_accuracy``, ...).
+    log : callable, optional
+        Gets one line per epoch (the CLI prints it to stderr).
+
+    Returns
+    -------
+    TrainResult with the model holding the best epoch's weights.
+    """
+    import keras
+
+    from .model import build_model
+
+    if len(train_rows) == 0:
+        raise DatasetError("the train split has no segments")
+    state_dir = Path(state_dir)
+    n_classes = len(store.labels)
+    monitor_max = train_cfg.monitor == "val_clip_accuracy"
+    key = _state_key(model_cfg, train_cfg, store, train_rows, seed)
+    state = _load_state(state_dir, key)
+
+    keras.utils.set_random_seed(seed)
+    if state is not None:
+        model = keras.saving.load_model(state_dir / LAST_MODEL, safe_mode=True, compile=True)
+        mean, std = state["mean"], state["std"]
+    else:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        mean, std = standardization_stats(store.segments, train_rows)
+        model = build_model(model_cfg, store.input_shape, n_classes, mean=mean, std=std)
+        model.compile(
+            optimizer=keras.optimizers.Adam(train_cfg.learning_rate),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        state = {"key": key, "epoch": 0, "best": None, "best_epoch": 0, "wait": 0, "mean": mean, "std": std}
+    resumed_from = state["epoch"]
+    train_ds = make_dataset(
+        store, train_rows, train_cfg.batch_size, shuffle=True, seed=seed, n_classes=n_classes,
+        spec_augment=train_cfg.spec_augment, mixup_alpha=train_cfg.mixup_alpha,
+    )
+    has_valid = len(valid_rows) > 0
+
+    class Loop(keras.callbacks.Callback):
+        """Validation clip metrics, logging, checkpoints and early stopping, in one place."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            val = clip_scores(self.model, store, valid_rows) if has_valid else {}
+            score = (val["clip_accuracy"] if monitor_max else val["loss"]) if has_valid else -logs["loss"]
+            improved = state["best"] is None or (score > state["best"] if monitor_max or not has_valid
+                                                 else score < state["best"])
+            state["epoch"] = epoch + 1
+            if improved:
+                state.update(best=score, best_epoch=epoch + 1, wait=0)
+                with atomic_path(state_dir / BEST_WEIGHTS, suffix=".weights.h5") as tmp:
+                    self.model.save_weights(tmp)
+            else:
+                state["wait"] += 1
+            with atomic_path(state_dir / LAST_MODEL, suffix=".keras") as tmp:
+                self.model.save(tmp)
+            write_json(state_dir / STATE_FILE, state)
+            if live is not None:
+                live.step = epoch  # the epoch, not a counter: a resumed run continues the same curve
+                live.log_metric("train/loss", float(logs.get("loss", np.nan)))
+                live.log_metric("train/accuracy", float(logs.get("accuracy", np.nan)))
+                for name, value in val.items():
+                    live.log_metric(f"val/{name}", value)
+                live.next_step()
+            if log is not None:
+                shown = " ".join(f"val_{k}={v:.4f}" for k, v in val.items())
+                log(f"epoch {epoch + 1}/{train_cfg.epochs}: loss={logs.get('loss', float('nan')):.4f} {shown}"
+                    f"{' *' if improved else ''}")
+            if state["wait"] >= train_cfg.patience:
+                self.model.stop_training = True
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if state["epoch"] < train_cfg.epochs and state["wait"] < train_cfg.patience:
+        model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=state["epoch"], callbacks=[Loop()], shuffle=False,
+                  verbose=0)
+    model.load_weights(state_dir / BEST_WEIGHTS)
+    return TrainResult(model, mean, std, state["best_epoch"], state["best"], state["epoch"], resumed_from)
+
+
+def _load_state(state_dir: Path, key: str) -> dict | None:
+    """The saved loop state if it belongs to this very run (same params, data and seed), else None."""
+    try:
+        state = json.loads((state_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("key") != key or not (state_dir / LAST_MODEL).exists() or not (state_dir / BEST_WEIGHTS).exists():
+        return None
+    return state
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+
+
+def resolve_model_config(params: Params, best_params_path: str | Path | None) -> ModelConfig:
+    """params.model with the tune stage's choices (``best_params.json``: ``{"model": {...}}``) applied."""
+    cfg = params.model.__dict__.copy()
+    if best_params_path is not None and Path(best_params_path).exists():
+        best = json.loads(Path(best_params_path).read_text())
+        cfg.update(best.get("model", {}))
+    return from_dict(ModelConfig, cfg, "model")
+
+
+def run_train(
+    params: Params,
+    store_dir: str | Path = "data/features",
+    bundle_dir: str | Path = "models/bundle",
+    state_dir: str | Path = "models/train-state",
+    live_dir: str | Path = "dvclive",
+    best_params_path: str | Path | None = "models/best_params.json",
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """The `genre-se train` stage: train on the train split, early-stop on valid, write the bundle."""
+    from dvclive import Live
+
+    from .bundle import save_bundle
+
+    store = FeatureStore.open(store_dir)
+    model_cfg = resolve_model_config(params, best_params_path)
+    train_rows, valid_rows = store.rows("train"), store.rows("valid")
+    resuming = (Path(state_dir) / STATE_FILE).exists()
+    with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=False) as live:
+        result = train_model(
+            store, model_cfg, params.train, train_rows=train_rows, valid_rows=valid_rows,
+            seed=params.seed, state_dir=state_dir, live=live, log=log,
+        )
+    extra = {
+        "best_epoch": result.best_epoch,
+        "monitor": params.train.monitor,
+        "best_score": result.best_score,
+        "train_clips": int(store.table.iloc[train_rows]["clip_id"].nunique()),
+        "seed": params.seed,
+    }
+    save_bundle(bundle_dir, result.model, store.labels, store.features, model_cfg, extra=extra)
+    shutil.rmtree(state_dir, ignore_errors=True)  # finished: the next run starts fresh
+    return result

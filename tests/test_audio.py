@@ -1,0 +1,485 @@
+"""Tests for genre_se.audio: decoding, mixing down, resampling, blocks and every failure as AudioError."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from genre_se import audio
+from genre_se.audio import (
+    AUDIO_EXTENSIONS,
+    AudioInfo,
+    audio_info,
+    iter_audio_blocks,
+    load_audio,
+    resample,
+)
+from genre_se.errors import AudioError
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RNG_SEED = 1234
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _pcm16_noise(frames: int, channels: int = 1, seed: int = RNG_SEED) -> np.ndarray:
+    """Random samples that are exact 16-bit values, so a PCM_16 round trip is lossless."""
+    rng = np.random.default_rng(seed)
+    ints = rng.integers(-20000, 20000, size=(frames, channels))
+    samples = (ints / 32768.0).astype(np.float32)
+    return samples[:, 0] if channels == 1 else samples
+
+
+def _sine(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(sr * seconds))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _write(path: Path, data: np.ndarray, sr: int, **kwargs) -> Path:
+    sf.write(str(path), data, sr, **kwargs)
+    return path
+
+
+def _peak_hz(y: np.ndarray, sr: int) -> float:
+    spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    return float(np.fft.rfftfreq(len(y), 1 / sr)[np.argmax(spectrum)])
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(len(a), len(b))
+    return float(np.corrcoef(a[:n], b[:n])[0, 1])
+
+
+@pytest.fixture
+def stereo_wav(tmp_path) -> Path:
+    """3 s of 44.1 kHz stereo noise: longer than one READ_FRAMES read, so reads are really chunked."""
+    return _write(tmp_path / "stereo.wav", _pcm16_noise(3 * 44100, channels=2), 44100, subtype="PCM_16")
+
+
+@pytest.fixture
+def stereo_mp3(tmp_path) -> Path:
+    left, right = _sine(440, 44100, 3.0), _sine(660, 44100, 3.0, amp=0.3)
+    return _write(tmp_path / "stereo.mp3", np.stack([left, right], axis=1), 44100)
+
+
+# ----------------------------------------------------------------------------- constants and info
+
+
+def test_extensions_are_lower_case_without_dots_and_cover_the_usual_formats():
+    assert all(ext == ext.lower() and not ext.startswith(".") for ext in AUDIO_EXTENSIONS)
+    assert {"wav", "au", "snd", "flac", "ogg", "oga", "mp3"} <= set(AUDIO_EXTENSIONS)
+    assert len(set(AUDIO_EXTENSIONS)) == len(AUDIO_EXTENSIONS)
+
+
+def test_audio_info_reads_the_header(tmp_path):
+    path = _write(tmp_path / "x.flac", _pcm16_noise(12345, channels=2), 16000, subtype="PCM_16")
+    info = audio_info(path)  # a PathLike is accepted
+    assert info == AudioInfo(str(path), 16000, 2, 12345, 12345 / 16000, "FLAC")
+    with pytest.raises(AttributeError):
+        info.frames = 1  # frozen
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize(
+    ("name", "write_kwargs"),
+    [
+        ("pcm16.wav", {"subtype": "PCM_16"}),
+        ("float.wav", {"subtype": "FLOAT"}),
+        ("pcm16.flac", {"subtype": "PCM_16"}),
+        ("pcm16.au", {"subtype": "PCM_16"}),
+        ("pcm16.snd", {"format": "AU", "subtype": "PCM_16"}),
+    ],
+)
+def test_lossless_round_trip_at_native_rate_is_exact(tmp_path, name, write_kwargs):
+    original = _pcm16_noise(70000)
+    path = _write(tmp_path / name, original, 22050, **write_kwargs)
+    y = load_audio(path, sr=None)
+    assert y.dtype == np.float32 and y.ndim == 1
+    np.testing.assert_array_equal(y, original)
+    np.testing.assert_array_equal(load_audio(str(path), sr=22050), original)  # same rate: untouched
+
+
+@pytest.mark.parametrize(
+    ("name", "write_kwargs"), [("x.mp3", {}), ("x.ogg", {}), ("x.oga", {"format": "OGG"})]
+)
+def test_lossy_round_trip_keeps_the_waveform(tmp_path, name, write_kwargs):
+    original = _sine(440, 22050, 2.0) + _sine(1234, 22050, 2.0, amp=0.2)
+    path = _write(tmp_path / name, original, 22050, **write_kwargs)
+    y = load_audio(path, sr=None)
+    assert y.dtype == np.float32 and y.ndim == 1
+    assert abs(len(y) - len(original)) <= 2048  # codec padding at most
+    assert _correlation(y, original) > 0.95
+
+
+def test_chunked_mp3_decoding_matches_a_one_shot_decode(stereo_mp3):
+    # soundfile's public chunked read re-seeks MP3 approximately; ours must not drift.
+    one_shot, sr = sf.read(str(stereo_mp3), dtype="float32")
+    y = load_audio(stereo_mp3, sr=None)
+    assert len(y) == len(one_shot) and sr == 44100
+    np.testing.assert_allclose(y, one_shot.mean(axis=1), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+def test_a_44k_sine_comes_out_at_22050_with_the_right_length_and_frequency(tmp_path):
+    path = _write(tmp_path / "sine44k.wav", _sine(1000, 44100, 2.0), 44100, subtype="FLOAT")
+    y = load_audio(path, sr=22050)
+    assert y.dtype == np.float32 and len(y) == 2 * 22050
+    assert abs(_peak_hz(y, 22050) - 1000) < 1.0
+    middle = y[2000:-2000]
+    assert 0.45 < np.max(np.abs(middle)) < 0.55  # amplitude kept
+
+
+def test_upsampling_keeps_frequency_and_length(tmp_path):
+    path = _write(tmp_path / "sine16k.flac", _sine(440, 16000, 1.5), 16000)
+    y = load_audio(path, sr=22050)
+    assert len(y) == round(1.5 * 22050)
+    assert abs(_peak_hz(y, 22050) - 440) < 1.0
+
+
+def test_resample_function_agrees_with_the_loader(tmp_path):
+    signal = _sine(700, 44100, 1.0)
+    path = _write(tmp_path / "m.wav", signal, 44100, subtype="FLOAT")
+    out = resample(signal, 44100, 22050)
+    assert out.dtype == np.float32 and out.shape == (22050,)
+    np.testing.assert_allclose(out, load_audio(path, sr=22050), atol=1e-6)
+    same = resample(signal.astype(np.float64), 44100, 44100)
+    assert same.dtype == np.float32 and np.array_equal(same, signal) and same is not signal
+    assert resample(np.zeros((4410, 2)), 44100, 22050).shape == (2205, 2)
+    assert resample(np.zeros(0), 44100, 22050).shape == (0,)
+
+
+@pytest.mark.parametrize(("orig", "target"), [(0, 22050), (44100, -1), (44100.5, 22050), (44100, None)])
+def test_resample_rejects_bad_rates(orig, target):
+    with pytest.raises(AudioError, match="resample"):
+        resample(np.zeros(100, dtype=np.float32), orig, target)
+
+
+# ----------------------------------------------------------------------------- mixing down
+
+
+def test_opposite_channels_cancel_and_equal_channels_stay(tmp_path):
+    x = _sine(300, 22050, 1.0)
+    opposite = _write(tmp_path / "opp.wav", np.stack([x, -x], axis=1), 22050, subtype="FLOAT")
+    equal = _write(tmp_path / "eq.wav", np.stack([x, x], axis=1), 22050, subtype="FLOAT")
+    assert np.max(np.abs(load_audio(opposite, sr=None))) < 1e-7
+    np.testing.assert_array_equal(load_audio(equal, sr=None), x)
+
+
+def test_many_channels_are_averaged(tmp_path):
+    channels = _pcm16_noise(5000, channels=6)
+    path = _write(tmp_path / "six.wav", channels, 22050, subtype="FLOAT")
+    np.testing.assert_allclose(load_audio(path, sr=None), channels.mean(axis=1), atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- offset and duration
+
+
+@pytest.mark.parametrize("fixture_name", ["stereo_wav", "stereo_mp3"])
+def test_offset_and_duration_cut_exactly_at_the_native_rate(request, fixture_name):
+    path = request.getfixturevalue(fixture_name)
+    full = load_audio(path, sr=None)
+    part = load_audio(path, sr=None, offset=1.7, duration=0.5)
+    start = round(1.7 * 44100)
+    np.testing.assert_array_equal(part, full[start : start + round(0.5 * 44100)])
+    np.testing.assert_array_equal(load_audio(path, sr=None, offset=2.0), full[2 * 44100 :])
+
+
+def test_offset_and_duration_with_resampling_give_the_resampled_length(stereo_wav):
+    part = load_audio(stereo_wav, sr=22050, offset=0.5, duration=1.25)
+    assert abs(len(part) - 1.25 * 22050) <= 1  # 27562.5 samples: soxr rounds up
+    tail = load_audio(stereo_wav, sr=22050, offset=2.5, duration=10.0)  # runs past the end: what is there
+    assert len(tail) == round(0.5 * 22050)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"offset": 5.0}, "no audio samples"),
+        ({"offset": -1.0}, "offset"),
+        ({"offset": float("nan")}, "offset"),
+        ({"duration": 0.0}, "duration"),
+        ({"duration": -2.0}, "duration"),
+        ({"sr": 0}, "sr"),
+        ({"sr": 22050.0}, "sr"),
+    ],
+)
+def test_bad_windows_and_rates_raise_audio_error(stereo_wav, kwargs, words):
+    with pytest.raises(AudioError, match=words) as caught:
+        load_audio(stereo_wav, **kwargs)
+    assert str(stereo_wav) in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+@pytest.mark.parametrize("sr", [None, 22050, 16000])
+@pytest.mark.parametrize("block_seconds", [0.25, 1.0, 1.3, 30.0])
+def test_blocks_concatenate_to_load_audio(stereo_wav, sr, block_seconds):
+    blocks = list(iter_audio_blocks(stereo_wav, sr, block_seconds=block_seconds))
+    expected = load_audio(stereo_wav, sr)
+    np.testing.assert_array_equal(np.concatenate(blocks), expected)
+    block_len = round(block_seconds * (sr or 44100))
+    assert all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+    assert all(len(b) == block_len for b in blocks[:-1]) and 0 < len(blocks[-1]) <= block_len
+
+
+def test_mp3_blocks_concatenate_to_load_audio(stereo_mp3):
+    blocks = list(iter_audio_blocks(stereo_mp3, 22050, block_seconds=0.4))
+    np.testing.assert_array_equal(np.concatenate(blocks), load_audio(stereo_mp3, 22050))
+
+
+def test_blocks_are_independent_arrays(stereo_wav):
+    blocks = list(iter_audio_blocks(stereo_wav, None, block_seconds=0.5))
+    snapshot = [b.copy() for b in blocks]
+    blocks[0][:] = 9.0
+    assert all(np.array_equal(b, s) for b, s in zip(blocks[1:], snapshot[1:]))
+
+
+@pytest.mark.parametrize("block_seconds", [0, -1.0, float("inf"), "3"])
+def test_bad_block_seconds_raise_at_call_time(stereo_wav, block_seconds):
+    with pytest.raises(AudioError, match="block_seconds"):
+        iter_audio_blocks(stereo_wav, block_seconds=block_seconds)
+
+
+def test_blocks_never_decode_the_whole_file_at_once(tmp_path, monkeypatch):
+    """Memory note: iter_audio_blocks reads READ_FRAMES at a time, never sf.read() of the whole file."""
+    seconds, sr = 60, 44100
+    long_file = _write(tmp_path / "long.wav", _pcm16_noise(seconds * sr, channels=2), sr, subtype="PCM_16")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("whole-file read called")
+
+    monkeypatch.setattr(sf, "read", refuse)
+    monkeypatch.setattr(sf.SoundFile, "read", refuse)
+    tracemalloc.start()
+    try:
+        total = sum(len(block) for block in iter_audio_blocks(long_file, 22050, block_seconds=1.0))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == seconds * 22050
+    whole_file_bytes = seconds * sr * 2 * 4  # float32 stereo decode of the file: ~21 MB
+    assert peak < whole_file_bytes / 5, f"peak {peak} bytes"
+
+
+# ----------------------------------------------------------------------------- silence
+
+
+def test_silent_file_loads_as_zeros(tmp_path):
+    path = _write(tmp_path / "silence.wav", np.zeros((22050, 2), dtype=np.float32), 44100, subtype="PCM_16")
+    y = load_audio(path, sr=22050)
+    assert len(y) == 11025 and y.dtype == np.float32 and not np.any(y)
+    assert not np.any(np.concatenate(list(iter_audio_blocks(path, None, block_seconds=0.1))))
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def _header_only_wav(tmp_path: Path) -> Path:
+    source = _write(tmp_path / "source.wav", _pcm16_noise(1000), 22050, subtype="PCM_16")
+    path = tmp_path / "header_only.wav"
+    path.write_bytes(source.read_bytes()[:44])  # 44-byte canonical header, no data
+    return path
+
+
+def _cut_in_header(tmp_path: Path) -> Path:
+    source = _write(tmp_path / "source2.wav", _pcm16_noise(1000), 22050, subtype="PCM_16")
+    path = tmp_path / "cut_in_header.wav"
+    path.write_bytes(source.read_bytes()[:20])
+    return path
+
+
+def _random_bytes(tmp_path: Path) -> Path:
+    path = tmp_path / "noise.wav"
+    path.write_bytes(np.random.default_rng(RNG_SEED).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return path
+
+
+def _text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("this is not audio\n" * 50)
+    return path
+
+
+def _text_named_mp3(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.mp3"
+    path.write_text("this is not audio either\n" * 50)
+    return path
+
+
+def _empty(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    return path
+
+
+def _nan_wav(tmp_path: Path) -> Path:
+    samples = _sine(100, 8000, 0.5)
+    samples[100] = np.nan
+    return _write(tmp_path / "nan.wav", samples, 8000, subtype="FLOAT")
+
+
+BAD_FILES = {
+    "missing": (lambda tmp: tmp / "missing.wav", "file not found"),
+    "directory": (lambda tmp: tmp, "is a directory"),
+    "empty": (_empty, r"empty file \(0 bytes\)"),
+    "header only": (_header_only_wav, "no audio samples"),
+    "cut in header": (_cut_in_header, "not a readable audio file"),
+    "random bytes": (_random_bytes, "not a readable audio file"),
+    "text file": (_text_file, "not a readable audio file"),
+    "text named .mp3": (_text_named_mp3, "not a readable audio file"),
+    "NaN samples": (_nan_wav, "non-finite"),
+}
+READERS = {
+    "audio_info": audio_info,
+    "load_audio": load_audio,
+    "iter_audio_blocks": lambda p: list(iter_audio_blocks(p)),
+}
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_every_bad_file_raises_audio_error_naming_file_and_cause(tmp_path, case, reader):
+    make, cause = BAD_FILES[case]
+    path = make(tmp_path)
+    if case == "NaN samples" and reader == "audio_info":
+        assert audio_info(path).frames == 4000  # the header is fine; only decoding finds the NaN
+        return
+    with pytest.raises(AudioError, match=cause) as caught:
+        READERS[reader](path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert "Error opening" not in message and "LibsndfileError" not in message
+
+
+def test_header_claiming_more_data_than_present_decodes_what_is_there(tmp_path):
+    original = _pcm16_noise(20000)
+    source = _write(tmp_path / "full.wav", original, 22050, subtype="PCM_16")
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(source.read_bytes()[: 44 + 2 * 8000])  # header still says 20000 frames
+    np.testing.assert_array_equal(load_audio(truncated, sr=None), original[:8000])
+
+
+def test_mp3_cut_in_half_decodes_the_first_part(stereo_mp3, tmp_path):
+    full = load_audio(stereo_mp3, sr=None)
+    half = tmp_path / "half.mp3"
+    data = stereo_mp3.read_bytes()
+    half.write_bytes(data[: len(data) // 2])
+    y = load_audio(half, sr=None)
+    assert 0.3 * len(full) < len(y) < 0.7 * len(full)
+    np.testing.assert_allclose(y[:20000], full[:20000], atol=1e-6)
+
+
+def test_flac_cut_in_half_raises_audio_error(tmp_path):
+    path = _write(tmp_path / "full.flac", _pcm16_noise(3 * 44100), 44100)
+    cut = tmp_path / "cut.flac"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match="corrupt or truncated") as caught:
+        load_audio(cut)
+    assert str(cut) in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- audioread fallback
+
+
+class _FakeAudioread:
+    """Stands in for an audioread backend (ffmpeg is not installed on the test machine)."""
+
+    def __init__(self, samples: np.ndarray, sr: int):
+        self.samplerate, self.channels = sr, samples.shape[1]
+        self.duration = samples.shape[0] / sr
+        self._bytes = (samples * 32768).astype("<i2").tobytes()
+        self.closed = False
+
+    def __iter__(self):
+        step = 1000 * 2 * self.channels
+        for i in range(0, len(self._bytes), step):
+            yield self._bytes[i : i + step]
+
+    def close(self):
+        self.closed = True
+
+
+def test_fallback_decodes_what_libsndfile_cannot(tmp_path, monkeypatch):
+    import audioread
+
+    samples = _pcm16_noise(9000, channels=2)
+    fake = _FakeAudioread(samples, 44100)
+    path = tmp_path / "song.m4a"
+    path.write_bytes(b"\x00\x00\x00\x18ftypM4A " + b"\x00" * 200)
+    monkeypatch.setattr(audioread, "audio_open", lambda p: fake)
+    info = audio_info(path)
+    assert (info.sample_rate, info.channels, info.frames, info.format) == (44100, 2, 9000, "M4A")
+    np.testing.assert_array_equal(load_audio(path, sr=None), samples.mean(axis=1, dtype=np.float32))
+    np.testing.assert_array_equal(load_audio(path, sr=None, offset=1500 / 44100, duration=0.05),
+                                  samples.mean(axis=1, dtype=np.float32)[1500 : 1500 + 2205])
+    assert fake.closed
+
+
+def test_fallback_without_a_backend_says_so(tmp_path, monkeypatch):
+    import audioread
+    from audioread.exceptions import NoBackendError
+
+    def no_backend(path):
+        raise NoBackendError()
+
+    monkeypatch.setattr(audioread, "audio_open", no_backend)
+    path = tmp_path / "song.m4a"
+    path.write_bytes(b"\x00" * 300)
+    with pytest.raises(AudioError, match="no ffmpeg or GStreamer decoder") as caught:
+        load_audio(path)
+    assert str(caught.value).startswith(f"{path}: not a readable audio file")
+
+
+def test_unknown_extensions_are_not_retried_with_audioread(tmp_path, monkeypatch):
+    import audioread
+
+    def must_not_be_called(path):
+        raise AssertionError("fallback tried for a non-audio extension")
+
+    monkeypatch.setattr(audioread, "audio_open", must_not_be_called)
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        load_audio(_text_file(tmp_path))
+
+
+def test_fallback_decode_errors_become_audio_errors(tmp_path, monkeypatch):
+    import audioread
+
+    class Broken(_FakeAudioread):
+        def __iter__(self):
+            yield b"\x00\x00" * 2 * 100
+            raise OSError("pipe closed")
+
+    monkeypatch.setattr(audioread, "audio_open", lambda p: Broken(np.zeros((10, 2), np.float32), 8000))
+    path = tmp_path / "broken.aac"
+    path.write_bytes(b"\x01" * 300)
+    with pytest.raises(AudioError, match="pipe closed"):
+        load_audio(path)
+
+
+# ----------------------------------------------------------------------------- shared real data
+
+
+@pytest.mark.parametrize("genre", ["blues", "classical"])
+def test_gtzan_au_and_wav_give_the_same_samples(genre):
+    au = SHARED_DATA / "gtzan-au" / f"{genre}.00000.au"
+    wav = SHARED_DATA / "gtzan-mini" / "genres" / genre / f"{genre}.00000.wav"
+    if not (au.is_file() and wav.is_file()):
+        pytest.skip(f"shared GTZAN data not found under {SHARED_DATA}")
+    info = audio_info(au)
+    assert (info.format, info.sample_rate, info.channels) == ("AU", 22050, 1)
+    from_au = load_audio(au, sr=22050)
+    from_wav = load_audio(wav, sr=22050)
+    assert len(from_au) == info.frames > 29 * 22050
+    np.testing.assert_array_equal(from_au, from_wav)
+    assert np.any(from_au)
