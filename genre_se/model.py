@@ -22,6 +22,7 @@ INPUT_NAME = "spectrogram"
 STANDARDIZE_NAME = "standardize"
 EMBEDDING_NAME = "embedding"
 OUTPUT_NAME = "genre"
+BN_MOMENTUM = 0.9
 _BLOCK_LAYER = re.compile(r"^block(\d+)_(\w+)$")
 
 
@@ -169,7 +170,9 @@ def _conv_block(x, i: int, filters: int, kernel: int, padding: str, dropout: flo
         filters, kernel, padding=padding, use_bias=not cfg.batch_norm, name=f"block{i}_conv"
     )(x)
     if cfg.batch_norm:
-        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        # momentum 0.9, not Keras' 0.99: on small datasets (a few hundred steps) the moving statistics
+        # must converge within the first epochs, or inference-mode outputs collapse to one class.
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{i}_bn")(x)
     x = keras.layers.ReLU(name=f"block{i}_relu")(x)
     x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
     x = keras.layers.Dropout(dropout, name=f"block{i}_dropout")(x)

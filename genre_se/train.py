@@ -220,7 +220,8 @@ def train_model(
             loss="categorical_crossentropy",
             metrics=["accuracy"],
         )
-        state = {"key": key, "epoch": 0, "best": None, "best_epoch": 0, "wait": 0, "mean": mean, "std": std}
+        state = {"key": key, "epoch": 0, "best": None, "best_key": None, "best_epoch": 0, "wait": 0,
+                 "mean": mean, "std": std}
     resumed_from = state["epoch"]
     train_ds = make_dataset(
         store, train_rows, train_cfg.batch_size, shuffle=True, seed=seed, n_classes=n_classes,
@@ -234,12 +235,12 @@ def train_model(
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
             val = clip_scores(self.model, store, valid_rows) if has_valid else {}
-            score = (val["clip_accuracy"] if monitor_max else val["loss"]) if has_valid else -logs["loss"]
-            improved = state["best"] is None or (score > state["best"] if monitor_max or not has_valid
-                                                 else score < state["best"])
+            score = _score(val, logs, monitor_max)
+            improved = state["best_key"] is None or score > tuple(state["best_key"])
             state["epoch"] = epoch + 1
             if improved:
-                state.update(best=score, best_epoch=epoch + 1, wait=0)
+                state.update(best=_reported(val, logs, monitor_max), best_key=list(score), best_epoch=epoch + 1,
+                             wait=0)
                 with atomic_path(state_dir / BEST_WEIGHTS, suffix=".weights.h5") as tmp:
                     self.model.save_weights(tmp)
             else:
@@ -267,6 +268,23 @@ def train_model(
                   verbose=0)
     model.load_weights(state_dir / BEST_WEIGHTS)
     return TrainResult(model, mean, std, state["best_epoch"], state["best"], state["epoch"], resumed_from)
+
+
+def _score(val: dict, logs: dict, monitor_max: bool) -> tuple[float, float]:
+    """Higher is better. Clip accuracy moves in coarse steps on small validation sets, so ties are
+    broken by the validation loss; without a validation split, the training loss decides."""
+    if not val:
+        return (-float(logs["loss"]), 0.0)
+    if monitor_max:
+        return (val["clip_accuracy"], -val["loss"])
+    return (-val["loss"], val["clip_accuracy"])
+
+
+def _reported(val: dict, logs: dict, monitor_max: bool) -> float:
+    """The monitored value itself, for logs and the bundle."""
+    if not val:
+        return float(logs["loss"])
+    return val["clip_accuracy"] if monitor_max else val["loss"]
 
 
 def _load_state(state_dir: Path, key: str) -> dict | None:
