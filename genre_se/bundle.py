@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +26,7 @@ import keras
 from . import __version__
 from .config import FeatureConfig, ModelConfig, from_dict
 from .errors import ConfigError, ModelError
+from .fileio import atomic_dir
 from .model import Standardize  # registers the genre_se layers for safe-mode loading
 
 FORMAT_VERSION = 1
@@ -107,27 +104,6 @@ def _check_replaceable(target: Path) -> None:
         raise ModelError(f"{target}: a non-empty directory but not a model bundle; refusing to replace it")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Move the finished ``staging`` dir to ``target``, restoring the old bundle if the move fails."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}.tmp")
-    os.replace(target, retired)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(retired, target)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def _save_keras_model(model: keras.Model, path: Path) -> None:
     try:
         model.save(str(path))
@@ -178,19 +154,11 @@ def save_bundle(
         raise ModelError(f"{target}: bundle metadata is not JSON-serialisable ({exc})") from None
     _check_replaceable(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; a bundle gets the usual permissions
-    except OSError as exc:
-        raise ModelError(f"{target}: cannot create the bundle directory ({exc.strerror})") from None
-    try:
-        _save_keras_model(model, staging / MODEL_FILE)
-        (staging / META_FILE).write_text(meta_text, encoding="utf-8")
-        _swap_in(staging, target)
+        with atomic_dir(target) as staging:
+            _save_keras_model(model, staging / MODEL_FILE)
+            (staging / META_FILE).write_text(meta_text, encoding="utf-8")
     except OSError as exc:
         raise ModelError(f"{target}: cannot write the model bundle ({exc})") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

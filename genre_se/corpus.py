@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ import pandas as pd
 
 from .config import DEFAULT_GENRES, CorpusConfig, Params
 from .errors import ConfigError, DatasetError
+from .fileio import atomic_dir
 
 #: Genres the synth knows; a clip's seed uses the genre's position here, so it does not depend on
 #: which genres (or in which order) ``corpus.genres`` lists.
@@ -919,22 +917,6 @@ def _check_replaceable(target: Path) -> None:
         )
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move folder ``new`` to ``target``, replacing what is there with no half-written state."""
-    _check_replaceable(target)
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old)  # renaming onto an empty folder is allowed
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _marker_text(cfg: CorpusConfig, seed: int) -> str:
     settings = {"seed": int(seed), **dataclasses.asdict(cfg)}
     return json.dumps(settings, sort_keys=True) + "\n"
@@ -962,11 +944,8 @@ def generate_corpus(cfg: CorpusConfig, out_dir, seed: int) -> pd.DataFrame:
     _check_genres(cfg.genres)
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     rows = []
-    try:
-        os.chmod(staging, 0o755)
+    with atomic_dir(out_dir) as staging:
         for genre in cfg.genres:
             (staging / genre).mkdir()
             for index in range(cfg.clips_per_genre):
@@ -977,10 +956,6 @@ def generate_corpus(cfg: CorpusConfig, out_dir, seed: int) -> pd.DataFrame:
                 path = str(out_dir / genre / f"{name}.wav")
                 rows.append((name, path, genre, len(audio) / cfg.sample_rate, bpm, key))
         (staging / MARKER).write_text(_marker_text(cfg, seed), encoding="utf-8")
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return pd.DataFrame(rows, columns=["clip_id", "path", "label", "seconds", "tempo_bpm", "key"])
 
 

@@ -11,6 +11,8 @@ import keras
 import numpy as np
 import pytest
 
+from genre_se.fileio import umask
+
 import genre_se
 from genre_se import bundle as bundle_module
 from genre_se.bundle import FORMAT_VERSION, load_bundle, save_bundle
@@ -44,7 +46,7 @@ def test_round_trip_gives_identical_predictions(tmp_path, model, batch, saved):
     assert saved == tmp_path / "bundle"
     assert sorted(p.name for p in saved.iterdir()) == ["bundle.json", "model.keras"]
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging directory left behind
-    assert saved.stat().st_mode & 0o777 == 0o777 & ~bundle_module._umask()  # not mkdtemp's 0700
+    assert saved.stat().st_mode & 0o777 == 0o777 & ~umask()  # not mkdtemp's 0700
     loaded = load_bundle(saved)
     np.testing.assert_array_equal(loaded.model.predict(batch, verbose=0), model.predict(batch, verbose=0))
     np.testing.assert_array_equal(
@@ -118,7 +120,7 @@ def test_failed_swap_restores_the_old_bundle(tmp_path, model, saved, monkeypatch
             raise OSError(5, "Input/output error")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(bundle_module.os, "replace", failing_swap)
+    monkeypatch.setattr(os, "replace", failing_swap)
     with pytest.raises(ModelError, match="cannot write the model bundle"):
         save_bundle(saved, model, ["x", "y", "z"], FEATURES, CONFIG)
     monkeypatch.undo()
