@@ -55,9 +55,18 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
     return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
 
 
+@lru_cache(maxsize=8)
+def _mel_basis_sparse(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None):
+    """The filter bank as CSR: ~1.5 % of it is non-zero, and a sparse product starts no BLAS threads
+    (which thrash on a busy 2-core machine and inside worker processes; measured 3x on the stage)."""
+    import scipy.sparse
+
+    return scipy.sparse.csr_array(_mel_basis(sr, n_fft, n_mels, fmin, fmax))
+
+
 def warm_up(cfg: FeatureConfig) -> None:
     """Build the cached filter bank (imports librosa) now, e.g. once before forking worker processes."""
-    _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+    _mel_basis_sparse(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
     _window(cfg.n_fft)
 
 
@@ -71,8 +80,8 @@ def _window(n_fft: int) -> np.ndarray:
 def _frames_to_db(frames: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """(n_frames, n_fft) windowless sample frames -> (n_mels, n_frames) log-mel in dB, float32."""
     spectrum = np.fft.rfft(frames * _window(cfg.n_fft), axis=1)
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-    mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ power.T
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32, copy=False)
+    mel = _mel_basis_sparse(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ power.T
     return (10.0 * np.log10(np.maximum(mel, cfg.amin)) - 10.0 * np.log10(cfg.ref_power)).astype(np.float32)
 
 

@@ -1,0 +1,117 @@
+"""The benchmark scripts run (``--smoke``) and their helpers compute what they claim; no timing assertions."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+# bench/ is not a package (the scripts run as `python bench/<script>.py`): load its helpers by path,
+# under a name that cannot clash with another `common` module.
+_spec = importlib.util.spec_from_file_location("genre_se_bench_common", BENCH / "common.py")
+common = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = common  # dataclasses look their module up there
+_spec.loader.exec_module(common)
+
+EXPECTED_ROWS = ("features stage, workers=2", "features stage, workers=1", "plain librosa loop, 1 process")
+
+
+def _run_script(*args, timeout=180):
+    return subprocess.run(
+        [sys.executable, str(BENCH / "bench_features.py"), *args],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _table_rows(text: str, first_header: str) -> dict[str, list[str]]:
+    """Cells of the Markdown table whose header starts with ``first_header``, keyed by first cell."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header}"))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def smoke_output():
+    done = _run_script("--smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_smoke_prints_the_throughput_table(smoke_output):
+    rows = _table_rows(smoke_output, "method ")
+    assert list(rows) == list(EXPECTED_ROWS)
+    for label, (rate, rate_range, seconds, ratio) in rows.items():
+        assert float(rate) > 0 and float(seconds) > 0, label
+        low, high = (float(x) for x in rate_range.split("-"))
+        assert low <= float(rate) <= high, label
+        assert re.fullmatch(r"\d+\.\d\dx", ratio), label
+    assert rows["plain librosa loop, 1 process"][3] == "1.00x"  # the reference is itself
+
+
+def test_smoke_prints_cold_table_and_machine(smoke_output):
+    cold = _table_rows(smoke_output, "method (fresh process)")
+    assert list(cold) == list(EXPECTED_ROWS)
+    for label, cells in cold.items():
+        process_s, imports_s, first_run_s, _ = (float(c) for c in cells)
+        assert process_s >= imports_s + first_run_s, label  # the process also starts Python and exits
+    assert "4 clips" in smoke_output  # the generated smoke data, not the shared data
+    machine = [line for line in smoke_output.splitlines() if line.startswith("Machine: ")]
+    assert len(machine) == 1 and "usable cores" in machine[0] and "numpy " in machine[0]
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    done = _run_script("--data", str(tmp_path / "nowhere"), "--no-cold", timeout=60)
+    assert done.returncode == 2
+    assert "nowhere" in done.stderr and "--smoke" in done.stderr
+
+
+def test_timings_summaries():
+    timings = common.Timings("x", [3.0, 1.0, 2.0, 10.0])
+    assert timings.median == 2.5 and timings.min == 1.0 and timings.max == 10.0
+    median_rate, low_rate, high_rate = timings.rate(10)
+    assert (median_rate, low_rate, high_rate) == (4.0, 1.0, 10.0)
+
+
+def test_time_rounds_interleaves_and_cleans_up_outside_timing():
+    calls = []
+    methods = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    results = common.time_rounds(methods, 3, after_each=lambda: calls.append("clean"))
+    assert calls == ["a", "clean", "b", "clean"] * 3
+    assert [len(results[k].seconds) for k in ("a", "b")] == [3, 3]
+    with pytest.raises(ValueError):
+        common.time_rounds(methods, 0)
+
+
+def test_markdown_table_aligns_columns():
+    table = common.markdown_table(["name", "n"], [["long name", 1], ["b", 22]])
+    lines = table.splitlines()
+    assert lines[0] == "| name      | n  |"
+    assert lines[1] == "|-----------|----|"
+    assert lines[2] == "| long name | 1  |"
+    assert len({len(line) for line in lines}) == 1
+    with pytest.raises(ValueError):
+        common.markdown_table(["a", "b"], [[1]])
+    assert common.fmt_range(1.234, 5.0, 2) == "1.23-5.00"
+
+
+def test_machine_description_names_cpu_cores_and_versions():
+    line = common.machine_description(("numpy", "no-such-package-xyz"))
+    assert line.startswith("Machine: ")
+    assert f"{common.usable_cores()} usable cores" in line
+    assert "no-such-package-xyz absent" in line
+    assert re.search(r"numpy \d+\.\d+", line)
