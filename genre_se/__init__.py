@@ -7,7 +7,32 @@ from .errors import AudioError, ConfigError, DatasetError, GenreSEError, ModelEr
 
 __version__ = "0.1.0"
 
-__all__ = ["AudioError", "ConfigError", "DatasetError", "GenreSEError", "ModelError", "__version__"]
+__all__ = [
+    "AudioError",
+    "ConfigError",
+    "DatasetError",
+    "GenreClassifier",
+    "GenreSEError",
+    "ModelError",
+    "__version__",
+]
+
+#: Names served lazily from submodules, so `import genre_se` stays cheap (no TensorFlow until used).
+_LAZY = {"GenreClassifier": "inference"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 import os as _os
 

@@ -48,12 +48,12 @@ def dataset_features(index: pd.DataFrame, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def make_classifier(seed: int = 0):
-    """Standardise, then an RBF SVM with probability outputs."""
+    """Standardise, then an RBF SVM."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    return make_pipeline(StandardScaler(), SVC(C=10.0, gamma="scale", probability=False, random_state=seed))
+    return make_pipeline(StandardScaler(), SVC(C=10.0, gamma="scale", random_state=seed))
 
 
 def cross_validate(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, seed: int = 0) -> pd.DataFrame:

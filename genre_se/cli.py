@@ -112,8 +112,19 @@ def cmd_features(args) -> int:
 def cmd_tune(args) -> int:
     from .tune import run_tune
 
-    best = run_tune(_params(args), out_path=args.out)
-    print(f"reduction ratios {best['model']['reduction_ratios']} ({best['source']}) -> {args.out}", file=sys.stderr)
+    result = run_tune(
+        _params(args), store_dir=args.features, out_path=args.out, trials_path=args.trials,
+        plot_path=args.plot, project_root=args.project_dir, log=_log(args),
+    )
+    if result.best is None:  # a distributed worker: the chief writes the results
+        print(f"worker {result.tuner_id}: ran trials {', '.join(result.trials_run) or 'none'}", file=sys.stderr)
+        return 0
+    best = result.best
+    found = ""
+    if "trial" in best:
+        found = f", trial {best['trial']} {best['objective']['name']}={best['objective']['value']:.4f}"
+    print(f"reduction ratios {best['model']['reduction_ratios']} ({best['source']}{found}) -> {args.out}",
+          file=sys.stderr)
     return 0
 
 
@@ -165,6 +176,152 @@ def cmd_model_summary(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# predict / embed: thin over genre_se.inference
+
+
+def _inference_progress(args, files: list[str]):
+    """(bar, on_progress): a bar over files (several) or audio seconds (one); (None, None) when quiet/no TTY."""
+    factory = _progress(args.quiet)
+    if factory is None or not files:
+        return None, None
+    if len(files) > 1:
+        return factory(total=len(files), unit="file", delay=0.5), None
+    from .audio import audio_info
+
+    try:
+        total = float(audio_info(files[0]).duration)
+    except GenreSEError:
+        return None, None  # the prediction itself reports the problem
+    bar = factory(total=round(total, 1), unit="s", delay=0.5, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s")
+
+    def on_progress(_path, seconds: float) -> None:
+        bar.update(min(seconds, bar.total) - bar.n)
+
+    return bar, on_progress
+
+
+def _emit(stream, text: str, bar) -> None:
+    """Write output text, lifting the progress bar (on stderr) out of the way while it is written."""
+    if not text:
+        return
+    if bar is None:
+        stream.write(text)
+        stream.flush()
+        return
+    with bar.external_write_mode(file=sys.stderr):
+        stream.write(text)
+        stream.flush()
+
+
+def _report(message: str, bar) -> None:
+    if bar is None:
+        _err(message)
+    else:
+        with bar.external_write_mode(file=sys.stderr):
+            _err(message)
+
+
+class _OutputStream:
+    """stdout, or a file written atomically (complete on success, absent on failure)."""
+
+    def __init__(self, path: str | None):
+        self.path = None if path in (None, "-") else path
+        self._atomic = None
+
+    def __enter__(self):
+        if self.path is None:
+            return sys.stdout
+        from .fileio import atomic_path
+
+        self._atomic = atomic_path(self.path)
+        self._file = open(self._atomic.__enter__(), "w", encoding="utf-8", newline="")
+        return self._file
+
+    def __exit__(self, *exc_info):
+        if self._atomic is None:
+            return False
+        self._file.close()
+        return self._atomic.__exit__(*exc_info)
+
+
+def _expand_inputs(paths: list[str]) -> tuple[list[str], int]:
+    """Audio files under the given paths; empty folders are reported and counted as failed inputs."""
+    from .audio import AUDIO_EXTENSIONS
+    from .inference import expand_paths
+
+    files, empty_folders = expand_paths(paths)
+    for folder in empty_folders:
+        _err(f"error: {folder}: no audio files found (looked for .{', .'.join(AUDIO_EXTENSIONS)})")
+    return files, len(empty_folders)
+
+
+def _finish(n_failed: int, n_inputs: int) -> int:
+    if n_failed and n_inputs > 1:
+        _err(f"{n_failed} of {n_inputs} inputs failed")
+    return EXIT_ERROR if n_failed else 0
+
+
+def cmd_predict(args) -> int:
+    from .inference import Failure, GenreClassifier, PredictionFormatter
+
+    classifier = GenreClassifier.load(args.model, batch_size=args.batch_size, aggregate=args.aggregate)
+    files, n_empty = _expand_inputs(args.paths)
+    n_failed = n_empty
+    formatter = PredictionFormatter(args.format, args.top_k, args.timeline, classifier.provenance())
+    bar, on_progress = _inference_progress(args, files)
+    try:
+        with _OutputStream(args.output) as out:
+            _emit(out, formatter.begin(), bar)
+            for result in classifier.predict_many(files, on_progress=on_progress):
+                if isinstance(result, Failure):
+                    n_failed += 1
+                    _report(f"error: {result.message}", bar)
+                    formatter.add_failure(result)
+                else:
+                    _emit(out, formatter.add(result), bar)
+                if bar is not None and on_progress is None:
+                    bar.update(1)
+            _emit(out, formatter.end(), bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return _finish(n_failed, len(files) + n_empty)
+
+
+def cmd_embed(args) -> int:
+    from .inference import Failure, GenreClassifier, embedding_format, write_embeddings
+
+    embedding_format(args.output, args.format)  # a bad --output/--format fails before any work
+    classifier = GenreClassifier.load(args.model, batch_size=args.batch_size)
+    files, n_empty = _expand_inputs(args.paths)
+    n_failed = n_empty
+    bar, on_progress = _inference_progress(args, files)
+    embeddings = []
+    try:
+        for result in classifier.embed_many(files, on_progress=on_progress):
+            if isinstance(result, Failure):
+                n_failed += 1
+                _report(f"error: {result.message}", bar)
+            else:
+                embeddings.append(result)
+            if bar is not None and on_progress is None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not embeddings:
+        _err("error: nothing written: no input could be processed")
+        return EXIT_ERROR
+    written = write_embeddings(
+        embeddings, args.output, fmt=args.format, pool=args.pool, provenance=classifier.provenance()
+    )
+    rows = len(embeddings) if args.pool == "mean" else sum(e.n_segments for e in embeddings)
+    unit = "files" if args.pool == "mean" else "segments"
+    print(f"{rows} {unit} x {embeddings[0].dim} dims -> {written}", file=sys.stderr)
+    return _finish(n_failed, len(files) + n_empty)
+
+
+# --------------------------------------------------------------------------------------------------
 # Parser
 
 
@@ -177,6 +334,25 @@ def _add_params(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a parameter, e.g. -S train.epochs=2 (repeatable)",
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    """PATH... and the options predict and embed share."""
+    p.add_argument("paths", nargs="+", metavar="PATH", help="audio files and folders (searched recursively)")
+    p.add_argument("--model", help="model bundle (default: models/bundle, the pipeline's train output)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="segments per model call (default: 64)")
+    # SUPPRESS: only a given -q sets it, so the subcommand never resets `genre-se -q predict ...`
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,9 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--errors", default="reports/features_errors.csv", help="decode-failure report")
     p.set_defaults(func=cmd_features)
 
-    p = sub.add_parser("tune", help="choose the SE reduction ratios (writes best_params.json)")
+    p = sub.add_parser("tune", help="Bayesian search over the SE reduction ratios (writes best_params.json)")
     _add_params(p)
+    p.add_argument("--features", default="data/features", help="feature store (default: %(default)s)")
     p.add_argument("--out", default="models/best_params.json", help="output (default: %(default)s)")
+    p.add_argument("--trials", default="reports/tune_trials.csv", help="trial table (default: %(default)s)")
+    p.add_argument("--plot", default="reports/tune_objective.png", help="objective vs r (default: %(default)s)")
+    p.add_argument("--project-dir", default="models/tuning",
+                   help="keras-tuner projects, one per search; not a DVC output (default: %(default)s)")
     p.set_defaults(func=cmd_tune, needs_tf=True)
 
     p = sub.add_parser("train", help="train the SE-CNN on the train split and write the model bundle")
@@ -227,6 +408,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
     p.add_argument("--reports", default="reports", help="reports folder (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate, needs_tf=True)
+
+    p = sub.add_parser("predict", help="genre of audio files and folders (top-k, optional timeline)")
+    _add_inference_args(p)
+    p.add_argument("--top-k", type=_positive_int, default=3, help="genres shown per file (default: %(default)s)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--output", help="write the output to this file (atomically) instead of stdout")
+    p.add_argument("--timeline", action="store_true", help="also give the genre of every segment with its times")
+    p.add_argument("--aggregate", choices=("mean", "vote"), default="mean",
+                   help="segment probabilities -> file distribution (default: %(default)s, as evaluate)")
+    p.set_defaults(func=cmd_predict, needs_tf=True)
+
+    p = sub.add_parser("embed", help="embeddings (the layer before the classifier) of audio files")
+    _add_inference_args(p)
+    p.add_argument("--pool", choices=("mean", "none"), default="mean",
+                   help="mean: one vector per file; none: one per segment, with times (default: %(default)s)")
+    p.add_argument("--output", help="folder (npy) or file (npz, parquet); default embeddings.npz")
+    p.add_argument("--format", choices=("npy", "npz", "parquet"),
+                   help="default: from the --output suffix (.npz, .parquet), else npy into a folder")
+    p.set_defaults(func=cmd_embed, needs_tf=True)
 
     p = sub.add_parser("model", help="inspect the SE-CNN")
     model_sub = p.add_subparsers(dest="model_command", metavar="ACTION")

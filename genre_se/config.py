@@ -202,21 +202,69 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
+    """The Bayesian search (keras-tuner) over SE reduction ratios, and optionally learning rate and dropout.
+
+    ``mode: shared`` searches one r for every block in ``[r_min, r_max]`` (scalars); ``per_block`` one r per
+    block, each in its own range (``r_min``/``r_max`` a scalar for every block or one bound per block; the
+    count is checked against ``model.filters`` by the tune stage). ``learning_rate``/``dropout`` are
+    ``null`` (not searched) or ``[low, high]``. ``max_trials`` is left out of the search's identity, so
+    raising it extends a finished search instead of starting over.
+    """
+
     enabled: bool = True
     mode: Literal["shared", "per_block"] = "shared"
-    r_min: float = 8.0
-    r_max: float = 32.0
+    r_min: PerBlock = 8.0
+    r_max: PerBlock = 32.0
     r_type: Literal["float", "int"] = "float"
+    learning_rate: list | None = None
+    dropout: list | None = None
+    objective: Literal["val_clip_accuracy", "val_loss"] = "val_clip_accuracy"
     max_trials: int = 4
     executions_per_trial: int = 1
     epochs: int = 3
+    patience: int = 2
+    initial_points: int | None = None
 
     def validate(self, p: str) -> None:
-        _require(self.r_min > 0, f"{p}.r_min", "must be > 0")
-        _require(self.r_max > self.r_min, f"{p}.r_max", "must be > r_min")
+        lows, highs = self.r_bounds(p)
+        for low, high in zip(lows, highs):
+            _require(high > low, f"{p}.r_max", f"must be > r_min in every block, got {high!r} <= {low!r}")
+        if self.r_type == "int":
+            for key, values in ((f"{p}.r_min", lows), (f"{p}.r_max", highs)):
+                _require(all(float(v).is_integer() for v in values), key, "must be whole numbers when r_type is int")
+        self._check_range(self.learning_rate, f"{p}.learning_rate", 0.0, 1.0, low_open=True)
+        self._check_range(self.dropout, f"{p}.dropout", 0.0, 1.0, low_open=False)
         _require(self.max_trials >= 1, f"{p}.max_trials", "must be >= 1")
         _require(self.executions_per_trial >= 1, f"{p}.executions_per_trial", "must be >= 1")
         _require(self.epochs >= 1, f"{p}.epochs", "must be >= 1")
+        _require(self.patience >= 1, f"{p}.patience", "must be >= 1")
+        _require(self.initial_points is None or self.initial_points >= 1, f"{p}.initial_points", "must be >= 1 or null")
+
+    def r_bounds(self, p: str = "tune") -> tuple[list, list]:
+        """``(lows, highs)`` as lists: one entry (shared, or a scalar per-block bound) or one per block."""
+        lows = self.r_min if isinstance(self.r_min, (list, tuple)) else [self.r_min]
+        highs = self.r_max if isinstance(self.r_max, (list, tuple)) else [self.r_max]
+        for key, values in ((f"{p}.r_min", lows), (f"{p}.r_max", highs)):
+            _require(len(values) >= 1, key, "must not be an empty list")
+            for v in values:
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                _require(ok, key, f"must be numbers > 0, got {v!r}")
+            _require(self.mode == "per_block" or len(values) == 1, key, "must be a scalar when mode is 'shared'")
+        if len(lows) != len(highs) and min(len(lows), len(highs)) > 1:
+            raise ConfigError(f"{p}.r_max: has {len(highs)} entries but r_min has {len(lows)}")
+        n = max(len(lows), len(highs))
+        return [float(v) for v in lows] * (n // len(lows)), [float(v) for v in highs] * (n // len(highs))
+
+    @staticmethod
+    def _check_range(value, key: str, lowest: float, highest: float, low_open: bool) -> None:
+        if value is None:
+            return
+        ok = len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        _require(ok, key, f"must be null or [low, high], got {value!r}")
+        low, high = value
+        low_ok = low > lowest if low_open else low >= lowest
+        bounds = f"{'(' if low_open else '['}{lowest:g}, {highest:g})"
+        _require(low_ok and high < highest and low < high, key, f"needs low < high, both in {bounds}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,7 @@ def _layer(model: keras.Model, name: str) -> keras.layers.Layer:
 
 def embedding_model(model: keras.Model) -> keras.Model:
     """A model sharing ``model``'s weights that outputs the ``embedding`` (the classifier's input)."""
-    return keras.Model(model.inputs, _layer(model, EMBEDDING_NAME).output, name=f"{model.name}_embedding")
+    return keras.Model(model.inputs[0], _layer(model, EMBEDDING_NAME).output, name=f"{model.name}_embedding")
 
 
 def se_blocks(model: keras.Model) -> list[SqueezeExcitation]:

@@ -302,13 +302,24 @@ def _load_state(state_dir: Path, key: str) -> dict | None:
 # The stage
 
 
+def _best_params(best_params_path: str | Path | None) -> dict:
+    if best_params_path is None or not Path(best_params_path).exists():
+        return {}
+    return json.loads(Path(best_params_path).read_text())
+
+
 def resolve_model_config(params: Params, best_params_path: str | Path | None) -> ModelConfig:
     """params.model with the tune stage's choices (``best_params.json``: ``{"model": {...}}``) applied."""
     cfg = params.model.__dict__.copy()
-    if best_params_path is not None and Path(best_params_path).exists():
-        best = json.loads(Path(best_params_path).read_text())
-        cfg.update(best.get("model", {}))
+    cfg.update(_best_params(best_params_path).get("model", {}))
     return from_dict(ModelConfig, cfg, "model")
+
+
+def resolve_train_config(params: Params, best_params_path: str | Path | None) -> TrainConfig:
+    """params.train with a tuned learning rate (``{"train": {...}}``) applied."""
+    cfg = params.train.__dict__.copy()
+    cfg.update(_best_params(best_params_path).get("train", {}))
+    return from_dict(TrainConfig, cfg, "train")
 
 
 def run_train(
@@ -327,11 +338,12 @@ def run_train(
 
     store = FeatureStore.open(store_dir)
     model_cfg = resolve_model_config(params, best_params_path)
+    train_cfg = resolve_train_config(params, best_params_path)
     train_rows, valid_rows = store.rows("train"), store.rows("valid")
     resuming = (Path(state_dir) / STATE_FILE).exists()
     with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=False) as live:
         result = train_model(
-            store, model_cfg, params.train, train_rows=train_rows, valid_rows=valid_rows,
+            store, model_cfg, train_cfg, train_rows=train_rows, valid_rows=valid_rows,
             seed=params.seed, state_dir=state_dir, live=live, log=log,
         )
     extra = {

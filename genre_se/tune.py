@@ -1,25 +1,601 @@
-"""The `tune` stage: choose the SE reduction ratios; writes ``best_params.json`` for the train stage.
+"""The `tune` stage: Bayesian optimisation (keras-tuner) of the SE reduction ratios.
 
-``tune.enabled: false`` passes the configured ``model.reduction_ratios`` through unchanged. The
-Bayesian search (keras-tuner) is not built yet, so asking for it is an error rather than a silent no-op.
+The reference paper tuned one reduction ratio r over [8, 32] (and kept 31.43). One r squeezes a 32-channel
+block to a single hidden unit while a 256-channel block keeps eight, so the search can also choose one r per
+block (``tune.mode: per_block``), and optionally the learning rate and the dropout rate.
+
+* :class:`SEHyperModel` is a keras-tuner ``HyperModel`` over the project's :func:`~genre_se.model.build_model`;
+  its ``fit`` trains with early stopping on the objective, computed each epoch on the validation clips
+  (``val_clip_accuracy``, mean of segment probabilities per clip; not a Keras metric) or ``val_loss``.
+* :class:`SETuner` is keras-tuner's ``BayesianOptimization``; every trial uses the same seeds (common random
+  numbers, so trials differ by their hyperparameters only, whichever machine runs them).
+* :func:`run_tune` writes ``best_params.json`` for the train stage, a trial table (CSV) and a PNG of the
+  objective against r. ``tune.enabled: false`` passes ``model.reduction_ratios`` through.
+
+The search lives in keras-tuner's project directory ``<project_root>/<search key>/``, outside the DVC outputs:
+killing the stage and running it again continues the same search (an unfinished trial is run again), and
+changing the search space, the data or anything else a trial's result depends on gives a new key, hence a
+new search. ``tune.max_trials`` is not part of the key, so raising it extends a finished search.
+
+Distributed tuning uses keras-tuner's own chief/worker mode (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``,
+``KERASTUNER_ORACLE_PORT``; see ``docs/tuning.md``): the chief serves the oracle and writes the outputs, the
+workers run trials and write nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from .config import Params
-from .errors import ConfigError
-from .fileio import write_json
+import keras_tuner
+import numpy as np
+import pandas as pd
+
+from .config import ModelConfig, Params, TrainConfig, TuneConfig, from_dict
+from .errors import ConfigError, DatasetError, GenreSEError, ModelError
+from .feature_store import FeatureStore
+from .fileio import atomic_path, write_csv, write_json
+
+#: objective name -> (key of :func:`genre_se.train.clip_scores`, direction)
+OBJECTIVES = {"val_clip_accuracy": ("clip_accuracy", "max"), "val_loss": ("loss", "min")}
+#: metrics every trial reports besides the objective (all end up in the trial table)
+TRIAL_METRICS = ("val_clip_accuracy", "val_loss", "epochs", "best_epoch", "seconds")
+#: execution k of a trial trains with seed ``params.seed + k * EXECUTION_SEED_STRIDE``
+EXECUTION_SEED_STRIDE = 1000
+CHIEF_POLL_SECONDS = 0.2
 
 
-def run_tune(params: Params, out_path: str | Path = "models/best_params.json") -> dict:
-    """Write the reduction ratios the train stage will use."""
-    if params.tune.enabled:
-        raise ConfigError(
-            "tune.enabled: the Bayesian search over reduction ratios is not implemented yet; "
-            "set tune.enabled: false to train with model.reduction_ratios"
+# --------------------------------------------------------------------------------------------------
+# The search space
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a trial chooses (keras-tuner hyperparameter names and ranges) and how it becomes a model.
+
+    Names: ``r`` (shared) or ``r_block1`` ... ``r_blockN`` (per block), then ``learning_rate`` and
+    ``dropout`` when those are searched.
+    """
+
+    ratio_names: tuple
+    ratio_bounds: tuple
+    r_type: str = "float"
+    learning_rate: tuple | None = None
+    dropout: tuple | None = None
+
+    @classmethod
+    def from_params(cls, params: Params) -> "SearchSpace":
+        """The space ``params.tune`` describes, checked against ``params.model`` (one bound per block)."""
+        tune, n_blocks = params.tune, params.model.n_blocks
+        if not params.model.se:
+            raise ConfigError("tune.enabled: model.se is false, so there are no reduction ratios to tune")
+        lows, highs = tune.r_bounds("tune")
+        if tune.mode == "shared":
+            names = ("r",)
+        else:
+            for key, given in (("tune.r_min", tune.r_min), ("tune.r_max", tune.r_max)):
+                if isinstance(given, (list, tuple)) and len(given) != n_blocks:
+                    raise ConfigError(
+                        f"{key}: has {len(given)} entries but model.filters has {n_blocks} blocks "
+                        "(give a scalar or one bound per block)"
+                    )
+            if len(lows) == 1:
+                lows, highs = lows * n_blocks, highs * n_blocks
+            names = tuple(f"r_block{i}" for i in range(1, n_blocks + 1))
+        return cls(
+            ratio_names=names,
+            ratio_bounds=tuple(zip(lows, highs)),
+            r_type=tune.r_type,
+            learning_rate=None if tune.learning_rate is None else tuple(float(v) for v in tune.learning_rate),
+            dropout=None if tune.dropout is None else tuple(float(v) for v in tune.dropout),
         )
-    best = {"source": "params", "model": {"reduction_ratios": params.model.reduction_ratios}}
-    write_json(out_path, best)
+
+    @property
+    def shared(self) -> bool:
+        return self.ratio_names == ("r",)
+
+    @property
+    def names(self) -> list[str]:
+        """Every hyperparameter name, in table order."""
+        extra = [n for n, rng in (("learning_rate", self.learning_rate), ("dropout", self.dropout)) if rng]
+        return [*self.ratio_names, *extra]
+
+    def declare(self, hp) -> dict:
+        """Register the space on a keras-tuner ``HyperParameters`` and return this trial's values."""
+        values = {}
+        for name, (low, high) in zip(self.ratio_names, self.ratio_bounds):
+            if self.r_type == "int":
+                values[name] = hp.Int(name, int(low), int(high))
+            else:
+                values[name] = hp.Float(name, low, high)
+        if self.learning_rate is not None:
+            values["learning_rate"] = hp.Float("learning_rate", *self.learning_rate, sampling="log")
+        if self.dropout is not None:
+            values["dropout"] = hp.Float("dropout", *self.dropout)
+        return values
+
+    def ratios(self, values: dict):
+        """``model.reduction_ratios`` for some trial values: a scalar (shared) or one per block."""
+        cast = int if self.r_type == "int" else float
+        ratios = [cast(values[name]) for name in self.ratio_names]
+        return ratios[0] if self.shared else ratios
+
+    def model_config(self, base: ModelConfig, values: dict) -> ModelConfig:
+        """``base`` with the trial's reduction ratios (and dropout, when searched)."""
+        changes = {"reduction_ratios": self.ratios(values)}
+        if self.dropout is not None:
+            changes["dropout"] = float(values["dropout"])
+        return from_dict(ModelConfig, {**dataclasses.asdict(base), **changes}, "model")
+
+    def learning_rate_for(self, values: dict, default: float) -> float:
+        return float(values["learning_rate"]) if self.learning_rate is not None else float(default)
+
+    def describe(self) -> dict:
+        return {
+            "ratios": {name: list(bounds) for name, bounds in zip(self.ratio_names, self.ratio_bounds)},
+            "r_type": self.r_type,
+            "learning_rate": self.learning_rate,
+            "dropout": self.dropout,
+        }
+
+
+def search_key(params: Params, space: SearchSpace, store: FeatureStore) -> str:
+    """A short hash of everything a trial's result depends on: the keras-tuner project name.
+
+    Left out: ``tune.max_trials`` (raising it extends a search), ``tune.enabled``, the train stage's own
+    epochs/patience/monitor, and the model settings the search overrides.
+    """
+    tune = {k: v for k, v in dataclasses.asdict(params.tune).items()
+            if k in ("objective", "epochs", "patience", "executions_per_trial", "initial_points")}
+    model = {k: v for k, v in dataclasses.asdict(params.model).items()
+             if k != "reduction_ratios" and not (k == "dropout" and space.dropout is not None)}
+    train = {k: v for k, v in dataclasses.asdict(params.train).items()
+             if k in ("batch_size", "spec_augment", "mixup_alpha")
+             or (k == "learning_rate" and space.learning_rate is None)}
+    try:
+        table_digest = hashlib.sha1((store.root / "segments.csv").read_bytes()).hexdigest()
+    except OSError as exc:
+        raise DatasetError(f"{store.root / 'segments.csv'}: cannot read ({exc.strerror})") from None
+    data = {"features": store.features.to_dict(), "shape": list(store.segments.shape), "table": table_digest}
+    blob = json.dumps([space.describe(), tune, model, train, params.seed, data], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# HyperModel and tuner
+
+
+class SEHyperModel(keras_tuner.HyperModel):
+    """The SE-CNN as a keras-tuner HyperModel: ``build`` uses the project's ``build_model``.
+
+    ``fit`` trains for up to ``tune.epochs`` epochs, scores the validation clips after each one and stops
+    after ``tune.patience`` epochs without improvement; it returns the objective's best epoch's metrics.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        tune_cfg: TuneConfig,
+        input_shape: tuple,
+        n_classes: int,
+        mean: float,
+        std: float,
+    ) -> None:
+        super().__init__(name="se_cnn")
+        self.space, self.model_cfg, self.train_cfg, self.tune_cfg = space, model_cfg, train_cfg, tune_cfg
+        self.input_shape, self.n_classes, self.mean, self.std = tuple(input_shape), n_classes, mean, std
+
+    def declare_hyperparameters(self, hp) -> None:
+        self.space.declare(hp)
+
+    def build(self, hp):
+        import keras
+
+        from .model import build_model
+
+        values = self.space.declare(hp)
+        cfg = self.space.model_config(self.model_cfg, values)
+        model = build_model(cfg, self.input_shape, self.n_classes, mean=self.mean, std=self.std)
+        learning_rate = self.space.learning_rate_for(values, self.train_cfg.learning_rate)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    def fit(self, hp, model, *args, store: FeatureStore, train_rows, valid_rows, seed: int, **kwargs) -> dict:
+        import keras
+
+        from .train import clip_scores, make_dataset
+
+        score_key, direction = OBJECTIVES[self.tune_cfg.objective]
+        patience = self.tune_cfg.patience
+        history: list[dict] = []
+
+        def best_index() -> int:
+            scores = [h[score_key] for h in history]
+            return int(np.argmax(scores) if direction == "max" else np.argmin(scores))
+
+        class ValidationEarlyStopping(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                history.append(clip_scores(self.model, store, valid_rows))
+                if len(history) - 1 - best_index() >= patience:
+                    self.model.stop_training = True
+
+        dataset = make_dataset(
+            store, train_rows, self.train_cfg.batch_size, shuffle=True, seed=seed, n_classes=self.n_classes,
+            spec_augment=self.train_cfg.spec_augment, mixup_alpha=self.train_cfg.mixup_alpha,
+        )
+        model.fit(dataset, epochs=self.tune_cfg.epochs, callbacks=[ValidationEarlyStopping()], shuffle=False,
+                  verbose=0)
+        best = best_index()
+        return {
+            "val_clip_accuracy": history[best]["clip_accuracy"],
+            "val_loss": history[best]["loss"],
+            "epochs": len(history),
+            "best_epoch": best + 1,
+        }
+
+
+class SETuner(keras_tuner.BayesianOptimization):
+    """keras-tuner's BayesianOptimization, running each trial ``executions_per_trial`` times with fixed seeds.
+
+    The objective and the other metrics are averaged over the executions; ``seconds`` is the trial's wall
+    time. ``log`` gets a line when a trial starts and when it ends (on the machine that runs it).
+    """
+
+    def __init__(self, hypermodel: SEHyperModel, tune_cfg: TuneConfig, seed: int, directory, project_name: str,
+                 log: Callable[[str], None] | None = None) -> None:
+        _, direction = OBJECTIVES[tune_cfg.objective]
+        super().__init__(
+            hypermodel=hypermodel,
+            objective=keras_tuner.Objective(tune_cfg.objective, direction),
+            max_trials=tune_cfg.max_trials,
+            num_initial_points=tune_cfg.initial_points,
+            seed=seed,
+            directory=str(directory),
+            project_name=project_name,
+            overwrite=False,
+        )
+        self.executions = tune_cfg.executions_per_trial
+        self.base_seed = seed
+        self.log = log
+        self.trials_run: list[str] = []
+
+    def run_trial(self, trial, *args, store: FeatureStore, train_rows, valid_rows, **kwargs) -> dict:
+        import keras
+
+        hp = trial.hyperparameters
+        started = time.perf_counter()
+        self._say(f"trial {trial.trial_id} started on {self.tuner_id}: {_format_values(hp.values)}")
+        runs = []
+        for execution in range(self.executions):
+            seed = self.base_seed + EXECUTION_SEED_STRIDE * execution
+            keras.backend.clear_session()
+            keras.utils.set_random_seed(seed)
+            model = self.hypermodel.build(hp)
+            runs.append(self.hypermodel.fit(hp, model, store=store, train_rows=train_rows,
+                                            valid_rows=valid_rows, seed=seed))
+        metrics = {name: float(np.mean([run[name] for run in runs])) for name in runs[0]}
+        metrics["seconds"] = round(time.perf_counter() - started, 3)
+        self.trials_run.append(trial.trial_id)
+        self._say(f"trial {trial.trial_id} done: {_format_values(metrics)}")
+        return metrics
+
+    def _say(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
+
+
+def _format_values(values: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+# --------------------------------------------------------------------------------------------------
+# Distributed mode
+
+
+def distributed_role() -> str:
+    """``single``, ``chief`` or ``worker``, from keras-tuner's ``KERASTUNER_*`` environment variables."""
+    from keras_tuner.src.distribute import utils as dist_utils
+
+    try:
+        if not dist_utils.has_chief_oracle():
+            return "single"
+    except RuntimeError as exc:  # KERASTUNER_ORACLE_IP without a port or a tuner id
+        raise ConfigError(f"distributed tuning: {exc}") from None
+    return "chief" if dist_utils.is_chief_oracle() else "worker"
+
+
+def _serve_as_chief(tuner: SETuner) -> None:
+    """Serve the oracle to the workers over gRPC until every trial is done and every worker was told to stop.
+
+    keras-tuner's own ``oracle_chief.start_server`` (used by ``search`` on the chief) checks for the end only
+    every 20 s and never stops its server; this is the same servicer with a prompt, clean exit.
+    """
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+
+    tuner.save()
+    address = f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    servicer = oracle_chief.OracleServicer(tuner.oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise ConfigError(
+            f"KERASTUNER_ORACLE_PORT: the chief cannot listen on {address} (port in use, or not an address "
+            "of this machine)"
+        )
+    server.start()
+    try:
+        while not (servicer.stop_triggered and oracle_chief.exit_chief(tuner.oracle)):
+            time.sleep(CHIEF_POLL_SECONDS)
+    finally:
+        server.stop(grace=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+
+
+def _metric(trial, name: str) -> float:
+    if name == "objective":
+        return np.nan if trial.score is None else float(trial.score)
+    if not trial.metrics.exists(name):
+        return np.nan
+    value = trial.metrics.get_last_value(name)
+    return np.nan if value is None else float(value)
+
+
+def _se_hidden(space: SearchSpace, model_cfg: ModelConfig, values: dict) -> str:
+    from .model import se_hidden_units
+
+    try:
+        ratios = space.model_config(model_cfg, values).per_block("reduction_ratios")
+    except (ConfigError, KeyError):
+        return ""
+    return "-".join(str(se_hidden_units(f, r)) for f, r in zip(model_cfg.filters, ratios))
+
+
+def trial_columns(space: SearchSpace | None) -> list[str]:
+    names = space.names if space is not None else []
+    return ["trial", "status", *names, "se_hidden", "objective", *TRIAL_METRICS]
+
+
+def trial_table(oracle, space: SearchSpace, model_cfg: ModelConfig) -> pd.DataFrame:
+    """One row per trial in trial order: id, status, every hyperparameter, SE widths, objective, metrics."""
+    rows = []
+    for trial_id in sorted(oracle.trials, key=int):
+        trial = oracle.trials[trial_id]
+        values = trial.hyperparameters.values
+        row = {"trial": int(trial_id), "status": str(trial.status)}
+        row.update({name: values.get(name) for name in space.names})
+        row["se_hidden"] = _se_hidden(space, model_cfg, values)
+        row.update({name: _metric(trial, name) for name in ("objective", *TRIAL_METRICS)})
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=trial_columns(space))
+    for name in ("epochs", "best_epoch"):  # whole numbers unless averaged over several executions
+        values = table[name].dropna()
+        if len(values) and (values == values.round()).all():
+            table[name] = table[name].astype("Int64")
+    return table
+
+
+def best_params(table: pd.DataFrame, space: SearchSpace, params: Params, key: str) -> dict:
+    """``best_params.json`` from the best completed trial (ties: the earliest trial)."""
+    done = table[table["status"] == "COMPLETED"].dropna(subset=["objective"])
+    if done.empty:
+        raise ModelError(f"tune: no trial of search {key} completed; see its trial table for the statuses")
+    _, direction = OBJECTIVES[params.tune.objective]
+    order = done["objective"].to_numpy()
+    row = done.iloc[int(np.argmax(order) if direction == "max" else np.argmin(order))]
+    values = {name: row[name] for name in space.names}
+    values = {k: (int(v) if space.r_type == "int" and k in space.ratio_names else float(v)) for k, v in values.items()}
+    model = {"reduction_ratios": space.ratios(values)}
+    if space.dropout is not None:
+        model["dropout"] = values["dropout"]
+    best = {"source": "tune", "model": model}
+    if space.learning_rate is not None:
+        best["train"] = {"learning_rate": values["learning_rate"]}
+    best.update(
+        trial=int(row["trial"]),
+        objective={"name": params.tune.objective, "value": float(row["objective"])},
+        se_hidden=row["se_hidden"],
+        search=key,
+        trials_completed=int(len(done)),
+    )
     return best
+
+
+def plot_objective(table: pd.DataFrame, space: SearchSpace | None, objective: str, path: str | Path,
+                   note: str | None = None) -> None:
+    """Objective against r (one panel per block in per-block mode), best trial starred; or just ``note``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if space is None:
+        fig, ax = plt.subplots(figsize=(5, 1.6))
+        ax.axis("off")
+        ax.text(0.5, 0.5, note or "", ha="center", va="center", wrap=True)
+    else:
+        done = table[table["status"] == "COMPLETED"].dropna(subset=["objective"])
+        _, direction = OBJECTIVES[objective]
+        best = done.iloc[int(done["objective"].argmax() if direction == "max" else done["objective"].argmin())]
+        n = len(space.ratio_names)
+        fig, axes = plt.subplots(1, n, figsize=(1.0 + 3.2 * n, 3.4), sharey=True, squeeze=False)
+        for ax, name, (low, high) in zip(axes[0], space.ratio_names, space.ratio_bounds):
+            ax.scatter(done[name], done["objective"], c=done["trial"], cmap="viridis", s=30, zorder=2)
+            ax.scatter([best[name]], [best["objective"]], marker="*", s=220, color="crimson", zorder=3,
+                       label=f"best (trial {int(best['trial'])})")
+            for r, value, trial in zip(done[name], done["objective"], done["trial"]):
+                ax.annotate(str(int(trial)), (r, value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            pad = 0.04 * (high - low)
+            ax.set_xlim(low - pad, high + pad)
+            ax.set_xlabel(name)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(objective)
+        axes[0][0].legend(fontsize=8, loc="best")
+        fig.suptitle(f"{objective} per trial ({len(done)} completed)")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+
+
+@dataclass
+class TuneResult:
+    """What :func:`run_tune` did. ``best`` and ``table`` are None on a worker (the chief writes them)."""
+
+    best: dict | None
+    table: pd.DataFrame | None
+    role: str
+    tuner_id: str
+    project_dir: Path | None = None
+    trials_run: list = field(default_factory=list)
+    trials_before: int = 0
+
+
+def _write_outputs(best: dict, table: pd.DataFrame, out_path, trials_path, plot_path, plot) -> None:
+    if trials_path is not None:
+        write_csv(trials_path, table)
+    if plot_path is not None:
+        plot(plot_path)
+    write_json(out_path, best)  # last: its presence means the stage finished
+
+
+def _passthrough(params: Params, out_path, trials_path, plot_path) -> TuneResult:
+    best = {"source": "params", "model": {"reduction_ratios": params.model.reduction_ratios}}
+    table = pd.DataFrame(columns=trial_columns(None))
+    note = f"search disabled (tune.enabled: false)\nreduction ratios from params: {params.model.reduction_ratios}"
+    _write_outputs(best, table, out_path, trials_path, plot_path,
+                   lambda path: plot_objective(table, None, params.tune.objective, path, note=note))
+    return TuneResult(best, table, "single", "tuner0")
+
+
+@contextlib.contextmanager
+def _keras_tuner_quiet():
+    """keras-tuner prints progress and failed trials' tracebacks (we report through ``log`` and errors), and
+    its Gaussian process warns about length scales on few, flat points."""
+    from keras_tuner.src import config as kt_config
+
+    saved_debug = kt_config.DEBUG
+    kt_config.DEBUG = False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*close to the specified (lower|upper) bound")
+            yield
+    finally:
+        kt_config.DEBUG = saved_debug
+
+
+def _first_and_last_line(text: str) -> str:
+    """keras-tuner's failure messages are tracebacks: keep the headline and the exception line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+
+
+def _open_tuner(hypermodel: SEHyperModel, params: Params, project_root, key: str, role: str, log) -> SETuner:
+    """The tuner on project ``<project_root>/<key>``, reloading the search found there."""
+    project_dir = Path(project_root) / key
+    tuner_file = project_dir / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json"
+    tuner_file_existed = tuner_file.exists()  # keras-tuner reloads only when the tuner's own file exists
+    tuner = SETuner(hypermodel, params.tune, params.seed, project_root, key, log=log)
+    if role != "worker" and not tuner_file_existed and (project_dir / "oracle.json").exists():
+        tuner.oracle.reload()  # killed during its first trial, or last run as a chief: the same search
+    return tuner
+
+
+def _search(tuner: SETuner, role: str, **fit_data) -> None:
+    """Run trials (single machine, worker) or hand them out (chief; nothing to do if the search is done)."""
+    if role != "chief":
+        tuner.search(verbose=0, **fit_data)
+    elif tuner.oracle.remaining_trials() > 0 or tuner.oracle._retry_queue:
+        _serve_as_chief(tuner)
+
+
+def _completed(oracle) -> int:
+    return sum(1 for t in oracle.trials.values() if str(t.status) == "COMPLETED")
+
+
+def run_tune(
+    params: Params,
+    store_dir: str | Path = "data/features",
+    out_path: str | Path = "models/best_params.json",
+    trials_path: str | Path | None = "reports/tune_trials.csv",
+    plot_path: str | Path | None = "reports/tune_objective.png",
+    project_root: str | Path = "models/tuning",
+    log: Callable[[str], None] | None = None,
+) -> TuneResult:
+    """The `genre-se tune` stage: search (or resume, or serve/work for a distributed search), then write results.
+
+    Parameters
+    ----------
+    project_root : path
+        Parent of keras-tuner's project directories, one per search key; keep it out of DVC outputs.
+    log : callable, optional
+        Progress lines (resume state, each trial's start and end on the machine that runs it).
+    """
+    if not params.tune.enabled:
+        return _passthrough(params, out_path, trials_path, plot_path)
+    from .train import standardization_stats
+
+    space = SearchSpace.from_params(params)
+    role = distributed_role()
+    store = FeatureStore.open(store_dir)
+    train_rows, valid_rows = store.rows("train"), store.rows("valid")
+    if len(train_rows) == 0 or len(valid_rows) == 0:
+        raise DatasetError(
+            f"{store_dir}: tuning needs train and valid segments (train {len(train_rows)}, valid "
+            f"{len(valid_rows)}); set data.val_fraction > 0"
+        )
+    key = search_key(params, space, store)
+    mean, std = standardization_stats(store.segments, train_rows)
+    hypermodel = SEHyperModel(space, params.model, params.train, params.tune, store.input_shape,
+                              len(store.labels), mean, std)
+    project_dir = Path(project_root) / key
+    with _keras_tuner_quiet():
+        try:
+            tuner = _open_tuner(hypermodel, params, project_root, key, role, log)
+            before = 0 if role == "worker" else _completed(tuner.oracle)
+            if role != "worker" and log is not None:
+                log(f"search {project_dir} ({role}): {before} of {params.tune.max_trials} trials completed")
+            _search(tuner, role, store=store, train_rows=train_rows, valid_rows=valid_rows)
+        except GenreSEError:
+            raise
+        except RuntimeError as exc:  # keras-tuner: too many failed trials, or an unreadable project
+            raise ModelError(f"{project_dir}: tuning failed: {_first_and_last_line(str(exc))}") from exc
+    if role == "worker":
+        return TuneResult(None, None, role, tuner.tuner_id, project_dir, tuner.trials_run)
+    if _completed(tuner.oracle) == 0:
+        failures = [t.message for t in tuner.oracle.trials.values() if t.message]
+        reason = failures[-1].strip().splitlines()[-1] if failures else "no trial ran"
+        raise ModelError(f"{project_dir}: no trial completed: {reason}")
+    table = trial_table(tuner.oracle, space, params.model)
+    best = best_params(table, space, params, key)
+    _write_outputs(best, table, out_path, trials_path, plot_path,
+                   lambda path: plot_objective(table, space, params.tune.objective, path))
+    return TuneResult(best, table, role, tuner.tuner_id, project_dir, tuner.trials_run, before)

@@ -25,6 +25,8 @@ TINY_PARAMS = {
     "train.batch_size": 16,
     "train.learning_rate": 0.01,
     "train.patience": 5,
+    "tune.max_trials": 2,
+    "tune.epochs": 1,
 }
 
 

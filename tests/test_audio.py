@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from genre_se import audio
 from genre_se.audio import (
     AUDIO_EXTENSIONS,
     AudioInfo,

@@ -1,0 +1,804 @@
+"""Prediction and embedding with a trained model bundle: the serving end of the pipeline.
+
+:class:`GenreClassifier` loads a bundle once and walks the same road as training: audio -> the bundle's
+:class:`~genre_se.config.FeatureConfig` -> :func:`genre_se.features.iter_segment_batches` -> the model ->
+mean of segment probabilities (:func:`genre_se.metrics.aggregate_clips`, the evaluate stage's rule). No
+feature parameter is read from anywhere but the bundle, so serving cannot drift from training.
+
+Files are processed as a stream: a background thread decodes audio and computes segment batches into a
+bounded queue while the main thread runs the model, so an hour-long file costs the memory of a few
+batches and decoding overlaps with inference. Only the per-segment outputs (a few numbers per segment)
+are kept for a file.
+
+The output helpers at the end (:class:`PredictionFormatter`, :func:`write_embeddings`) turn results into
+the CLI's table/JSON/CSV text and into numpy/pandas-loadable embedding files; they return text or write
+files atomically and never print.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .config import FeatureConfig
+from .errors import AudioError, GenreSEError, ModelError
+
+__all__ = [
+    "AGGREGATIONS",
+    "DEFAULT_BUNDLE",
+    "EMBED_FORMATS",
+    "Embedding",
+    "Failure",
+    "GenreClassifier",
+    "POOLS",
+    "Prediction",
+    "PredictionFormatter",
+    "expand_paths",
+    "resolve_bundle_path",
+    "write_embeddings",
+]
+
+#: Where the DVC ``train`` stage writes the bundle (relative to the working directory).
+DEFAULT_BUNDLE = Path("models") / "bundle"
+#: Ways to turn segment probabilities into a clip distribution; "mean" is the evaluate stage's rule.
+AGGREGATIONS = ("mean", "vote")
+#: Embedding outputs: one pooled (mean) vector per file, or one vector per segment.
+POOLS = ("mean", "none")
+EMBED_FORMATS = ("npy", "npz", "parquet")
+
+ProgressCallback = Callable[[str, float], None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding the model and the files
+
+
+def resolve_bundle_path(model: str | os.PathLike | None = None) -> Path:
+    """The bundle to load: ``model`` if given, else the pipeline's ``models/bundle`` under the cwd.
+
+    Raises
+    ------
+    ModelError
+        No path given and no ``models/bundle`` here, with a message that says how to get one.
+    """
+    if model is not None:
+        return Path(model)
+    if DEFAULT_BUNDLE.exists():
+        return DEFAULT_BUNDLE
+    raise ModelError(
+        f"no model found: {DEFAULT_BUNDLE} does not exist in {Path.cwd()}; train one with `dvc repro` "
+        "(or `genre-se train`) or pass --model BUNDLE"
+    )
+
+
+def expand_paths(paths: Iterable[str | os.PathLike], extensions: Sequence[str] | None = None):
+    """Files to process: files as given, folders searched recursively for audio extensions.
+
+    Hidden files and folders (names starting with ``.``, e.g. macOS ``._song.mp3`` shadows) are skipped.
+    A path that does not exist is kept, so it is reported as a failed file like any unreadable one.
+
+    Returns
+    -------
+    files : list of str
+        In argument order; each folder's files sorted.
+    empty_folders : list of str
+        Folders in which no audio file was found.
+    """
+    if extensions is None:
+        from .audio import AUDIO_EXTENSIONS as extensions
+    wanted = {ext.lower().lstrip(".") for ext in extensions}
+    files: list[str] = []
+    empty_folders: list[str] = []
+    for raw in paths:
+        path = os.fspath(raw)
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        found = []
+        for folder, subfolders, names in os.walk(path):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            found += [
+                os.path.join(folder, name)
+                for name in sorted(names)
+                if not name.startswith(".") and name.rpartition(".")[2].lower() in wanted and "." in name
+            ]
+        if found:
+            files += found
+        else:
+            empty_folders.append(path)
+    return files, empty_folders
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Prediction:
+    """The genre distribution of one file (or array), and its segments' distributions over time.
+
+    Attributes
+    ----------
+    path : str or None
+        The file; None for an array.
+    labels : list of str
+        Genre names in the order of the probability vectors.
+    probabilities : ndarray (n_classes,)
+        The clip-level distribution (segment probabilities aggregated with ``aggregate``).
+    segment_probabilities : ndarray (n_segments, n_classes)
+    segment_starts, segment_ends : ndarray (n_segments,)
+        Seconds; ends are clipped to the duration (a short file's single segment is padded).
+    duration : float
+        Seconds of audio (exact for arrays and most formats; within one hop for MP3).
+    aggregate : str
+    """
+
+    path: str | None
+    labels: list[str]
+    probabilities: np.ndarray
+    segment_probabilities: np.ndarray
+    segment_starts: np.ndarray
+    segment_ends: np.ndarray
+    duration: float
+    aggregate: str = "mean"
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.segment_probabilities)
+
+    @property
+    def genre(self) -> str:
+        """The most probable genre."""
+        return self.labels[int(np.argmax(self.probabilities))]
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most probable genres with their probabilities, most probable first."""
+        order = np.argsort(-self.probabilities, kind="stable")[: max(1, k)]
+        return [(self.labels[i], float(self.probabilities[i])) for i in order]
+
+    def distribution(self) -> dict[str, float]:
+        """Every genre's probability, in label order."""
+        return {label: float(p) for label, p in zip(self.labels, self.probabilities)}
+
+    def timeline(self) -> list[dict]:
+        """The most probable genre of each segment with its start/end seconds: how the genre moves."""
+        best = self.segment_probabilities.argmax(axis=1)
+        return [
+            {
+                "start": float(start),
+                "end": float(end),
+                "genre": self.labels[i],
+                "probability": float(probs[i]),
+            }
+            for start, end, i, probs in zip(self.segment_starts, self.segment_ends, best, self.segment_probabilities)
+        ]
+
+    def to_dict(self, top_k: int = 3, timeline: bool = False) -> dict:
+        """JSON-ready record: path, duration, n_segments, top-k, full distribution (and timeline)."""
+        record = {
+            "path": self.path,
+            "duration": round(float(self.duration), 4),
+            "n_segments": self.n_segments,
+            "genre": self.genre,
+            "top": [{"genre": g, "probability": p} for g, p in self.top(top_k)],
+            "probabilities": self.distribution(),
+        }
+        if timeline:
+            record["timeline"] = self.timeline()
+        return record
+
+
+@dataclass
+class Embedding:
+    """Embeddings (the layer before the classifier) of one file: per segment and mean-pooled.
+
+    Attributes
+    ----------
+    segments : ndarray (n_segments, dim) float32
+    pooled : ndarray (dim,) float32, the mean over segments
+    segment_starts, segment_ends : ndarray (n_segments,) seconds
+    """
+
+    path: str | None
+    segments: np.ndarray
+    pooled: np.ndarray
+    segment_starts: np.ndarray
+    segment_ends: np.ndarray
+    duration: float
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.segments)
+
+    @property
+    def dim(self) -> int:
+        return int(self.segments.shape[1])
+
+
+@dataclass
+class Failure:
+    """A file that could not be processed; the batch goes on without it."""
+
+    path: str | None
+    error: GenreSEError
+
+    @property
+    def message(self) -> str:
+        return str(self.error)
+
+
+@dataclass
+class _FileOutputs:
+    """Raw model outputs of one source, before they become a Prediction or an Embedding."""
+
+    path: str | None
+    outputs: np.ndarray
+    start_frames: np.ndarray
+    n_frames: int
+    duration_hint: float | None
+
+
+# --------------------------------------------------------------------------------------------------
+# The decoding thread
+
+
+_END = object()
+_DONE = object()
+
+
+@dataclass
+class _Source:
+    """One input: a file path, or a mono array already at the bundle's sample rate."""
+
+    path: str | None
+    signal: np.ndarray | None = None
+    duration: float | None = None  # exact when known (arrays)
+
+
+class _SegmentProducer:
+    """Decodes sources into segment batches on a background thread, into a bounded queue.
+
+    Items are ``(index, Segments)``, ``(index, (_END, duration_hint))`` or ``(index, GenreSEError)``,
+    then ``(None, _DONE)``. Closing the consumer's iteration stops the thread at its next put.
+    """
+
+    def __init__(self, sources: Sequence[_Source], cfg: FeatureConfig, batch_size: int, block_seconds: float,
+                 depth: int):
+        self._sources = sources
+        self._cfg = cfg
+        self._batch_size = batch_size
+        self._block_seconds = block_seconds
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+
+    def __iter__(self) -> Iterator[tuple[int | None, object]]:
+        thread = threading.Thread(target=self._work, name="genre-se-decode", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = self._queue.get()
+                if item[1] is _DONE:
+                    return
+                yield item
+        finally:
+            self._stop.set()
+            thread.join()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for index, source in enumerate(self._sources):
+                if not self._produce(index, source):
+                    return
+        finally:
+            self._put((None, _DONE))
+
+    def _produce(self, index: int, source: _Source) -> bool:
+        """Queue one source's batches and its end marker (or its error); False if told to stop."""
+        from .features import iter_segment_batches
+
+        try:
+            hint = source.duration if source.path is None else _header_duration(source.path)
+            data = source.path if source.path is not None else source.signal
+            batches = iter_segment_batches(
+                data, self._cfg, batch_size=self._batch_size, block_seconds=self._block_seconds
+            )
+            for batch in batches:
+                if not self._put((index, batch)):
+                    return False
+            item = (index, (_END, hint))
+        except GenreSEError as exc:
+            item = (index, exc)
+        except Exception as exc:  # a decoder/feature bug must fail this file, not hang or kill the batch
+            where = source.path if source.path is not None else "array input"
+            item = (index, AudioError(f"{where}: cannot compute features ({type(exc).__name__}: {exc})"))
+        return self._put(item)
+
+
+def _header_duration(path: str) -> float | None:
+    """The duration the file header declares (None if unknown); refined against the frame count later."""
+    from .audio import audio_info
+
+    try:
+        seconds = audio_info(path).duration
+    except GenreSEError:
+        return None  # the decoding itself will report the problem
+    return seconds if seconds > 0 else None
+
+
+# --------------------------------------------------------------------------------------------------
+# The classifier
+
+
+class GenreClassifier:
+    """A loaded model bundle that predicts genres of files and arrays and extracts embeddings.
+
+    Examples
+    --------
+    >>> clf = GenreClassifier.load("models/bundle")          # doctest: +SKIP
+    >>> clf.predict("song.mp3").top(3)                         # doctest: +SKIP
+    [('rock', 0.71), ('metal', 0.18), ('blues', 0.04)]
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        From :func:`genre_se.bundle.load_bundle`; its FeatureConfig defines the features.
+    batch_size : int
+        Segments per model call (and per queued batch).
+    aggregate : {"mean", "vote"}
+        Segment probabilities -> clip distribution. "mean" is what the evaluate stage scores.
+    block_seconds : float
+        Audio decoded per step; with ``batch_size`` it bounds the memory of a long file.
+    prefetch : int
+        Segment batches the decoding thread may prepare ahead of the model.
+    """
+
+    def __init__(self, bundle, *, batch_size: int = 64, aggregate: str = "mean", block_seconds: float = 30.0,
+                 prefetch: int = 4):
+        if aggregate not in AGGREGATIONS:
+            raise ModelError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ModelError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.bundle = bundle
+        self.batch_size = batch_size
+        self.aggregate = aggregate
+        self.block_seconds = block_seconds
+        self.prefetch = prefetch
+        self._embedding_model = None
+        self._check_input_shape()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, **kwargs) -> "GenreClassifier":
+        """Load a bundle (default: ``models/bundle`` under the cwd); see the class for ``kwargs``."""
+        from .bundle import load_bundle
+
+        return cls(load_bundle(resolve_bundle_path(path)), **kwargs)
+
+    def _check_input_shape(self) -> None:
+        cfg = self.feature_config
+        expected = (cfg.n_mels, cfg.segment_frames, 1)
+        if tuple(self.bundle.input_shape) != expected:
+            raise ModelError(
+                f"{self.bundle.path}: the model takes segments of shape {tuple(self.bundle.input_shape)} but "
+                f"the bundle's features give {expected}; the bundle is inconsistent"
+            )
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.bundle.labels)
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        return self.bundle.feature_config
+
+    @property
+    def path(self) -> Path | None:
+        return self.bundle.path
+
+    def provenance(self) -> dict:
+        """What produced an output: the bundle (path, checksum, labels, configs) and the feature parameters."""
+        from . import __version__
+
+        model_file = None if self.bundle.path is None else Path(self.bundle.path) / "model.keras"
+        return {
+            "genre_se_version": __version__,
+            "bundle": {
+                "path": None if self.bundle.path is None else str(Path(self.bundle.path).resolve()),
+                "model_sha1": _file_sha1(model_file) if model_file is not None and model_file.is_file() else None,
+                "created": self.bundle.created,
+                "genre_se_version": self.bundle.genre_se_version,
+                "labels": self.labels,
+                "model_config": self.bundle.model_config,
+            },
+            "features": dict(self.bundle.features),
+            "aggregate": self.aggregate,
+        }
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict(self, path: str | os.PathLike, *, on_progress: ProgressCallback | None = None) -> Prediction:
+        """Genre distribution of one audio file (any format and length the audio module reads).
+
+        Raises
+        ------
+        AudioError
+            The file cannot be decoded.
+        """
+        return _single(self.predict_many([path], on_progress=on_progress))
+
+    def predict_array(self, y: np.ndarray, sr: int) -> Prediction:
+        """Genre distribution of a signal: 1-D, or (frames, channels) averaged to mono; resampled here."""
+        return _single(self._predict_sources([self._array_source(y, sr)], None))
+
+    def predict_many(
+        self, paths: Iterable[str | os.PathLike], *, on_progress: ProgressCallback | None = None
+    ) -> Iterator[Prediction | Failure]:
+        """Predict files in order, yielding a :class:`Prediction` or a :class:`Failure` for each.
+
+        Decoding and feature computation run on a background thread while the model works, and the
+        model is loaded once. ``on_progress(path, seconds_done)`` is called after every batch.
+        """
+        return self._predict_sources([_Source(os.fspath(p)) for p in paths], on_progress)
+
+    def _predict_sources(self, sources, on_progress) -> Iterator[Prediction | Failure]:
+        for result in self._run(sources, self.bundle.model, on_progress):
+            yield result if isinstance(result, Failure) else self._to_prediction(result)
+
+    def _to_prediction(self, raw: _FileOutputs) -> Prediction:
+        probs = raw.outputs.astype(np.float64)
+        starts, ends, duration = self._times(raw)
+        return Prediction(
+            path=raw.path,
+            labels=self.labels,
+            probabilities=aggregate_segments(probs, self.aggregate),
+            segment_probabilities=probs,
+            segment_starts=starts,
+            segment_ends=ends,
+            duration=duration,
+            aggregate=self.aggregate,
+        )
+
+    # ------------------------------------------------------------------ embeddings
+
+    def embed(self, path: str | os.PathLike, *, on_progress: ProgressCallback | None = None) -> Embedding:
+        """Per-segment and mean-pooled embeddings (the classifier's input layer) of one file."""
+        return _single(self.embed_many([path], on_progress=on_progress))
+
+    def embed_array(self, y: np.ndarray, sr: int) -> Embedding:
+        """Embeddings of a signal (1-D or (frames, channels)) at sample rate ``sr``."""
+        return _single(self._embed_sources([self._array_source(y, sr)], None))
+
+    def embed_many(
+        self, paths: Iterable[str | os.PathLike], *, on_progress: ProgressCallback | None = None
+    ) -> Iterator[Embedding | Failure]:
+        """Embeddings of files in order, an :class:`Embedding` or a :class:`Failure` for each."""
+        return self._embed_sources([_Source(os.fspath(p)) for p in paths], on_progress)
+
+    def _embed_sources(self, sources, on_progress) -> Iterator[Embedding | Failure]:
+        if self._embedding_model is None:
+            from .model import embedding_model
+
+            self._embedding_model = embedding_model(self.bundle.model)
+        for result in self._run(sources, self._embedding_model, on_progress):
+            if isinstance(result, Failure):
+                yield result
+                continue
+            starts, ends, duration = self._times(result)
+            vectors = result.outputs.astype(np.float32, copy=False)
+            yield Embedding(result.path, vectors, vectors.mean(axis=0), starts, ends, duration)
+
+    # ------------------------------------------------------------------ the shared loop
+
+    def _run(self, sources: Sequence[_Source], model, on_progress) -> Iterator[_FileOutputs | Failure]:
+        """Stream every source's segment batches through ``model``; one result per source, in order."""
+        cfg = self.feature_config
+        producer = _SegmentProducer(sources, cfg, self.batch_size, self.block_seconds, self.prefetch)
+        outputs: list[np.ndarray] = []
+        starts: list[np.ndarray] = []
+        n_frames = 0
+        for index, item in producer:
+            source = sources[index]
+            if isinstance(item, GenreSEError):
+                outputs, starts, n_frames = [], [], 0
+                yield Failure(source.path, item)
+            elif isinstance(item, tuple) and item[0] is _END:
+                yield _FileOutputs(source.path, np.concatenate(outputs), np.concatenate(starts), n_frames, item[1])
+                outputs, starts, n_frames = [], [], 0
+            else:
+                outputs.append(np.asarray(model(item.data, training=False)))
+                starts.append(item.start_frames)
+                n_frames = max(n_frames, int(item.n_frames))
+                if on_progress is not None:
+                    on_progress(source.path, n_frames * cfg.hop_length / cfg.sample_rate)
+
+    def _times(self, raw: _FileOutputs) -> tuple[np.ndarray, np.ndarray, float]:
+        """Segment start/end seconds and the duration, ends clipped to the duration."""
+        from .features import segment_times
+
+        cfg = self.feature_config
+        duration = _duration(raw.n_frames, raw.duration_hint, cfg)
+        starts, ends = segment_times(raw.start_frames, cfg)
+        return starts, np.minimum(ends, duration), duration
+
+    def _array_source(self, y: np.ndarray, sr: int) -> _Source:
+        from .audio import resample
+
+        mono = _as_mono(y)
+        if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+            raise AudioError(f"array input: sr must be a positive integer, got {sr!r}")
+        return _Source(None, resample(mono, int(sr), self.feature_config.sample_rate), len(mono) / int(sr))
+
+
+# --------------------------------------------------------------------------------------------------
+# Small pure helpers
+
+
+def aggregate_segments(probs: np.ndarray, how: str = "mean") -> np.ndarray:
+    """Clip distribution from segment probabilities (n_segments, n_classes).
+
+    "mean" is :func:`genre_se.metrics.aggregate_clips` itself, so prediction and evaluation agree;
+    "vote" is the fraction of segments whose most probable genre is each genre.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if how == "mean":
+        from .metrics import aggregate_clips
+
+        return np.asarray(aggregate_clips(np.zeros(len(probs), dtype=np.int64), probs)["probs"].iloc[0])
+    if how == "vote":
+        return np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]) / len(probs)
+    raise ModelError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {how!r}")
+
+
+def _duration(n_frames: int, hint: float | None, cfg: FeatureConfig) -> float:
+    """Seconds of audio: a signal with ``n_frames`` frames has (n_frames-1)*hop <= n < n_frames*hop samples.
+
+    The header's (or the array's exact) duration is kept when it lies in that interval, else clamped to it
+    (MP3 headers are estimates; a header can also lie).
+    """
+    low = (n_frames - 1) * cfg.hop_length / cfg.sample_rate
+    high = n_frames * cfg.hop_length / cfg.sample_rate
+    if hint is None:
+        return low
+    return float(min(max(hint, low), high))
+
+
+def _as_mono(y) -> np.ndarray:
+    """1-D float32 from a 1-D or (frames, channels) array; integer PCM is scaled to [-1, 1)."""
+    array = np.asarray(y)
+    if array.ndim not in (1, 2):
+        raise AudioError(f"array input: expected a 1-D or (frames, channels) signal, got shape {array.shape}")
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise AudioError(f"array input: expected real sample values, got dtype {array.dtype}")
+    scale = float(np.iinfo(array.dtype).max + 1) if np.issubdtype(array.dtype, np.integer) else 1.0
+    signal = array.mean(axis=1, dtype=np.float32) if array.ndim == 2 else array.astype(np.float32, copy=False)
+    if scale != 1.0:
+        signal = signal / np.float32(scale)
+    if signal.size == 0:
+        raise AudioError("array input: no samples")
+    if not np.isfinite(signal).all():
+        raise AudioError("array input: contains non-finite samples (NaN or infinity)")
+    return signal
+
+
+def _single(results: Iterator):
+    """The one result of a one-source run; a Failure is raised as its error."""
+    (result,) = list(results)
+    if isinstance(result, Failure):
+        raise result.error
+    return result
+
+
+def _file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Output: predictions as table / JSON / CSV text
+
+
+class PredictionFormatter:
+    """Turns predictions into text as they arrive (table and CSV stream; JSON is one document at the end).
+
+    Parameters
+    ----------
+    fmt : {"table", "json", "csv"}
+    top_k : int
+        Genres shown per file.
+    timeline : bool
+        Also show each segment's genre with its start/end seconds.
+    provenance : dict, optional
+        Recorded in the JSON document (which model produced it).
+    """
+
+    FORMATS = ("table", "json", "csv")
+
+    def __init__(self, fmt: str = "table", top_k: int = 3, timeline: bool = False, provenance: dict | None = None):
+        if fmt not in self.FORMATS:
+            raise ModelError(f"output format must be one of {', '.join(self.FORMATS)}, got {fmt!r}")
+        self.fmt = fmt
+        self.top_k = max(1, int(top_k))
+        self.timeline = timeline
+        self.provenance = provenance or {}
+        self._records: list[dict] = []
+        self._errors: list[dict] = []
+
+    def begin(self) -> str:
+        """Text before the first prediction (the CSV header)."""
+        if self.fmt != "csv":
+            return ""
+        if self.timeline:
+            return _csv_line(["path", "segment", "start", "end", "genre", "probability"])
+        ranks = [[f"genre_{r}", f"probability_{r}"] for r in range(1, self.top_k + 1)]
+        return _csv_line(["path", "duration", "n_segments", *[c for pair in ranks for c in pair]])
+
+    def add(self, prediction: Prediction) -> str:
+        """Text for one prediction (empty for JSON, which is written by :meth:`end`)."""
+        if self.fmt == "json":
+            self._records.append(prediction.to_dict(self.top_k, self.timeline))
+            return ""
+        if self.fmt == "csv":
+            return self._csv(prediction)
+        return self._table(prediction)
+
+    def add_failure(self, failure: Failure) -> str:
+        """Failures are listed in the JSON document only (the CLI reports them on stderr)."""
+        self._errors.append({"path": failure.path, "error": failure.message})
+        return ""
+
+    def end(self) -> str:
+        """Text after the last prediction (the whole JSON document)."""
+        if self.fmt != "json":
+            return ""
+        document = {"model": self.provenance, "predictions": self._records, "errors": self._errors}
+        return json.dumps(document, indent=2) + "\n"
+
+    def _csv(self, prediction: Prediction) -> str:
+        if self.timeline:
+            return "".join(
+                _csv_line([_shown(prediction.path), i, f"{row['start']:.3f}", f"{row['end']:.3f}", row["genre"],
+                           f"{row['probability']:.6f}"])
+                for i, row in enumerate(prediction.timeline())
+            )
+        cells = [_shown(prediction.path), f"{prediction.duration:.3f}", prediction.n_segments]
+        for genre, probability in prediction.top(self.top_k):
+            cells += [genre, f"{probability:.6f}"]
+        return _csv_line(cells)
+
+    def _table(self, prediction: Prediction) -> str:
+        top = prediction.top(self.top_k)
+        width = max(len(g) for g, _ in top)
+        lines = [f"{_shown(prediction.path)}  ({prediction.duration:.1f} s, {prediction.n_segments} segments)"]
+        lines += [f"  {rank}. {genre:<{width}}  {p:.3f}" for rank, (genre, p) in enumerate(top, start=1)]
+        if self.timeline:
+            lines.append("  timeline:")
+            lines += [
+                f"    {row['start']:8.2f} - {row['end']:8.2f} s  {row['genre']:<{width}}  {row['probability']:.3f}"
+                for row in prediction.timeline()
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def _shown(path: str | None) -> str:
+    return "<array>" if path is None else path
+
+
+def _csv_line(cells: list) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Output: embeddings as npy (folder) / npz / parquet
+
+
+def embedding_table(embeddings: Sequence[Embedding], pool: str) -> tuple[dict, np.ndarray]:
+    """Row descriptions and the (n_rows, dim) float32 matrix: one row per file (mean) or per segment (none)."""
+    if pool not in POOLS:
+        raise ModelError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    if pool == "mean":
+        columns = {
+            "path": [e.path for e in embeddings],
+            "duration": np.array([e.duration for e in embeddings], dtype=np.float64),
+            "n_segments": np.array([e.n_segments for e in embeddings], dtype=np.int64),
+        }
+        return columns, np.stack([e.pooled for e in embeddings]).astype(np.float32)
+    columns = {
+        "path": [e.path for e in embeddings for _ in range(e.n_segments)],
+        "segment": np.concatenate([np.arange(e.n_segments) for e in embeddings]).astype(np.int64),
+        "start": np.concatenate([e.segment_starts for e in embeddings]).astype(np.float64),
+        "end": np.concatenate([e.segment_ends for e in embeddings]).astype(np.float64),
+    }
+    return columns, np.concatenate([e.segments for e in embeddings]).astype(np.float32)
+
+
+def embedding_format(output: str | os.PathLike | None, fmt: str | None) -> tuple[Path, str]:
+    """Resolve the output path and format: the format from the suffix when not given, npy meaning a folder."""
+    suffix_formats = {".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
+    if fmt is None:
+        fmt = "npz" if output is None else suffix_formats.get(Path(output).suffix.lower(), "npy")
+    if fmt not in EMBED_FORMATS:
+        raise ModelError(f"embedding format must be one of {', '.join(EMBED_FORMATS)}, got {fmt!r}")
+    default = {"npy": "embeddings", "npz": "embeddings.npz", "parquet": "embeddings.parquet"}[fmt]
+    path = Path(default if output is None else output)
+    if fmt != "npy" and path.is_dir():
+        path = path / default
+    return path, fmt
+
+
+def write_embeddings(
+    embeddings: Sequence[Embedding],
+    output: str | os.PathLike | None,
+    *,
+    fmt: str | None = None,
+    pool: str = "mean",
+    provenance: dict | None = None,
+) -> Path:
+    """Write embeddings so numpy/pandas can load them, with the bundle and feature parameters recorded.
+
+    Layouts (rows are files for ``pool="mean"``, segments with start/end seconds for ``pool="none"``):
+
+    * ``npy``: a folder with ``embeddings.npy`` (n_rows, dim), ``rows.csv`` (the row descriptions) and
+      ``metadata.json``;
+    * ``npz``: one file with arrays ``embeddings``, the row columns and ``metadata`` (a JSON string);
+      ``np.load(f)`` reads it without pickle;
+    * ``parquet``: one table, row columns plus ``embedding`` (a list of float32); the metadata is in
+      ``pd.read_parquet(f).attrs["genre_se"]``.
+
+    Every file is written atomically. Returns the path written (the folder for npy).
+    """
+    from .fileio import atomic_path, write_json
+
+    if not embeddings:
+        raise ModelError("no embeddings to write: no input file could be processed")
+    path, fmt = embedding_format(output, fmt)
+    columns, matrix = embedding_table(embeddings, pool)
+    metadata = {**(provenance or {}), "pool": pool, "rows": "files" if pool == "mean" else "segments",
+                "embedding_layer": "embedding", "embedding_dim": int(matrix.shape[1])}
+    if fmt == "npy":
+        if path.exists() and not path.is_dir():
+            raise ModelError(f"{path}: exists and is not a folder; npy embeddings are written into a folder")
+        import pandas as pd
+
+        with atomic_path(path / "embeddings.npy", suffix=".npy") as tmp:
+            np.save(tmp, matrix)
+        with atomic_path(path / "rows.csv", suffix=".csv") as tmp:
+            pd.DataFrame(columns).to_csv(tmp, index=False)
+        write_json(path / "metadata.json", metadata)
+    elif fmt == "npz":
+        arrays = {name: np.asarray(values, dtype=str if name == "path" else None) for name, values in columns.items()}
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, embeddings=matrix, metadata=np.array(json.dumps(metadata)), **arrays)
+    else:
+        import pandas as pd
+
+        frame = pd.DataFrame(columns)
+        frame["embedding"] = list(matrix)
+        frame.attrs["genre_se"] = metadata
+        with atomic_path(path, suffix=".parquet") as tmp:
+            frame.to_parquet(tmp, index=False)
+    return path

@@ -1,0 +1,179 @@
+"""`genre-se predict` and `genre-se embed`: output formats, failures, exit codes, progress off stdout."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_se.cli import main
+from tests.test_inference import BAND_HZ, tiny, tone, write  # noqa: F401  (tiny: the shared bundle fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bundle(tiny):  # noqa: F811
+    return str(tiny["bundle"])
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two good files in a nested folder and one corrupt one."""
+    root = tmp_path / "music"
+    (root / "sub").mkdir(parents=True)
+    write(root / "a_low.wav", tone(BAND_HZ["low"], 1.5))
+    write(root / "sub" / "b_high.flac", tone(BAND_HZ["high"], 2.0))
+    (root / "c_corrupt.mp3").write_bytes(b"\xff\xfb not an mp3 frame " * 8)
+    (root / "notes.txt").write_text("not audio, not even tried")
+    return root
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("genre-se: error:")]
+
+
+def test_json_over_a_folder_with_a_corrupt_file(capsys, bundle, folder):
+    code, out, err = run(capsys, "predict", str(folder), "--model", bundle, "--format", "json", "--top-k", "2")
+    assert code == 1  # a file failed, the others were still predicted
+    document = json.loads(out)
+    predictions = {Path(p["path"]).name: p for p in document["predictions"]}
+    assert set(predictions) == {"a_low.wav", "b_high.flac"}
+    assert predictions["a_low.wav"]["genre"] == "low" and predictions["b_high.flac"]["genre"] == "high"
+    assert len(predictions["a_low.wav"]["top"]) == 2
+    assert sum(predictions["a_low.wav"]["probabilities"].values()) == pytest.approx(1.0)
+    assert [Path(e["path"]).name for e in document["errors"]] == ["c_corrupt.mp3"]
+    assert document["model"]["features"]["sample_rate"] == 8000
+    lines = error_lines(err)
+    assert len(lines) == 1 and "c_corrupt.mp3" in lines[0]
+    assert "1 of 3 inputs failed" in err and "Traceback" not in err
+
+
+def test_table_csv_and_output_file(capsys, bundle, folder, tmp_path):
+    good = [str(folder / "a_low.wav"), str(folder / "sub" / "b_high.flac")]
+    code, out, err = run(capsys, "predict", *good, "--model", bundle)
+    assert code == 0 and err == ""
+    assert out.splitlines()[0].startswith(good[0]) and "1. low" in out and "1. high" in out
+
+    target = tmp_path / "out" / "predictions.csv"
+    code, out, _ = run(capsys, "predict", *good, "--model", bundle, "--format", "csv", "--output", str(target))
+    assert code == 0 and out == ""
+    table = pd.read_csv(target)
+    assert list(table.columns[:5]) == ["path", "duration", "n_segments", "genre_1", "probability_1"]
+    assert list(table["genre_1"]) == ["low", "high"] and table["duration"].tolist() == [1.5, 2.0]
+    assert [p.name for p in target.parent.iterdir()] == ["predictions.csv"]  # no temp file left behind
+
+
+def test_timeline_csv_covers_each_file(capsys, bundle, folder):
+    path = str(folder / "sub" / "b_high.flac")
+    code, out, _ = run(capsys, "predict", path, "--model", bundle, "--format", "csv", "--timeline")
+    assert code == 0
+    timeline = pd.read_csv(io.StringIO(out))
+    assert list(timeline.columns) == ["path", "segment", "start", "end", "genre", "probability"]
+    assert timeline["start"].iloc[0] == 0.0 and timeline["end"].iloc[-1] == pytest.approx(2.0)
+    assert (timeline["start"].iloc[1:].to_numpy() <= timeline["end"].iloc[:-1].to_numpy()).all()
+    assert set(timeline["genre"]) == {"high"}
+
+
+def test_exit_codes(capsys, bundle, folder, tmp_path, monkeypatch):
+    good = str(folder / "a_low.wav")
+    assert run(capsys, "predict", good, "--model", bundle)[0] == 0
+
+    code, out, err = run(capsys, "predict", str(folder / "c_corrupt.mp3"), "--model", bundle)
+    assert code == 1 and out == "" and len(err.splitlines()) == 1 and "c_corrupt.mp3" in err
+
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "predict", str(tmp_path / "empty"), "--model", bundle)
+    assert code == 1 and "no audio files found" in err
+
+    code, _, err = run(capsys, "predict", good, "--model", str(tmp_path / "nowhere"))
+    assert code == 1 and "model bundle not found" in err
+
+    monkeypatch.chdir(tmp_path)  # no models/bundle here
+    code, _, err = run(capsys, "predict", good)
+    assert code == 1 and "no model found" in err and "dvc repro" in err and "--model" in err
+
+    with pytest.raises(SystemExit) as usage:
+        main(["predict", good, "--top-k", "0"])
+    assert usage.value.code == 2
+
+
+def test_default_model_and_quiet_flag_in_a_pipeline_checkout(capsys, tiny, folder, tmp_path, monkeypatch):  # noqa: F811
+    import shutil
+
+    shutil.copytree(tiny["bundle"], tmp_path / "models" / "bundle")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "-q", "predict", str(folder / "a_low.wav"), "-q", "--format", "json")
+    assert code == 0
+    assert json.loads(out)["model"]["bundle"]["path"] == str((tmp_path / "models" / "bundle").resolve())
+
+
+def test_progress_bar_goes_to_stderr_never_into_json(capsys, bundle, folder, monkeypatch):
+    from tqdm import tqdm
+
+    import genre_se.cli as cli
+
+    monkeypatch.setattr(cli, "_progress", lambda quiet: functools.partial(tqdm, file=sys.stderr, mininterval=0))
+    code, out, err = run(capsys, "predict", str(folder), "--model", bundle, "--format", "json")
+    assert code == 1
+    assert len(json.loads(out)["predictions"]) == 2  # stdout is pure JSON
+    assert "3/3" in err  # the bar counted the three files on stderr
+
+    code, out, err = run(capsys, "predict", str(folder / "sub" / "b_high.flac"), "--model", bundle, "--format", "json")
+    assert code == 0 and json.loads(out)["predictions"][0]["genre"] == "high"
+    assert "2/2 s" in err  # one file: the bar counts seconds of audio
+
+
+def test_real_process_exit_code_and_no_traceback(bundle, tmp_path):
+    corrupt = tmp_path / "corrupt.wav"  # (libmpg123 itself writes warnings to fd 2 for a corrupt .mp3)
+    corrupt.write_bytes(b"RIFF\x10\x00\x00\x00WAVEdata" + bytes(64))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "genre_se", "predict", str(corrupt), "--model", bundle],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.strip().startswith("genre-se: error:") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "corrupt.wav" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# embed
+
+
+def test_embed_formats_and_failures(capsys, bundle, folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "embed", str(folder), "--model", bundle)
+    assert code == 1 and out == ""  # the corrupt file failed; the others were written
+    assert len(error_lines(err)) == 1 and "2 files x 8 dims" in err
+    with np.load(tmp_path / "embeddings.npz") as z:
+        assert z["embeddings"].shape == (2, 8)
+        assert [Path(p).name for p in z["path"]] == ["a_low.wav", "b_high.flac"]
+        assert json.loads(str(z["metadata"]))["bundle"]["path"] == str(Path(bundle).resolve())
+
+    good = str(folder / "sub" / "b_high.flac")
+    code, _, err = run(capsys, "embed", good, "--model", bundle, "--pool", "none", "--output", "seg.parquet")
+    frame = pd.read_parquet(tmp_path / "seg.parquet")
+    assert code == 0 and len(frame) > 1 and f"{len(frame)} segments" in err
+    assert frame["end"].iloc[-1] == pytest.approx(2.0) and frame.attrs["genre_se"]["pool"] == "none"
+
+    code, _, _ = run(capsys, "embed", good, "--model", bundle, "--format", "npy", "--output", "vectors")
+    assert code == 0 and np.load(tmp_path / "vectors" / "embeddings.npy").shape == (1, 8)
+
+    code, _, err = run(capsys, "embed", str(folder / "c_corrupt.mp3"), "--model", bundle, "--output", "bad.npz")
+    assert code == 1 and not (tmp_path / "bad.npz").exists() and "nothing written" in err

@@ -1,0 +1,335 @@
+"""GenreClassifier: prediction and embedding of files and arrays with a tiny trained bundle.
+
+The bundle is trained (a few seconds) on a feature store of noisy tones, one pitch band per genre, so
+predictions are meaningful: a tone of a band is recognised, and a file that changes band changes genre
+on the timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from genre_se.config import FeatureConfig, ModelConfig
+from genre_se.errors import AudioError, ModelError
+from tests.conftest import make_tone_dataset
+
+FEATURES = FeatureConfig(
+    sample_rate=8000, n_fft=256, hop_length=128, n_mels=16, segment_frames=16, segment_hop=8, workers=1
+)
+MODEL = ModelConfig(filters=[4, 8], dropout=0.0, reduction_ratios=2)
+BAND_HZ = {"low": 200, "mid": 800, "high": 3200}  # the pitch bands of conftest.make_tone_dataset
+
+
+def tone(freq: float, seconds: float, sr: int = 8000, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    noise = np.random.default_rng(seed).standard_normal(len(t))
+    return (0.5 * np.sin(2 * np.pi * freq * t) + 0.05 * noise).astype(np.float32)
+
+
+def write(path: Path, y: np.ndarray, sr: int = 8000, **kwargs) -> Path:
+    sf.write(path, y, sr, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A trained tiny bundle and the feature store it was trained on (as the train stage would)."""
+    import keras
+
+    from genre_se.bundle import save_bundle
+    from genre_se.feature_store import build_store
+    from genre_se.model import build_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    files = sorted(make_tone_dataset(root / "tones", per_label=4, seconds=1.5).rglob("*.wav"))
+    # a test clip whose genre changes halfway, so segment probabilities disagree and aggregation matters
+    (root / "mixed").mkdir()
+    mixed = write(root / "mixed" / "mid.mixed.wav", np.concatenate([tone(200, 1.0), tone(3200, 1.5, seed=1)]))
+    index = pd.DataFrame(
+        {
+            "clip_id": [f.stem for f in files] + ["mixed"],
+            "path": [str(f) for f in files] + [str(mixed)],
+            "label": [f.parent.name for f in files] + ["mid"],
+            "status": "ok",
+            "split": ["test" if f.stem.endswith("3") else "train" for f in files] + ["test"],
+        }
+    )
+    store, failures = build_store(index, FEATURES, root / "features", root / "cache", workers=1)
+    assert failures.empty
+    train_rows = store.rows("train")
+    x = np.asarray(store.segments[train_rows], dtype=np.float32)
+    keras.utils.set_random_seed(0)
+    model = build_model(MODEL, store.input_shape, len(store.labels), mean=float(x.mean()), std=float(x.std()))
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x, store.table["label_index"].to_numpy()[train_rows], epochs=10, batch_size=16, verbose=0)
+    bundle = save_bundle(root / "bundle", model, store.labels, FEATURES, MODEL)
+    return {"bundle": bundle, "store": store, "index": index}
+
+
+@pytest.fixture(scope="session")
+def clf(tiny):
+    from genre_se.inference import GenreClassifier
+
+    return GenreClassifier.load(tiny["bundle"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Files of every format
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "mp3", "au", "aiff"])
+def test_predict_and_embed_every_format(clf, tmp_path, ext):
+    from genre_se.features import n_segments_for
+
+    path = write(tmp_path / f"mid.{ext}", tone(BAND_HZ["mid"], 2.0, sr=16000), sr=16000)  # resampled to 8 kHz
+    result = clf.predict(path)
+    assert result.path == str(path)
+    assert result.genre == "mid" and result.top(1)[0][0] == "mid"
+    assert result.probabilities.sum() == pytest.approx(1.0, abs=1e-6)
+    assert set(result.distribution()) == {"low", "mid", "high"}
+    assert [g for g, _ in result.top(3)] == sorted(clf.labels, key=lambda g: -result.distribution()[g])
+    assert result.duration == pytest.approx(2.0, abs=0.02)
+    if ext != "mp3":  # MP3 adds encoder delay/padding samples
+        assert result.n_segments == n_segments_for(16000, FEATURES)
+
+    embedding = clf.embed(path)
+    assert embedding.segments.shape == (result.n_segments, MODEL.filters[-1])
+    np.testing.assert_allclose(embedding.pooled, embedding.segments.mean(axis=0), rtol=1e-6)
+    np.testing.assert_array_equal(embedding.segment_starts, result.segment_starts)
+
+
+def test_wav_and_mp3_give_near_identical_probabilities(clf, tmp_path):
+    # between two bands, so the distribution is spread out and the comparison means something
+    y = 0.5 * tone(BAND_HZ["low"] * 2, 4.0, sr=22050) + 0.5 * tone(BAND_HZ["mid"] * 2, 4.0, sr=22050, seed=1)
+    wav = clf.predict(write(tmp_path / "clip.wav", y, 22050))
+    mp3 = clf.predict(write(tmp_path / "clip.mp3", y, 22050))
+    assert wav.probabilities.max() < 0.99  # not a trivially saturated case
+    np.testing.assert_allclose(mp3.probabilities, wav.probabilities, atol=0.03)
+    assert mp3.genre == wav.genre
+
+
+# --------------------------------------------------------------------------------------------------
+# No training/serving skew
+
+
+def test_predictions_equal_the_evaluate_stage(clf, tiny):
+    from genre_se.metrics import aggregate_clips
+    from genre_se.train import predict_rows
+
+    store = tiny["store"]
+    rows = store.rows("test")
+    clip_of_row = store.table["clip_id"].to_numpy()[rows]
+    segment_probs = predict_rows(clf.bundle.model, store, rows)  # what `genre-se evaluate` computes
+    clips = aggregate_clips(clip_of_row, segment_probs)
+    paths = tiny["index"].set_index("clip_id")["path"]
+    assert len(clips) == 4
+    mixed_probs = segment_probs[clip_of_row == "mixed"]
+    assert mixed_probs.argmax(axis=1).min() != mixed_probs.argmax(axis=1).max()  # the segments disagree
+    for clip_id, row in clips.iterrows():
+        served = clf.predict(paths[clip_id])
+        assert served.n_segments == row["n_segments"]
+        # the store holds float16 features; everything else is the same road (~1e-5 apart in practice)
+        np.testing.assert_allclose(served.segment_probabilities, segment_probs[clip_of_row == clip_id], atol=1e-3)
+        np.testing.assert_allclose(served.probabilities, row["probs"], atol=1e-3)
+        assert served.labels[int(np.argmax(served.probabilities))] == store.labels[row["pred"]]
+
+
+def test_predict_array_equals_the_file(clf, tmp_path):
+    y = tone(BAND_HZ["high"], 2.5)
+    from_file = clf.predict(write(tmp_path / "high.wav", y, subtype="FLOAT"))
+    from_array = clf.predict_array(y, 8000)
+    np.testing.assert_array_equal(from_array.segment_probabilities, from_file.segment_probabilities)
+    assert from_array.path is None and from_array.duration == 2.5
+
+    stereo = np.stack([y, y], axis=1)  # (frames, channels) is averaged to mono
+    np.testing.assert_allclose(clf.predict_array(stereo, 8000).probabilities, from_file.probabilities, atol=1e-6)
+    pcm16 = np.round(y * 32767).astype(np.int16)  # integer PCM is scaled to [-1, 1)
+    np.testing.assert_allclose(clf.predict_array(pcm16, 8000).probabilities, from_file.probabilities, atol=1e-3)
+    y16k = tone(BAND_HZ["high"], 2.5, sr=16000)
+    resampled = clf.predict_array(y16k, 16000)
+    assert resampled.genre == "high" and resampled.duration == 2.5
+    np.testing.assert_allclose(
+        resampled.probabilities, clf.predict(write(tmp_path / "h16.wav", y16k, 16000)).probabilities, atol=1e-3
+    )
+
+
+@pytest.mark.parametrize(
+    "bad, sr, match",
+    [
+        (np.zeros(0, np.float32), 8000, "no samples"),
+        (np.array([0.0, np.nan] * 100, np.float32), 8000, "non-finite"),
+        (np.zeros((2, 2, 2), np.float32), 8000, "1-D"),
+        (np.zeros(100, np.float32), 0, "sr must be"),
+        (np.array(["a"] * 10), 8000, "real sample values"),
+    ],
+)
+def test_bad_arrays_raise_audio_error(clf, bad, sr, match):
+    with pytest.raises(AudioError, match=match):
+        clf.predict_array(bad, sr)
+
+
+# --------------------------------------------------------------------------------------------------
+# Timeline, short files, long files
+
+
+def test_timeline_covers_the_file_and_follows_the_genre(clf, tmp_path):
+    y = np.concatenate([tone(BAND_HZ["low"], 3.0), tone(BAND_HZ["high"], 3.0, seed=1)])
+    result = clf.predict(write(tmp_path / "low_then_high.wav", y))
+    timeline = result.timeline()
+    assert len(timeline) == result.n_segments > 2
+    assert timeline[0]["start"] == 0.0
+    assert timeline[-1]["end"] == pytest.approx(result.duration) and result.duration == pytest.approx(6.0)
+    for before, after in zip(timeline, timeline[1:]):
+        assert before["start"] < after["start"] <= before["end"]  # overlapping segments, no gaps
+    assert timeline[0]["genre"] == "low" and timeline[-1]["genre"] == "high"
+    assert all(0.0 <= row["probability"] <= 1.0 for row in timeline)
+
+
+def test_a_file_shorter_than_one_segment_is_padded_and_answered(clf, tmp_path):
+    result = clf.predict(write(tmp_path / "blip.wav", tone(BAND_HZ["mid"], 0.05)))  # 4 frames < 16
+    assert result.n_segments == 1
+    assert result.duration == pytest.approx(0.05)
+    assert result.timeline()[0]["end"] == pytest.approx(0.05)
+    assert result.probabilities.sum() == pytest.approx(1.0)
+
+
+def test_batching_and_blocks_do_not_change_the_result(tiny, clf, tmp_path):
+    from genre_se.inference import GenreClassifier
+
+    path = write(tmp_path / "long.wav", tone(BAND_HZ["low"], 12.0))
+    small = GenreClassifier.load(tiny["bundle"], batch_size=5, block_seconds=0.7)
+    seen = []
+    streamed = small.predict(path, on_progress=lambda p, seconds: seen.append(seconds))
+    whole = clf.predict(path)
+    np.testing.assert_allclose(streamed.segment_probabilities, whole.segment_probabilities, atol=1e-6)
+    np.testing.assert_array_equal(streamed.segment_starts, whole.segment_starts)
+    assert len(seen) >= streamed.n_segments // 5  # one call per batch of 5
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(12.0, abs=0.05)
+
+
+def test_vote_aggregation_counts_segment_winners(tiny, tmp_path):
+    from genre_se.inference import GenreClassifier
+
+    y = np.concatenate([tone(BAND_HZ["low"], 3.0), tone(BAND_HZ["high"], 1.5, seed=1)])
+    result = GenreClassifier.load(tiny["bundle"], aggregate="vote").predict(write(tmp_path / "x.wav", y))
+    winners = result.segment_probabilities.argmax(axis=1)
+    expected = np.bincount(winners, minlength=3) / len(winners)
+    np.testing.assert_allclose(result.probabilities, expected)
+    assert result.aggregate == "vote" and result.genre == "low"
+    with pytest.raises(ModelError, match="aggregate"):
+        GenreClassifier.load(tiny["bundle"], aggregate="median")
+
+
+# --------------------------------------------------------------------------------------------------
+# Many files, failures, the decoding thread
+
+
+def test_predict_many_reports_bad_files_and_goes_on(clf, tmp_path):
+    from genre_se.inference import Failure, Prediction
+
+    good = write(tmp_path / "good.wav", tone(BAND_HZ["mid"], 1.0))
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 4)
+    other = write(tmp_path / "other.flac", tone(BAND_HZ["low"], 1.0))
+    results = list(clf.predict_many([good, corrupt, tmp_path / "missing.mp3", other]))
+    assert [type(r) for r in results] == [Prediction, Failure, Failure, Prediction]
+    assert str(corrupt) in results[1].message and "missing.mp3" in results[2].message
+    assert results[0].genre == "mid" and results[3].genre == "low"
+    np.testing.assert_array_equal(results[3].probabilities, clf.predict(other).probabilities)
+    with pytest.raises(AudioError, match="corrupt.wav"):
+        clf.predict(corrupt)
+
+
+def test_abandoning_a_batch_stops_the_decoding_thread(clf, tmp_path):
+    paths = [write(tmp_path / f"{i}.wav", tone(BAND_HZ["mid"], 1.0, seed=i)) for i in range(6)]
+    results = clf.predict_many(paths)
+    first = next(results)
+    assert first.path == str(paths[0])
+    results.close()
+    assert not [t for t in threading.enumerate() if t.name == "genre-se-decode"]
+
+
+def test_expand_paths_finds_audio_recursively(tmp_path):
+    from genre_se.inference import expand_paths
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    for name in ["a/2.wav", "a/1.MP3", "a/b/3.flac", "a/notes.txt", "a/._1.mp3", "a/noext"]:
+        (tmp_path / name).write_bytes(b"x")
+    files, empty = expand_paths([tmp_path / "a", tmp_path / "empty", tmp_path / "single.txt"])
+    names = [Path(f).relative_to(tmp_path).as_posix() for f in files]
+    assert names == ["a/1.MP3", "a/2.wav", "a/b/3.flac", "single.txt"]  # explicit files are kept as given
+    assert empty == [str(tmp_path / "empty")]
+
+
+def test_default_bundle_is_models_bundle_or_a_clear_error(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    from genre_se.inference import GenreClassifier
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match=r"no model found.*dvc repro.*--model"):
+        GenreClassifier.load()
+    shutil.copytree(tiny["bundle"], tmp_path / "models" / "bundle")
+    assert GenreClassifier.load().labels == ["high", "low", "mid"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Embedding files
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npy", "parquet"])
+@pytest.mark.parametrize("pool", ["mean", "none"])
+def test_written_embeddings_load_with_numpy_and_pandas(clf, tmp_path, fmt, pool):
+    from genre_se.inference import write_embeddings
+
+    paths = [write(tmp_path / "a.wav", tone(BAND_HZ["low"], 1.0)), write(tmp_path / "b.wav", tone(800, 2.0))]
+    embeddings = [clf.embed(p) for p in paths]
+    target = {"npz": tmp_path / "out.npz", "npy": tmp_path / "out", "parquet": tmp_path / "out.parquet"}[fmt]
+    written = write_embeddings(embeddings, target, pool=pool, provenance=clf.provenance())
+    assert written == target
+
+    if fmt == "npz":
+        with np.load(written) as z:  # no pickle needed
+            matrix, row_paths, meta = z["embeddings"], list(z["path"]), json.loads(str(z["metadata"]))
+            starts = z["start"] if pool == "none" else None
+    elif fmt == "npy":
+        matrix = np.load(written / "embeddings.npy")
+        rows = pd.read_csv(written / "rows.csv")
+        row_paths, meta = list(rows["path"]), json.loads((written / "metadata.json").read_text())
+        starts = rows["start"].to_numpy() if pool == "none" else None
+    else:
+        frame = pd.read_parquet(written)
+        matrix, row_paths, meta = np.stack(frame["embedding"].to_numpy()), list(frame["path"]), frame.attrs["genre_se"]
+        starts = frame["start"].to_numpy() if pool == "none" else None
+
+    if pool == "mean":
+        assert row_paths == [str(p) for p in paths]
+        np.testing.assert_allclose(matrix, np.stack([e.pooled for e in embeddings]), rtol=1e-6)
+    else:
+        assert len(matrix) == sum(e.n_segments for e in embeddings)
+        assert row_paths.count(str(paths[1])) == embeddings[1].n_segments
+        np.testing.assert_allclose(starts, np.concatenate([e.segment_starts for e in embeddings]))
+        np.testing.assert_allclose(matrix, np.concatenate([e.segments for e in embeddings]), rtol=1e-6)
+    assert matrix.dtype == np.float32 and matrix.shape[1] == MODEL.filters[-1]
+    assert meta["features"] == FEATURES.to_dict()
+    assert meta["bundle"]["labels"] == clf.labels and len(meta["bundle"]["model_sha1"]) == 40
+    assert meta["pool"] == pool and meta["embedding_dim"] == MODEL.filters[-1]
+
+
+def test_import_stays_cheap_and_exports_the_classifier():
+    code = (
+        "import sys, genre_se; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
+        "from genre_se import GenreClassifier; assert GenreClassifier.__name__ == 'GenreClassifier'; "
+        "assert 'tensorflow' not in sys.modules and 'librosa' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,293 @@
+"""The tune stage through the real keras-tuner BayesianOptimization on a tiny tone dataset and a tiny model.
+
+One search is run once per module and reused (train stage, resume, distributed comparisons); every other
+search uses its own keras-tuner project directory.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_se.config import load_params
+from genre_se.errors import ConfigError
+from tests.conftest import TINY_PARAMS, make_tone_dataset, write_params
+
+pytestmark = pytest.mark.slow
+
+#: a 3-trial, 1-epoch search over r in [1, 4] on the 4-/8-channel tiny model (val_loss: no ties)
+SEARCH = {
+    **TINY_PARAMS,
+    "tune.enabled": True,
+    "tune.mode": "shared",
+    "tune.r_min": 1.0,
+    "tune.r_max": 4.0,
+    "tune.max_trials": 3,
+    "tune.epochs": 1,
+    "tune.patience": 1,
+    "tune.objective": "val_loss",
+}
+
+
+def params_for(workdir: Path, **overrides):
+    path = write_params(workdir / "params.yaml", {**SEARCH, "data.root": str(workdir / "tones"), **overrides})
+    return load_params(path)
+
+
+def tune_in(workdir: Path, params, name: str, log=None, project_root=None):
+    """run_tune with every output under ``workdir/name`` (by default its own keras-tuner project root too)."""
+    from genre_se.tune import run_tune
+
+    out = workdir / name
+    return run_tune(params, store_dir=workdir / "data/features", out_path=out / "best_params.json",
+                    trials_path=out / "trials.csv", plot_path=out / "objective.png",
+                    project_root=project_root or out / "tuning", log=log)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tone dataset with its index and feature store (built once)."""
+    from genre_se.datasets import run_prepare
+    from genre_se.feature_store import run_features
+
+    root = tmp_path_factory.mktemp("tune")
+    make_tone_dataset(root / "tones")
+    params = params_for(root)
+    run_prepare(params, index_path=root / "data/index.csv", errors_path=root / "reports/prepare_errors.csv")
+    run_features(params, index_path=root / "data/index.csv", out_dir=root / "data/features",
+                 cache_dir=root / "data/features-cache", errors_path=root / "reports/features_errors.csv")
+    return root
+
+
+@pytest.fixture(scope="module")
+def shared_run(workdir):
+    lines = []
+    result = tune_in(workdir, params_for(workdir), "shared", log=lines.append)
+    return result, lines
+
+
+def started(lines):
+    return [int(m.group(1)) for line in lines if (m := re.match(r"trial (\d+) started", line))]
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_disabled_passes_the_configured_ratios_through(tmp_path):
+    from genre_se.tune import run_tune
+
+    params = load_params(write_params(tmp_path / "params.yaml",
+                                      {**TINY_PARAMS, "tune.enabled": False, "model.reduction_ratios": [3, 5]}))
+    result = run_tune(params, store_dir=tmp_path / "missing", out_path=tmp_path / "best.json",
+                      trials_path=tmp_path / "trials.csv", plot_path=tmp_path / "plot.png",
+                      project_root=tmp_path / "tuning")
+    assert json.loads((tmp_path / "best.json").read_text()) == {"source": "params",
+                                                                "model": {"reduction_ratios": [3, 5]}}
+    assert result.best["model"]["reduction_ratios"] == [3, 5]
+    table = pd.read_csv(tmp_path / "trials.csv")
+    assert table.empty and {"trial", "objective", "epochs", "seconds"} <= set(table.columns)
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    assert not (tmp_path / "tuning").exists()  # no search was started
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"tune.r_min": [1.0, 2.0]}, "tune.r_min"),  # a list in shared mode
+        ({"tune.mode": "per_block", "tune.r_min": [1.0, 2.0, 3.0], "tune.r_max": 9.0}, "tune.r_min"),
+        ({"tune.mode": "per_block", "tune.r_min": [1.0, 5.0], "tune.r_max": [4.0, 5.0]}, "tune.r_max"),
+        ({"tune.r_type": "int", "tune.r_min": 1.5}, "tune.r_min"),
+        ({"tune.learning_rate": [0.1]}, "tune.learning_rate"),
+        ({"tune.dropout": [0.5, 0.2]}, "tune.dropout"),
+        ({"tune.objective": "accuracy"}, "tune.objective"),
+        ({"model.se": False}, "model.se"),
+    ],
+)
+def test_bad_search_spaces_are_named(tmp_path, overrides, key):
+    from genre_se.tune import SearchSpace
+
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        SearchSpace.from_params(params_for(tmp_path, **overrides))
+
+
+def test_failing_trials_become_one_clear_error(workdir, monkeypatch):
+    from genre_se.errors import ModelError
+    from genre_se.tune import SEHyperModel
+
+    def broken_fit(self, hp, model, *args, **kwargs):
+        raise ValueError("training exploded")
+
+    monkeypatch.setattr(SEHyperModel, "fit", broken_fit)
+    for trials in (1, 3):  # fewer failures than keras-tuner's limit of 3 in a row, and that limit
+        with pytest.raises(ModelError, match="training exploded"):
+            tune_in(workdir, params_for(workdir, **{"tune.max_trials": trials}), f"broken{trials}")
+        assert not (workdir / f"broken{trials}/best_params.json").exists()
+
+
+def test_shared_search_writes_best_params_table_and_plot(workdir, shared_run):
+    from genre_se.model import build_model, se_blocks, se_hidden_units
+    from genre_se.tune import SearchSpace
+
+    result, lines = shared_run
+    out = workdir / "shared"
+    table = pd.read_csv(out / "trials.csv")
+    assert list(table["trial"]) == [0, 1, 2] and (table["status"] == "COMPLETED").all()
+    assert table["r"].between(1.0, 4.0).all() and table["r"].nunique() == 3
+    assert np.allclose(table["objective"], table["val_loss"])  # the objective is val_loss here
+    assert table["val_clip_accuracy"].between(0, 1).all()
+    assert (table["epochs"] == 1).all() and (table["seconds"] > 0).all()
+    assert list(table["se_hidden"]) == [f"{se_hidden_units(4, r)}-{se_hidden_units(8, r)}" for r in table["r"]]
+    assert started(lines) == [0, 1, 2]
+
+    best = json.loads((out / "best_params.json").read_text())
+    winner = table.loc[table["val_loss"].idxmin()]
+    assert best["source"] == "tune" and best["trial"] == winner["trial"]
+    assert best["model"]["reduction_ratios"] == pytest.approx(winner["r"])
+    assert best["objective"] == {"name": "val_loss", "value": pytest.approx(winner["val_loss"])}
+    assert result.project_dir == out / "tuning" / best["search"]
+    assert (out / "objective.png").stat().st_size > 5000
+
+    # the winning configuration is a valid model with the tuned r in both SE blocks
+    values = {"r": best["model"]["reduction_ratios"]}
+    params = params_for(workdir)
+    cfg = SearchSpace.from_params(params).model_config(params.model, values)
+    model = build_model(cfg, (16, 16, 1), 3)
+    assert [b.ratio for b in se_blocks(model)] == pytest.approx([values["r"]] * 2)
+
+
+def test_per_block_search_gives_one_ratio_per_block_in_its_own_range(workdir):
+    from genre_se.model import build_model, se_blocks, se_hidden_units
+    from genre_se.train import resolve_model_config
+
+    params = params_for(workdir, **{"tune.mode": "per_block", "tune.r_type": "int", "tune.r_min": [1, 2],
+                                    "tune.r_max": [3, 6], "tune.learning_rate": [0.001, 0.1],
+                                    "tune.max_trials": 2, "tune.objective": "val_clip_accuracy"})
+    tune_in(workdir, params, "per_block")
+    out = workdir / "per_block"
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == 2 and (table["status"] == "COMPLETED").all()
+    assert table["r_block1"].between(1, 3).all() and table["r_block2"].between(2, 6).all()
+    assert (table[["r_block1", "r_block2"]] % 1 == 0).all().all()  # r_type: int
+    assert table["learning_rate"].between(0.001, 0.1).all()
+    assert "r" not in table.columns
+
+    best = json.loads((out / "best_params.json").read_text())
+    ratios = best["model"]["reduction_ratios"]
+    assert isinstance(ratios, list) and len(ratios) == 2 and all(isinstance(r, int) for r in ratios)
+    assert 0.001 <= best["train"]["learning_rate"] <= 0.1
+    cfg = resolve_model_config(params, out / "best_params.json")
+    model = build_model(cfg, (16, 16, 1), 3)
+    assert [b.hidden_units for b in se_blocks(model)] == [se_hidden_units(4, ratios[0]), se_hidden_units(8, ratios[1])]
+
+
+def test_train_stage_uses_the_tuned_ratio(workdir, shared_run):
+    from genre_se.bundle import load_bundle
+    from genre_se.model import se_blocks
+    from genre_se.train import run_train
+
+    best = shared_run[0].best
+    params = params_for(workdir, **{"train.epochs": 1})
+    run_train(params, store_dir=workdir / "data/features", bundle_dir=workdir / "bundle",
+              state_dir=workdir / "train-state", live_dir=workdir / "dvclive",
+              best_params_path=workdir / "shared/best_params.json")
+    bundle = load_bundle(workdir / "bundle")
+    assert bundle.model_config["reduction_ratios"] == pytest.approx(best["model"]["reduction_ratios"])
+    assert bundle.model_config["reduction_ratios"] != params.model.reduction_ratios
+    assert [b.ratio for b in se_blocks(bundle.model)] == pytest.approx([best["model"]["reduction_ratios"]] * 2)
+
+
+def test_an_interrupted_search_resumes_where_it_stopped(workdir, shared_run):
+    params = params_for(workdir)
+    project_root = workdir / "resumed" / "tuning"
+
+    def interrupt_at_trial_1(line):
+        if line.startswith("trial 1 started"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune_in(workdir, params, "resumed", log=interrupt_at_trial_1)
+    assert not (workdir / "resumed/best_params.json").exists()
+    trial_0 = json.loads(next(project_root.glob("*/trial_0/trial.json")).read_text())
+    assert trial_0["status"] == "COMPLETED"
+
+    lines = []
+    result = tune_in(workdir, params, "resumed", log=lines.append)
+    assert "1 of 3 trials completed" in lines[0]
+    assert started(lines) == [1, 2]  # trial 0 was not run again; trial 1 was run again
+    table = pd.read_csv(workdir / "resumed/trials.csv")
+    assert list(table["trial"]) == [0, 1, 2] and (table["status"] == "COMPLETED").all()
+    # same seed, same proposals as the uninterrupted search
+    assert table["r"].tolist() == pytest.approx(shared_run[0].table["r"].tolist())
+    # same search key as the uninterrupted search (same space and data), in this test's own project root
+    assert result.project_dir == project_root / shared_run[0].project_dir.name
+
+
+def test_more_trials_extend_a_search_and_a_new_space_starts_a_new_one(workdir, shared_run):
+    first = shared_run[0]
+    lines = []
+    extended = tune_in(workdir, params_for(workdir, **{"tune.max_trials": 4}), "extended", log=lines.append,
+                       project_root=first.project_dir.parent)
+    assert extended.project_dir == first.project_dir and started(lines) == [3]
+    assert extended.table["r"].tolist()[:3] == pytest.approx(first.table["r"].tolist())
+
+    lines = []
+    other = tune_in(workdir, params_for(workdir, **{"tune.r_max": 6.0, "tune.max_trials": 1}), "extended",
+                    log=lines.append, project_root=first.project_dir.parent)
+    assert other.project_dir != first.project_dir and first.project_dir.exists()
+    assert started(lines) == [0] and len(other.table) == 1 and other.table["r"].between(1.0, 6.0).all()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_chief_and_two_workers_run_every_trial_once(workdir, shared_run):
+    params_for(workdir, **{"tune.max_trials": 4})  # writes workdir/params.yaml for the subprocesses
+    out = workdir / "distributed"
+    cmd = [sys.executable, "-m", "genre_se", "tune", "--features", "data/features", "--out", str(out / "best.json"),
+           "--trials", str(out / "trials.csv"), "--plot", str(out / "objective.png"),
+           "--project-dir", str(out / "tuning")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
+    env.update(KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(_free_port()), PYTHONUNBUFFERED="1",
+               CUDA_VISIBLE_DEVICES="")
+    out.mkdir()
+    procs = {}
+    try:
+        for tuner_id in ("chief", "tuner1", "tuner2"):
+            with open(out / f"{tuner_id}.log", "w") as stderr:
+                procs[tuner_id] = subprocess.Popen(cmd, cwd=workdir, env={**env, "KERASTUNER_TUNER_ID": tuner_id},
+                                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 240
+        for tuner_id, proc in procs.items():
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs.values():  # only the processes this test started
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    errs = {tuner_id: (out / f"{tuner_id}.log").read_text() for tuner_id in procs}
+    for tuner_id, proc in procs.items():
+        assert proc.returncode == 0, f"{tuner_id}: {errs[tuner_id][-3000:]}"
+
+    ran = [int(t) for tuner_id in ("tuner1", "tuner2") for t in re.findall(r"^trial (\d+) done", errs[tuner_id], re.M)]
+    assert sorted(ran) == [0, 1, 2, 3]  # every trial ran, and on one worker only
+    assert not re.search(r"^trial \d+ (started|done)", errs["chief"], re.M)  # the chief only hands out trials
+    table = pd.read_csv(out / "trials.csv")
+    assert list(table["trial"]) == [0, 1, 2, 3] and (table["status"] == "COMPLETED").all()
+    single = pd.read_csv(workdir / "shared/trials.csv")
+    assert list(table.columns) == list(single.columns)  # same format as a single-machine search
+    best = json.loads((out / "best.json").read_text())
+    assert best.keys() == shared_run[0].best.keys() and best["trials_completed"] == 4
+    # the random start of the search does not depend on who runs the trials
+    assert table["r"].tolist()[:3] == pytest.approx(shared_run[0].table["r"].tolist()[:3])
+    assert (out / "objective.png").stat().st_size > 5000
