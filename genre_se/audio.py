@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -354,13 +356,40 @@ class _AudioreadDecoder:
             raise AudioError(f"{self._path}: corrupt or truncated audio data ({_reason(exc)})") from exc
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _quiet_c_stderr():
+    """Keep C decoders' own stderr chatter (libmpg123's "Note: Illegal Audio-MPEG-Header ...") off the
+    terminal while a file is opened; our AudioError says what went wrong, once."""
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real fd 2 (embedded interpreters, some test runners)
+            yield
+            return
+        try:
+            with open(os.devnull, "wb") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 @contextmanager
 def _open_decoder(path: str):
     """Open ``path`` with libsndfile, else (known audio extension) audioread; close it afterwards."""
     try:
-        handle = sf.SoundFile(path)
+        with _quiet_c_stderr():
+            handle = sf.SoundFile(path)
     except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError) as exc:
         handle, sndfile_reason = None, _reason(exc)
+        if "not a regular file" in sndfile_reason and Path(path).is_file():
+            # libsndfile's words for a file whose content it cannot parse; the file itself is fine
+            sndfile_reason = "unrecognised format or corrupt data"
     if handle is not None:
         with handle:
             decoder = _SoundFileDecoder(path, handle)

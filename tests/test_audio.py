@@ -482,3 +482,22 @@ def test_gtzan_au_and_wav_give_the_same_samples(genre):
     assert len(from_au) == info.frames > 29 * 22050
     np.testing.assert_array_equal(from_au, from_wav)
     assert np.any(from_au)
+
+
+def test_corrupt_mp3_gives_one_plain_message_and_no_decoder_chatter(tmp_path):
+    """libmpg123 prints its own notes to fd 2, and libsndfile calls unparsable content 'not a regular
+    file'; the user must see neither, only our one-line reason naming the file."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"garbage that is not an mpeg stream\n" * 3)
+    code = (
+        "from genre_se.audio import load_audio\n"
+        "from genre_se.errors import AudioError\n"
+        f"try:\n    load_audio({str(bad)!r})\nexcept AudioError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stderr == ""
+    assert str(bad) in out.stdout and "regular file" not in out.stdout
+    assert "unrecognised format or corrupt data" in out.stdout
