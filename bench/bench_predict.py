@@ -1,25 +1,30 @@
 #!/usr/bin/env python
-"""Prediction cost: cold start of `genre-se predict`, warm throughput over a folder, memory of an hour.
+"""Prediction cost, Keras path against the LiteRT fast path: cold start, warm throughput, peak memory.
 
-Measurements, all with one model bundle (``--model``; default ``models/bundle`` if the pipeline made one,
-else an untrained bundle of the ``params.yaml`` architecture and features, which costs the same to run):
+Three runtimes serve one trained bundle (``--model``; default ``models/bundle`` if the pipeline made one,
+else an untrained bundle of the ``params.yaml`` architecture, which costs the same to run). The bundle is
+copied to a scratch folder and exported there twice, so ``models/bundle`` itself is never touched:
+
+* ``keras``: ``genre-se predict --backend keras`` (TensorFlow + Keras model, librosa filter bank): the path
+  every bundle had before the export existed;
+* ``litert``: the float32 LiteRT export and the stored mel front end (no TensorFlow, Keras or librosa);
+* ``litert-int8``: the same with dynamic-range int8 weights (``genre-se export --quantize int8``).
+
+Measurements (every timed method runs once untimed first, except cold starts, which are the point):
 
 * ``cold start``: wall time of a fresh ``python -m genre_se -q predict CLIP --format json`` process on one
-  30-s clip (Python + TensorFlow import, bundle load, decode, features, inference, output), median of
-  ``--repeats``;
-* ``warm folder``: files per second of ``GenreClassifier.predict_many`` over a folder of 30-s clips with the
-  model already loaded (decoding on a background thread overlaps inference), against a plain loop of
-  ``predict`` calls, interleaved rounds;
-* ``peak RSS``: a child process loads the classifier, runs one full batch (so the model's activation
-  memory is part of "after load"), predicts one file and reports its own peak resident memory
-  (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), for a 30-s clip, a 10-min file and a generated
-  one-hour file; streaming means the hour costs what the 10 minutes cost.
+  30-s clip (the first GTZAN clip of ``--data``), methods interleaved round by round;
+* ``warm folder``: files per second of ``GenreClassifier.predict_many`` over every clip of ``--data``
+  (default: the 71 clips of ../shared/data/gtzan-mini) with the model loaded, interleaved rounds; the same
+  run gives the parity of each fast path with Keras (largest probability difference, clip top-1 agreement);
+* ``peak RSS``: a child process loads the classifier, runs one full batch, predicts one file and reports its
+  own peak resident memory (``ru_maxrss``), for the 30-s clip and a generated one-hour file.
 
 Usage::
 
-    python bench/bench_predict.py                  # default model, 8-clip folder, one-hour file
-    python bench/bench_predict.py --model models/bundle --files 16 --repeats 3
-    python bench/bench_predict.py --smoke          # tiny model and files, one round (CI)
+    python bench/bench_predict.py                        # gtzan-mini, 3 rounds, one-hour file
+    python bench/bench_predict.py --repeats 5 --long-seconds 600
+    python bench/bench_predict.py --smoke                # tiny model, generated clips, one round (CI)
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,28 +41,43 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_description, markdown_table, time_rounds  # noqa: E402
+from common import fmt_range, machine_description, markdown_table, time_rounds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "gtzan-mini" / "genres"
 
 SMOKE_FEATURES = dict(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16, segment_frames=16, segment_hop=8)
 SMOKE_MODEL = dict(filters=[4, 8], dropout=0.0, reduction_ratios=2)
 
-# The child that measures its own peak memory; argv: bundle, audio file.
+#: method -> (bundle copy, --backend); "keras" is the reference of the ratio columns.
+METHODS = {"keras": ("fp32", "keras"), "litert": ("fp32", "litert"), "litert-int8": ("int8", "litert")}
+REFERENCE = "keras"
+
+# The child that measures its own peak memory; argv: bundle, backend, audio file. VmHWM (Linux) is the peak
+# of this process's own address space; ru_maxrss would also count the parent's pages the child was forked
+# with (Linux keeps that high-water mark across exec), i.e. the benchmark's own TensorFlow.
 RSS_CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from genre_se.inference import GenreClassifier
-clf = GenreClassifier.load(sys.argv[1])
+
+def peak_kib():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+clf = GenreClassifier.load(sys.argv[1], backend=sys.argv[2])
 cfg = clf.feature_config  # warm up with one full batch, so its activations count as "loaded"
 warm_frames = (clf.batch_size - 1) * cfg.segment_hop + cfg.segment_frames
 clf.predict_array(np.zeros(warm_frames * cfg.hop_length, np.float32), cfg.sample_rate)
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loaded = peak_kib()
 start = time.perf_counter()
-result = clf.predict(sys.argv[2])
+result = clf.predict(sys.argv[3])
 seconds = time.perf_counter() - start
-print(json.dumps({"loaded_kib": loaded, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "seconds": seconds, "duration": result.duration, "n_segments": result.n_segments}))
+print(json.dumps({"loaded_kib": loaded, "peak_kib": peak_kib(), "seconds": seconds, "duration": result.duration,
+                  "n_segments": result.n_segments, "tensorflow": "tensorflow" in sys.modules}))
 """
 
 
@@ -84,6 +105,19 @@ def make_bundle(target: Path, smoke: bool) -> Path:
     return save_bundle(target, model, labels, features, model_cfg)
 
 
+def exported_copies(source: Path, scratch: Path) -> dict[str, Path]:
+    """Two copies of the bundle, one with the float32 export and one with the int8 export."""
+    from genre_se.litert import export_litert
+
+    copies = {}
+    for name, quantize in (("fp32", "none"), ("int8", "int8")):
+        copies[name] = scratch / f"bundle-{name}"
+        shutil.copytree(source, copies[name], ignore=shutil.ignore_patterns("model.tflite", "frontend.npz",
+                                                                             "litert.json"))
+        export_litert(copies[name], quantize=quantize)
+    return copies
+
+
 def write_audio(path: Path, seconds: float, sr: int, seed: int = 0, block_seconds: float = 60.0) -> Path:
     """Noisy, slowly changing tones, written block by block (an hour never sits in memory)."""
     import numpy as np
@@ -101,6 +135,14 @@ def write_audio(path: Path, seconds: float, sr: int, seed: int = 0, block_second
     return path
 
 
+def folder_clips(data: Path) -> list[Path]:
+    """The audio files of a folder tree, sorted (GTZAN's genres/<genre>/<clip>.wav, or any tree)."""
+    from genre_se.inference import expand_paths
+
+    files, _ = expand_paths([data])
+    return [Path(f) for f in files]
+
+
 # --------------------------------------------------------------------------------------------------
 # Measurements
 
@@ -109,110 +151,187 @@ def child_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def cold_start(bundle: Path, clip: Path, repeats: int) -> list[float]:
-    """Wall seconds of fresh `genre-se predict` processes on one clip."""
-    command = [sys.executable, "-m", "genre_se", "-q", "predict", str(clip), "--model", str(bundle),
-               "--format", "json"]
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        proc = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=600)
-        seconds.append(time.perf_counter() - start)
-        if proc.returncode != 0:
-            raise SystemExit(f"genre-se predict failed ({proc.returncode}): {proc.stderr.strip()}")
-        json.loads(proc.stdout)
-    return seconds
+def cold_command(bundle: Path, backend: str, clip: Path) -> list[str]:
+    return [sys.executable, "-m", "genre_se", "-q", "predict", str(clip), "--model", str(bundle),
+            "--backend", backend, "--format", "json"]
 
 
-def warm_folder(bundle: Path, files: list[Path], repeats: int) -> dict:
-    """Files/s of predict_many (overlapped) and of a predict() loop, model loaded once."""
+def run_cold(command: list[str]) -> dict:
+    """One fresh `genre-se predict` process; its JSON output (checked) is returned."""
+    proc = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=600, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"genre-se predict failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def cold_starts(bundles: dict[str, Path], clip: Path, repeats: int) -> dict:
+    """Whole-process seconds of `genre-se predict` on one clip per method, interleaved rounds."""
+    def method(command: list[str]):
+        return lambda: run_cold(command)
+
+    methods = {name: method(cold_command(bundles[copy], backend, clip)) for name, (copy, backend) in METHODS.items()}
+    return time_rounds(methods, repeats)
+
+
+def warm_folder(bundles: dict[str, Path], files: list[Path], repeats: int) -> tuple[dict, dict]:
+    """Files/s of predict_many per method (model loaded once, one untimed pass first), and the clip
+    probabilities of the last pass, for the parity columns."""
     from genre_se.inference import GenreClassifier, Prediction
 
-    clf = GenreClassifier.load(bundle)
-    clf.predict(files[0])  # warm-up: first model call, filter bank, page cache
+    classifiers = {name: GenreClassifier.load(bundles[copy], backend=backend)
+                   for name, (copy, backend) in METHODS.items()}
+    outputs: dict[str, list] = {}
 
-    def many():
-        results = list(clf.predict_many(files))
-        assert all(isinstance(r, Prediction) for r in results)
+    def method(name):
+        def run():
+            results = list(classifiers[name].predict_many(files))
+            failed = [r.message for r in results if not isinstance(r, Prediction)]
+            if failed:
+                raise SystemExit(f"{name}: {len(failed)} files failed: {failed[:3]}")
+            outputs[name] = results
 
-    def loop():
-        for path in files:
-            clf.predict(path)
+        return run
 
-    return time_rounds({"predict_many": many, "predict loop": loop}, repeats)
+    methods = {name: method(name) for name in classifiers}
+    for run in methods.values():
+        run()  # warm-up: first model call, filter bank, page cache
+    return time_rounds(methods, repeats), outputs
 
 
-def peak_rss(bundle: Path, audio: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", RSS_CHILD, str(bundle), str(audio)], capture_output=True,
-                          text=True, env=child_env(), timeout=3600)
+def parity(outputs: dict, reference: str = REFERENCE) -> dict[str, dict]:
+    """Per method: largest |p - p_keras| over every segment and clip, and the clip top-1 agreement."""
+    import numpy as np
+
+    table = {}
+    for name, results in outputs.items():
+        pairs = list(zip(results, outputs[reference]))
+        table[name] = {
+            "segment": max(float(np.abs(a.segment_probabilities - b.segment_probabilities).max()) for a, b in pairs),
+            "clip": max(float(np.abs(a.probabilities - b.probabilities).max()) for a, b in pairs),
+            "top1": sum(a.genre == b.genre for a, b in pairs),
+            "n": len(pairs),
+        }
+    return table
+
+
+def peak_rss(bundle: Path, backend: str, audio: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", RSS_CHILD, str(bundle), backend, str(audio)], capture_output=True,
+                          text=True, env=child_env(), timeout=3600, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"memory child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------------------------------
+# Tables
+
+
+def cold_table(cold: dict, clip_seconds: float) -> str:
+    reference = cold[REFERENCE].median
+    rows = []
+    for name, timings in cold.items():
+        rows.append([name, f"{timings.median:.2f}", fmt_range(timings.min, timings.max, 2),
+                     f"{reference / timings.median:.1f}x"])
+    return markdown_table([f"cold start, {clip_seconds:.0f}-s clip", "median s", "min-max s",
+                           f"speed-up vs {REFERENCE}"], rows)
+
+
+def warm_table(warm: dict, agreement: dict, n_files: int) -> str:
+    reference = warm[REFERENCE].median
+    rows = []
+    for name, timings in warm.items():
+        median, low, high = timings.rate(n_files)
+        check = agreement[name]
+        rows.append([name, f"{median:.1f}", fmt_range(low, high, 1), f"{reference / timings.median:.1f}x",
+                     f"{check['segment']:.1e}", f"{check['clip']:.1e}", f"{check['top1']}/{check['n']}"])
+    return markdown_table(["warm folder", "files/s", "min-max", f"vs {REFERENCE}", "max |dp| segment",
+                           "max |dp| clip", f"top-1 = {REFERENCE}"], rows)
+
+
+def memory_table(memory: dict) -> str:
+    rows = []
+    for (name, label), mem in memory.items():
+        rows.append([name, label, f"{mem['duration'] / 60:.1f} min, {mem['n_segments']} segments",
+                     f"{mem['peak_kib'] / 1024:.0f}", f"{mem['loaded_kib'] / 1024:.0f}",
+                     f"{mem['seconds']:.1f} s ({mem['duration'] / mem['seconds']:.0f}x real time)",
+                     "yes" if mem["tensorflow"] else "no"])
+    return markdown_table(["peak RSS", "file", "audio", "peak MiB", "after load MiB", "predict time",
+                           "TensorFlow imported"], rows)
+
+
+# --------------------------------------------------------------------------------------------------
 # Main
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="bundle to use (default: models/bundle, else an untrained one)")
-    parser.add_argument("--files", type=int, default=8, help="30-s clips in the warm folder (default: 8)")
+    parser.add_argument("--model", type=Path, help="bundle (default: models/bundle, else an untrained one)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="folder of clips for the warm pass (default: ../shared/data/gtzan-mini/genres)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default: 3)")
     parser.add_argument("--long-seconds", type=float, default=3600.0, help="length of the long file (3600)")
-    parser.add_argument("--smoke", action="store_true", help="tiny model and files, one round")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny model, generated clips, one round, no Keras memory child (CI)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.files, args.repeats, args.long_seconds = 2, 1, 60.0
-    clip_seconds = 5.0 if args.smoke else 30.0
+        args.repeats, args.long_seconds = 1, 30.0
+    elif not args.data.is_dir():
+        parser.error(f"--data {args.data}: not a folder (the shared GTZAN clips are absent?); pass --data DIR "
+                     "or use --smoke")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp_name:
         tmp = Path(tmp_name)
         if args.model:
-            bundle, source = Path(args.model), args.model
+            source, model_note = args.model, str(args.model)
         elif (REPO / "models" / "bundle").exists() and not args.smoke:
-            bundle, source = REPO / "models" / "bundle", "models/bundle (pipeline)"
+            source, model_note = REPO / "models" / "bundle", "models/bundle (pipeline)"
         else:
-            bundle = make_bundle(tmp / "bundle", args.smoke)
-            source = "untrained " + ("tiny model" if args.smoke else "params.yaml architecture")
-        from genre_se.bundle import load_bundle
+            source = make_bundle(tmp / "bundle", args.smoke)
+            model_note = "untrained " + ("tiny model" if args.smoke else "params.yaml architecture")
+        start = time.perf_counter()
+        bundles = exported_copies(source, tmp)
+        export_seconds = (time.perf_counter() - start) / 2
+        from genre_se.bundle import read_bundle_meta
+        from genre_se.config import FeatureConfig, from_dict
 
-        sr = 22050 if not args.smoke else 16000
-        features = load_bundle(bundle).feature_config
-        files = [write_audio(tmp / f"clip{i}.wav", clip_seconds, sr, seed=i) for i in range(args.files)]
-        medium_file = write_audio(tmp / "medium.wav", args.long_seconds / 6, sr, seed=98)
-        long_file = write_audio(tmp / "long.wav", args.long_seconds, sr, seed=99)
+        features = from_dict(FeatureConfig, read_bundle_meta(source)["features"], "features")
+        if args.smoke:
+            (tmp / "clips").mkdir()
+            files = [write_audio(tmp / "clips" / f"clip{i}.wav", 5.0, 16000, seed=i) for i in range(2)]
+            data_note = "2 generated 5-s clips"
+        else:
+            files = folder_clips(args.data)
+            data_note = f"{len(files)} clips of {args.data}"
+        clip = files[0]
+        clip_seconds = 5.0 if args.smoke else 30.0
+        long_file = write_audio(tmp / "long.wav", args.long_seconds, features.sample_rate, seed=99)
 
-        cold = cold_start(bundle, files[0], args.repeats)
-        warm = warm_folder(bundle, files, args.repeats)
-        clip_mem = peak_rss(bundle, files[0])
-        medium_mem = peak_rss(bundle, medium_file)
-        long_mem = peak_rss(bundle, long_file)
+        cold = cold_starts(bundles, clip, args.repeats)
+        warm, outputs = warm_folder(bundles, files, args.repeats)
+        sizes = [(f"{args.long_seconds / 60:g}-min file", long_file)]
+        if not args.smoke:  # the clip shows what the long file adds
+            sizes.insert(0, (f"{clip_seconds:g}-s clip", clip))
+        measured = [name for name in METHODS if not (args.smoke and name == REFERENCE)]  # smoke: no 2nd TF start
+        memory = {(name, label): peak_rss(bundles[METHODS[name][0]], METHODS[name][1], audio)
+                  for name in measured for label, audio in sizes}
 
-    rows = [
-        ["cold start: `genre-se predict` 1 clip", f"{clip_seconds:g}-s clip", f"{min(cold):.2f} s (median "
-         f"{sorted(cold)[len(cold) // 2]:.2f} s)", "whole process: imports, load, decode, predict"],
-    ]
-    for name, timings in warm.items():
-        median, low, high = timings.rate(len(files))
-        rows.append([f"warm: {name}", f"{len(files)} x {clip_seconds:g}-s clips",
-                     f"{median:.2f} files/s ({low:.2f}-{high:.2f})",
-                     f"{median * clip_seconds:.0f} s of audio per s"])
-    minutes = args.long_seconds / 60
-    sizes = (f"{clip_seconds:g}-s clip", f"{minutes / 6:g}-min file", f"{minutes:g}-min file")
-    for label, mem in zip(sizes, (clip_mem, medium_mem, long_mem)):
-        rows.append([f"peak RSS: {label}", f"{mem['duration'] / 60:.1f} min, {mem['n_segments']} segments",
-                     f"{mem['peak_kib'] / 1024:.0f} MiB",
-                     f"after load {mem['loaded_kib'] / 1024:.0f} MiB; predict {mem['seconds']:.1f} s "
-                     f"({mem['duration'] / mem['seconds']:.0f}x real time)"])
-    print(f"Model: {source}; features {features.sample_rate} Hz, {features.n_mels} mels, "
-          f"{features.segment_frames}-frame segments; audio written at {sr} Hz (resampled)")
-    print(markdown_table(["measurement", "input", "result", "notes"], rows))
-    growth = (long_mem["peak_kib"] - medium_mem["peak_kib"]) / 1024
-    print(f"\nPeak RSS growth from the {sizes[1]} to the {sizes[2]}: {growth:+.0f} MiB "
-          "(the decoded long file alone would be "
-          f"{args.long_seconds * features.sample_rate * 4 / 2**20:.0f} MiB of float32 samples)")
-    print(machine_description(("numpy", "tensorflow-cpu", "keras", "soundfile", "soxr")))
+    print(f"Model: {model_note}; features {features.sample_rate} Hz, {features.n_mels} mels, "
+          f"{features.segment_frames}-frame segments. Warm folder: {data_note}. Cold-start clip: {clip.name}. "
+          f"Export (fp32 and int8): {export_seconds:.1f} s each.")
+    print()
+    print(cold_table(cold, clip_seconds))
+    print()
+    print(warm_table(warm, parity(outputs), len(files)))
+    print()
+    print(memory_table(memory))
+    print()
+    print(f"Medians of {args.repeats} interleaved round(s); ratios are {REFERENCE} median / method median, "
+          "measured in this run.")
+    print(machine_description(("numpy", "tensorflow-cpu", "keras", "ai-edge-litert", "soundfile", "soxr")))
     return 0
 
 

@@ -6,6 +6,13 @@ Layout::
     <bundle>/bundle.json   format_version, labels (output order), features, model_config,
                            genre_se_version, created, extra
 
+Optional, written by :func:`genre_se.litert.export_litert` (``genre-se export``, and the train stage):
+``model.tflite`` (the same network for the LiteRT runtime), ``frontend.npz`` (the mel filter bank and
+window) and ``litert.json`` (what was exported from which ``model.keras``, written last). They let
+``genre-se predict`` run without importing TensorFlow or librosa; a bundle without them is still a complete
+format-version-1 bundle and is served by Keras. The format version stays 1 because nothing a version-1
+reader needs changed: older readers ignore the extra files, and this reader accepts bundles without them.
+
 The feature parameters travel with the model so a prediction can never use features the model was not
 trained on. A bundle is written into a temporary sibling directory and swapped in by rename, so a reader
 sees the old bundle or the new one, never half of one. It is loaded with Keras safe mode on (no
@@ -19,15 +26,15 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import keras
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import FeatureConfig, ModelConfig, from_dict
 from .errors import ConfigError, ModelError
 from .fileio import atomic_dir
-from .model import Standardize  # registers the genre_se layers for safe-mode loading
+
+if TYPE_CHECKING:  # Keras (and TensorFlow) are imported only when a Keras model is loaded or saved
+    import keras
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -60,6 +67,8 @@ class ModelBundle:
     @property
     def normalisation(self) -> tuple[float, float] | None:
         """``(mean, std)`` the model standardises its input with, or None if it has no Standardize layer."""
+        from .model import Standardize
+
         for layer in self.model.layers:
             if isinstance(layer, Standardize):
                 return layer.mean, layer.std
@@ -199,18 +208,28 @@ def _read_meta(meta_path: Path) -> dict:
     return meta
 
 
-def load_bundle(bundle_dir: str | Path) -> ModelBundle:
-    """Load and check a bundle written by :func:`save_bundle`; every problem raises ModelError."""
+def read_bundle_meta(bundle_dir: str | Path) -> dict:
+    """The checked ``bundle.json`` of a bundle directory, without loading (or importing) Keras."""
     root = Path(bundle_dir)
     if not root.is_dir():
         raise ModelError(
             f"{root}: model bundle not found (expected a directory with {META_FILE} and {MODEL_FILE})"
         )
+    return _read_meta(root / META_FILE)
+
+
+def load_bundle(bundle_dir: str | Path) -> ModelBundle:
+    """Load and check a bundle written by :func:`save_bundle`; every problem raises ModelError."""
+    root = Path(bundle_dir)
+    meta = read_bundle_meta(root)
     meta_path = root / META_FILE
-    meta = _read_meta(meta_path)
     model_path = root / MODEL_FILE
     if not model_path.is_file():
         raise ModelError(f"{model_path}: missing; the model bundle is incomplete")
+    import keras
+
+    from .model import Standardize  # noqa: F401  (registers the genre_se layers for safe-mode loading)
+
     try:
         model = keras.saving.load_model(str(model_path), safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types (zip, h5, ValueError, ...) for a bad file

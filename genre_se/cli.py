@@ -160,6 +160,18 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .analyze import run_analyze
+
+    exc = run_analyze(args.model, args.features, split=args.split, out_png=args.out, table_csv=args.table)
+    for row in exc.summary().itertuples():
+        print(f"{row.block}: {row.channels} channels, genre spread {row.genre_spread:.3f}, "
+              f"eta^2 {row.eta_squared:.2f}", file=sys.stderr)
+    written = " and ".join(str(p) for p in (args.out, args.table) if p)
+    print(f"{len(exc.clip_ids)} {args.split} clips -> {written or 'nothing written'}", file=sys.stderr)
+    return 0
+
+
 def cmd_model_summary(args) -> int:
     from .model import build_model, summary_text
 
@@ -261,10 +273,22 @@ def _finish(n_failed: int, n_inputs: int) -> int:
     return EXIT_ERROR if n_failed else 0
 
 
+def _inference_needs_tf(args) -> bool:
+    """predict/embed import TensorFlow only for the Keras runtime: a bundle with a LiteRT export (and
+    ``--backend`` auto or litert) runs without it. Decided once the bundle is known."""
+    from .inference import resolve_bundle_path, uses_litert
+
+    try:
+        return not uses_litert(resolve_bundle_path(args.model), args.backend)
+    except GenreSEError:
+        return False  # the command itself reports the missing bundle, without paying for TensorFlow
+
+
 def cmd_predict(args) -> int:
     from .inference import Failure, GenreClassifier, PredictionFormatter
 
-    classifier = GenreClassifier.load(args.model, batch_size=args.batch_size, aggregate=args.aggregate)
+    classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
+                                      batch_size=args.batch_size, aggregate=args.aggregate)
     files, n_empty = _expand_inputs(args.paths)
     n_failed = n_empty
     formatter = PredictionFormatter(args.format, args.top_k, args.timeline, classifier.provenance())
@@ -292,7 +316,8 @@ def cmd_embed(args) -> int:
     from .inference import Failure, GenreClassifier, embedding_format, write_embeddings
 
     embedding_format(args.output, args.format)  # a bad --output/--format fails before any work
-    classifier = GenreClassifier.load(args.model, batch_size=args.batch_size)
+    classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
+                                      batch_size=args.batch_size)
     files, n_empty = _expand_inputs(args.paths)
     n_failed = n_empty
     bar, on_progress = _inference_progress(args, files)
@@ -319,6 +344,51 @@ def cmd_embed(args) -> int:
     unit = "files" if args.pool == "mean" else "segments"
     print(f"{rows} {unit} x {embeddings[0].dim} dims -> {written}", file=sys.stderr)
     return _finish(n_failed, len(files) + n_empty)
+
+
+def cmd_robustness(args) -> int:
+    from .inference import GenreClassifier
+    from .robustness import FileRobustness, format_report, iter_robustness, report_frame
+
+    classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
+                                      batch_size=args.batch_size)
+    files, n_empty = _expand_inputs(args.paths)
+    factory = _progress(args.quiet) if files else None
+    bar = factory(total=len(files), unit="file", delay=0.5) if factory is not None else None
+    results, failures = [], []
+    try:
+        for result in iter_robustness(classifier, files):
+            if isinstance(result, FileRobustness):
+                results.append(result)
+            else:
+                failures.append(result)
+                _report(f"error: {result.message}", bar)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not results:
+        _err("error: nothing to report: no input could be processed")
+        return EXIT_ERROR
+    text = format_report(report_frame(results), args.format, per_file=args.per_file, failures=failures,
+                         provenance=classifier.provenance())
+    with _OutputStream(args.output) as out:
+        out.write(text)
+    return _finish(len(failures) + n_empty, len(files) + n_empty)
+
+
+def cmd_export(args) -> int:
+    from .inference import resolve_bundle_path
+    from .litert import export_litert
+
+    bundle_dir = resolve_bundle_path(args.model)
+    record = export_litert(bundle_dir, quantize=args.quantize)
+    size = record["bytes"]["model.tflite"] / 2**20
+    worst = record["parity"]["max_abs_diff"]["genre"]
+    print(f"LiteRT export ({record['quantize']}, {size:.1f} MiB, max |p_litert - p_keras| = {worst:.1e} on "
+          f"{record['parity']['probe_segments']} probe segments) -> {bundle_dir}", file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,6 +421,10 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files and folders (searched recursively)")
     p.add_argument("--model", help="model bundle (default: models/bundle, the pipeline's train output)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="segments per model call (default: 64)")
+    p.add_argument("--backend", choices=("auto", "litert", "keras"), default="auto",
+                   help="runtime: auto (default) uses the bundle's LiteRT export when it has one (fast start, "
+                        "no TensorFlow), else Keras")
+    p.add_argument("--threads", type=_positive_int, help="LiteRT threads (default: the usable cores)")
     # SUPPRESS: only a given -q sets it, so the subcommand never resets `genre-se -q predict ...`
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
 
@@ -417,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", action="store_true", help="also give the genre of every segment with its times")
     p.add_argument("--aggregate", choices=("mean", "vote"), default="mean",
                    help="segment probabilities -> file distribution (default: %(default)s, as evaluate)")
-    p.set_defaults(func=cmd_predict, needs_tf=True)
+    p.set_defaults(func=cmd_predict, needs_tf=_inference_needs_tf)
 
     p = sub.add_parser("embed", help="embeddings (the layer before the classifier) of audio files")
     _add_inference_args(p)
@@ -426,7 +500,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="folder (npy) or file (npz, parquet); default embeddings.npz")
     p.add_argument("--format", choices=("npy", "npz", "parquet"),
                    help="default: from the --output suffix (.npz, .parquet), else npy into a folder")
-    p.set_defaults(func=cmd_embed, needs_tf=True)
+    p.set_defaults(func=cmd_embed, needs_tf=_inference_needs_tf)
+
+    p = sub.add_parser("robustness", help="how predictions move under gain, MP3, resampling, low-pass, noise, "
+                                          "compression and leading silence")
+    _add_inference_args(p)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table/csv: per-transform summary (top-1 agreement, mean TV distance); json: summary, "
+                        "per-file rows and errors")
+    p.add_argument("--per-file", action="store_true", help="table/csv: one row per file and transform instead")
+    p.add_argument("--output", help="write the report to this file (atomically) instead of stdout")
+    p.set_defaults(func=cmd_robustness, needs_tf=_inference_needs_tf)
+
+    p = sub.add_parser("export", help="add a LiteRT export to a bundle, so predict/embed start without TensorFlow")
+    p.add_argument("--model", help="model bundle (default: models/bundle, the pipeline's train output)")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="none (default): float32, equal to Keras within rounding; int8: dynamic-range int8 "
+                        "weights, several times faster, probabilities within ~1e-2")
+    p.set_defaults(func=cmd_export, needs_tf=True)
+
+    p = sub.add_parser("analyze", help="mean SE excitation per genre on held-out clips (SENet Fig. 6)")
+    p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
+    p.add_argument("--features", default="data/features", help="feature store (default: %(default)s)")
+    p.add_argument("--split", default="test", help="train, valid, test, all, foldK, or a list: valid,test (default: test)")
+    p.add_argument("--out", default="reports/excitations.png", help="PNG to write (default: %(default)s)")
+    p.add_argument("--table", help="also write the means as a CSV (block, genre, channel, excitation, clips)")
+    p.set_defaults(func=cmd_analyze, needs_tf=True)
 
     p = sub.add_parser("model", help="inspect the SE-CNN")
     model_sub = p.add_subparsers(dest="model_command", metavar="ACTION")
@@ -443,7 +542,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "needs_tf", False):
+        needs_tf = getattr(args, "needs_tf", False)
+        if callable(needs_tf):  # predict/embed: only the Keras runtime needs it
+            needs_tf = needs_tf(args)
+        if needs_tf:
             _import_tensorflow_quietly()
         return args.func(args)
     except GenreSEError as exc:

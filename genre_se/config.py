@@ -191,6 +191,12 @@ class TrainConfig:
     patience: int = 8
     spec_augment: bool = False
     mixup_alpha: float = 0.0
+    # Switches for small data, all off by default (study/README.md says which ones cross-validation kept):
+    label_smoothing: float = 0.0       # target = (1 - e) one-hot + e / n_classes
+    gain_db: float = 0.0               # random gain in [-gain_db, +gain_db] dB per training segment
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    lr_decay_patience: int = 3         # plateau: halve the rate after this many epochs without improvement
+    fit_all: bool = False              # train stage only: fit every clip (no valid/test), see run_train
 
     def validate(self, p: str) -> None:
         _require(self.epochs >= 1, f"{p}.epochs", "must be >= 1")
@@ -198,6 +204,9 @@ class TrainConfig:
         _require(0 < self.learning_rate < 1, f"{p}.learning_rate", "must be in (0, 1)")
         _require(self.patience >= 1, f"{p}.patience", "must be >= 1")
         _require(self.mixup_alpha >= 0, f"{p}.mixup_alpha", "must be >= 0 (0 turns mixup off)")
+        _require(0 <= self.label_smoothing < 1, f"{p}.label_smoothing", "must be in [0, 1) (0 turns it off)")
+        _require(0 <= self.gain_db <= 40, f"{p}.gain_db", "must be in [0, 40] dB (0 turns it off)")
+        _require(self.lr_decay_patience >= 1, f"{p}.lr_decay_patience", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ pad_mode="constant"), ref=ref_power, amin=amin, top_db=None)``):
   segment is padded with the dB floor (silence) and the padding is recorded.
 
 The computation is incremental (:class:`LogMelStream`), so an hour-long file is processed block by block
-with bounded memory and gives exactly the frames the whole-signal computation gives.
+with bounded memory and gives exactly the frames the whole-signal computation gives. The window and filter
+bank (:class:`MelFrontend`) come from librosa/scipy, or from the copy a model bundle stores, so serving does
+not import them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .config import FeatureConfig
 
 __all__ = [
     "LogMelStream",
+    "MelFrontend",
     "Segments",
     "log_mel",
     "segment",
@@ -56,32 +59,99 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
 
 
 @lru_cache(maxsize=8)
-def _mel_basis_sparse(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None):
-    """The filter bank as CSR: ~1.5 % of it is non-zero, and a sparse product starts no BLAS threads
-    (which thrash on a busy 2-core machine and inside worker processes; measured 3x on the stage)."""
-    import scipy.sparse
-
-    return scipy.sparse.csr_array(_mel_basis(sr, n_fft, n_mels, fmin, fmax))
-
-
-def warm_up(cfg: FeatureConfig) -> None:
-    """Build the cached filter bank (imports librosa) now, e.g. once before forking worker processes."""
-    _mel_basis_sparse(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
-    _window(cfg.n_fft)
-
-
-@lru_cache(maxsize=8)
 def _window(n_fft: int) -> np.ndarray:
     import scipy.signal
 
     return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
 
 
-def _frames_to_db(frames: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+class MelFrontend:
+    """The numbers that turn sample frames into log-mel: the Hann window and the mel filter bank.
+
+    Built from librosa and scipy (:meth:`for_config`, the definition), or from arrays stored with a model
+    bundle (:meth:`from_arrays`), so prediction needs neither library and their import cost (seconds) is
+    not paid at serving time. The filter bank is applied band by band over each filter's non-zero span
+    (about 1.5 % of the dense matrix): numpy only, no BLAS threads (which thrash on a busy 2-core machine
+    and in worker processes), as fast as a sparse product.
+
+    Parameters
+    ----------
+    window : ndarray (n_fft,)
+        Analysis window, applied to every frame before the FFT.
+    basis : ndarray (n_mels, n_fft // 2 + 1)
+        Mel filter bank (power spectrum -> mel power).
+    """
+
+    def __init__(self, window: np.ndarray, basis: np.ndarray):
+        self.window = np.ascontiguousarray(window, dtype=np.float32)
+        self.basis = np.ascontiguousarray(basis, dtype=np.float32)
+        if self.window.ndim != 1 or self.basis.ndim != 2 or self.basis.shape[1] != self.window.size // 2 + 1:
+            raise ValueError(
+                f"mel front end: window {self.window.shape} and filter bank {self.basis.shape} do not fit "
+                "(expected (n_fft,) and (n_mels, n_fft // 2 + 1))"
+            )
+        if not (np.isfinite(self.window).all() and np.isfinite(self.basis).all()) or (self.basis < 0).any():
+            raise ValueError("mel front end: the window and filter bank must be finite, the bank non-negative")
+        self._bands = [self._span(row) for row in self.basis]
+
+    @staticmethod
+    def _span(row: np.ndarray) -> tuple[int, int, np.ndarray]:
+        nonzero = np.flatnonzero(row)
+        if nonzero.size == 0:  # an empty filter (many mels, small n_fft): its mel power is 0, the dB floor
+            return 0, 0, row[:0]
+        low, high = int(nonzero[0]), int(nonzero[-1]) + 1
+        return low, high, row[low:high].copy()
+
+    @classmethod
+    def for_config(cls, cfg: FeatureConfig) -> "MelFrontend":
+        """The definition: librosa's Slaney mel filter bank and scipy's periodic Hann window (cached)."""
+        return _default_frontend(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+
+    @classmethod
+    def from_arrays(cls, window: np.ndarray, basis: np.ndarray, cfg: FeatureConfig) -> "MelFrontend":
+        """Stored arrays, checked against the feature parameters they must serve."""
+        frontend = cls(window, basis)
+        expected = (cfg.n_mels, cfg.n_fft // 2 + 1)
+        if frontend.window.shape != (cfg.n_fft,) or frontend.basis.shape != expected:
+            raise ValueError(
+                f"mel front end: window {frontend.window.shape} and filter bank {frontend.basis.shape} do not "
+                f"match features n_fft={cfg.n_fft}, n_mels={cfg.n_mels} (expected ({cfg.n_fft},) and {expected})"
+            )
+        return frontend
+
+    @property
+    def n_mels(self) -> int:
+        return int(self.basis.shape[0])
+
+    @property
+    def n_fft(self) -> int:
+        return int(self.window.size)
+
+    def mel_power(self, power: np.ndarray) -> np.ndarray:
+        """(n_frames, n_fft // 2 + 1) power spectra -> (n_mels, n_frames) mel power, float32."""
+        out = np.zeros((self.n_mels, power.shape[0]), dtype=np.float32)
+        for band, (low, high, weights) in enumerate(self._bands):
+            if high > low:
+                # einsum without optimize: numpy's own loop, never a BLAS call (no thread pool)
+                out[band] = np.einsum("fk,k->f", power[:, low:high], weights)
+        return out
+
+
+@lru_cache(maxsize=8)
+def _default_frontend(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> MelFrontend:
+    return MelFrontend(_window(n_fft), _mel_basis(sr, n_fft, n_mels, fmin, fmax))
+
+
+def warm_up(cfg: FeatureConfig) -> None:
+    """Build the cached front end (imports librosa) now, e.g. once before forking worker processes."""
+    MelFrontend.for_config(cfg)
+
+
+def _frames_to_db(frames: np.ndarray, cfg: FeatureConfig, frontend: MelFrontend) -> np.ndarray:
     """(n_frames, n_fft) windowless sample frames -> (n_mels, n_frames) log-mel in dB, float32."""
-    spectrum = np.fft.rfft(frames * _window(cfg.n_fft), axis=1)
+    spectrum = np.fft.rfft(frames * frontend.window, axis=1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32, copy=False)
-    mel = _mel_basis_sparse(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ power.T
+    mel = frontend.mel_power(power)
     return (10.0 * np.log10(np.maximum(mel, cfg.amin)) - 10.0 * np.log10(cfg.ref_power)).astype(np.float32)
 
 
@@ -97,11 +167,15 @@ class LogMelStream:
         The feature definition; input samples must already be at ``cfg.sample_rate``.
     frames_per_chunk : int
         At most this many frames are transformed at once (bounds the FFT scratch memory).
+    frontend : MelFrontend, optional
+        Window and filter bank; default :meth:`MelFrontend.for_config` (librosa). A model bundle's stored
+        front end gives the same numbers without importing librosa.
     """
 
-    def __init__(self, cfg: FeatureConfig, frames_per_chunk: int = 1024):
+    def __init__(self, cfg: FeatureConfig, frames_per_chunk: int = 1024, frontend: MelFrontend | None = None):
         self.cfg = cfg
         self.frames_per_chunk = frames_per_chunk
+        self.frontend = MelFrontend.for_config(cfg) if frontend is None else frontend
         # center=True: the signal is preceded by n_fft // 2 zeros.
         self._buffer = np.zeros(cfg.n_fft // 2, dtype=np.float32)
         self._n_samples = 0
@@ -126,7 +200,7 @@ class LogMelStream:
             count = min(self.frames_per_chunk, available - start)
             span = self._buffer[start * hop : (start + count - 1) * hop + n_fft]
             frames = np.lib.stride_tricks.sliding_window_view(span, n_fft)[::hop]
-            outputs.append(_frames_to_db(frames, self.cfg))
+            outputs.append(_frames_to_db(frames, self.cfg, self.frontend))
         self._buffer = self._buffer[available * hop :]
         self._n_frames += available
         return np.concatenate(outputs, axis=1)
@@ -150,9 +224,9 @@ class LogMelStream:
         return self._emit(limit=total - self._n_frames)
 
 
-def log_mel(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+def log_mel(y: np.ndarray, cfg: FeatureConfig, frontend: MelFrontend | None = None) -> np.ndarray:
     """Log-mel spectrogram (n_mels, 1 + len(y) // hop_length) in dB of a mono signal at ``cfg.sample_rate``."""
-    stream = LogMelStream(cfg)
+    stream = LogMelStream(cfg, frontend=frontend)
     return np.concatenate([stream.push(y), stream.finish()], axis=1)
 
 
@@ -233,14 +307,16 @@ def iter_segment_batches(
     *,
     batch_size: int = 64,
     block_seconds: float = 30.0,
+    frontend: MelFrontend | None = None,
 ) -> Iterator[Segments]:
     """Segments of a file (or a mono array at ``cfg.sample_rate``), in batches, with bounded memory.
 
     Only about ``batch_size + 1`` segments of spectrogram are held at once, so an hour of audio costs the
-    same memory as a minute. Concatenating the batches equals ``segment(log_mel(y), cfg)``.
+    same memory as a minute. Concatenating the batches equals ``segment(log_mel(y), cfg)``. ``frontend``:
+    see :class:`LogMelStream`.
     """
     length, hop = cfg.segment_frames, cfg.segment_hop
-    stream = LogMelStream(cfg)
+    stream = LogMelStream(cfg, frontend=frontend)
     held = np.zeros((cfg.n_mels, 0), dtype=np.float32)  # frames from `held_start` on
     held_start = 0  # clip frame index of held[:, 0]
     next_start = 0  # next regular segment start

@@ -5,6 +5,10 @@
 mean of segment probabilities (:func:`genre_se.metrics.aggregate_clips`, the evaluate stage's rule). No
 feature parameter is read from anywhere but the bundle, so serving cannot drift from training.
 
+Two runtimes serve a bundle: its LiteRT export when it has one (:mod:`genre_se.litert`: no TensorFlow,
+Keras or librosa is imported, so a cold ``genre-se predict`` starts in well under a second), else the Keras
+model. Both see the same segments and give the same probabilities within float rounding (tested).
+
 Files are processed as a stream: a background thread decodes audio and computes segment batches into a
 bounded queue while the main thread runs the model, so an hour-long file costs the memory of a few
 batches and decoding overlaps with inference. Only the per-segment outputs (a few numbers per segment)
@@ -35,6 +39,7 @@ from .errors import AudioError, GenreSEError, ModelError
 
 __all__ = [
     "AGGREGATIONS",
+    "BACKENDS",
     "DEFAULT_BUNDLE",
     "EMBED_FORMATS",
     "Embedding",
@@ -55,6 +60,8 @@ AGGREGATIONS = ("mean", "vote")
 #: Embedding outputs: one pooled (mean) vector per file, or one vector per segment.
 POOLS = ("mean", "none")
 EMBED_FORMATS = ("npy", "npz", "parquet")
+#: Runtimes: "auto" is the bundle's LiteRT export when it has one, else Keras.
+BACKENDS = ("auto", "litert", "keras")
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -79,6 +86,17 @@ def resolve_bundle_path(model: str | os.PathLike | None = None) -> Path:
         f"no model found: {DEFAULT_BUNDLE} does not exist in {Path.cwd()}; train one with `dvc repro` "
         "(or `genre-se train`) or pass --model BUNDLE"
     )
+
+
+def uses_litert(bundle_dir: str | os.PathLike, backend: str = "auto") -> bool:
+    """Whether :meth:`GenreClassifier.load` serves this bundle with LiteRT (decided without importing it)."""
+    if backend not in BACKENDS:
+        raise ModelError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend != "auto":
+        return backend == "litert"
+    from .litert import has_litert_export
+
+    return has_litert_export(bundle_dir)
 
 
 def expand_paths(paths: Iterable[str | os.PathLike], extensions: Sequence[str] | None = None):
@@ -273,9 +291,10 @@ class _SegmentProducer:
     """
 
     def __init__(self, sources: Sequence[_Source], cfg: FeatureConfig, batch_size: int, block_seconds: float,
-                 depth: int):
+                 depth: int, frontend=None):
         self._sources = sources
         self._cfg = cfg
+        self._frontend = frontend
         self._batch_size = batch_size
         self._block_seconds = block_seconds
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
@@ -319,7 +338,8 @@ class _SegmentProducer:
             hint = source.duration if source.path is None else _header_duration(source.path)
             data = source.path if source.path is not None else source.signal
             batches = iter_segment_batches(
-                data, self._cfg, batch_size=self._batch_size, block_seconds=self._block_seconds
+                data, self._cfg, batch_size=self._batch_size, block_seconds=self._block_seconds,
+                frontend=self._frontend,
             )
             for batch in batches:
                 if not self._put((index, batch)):
@@ -359,8 +379,9 @@ class GenreClassifier:
 
     Parameters
     ----------
-    bundle : ModelBundle
-        From :func:`genre_se.bundle.load_bundle`; its FeatureConfig defines the features.
+    bundle : ModelBundle or LiteRTBundle
+        From :func:`genre_se.bundle.load_bundle` (Keras) or :func:`genre_se.litert.load_litert_bundle`;
+        its FeatureConfig defines the features.
     batch_size : int
         Segments per model call (and per queued batch).
     aggregate : {"mean", "vote"}
@@ -386,11 +407,26 @@ class GenreClassifier:
         self._check_input_shape()
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, **kwargs) -> "GenreClassifier":
-        """Load a bundle (default: ``models/bundle`` under the cwd); see the class for ``kwargs``."""
+    def load(
+        cls, path: str | os.PathLike | None = None, *, backend: str = "auto", threads: int | None = None, **kwargs
+    ) -> "GenreClassifier":
+        """Load a bundle (default: ``models/bundle`` under the cwd); see the class for ``kwargs``.
+
+        Parameters
+        ----------
+        backend : {"auto", "litert", "keras"}
+            "auto": the bundle's LiteRT export when it has one (fast start, no TensorFlow), else Keras.
+        threads : int, optional
+            LiteRT interpreter threads (default: the usable cores); Keras uses TensorFlow's own pool.
+        """
+        root = resolve_bundle_path(path)
+        if uses_litert(root, backend):
+            from .litert import load_litert_bundle
+
+            return cls(load_litert_bundle(root, threads=threads), **kwargs)
         from .bundle import load_bundle
 
-        return cls(load_bundle(resolve_bundle_path(path)), **kwargs)
+        return cls(load_bundle(root), **kwargs)
 
     def _check_input_shape(self) -> None:
         cfg = self.feature_config
@@ -415,16 +451,30 @@ class GenreClassifier:
     def path(self) -> Path | None:
         return self.bundle.path
 
+    @property
+    def runtime(self) -> str:
+        """The runtime serving the bundle: "litert" (its export) or "keras"."""
+        return getattr(self.bundle, "runtime", "keras")
+
     def provenance(self) -> dict:
-        """What produced an output: the bundle (path, checksum, labels, configs) and the feature parameters."""
+        """What produced an output: the bundle (path, checksum, labels, configs), the runtime and the
+        feature parameters."""
         from . import __version__
 
         model_file = None if self.bundle.path is None else Path(self.bundle.path) / "model.keras"
+        model_sha1 = getattr(self.bundle, "model_sha1", None)  # a LiteRT bundle checked it on load
+        if model_sha1 is None and model_file is not None and model_file.is_file():
+            model_sha1 = _file_sha1(model_file)
+        runtime = {"name": self.runtime}
+        export = getattr(self.bundle, "export", None)
+        if export is not None:
+            runtime["quantize"] = export.get("quantize")
         return {
             "genre_se_version": __version__,
+            "runtime": runtime,
             "bundle": {
                 "path": None if self.bundle.path is None else str(Path(self.bundle.path).resolve()),
-                "model_sha1": _file_sha1(model_file) if model_file is not None and model_file.is_file() else None,
+                "model_sha1": model_sha1,
                 "created": self.bundle.created,
                 "genre_se_version": self.bundle.genre_se_version,
                 "labels": self.labels,
@@ -496,9 +546,16 @@ class GenreClassifier:
 
     def _embed_sources(self, sources, on_progress) -> Iterator[Embedding | Failure]:
         if self._embedding_model is None:
-            from .model import embedding_model
+            if hasattr(self.bundle.model, "embed"):  # LiteRT: the export has an embedding output
 
-            self._embedding_model = embedding_model(self.bundle.model)
+                def embed(x, training=False):
+                    return self.bundle.model.embed(x)
+
+                self._embedding_model = embed
+            else:
+                from .model import embedding_model
+
+                self._embedding_model = embedding_model(self.bundle.model)
         for result in self._run(sources, self._embedding_model, on_progress):
             if isinstance(result, Failure):
                 yield result
@@ -512,7 +569,8 @@ class GenreClassifier:
     def _run(self, sources: Sequence[_Source], model, on_progress) -> Iterator[_FileOutputs | Failure]:
         """Stream every source's segment batches through ``model``; one result per source, in order."""
         cfg = self.feature_config
-        producer = _SegmentProducer(sources, cfg, self.batch_size, self.block_seconds, self.prefetch)
+        producer = _SegmentProducer(sources, cfg, self.batch_size, self.block_seconds, self.prefetch,
+                                    frontend=getattr(self.bundle, "frontend", None))
         outputs: list[np.ndarray] = []
         starts: list[np.ndarray] = []
         n_frames = 0
@@ -556,14 +614,15 @@ class GenreClassifier:
 def aggregate_segments(probs: np.ndarray, how: str = "mean") -> np.ndarray:
     """Clip distribution from segment probabilities (n_segments, n_classes).
 
-    "mean" is :func:`genre_se.metrics.aggregate_clips` itself, so prediction and evaluation agree;
-    "vote" is the fraction of segments whose most probable genre is each genre.
+    "mean" is the arithmetic of :func:`genre_se.metrics.aggregate_clips` for one clip (the same sum and
+    division, so the same bits; tested), without importing pandas at prediction time; "vote" is the
+    fraction of segments whose most probable genre is each genre.
     """
     probs = np.asarray(probs, dtype=np.float64)
     if how == "mean":
-        from .metrics import aggregate_clips
-
-        return np.asarray(aggregate_clips(np.zeros(len(probs), dtype=np.int64), probs)["probs"].iloc[0])
+        sums = np.zeros((1, probs.shape[1]))
+        np.add.at(sums, np.zeros(len(probs), dtype=np.intp), probs)
+        return sums[0] / len(probs)
     if how == "vote":
         return np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]) / len(probs)
     raise ModelError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {how!r}")

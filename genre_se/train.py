@@ -20,6 +20,7 @@ import numpy as np
 from .config import ModelConfig, Params, TrainConfig, from_dict
 from .errors import DatasetError
 from .feature_store import FeatureStore
+from .features import floor_db
 from .fileio import atomic_path, write_json
 from .metrics import aggregate_clips, cross_entropy
 
@@ -58,8 +59,14 @@ def make_dataset(
     n_classes: int,
     spec_augment: bool = False,
     mixup_alpha: float = 0.0,
+    gain_db: float = 0.0,
+    floor_db: float = -100.0,
 ):
-    """A tf.data pipeline reading batches of segments from the memmap (shuffled, batched, prefetched)."""
+    """A tf.data pipeline reading batches of segments from the memmap (shuffled, batched, prefetched).
+
+    Augmentations apply in this order: random gain (``gain_db``, values kept >= ``floor_db``), SpecAugment
+    masking, mixup.
+    """
     import tensorflow as tf
 
     segments = store.segments
@@ -82,11 +89,22 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=tf.data.AUTOTUNE)
+    if gain_db > 0:
+        ds = ds.map(lambda x, y: (_random_gain(x, gain_db, floor_db), y), num_parallel_calls=tf.data.AUTOTUNE)
     if spec_augment:
         ds = ds.map(lambda x, y: (_spec_augment(x, seed), y), num_parallel_calls=tf.data.AUTOTUNE)
     if mixup_alpha > 0:
         ds = ds.map(lambda x, y: _mixup(x, y, mixup_alpha, seed), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _random_gain(x, gain_db: float, floor_db: float):
+    """Waveform gain augmentation, done where it is cheap: the log-mel dB have a fixed reference, so a gain
+    of g dB adds g to every value; one uniform g per segment, never below the store's silence floor."""
+    import tensorflow as tf
+
+    gain = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], -gain_db, gain_db)
+    return tf.maximum(x + gain, floor_db)
 
 
 def _spec_augment(x, seed: int, max_freq: float = 0.15, max_time: float = 0.15):
@@ -146,6 +164,26 @@ def clip_scores(model, store: FeatureStore, rows: np.ndarray, batch_size: int = 
 # --------------------------------------------------------------------------------------------------
 # The loop
 
+PLATEAU_FACTOR = 0.5
+
+
+def scheduled_learning_rate(cfg: TrainConfig, epoch: int, current: float) -> float:
+    """The rate for 0-based ``epoch``: constant, cosine decay from ``learning_rate`` over ``epochs`` (a
+    function of the epoch alone, so a resumed run continues the same curve), or, for ``plateau``,
+    ``current`` (the loop halves it after ``lr_decay_patience`` epochs without improvement)."""
+    if cfg.lr_schedule == "cosine":
+        return float(cfg.learning_rate * 0.5 * (1.0 + np.cos(np.pi * epoch / cfg.epochs)))
+    if cfg.lr_schedule == "plateau":
+        return float(current)
+    return float(cfg.learning_rate)
+
+
+def plateau_decay(cfg: TrainConfig, current: float, wait: int) -> float:
+    """``current`` halved when the epochs without improvement reach a multiple of ``lr_decay_patience``."""
+    if cfg.lr_schedule == "plateau" and wait > 0 and wait % cfg.lr_decay_patience == 0:
+        return float(current * PLATEAU_FACTOR)
+    return float(current)
+
 
 @dataclass
 class TrainResult:
@@ -160,7 +198,8 @@ class TrainResult:
 
 def _state_key(model_cfg: ModelConfig, train_cfg: TrainConfig, store: FeatureStore, rows, seed: int) -> str:
     """Identifies a run; epochs and patience are left out so a run can be resumed with a longer budget."""
-    loop = {k: v for k, v in train_cfg.__dict__.items() if k not in ("epochs", "patience")}
+    resumable = ("patience",) if train_cfg.lr_schedule == "cosine" else ("epochs", "patience")  # cosine spans epochs
+    loop = {k: v for k, v in train_cfg.__dict__.items() if k not in resumable}
     blob = json.dumps(
         [model_cfg.__dict__, loop, store.features.to_dict(), len(store.segments),
          np.asarray(rows).tolist()[:50], len(rows), seed],
@@ -217,20 +256,26 @@ def train_model(
         model = build_model(model_cfg, store.input_shape, n_classes, mean=mean, std=std)
         model.compile(
             optimizer=keras.optimizers.Adam(train_cfg.learning_rate),
-            loss="categorical_crossentropy",
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_cfg.label_smoothing),
             metrics=["accuracy"],
         )
         state = {"key": key, "epoch": 0, "best": None, "best_key": None, "best_epoch": 0, "wait": 0,
                  "mean": mean, "std": std}
+    state.setdefault("lr", train_cfg.learning_rate)
     resumed_from = state["epoch"]
     train_ds = make_dataset(
         store, train_rows, train_cfg.batch_size, shuffle=True, seed=seed, n_classes=n_classes,
         spec_augment=train_cfg.spec_augment, mixup_alpha=train_cfg.mixup_alpha,
+        gain_db=train_cfg.gain_db, floor_db=floor_db(store.features),
     )
     has_valid = len(valid_rows) > 0
 
     class Loop(keras.callbacks.Callback):
-        """Validation clip metrics, logging, checkpoints and early stopping, in one place."""
+        """Validation clip metrics, learning-rate schedule, logging, checkpoints and early stopping, in one place."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.rate = scheduled_learning_rate(train_cfg, epoch, state["lr"])
+            self.model.optimizer.learning_rate = self.rate
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
@@ -245,6 +290,7 @@ def train_model(
                     self.model.save_weights(tmp)
             else:
                 state["wait"] += 1
+                state["lr"] = plateau_decay(train_cfg, state["lr"], state["wait"])
             with atomic_path(state_dir / LAST_MODEL, suffix=".keras") as tmp:
                 self.model.save(tmp)
             write_json(state_dir / STATE_FILE, state)
@@ -252,6 +298,7 @@ def train_model(
                 live.step = epoch  # the epoch, not a counter: a resumed run continues the same curve
                 live.log_metric("train/loss", float(logs.get("loss", np.nan)))
                 live.log_metric("train/accuracy", float(logs.get("accuracy", np.nan)))
+                live.log_metric("train/learning_rate", self.rate)
                 for name, value in val.items():
                     live.log_metric(f"val/{name}", value)
                 live.next_step()
@@ -331,15 +378,24 @@ def run_train(
     best_params_path: str | Path | None = "models/best_params.json",
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """The `genre-se train` stage: train on the train split, early-stop on valid, write the bundle."""
+    """The `genre-se train` stage: train on the train split, early-stop on valid, write the bundle.
+
+    ``train.fit_all`` trains on every clip of the store instead (the final model, once cross-validation has
+    chosen the recipe and the number of epochs); with no validation clips the epoch with the lowest training
+    loss is kept, and the evaluate stage's test-split numbers are no longer held out (its k-fold CV still is).
+    """
     from dvclive import Live
 
     from .bundle import save_bundle
+    from .litert import export_litert
 
     store = FeatureStore.open(store_dir)
     model_cfg = resolve_model_config(params, best_params_path)
     train_cfg = resolve_train_config(params, best_params_path)
-    train_rows, valid_rows = store.rows("train"), store.rows("valid")
+    if train_cfg.fit_all:  # the final model: every clip, no held-out split; the lowest training loss is kept
+        train_rows, valid_rows = np.arange(len(store.table)), np.zeros(0, dtype=np.int64)
+    else:
+        train_rows, valid_rows = store.rows("train"), store.rows("valid")
     resuming = (Path(state_dir) / STATE_FILE).exists()
     with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=False) as live:
         result = train_model(
@@ -354,5 +410,10 @@ def run_train(
         "seed": params.seed,
     }
     save_bundle(bundle_dir, result.model, store.labels, store.features, model_cfg, extra=extra)
+    # the LiteRT export makes `genre-se predict` start without TensorFlow; before the state is removed, so
+    # a failed export is retried by a rerun without training again
+    export = export_litert(bundle_dir)
+    if log is not None:
+        log(f"LiteRT export: max |p_litert - p_keras| = {export['parity']['max_abs_diff']['genre']:.1e}")
     shutil.rmtree(state_dir, ignore_errors=True)  # finished: the next run starts fresh
     return result

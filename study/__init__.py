@@ -1,0 +1,1 @@
+"""Experiments that read the pipeline's outputs (not part of the installed package)."""

@@ -1,0 +1,569 @@
+"""The SE study: repeated k-fold clip-level cross-validation of named model variants and the SVM baseline.
+
+A *study file* (YAML, e.g. ``study/gtzan_mini.yaml``) names the base ``params.yaml``, dotted overrides for
+every run (``set``), the repeat seeds and the variants::
+
+    params: params.yaml
+    set: {train.epochs: 20, train.patience: 6}
+    seeds: [42, 43]
+    variants:
+      svm: baseline                                 # MFCC + spectral statistics, RBF SVM
+      no_se: {model.se: false}
+      se_r16: {model.reduction_ratios: 16}
+      se_tuned: {model.reduction_ratios: tuned}     # the r of best_params.json (the tune stage)
+
+Every seed deals its own stratified clip folds (``datasets.assign_splits(index, data, seed, folds=k)``; the
+seed of ``params.yaml`` gives exactly the folds the ``prepare`` stage wrote) and every variant, the baseline
+included, is scored on the same folds: fold f is tested, fold f+1 early-stops the CNN, the rest train (the
+SVM trains on every fold but f). That is the convention of ``genre_se.evaluate.cross_validate``.
+
+One CSV row per (variant, seed, fold) is written as soon as it is done (atomically), so an interrupted study
+resumes where it stopped: rows already present with the same configuration key are skipped, and a CNN fold
+that was cut short resumes after its last finished epoch (``genre_se.train`` keeps its state).
+
+Usage (from the repository root)::
+
+    python -m study.compare prepare --study study/gtzan_mini.yaml --work study/work/gtzan   # index + features
+    python -m study.compare tune    --study study/gtzan_mini.yaml --work study/work/gtzan   # best_params.json
+    python -m study.compare run     --study study/gtzan_mini.yaml --work study/work/gtzan \\
+        --out study/results/gtzan_mini.csv --summary study/results/gtzan_mini.md
+
+Without ``--work`` the pipeline's own outputs are read (``data/features``, ``data/index.csv``,
+``models/best_params.json``; build them with ``evaluate.folds: k``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from genre_se.config import Params, load_params
+from genre_se.errors import ConfigError, DatasetError, GenreSEError
+from genre_se.fileio import write_csv, write_text
+
+BASELINE = "baseline"
+TUNED = "tuned"
+CSV_COLUMNS = [
+    "variant", "seed", "fold", "clip_accuracy", "clip_macro_f1", "params", "train_seconds",
+    "epochs_run", "best_epoch", "n_test_clips", "config_key",
+]
+QUICK_OVERRIDES = {"train.epochs": 1, "train.patience": 1}
+
+
+# --------------------------------------------------------------------------------------------------
+# The study file
+
+
+@dataclass(frozen=True)
+class Study:
+    """What to compare: variants (name -> dotted overrides, or ``"baseline"``), seeds, shared overrides."""
+
+    variants: dict
+    seeds: list
+    overrides: dict = field(default_factory=dict)
+    params_path: str = "params.yaml"
+
+    def cnn_variants(self) -> list[str]:
+        return [name for name, spec in self.variants.items() if spec != BASELINE]
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check a study file; every problem is a ConfigError naming the file and the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the study file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    # keys starting with "x-" only hold YAML anchors (shared settings merged into variants with <<: *name)
+    unknown = sorted(k for k in set(raw) - {"params", "set", "seeds", "variants"} if not str(k).startswith("x-"))
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown key (known: params, set, seeds, variants)")
+    variants = raw.get("variants") or {}
+    if not isinstance(variants, dict) or not variants:
+        raise ConfigError(f"{path}: variants: must map at least one name to overrides or 'baseline'")
+    for name, spec in variants.items():
+        if spec != BASELINE and not isinstance(spec, dict):
+            raise ConfigError(f"{path}: variants.{name}: must be a mapping of dotted keys or 'baseline'")
+    seeds = raw.get("seeds", [42])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"{path}: seeds: must be a non-empty list of ints >= 0, got {seeds!r}")
+    overrides = raw.get("set") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: set: must be a mapping of dotted keys")
+    params_path = raw.get("params", "params.yaml")
+    return Study({str(k): v for k, v in variants.items()}, list(seeds), dict(overrides), str(params_path))
+
+
+def variant_params(study: Study, variant: str, extra: dict | None = None,
+                   best_params_path: str | Path | None = None) -> Params:
+    """The validated params of one CNN variant: base file + study ``set`` + ``extra`` + the variant's keys.
+
+    ``model.reduction_ratios: tuned`` takes the ratios from ``best_params.json`` (the tune stage's output).
+    """
+    overrides = {**study.overrides, **(extra or {}), **study.variants[variant]}
+    if overrides.get("model.reduction_ratios") == TUNED:
+        overrides["model.reduction_ratios"] = tuned_ratios(best_params_path, variant)
+    return load_params(study.params_path, overrides)
+
+
+def tuned_ratios(best_params_path: str | Path | None, variant: str = "tuned"):
+    """``model.reduction_ratios`` from a tune-stage ``best_params.json``."""
+    if best_params_path is None or not Path(best_params_path).is_file():
+        raise ConfigError(f"variants.{variant}: model.reduction_ratios is 'tuned' but {best_params_path} does "
+                          "not exist (run the tune stage, or `python -m study.compare tune`)")
+    try:
+        return json.loads(Path(best_params_path).read_text())["model"]["reduction_ratios"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{best_params_path}: no model.reduction_ratios in it") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Folds
+
+
+def store_clip_index(store, index: pd.DataFrame) -> pd.DataFrame:
+    """The index rows of the clips that are in the store, in the store's clip order."""
+    clips = pd.unique(store.table["clip_id"])
+    by_id = index.set_index("clip_id")
+    missing = [c for c in clips if c not in by_id.index]
+    if missing:
+        raise DatasetError(f"the index lacks clip {missing[0]!r} of the feature store (index and store differ)")
+    return by_id.loc[clips].reset_index()
+
+
+def row_folds(store, index: pd.DataFrame, params: Params, seed: int, folds: int) -> np.ndarray:
+    """Fold number of every store row for one repeat seed: stratified clip folds of ``assign_splits``."""
+    from genre_se.datasets import assign_splits
+
+    clips = store_clip_index(store, index)
+    assigned = assign_splits(clips, params.data, seed, folds=folds)
+    fold_of_clip = dict(zip(assigned["clip_id"], assigned["fold"]))
+    return store.table["clip_id"].map(fold_of_clip).to_numpy(dtype=int)
+
+
+def fold_rows(folds_of_rows: np.ndarray, fold: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, valid, test) store rows: fold ``fold`` tests, the next one early-stops, the rest train."""
+    valid_fold = (fold + 1) % k
+    test = np.flatnonzero(folds_of_rows == fold)
+    valid = np.flatnonzero(folds_of_rows == valid_fold)
+    train = np.flatnonzero((folds_of_rows != fold) & (folds_of_rows != valid_fold) & (folds_of_rows >= 0))
+    return train, valid, test
+
+
+def config_key(*parts) -> str:
+    """A short hash identifying what a CSV row was computed from (so a changed variant is recomputed)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------
+# One fold
+
+
+def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k: int, seed: int,
+                 state_dir: Path, log: Callable[[str], None] | None = None, bundle_dir: Path | None = None) -> dict:
+    """Train the variant on the fold's train rows (early stopping on the next fold), score the test fold.
+
+    With ``train.fit_all`` (how the final model is trained) the early-stopping fold trains too and no epoch is
+    chosen on held-out clips: the CV then measures exactly the recipe of the shipped bundle.
+
+    ``bundle_dir``: also save the fold's model as a bundle (its test clips in ``extra``), e.g. for
+    ``genre_se.analyze`` on clips it never saw.
+    """
+    import keras
+
+    from genre_se.evaluate import evaluate_rows
+    from genre_se.train import train_model
+
+    train, valid, test = fold_rows(folds_of_rows, fold, k)
+    if params.train.fit_all:  # the final-model recipe: every fold but the test one trains, fixed epochs
+        train, valid = np.sort(np.concatenate([train, valid])), np.zeros(0, dtype=np.int64)
+    start = time.perf_counter()
+    result = train_model(store, params.model, params.train, train_rows=train, valid_rows=valid,
+                         seed=seed + fold, state_dir=state_dir, log=log)
+    seconds = time.perf_counter() - start
+    metrics, predictions = evaluate_rows(result.model, store, test)
+    if bundle_dir is not None:
+        from genre_se.bundle import save_bundle
+
+        save_bundle(bundle_dir, result.model, store.labels, store.features, params.model,
+                    extra={"seed": seed, "fold": fold, "folds": k, "test_clips": predictions["clip_id"].tolist()})
+    row = {
+        "clip_accuracy": metrics["clip"]["accuracy"],
+        "clip_macro_f1": metrics["clip"]["macro_f1"],
+        "params": int(result.model.count_params()),
+        "train_seconds": round(seconds, 2),
+        "epochs_run": int(result.epochs_run),
+        "best_epoch": int(result.best_epoch),
+        "n_test_clips": int(metrics["n_clips"]),
+    }
+    keras.backend.clear_session()  # free the graph before the next fold
+    return row
+
+
+def baseline_features(store, index: pd.DataFrame, cache: Path) -> tuple[np.ndarray, np.ndarray, list]:
+    """MFCC + spectral statistics per store clip (cached in ``cache``), their label indices, clip ids."""
+    from genre_se.baseline import dataset_features
+
+    clips = store_clip_index(store, index)
+    ids = clips["clip_id"].tolist()
+    labels = clips["label"].map({name: i for i, name in enumerate(store.labels)}).to_numpy()
+    key = config_key(ids, clips["path"].tolist())
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as saved:
+            if str(saved["key"]) == key:
+                return saved["features"], labels, ids
+    features = dataset_features(clips)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp.npz")
+    np.savez(tmp, features=features, key=np.array(key))
+    tmp.replace(cache)
+    return features, labels, ids
+
+
+def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.ndarray, fold: int,
+                      seed: int) -> dict:
+    """Fit the SVM on every fold but ``fold`` and score it there (clip level: one vector per clip)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from genre_se.baseline import make_classifier
+
+    test, train = clip_folds == fold, (clip_folds != fold) & (clip_folds >= 0)
+    start = time.perf_counter()
+    clf = make_classifier(seed).fit(features[train], labels[train])
+    seconds = time.perf_counter() - start
+    pred = clf.predict(features[test])
+    return {
+        "clip_accuracy": float(accuracy_score(labels[test], pred)),
+        "clip_macro_f1": float(f1_score(labels[test], pred, labels=np.unique(labels), average="macro",
+                                        zero_division=0)),
+        "params": svm_parameter_count(clf),
+        "train_seconds": round(seconds, 3),
+        "epochs_run": 0,
+        "best_epoch": 0,
+        "n_test_clips": int(test.sum()),
+    }
+
+
+def svm_parameter_count(pipeline) -> int:
+    """Numbers the fitted SVM pipeline stores: scaler mean/scale, support vectors, dual coefs, intercepts."""
+    scaler, svc = pipeline[0], pipeline[-1]
+    return int(scaler.mean_.size + scaler.scale_.size + svc.support_vectors_.size + svc.dual_coef_.size
+               + svc.intercept_.size)
+
+
+# --------------------------------------------------------------------------------------------------
+# The study
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """The rows already computed (an empty table when the CSV does not exist yet)."""
+    if not path.is_file():
+        return pd.DataFrame(columns=CSV_COLUMNS)
+    frame = pd.read_csv(path, keep_default_na=False)
+    missing = set(CSV_COLUMNS) - set(frame.columns)
+    if missing:
+        raise DatasetError(f"{path}: not a study CSV (lacks {', '.join(sorted(missing))}); move it away")
+    return frame
+
+
+def _upsert(frame: pd.DataFrame, row: dict) -> pd.DataFrame:
+    same = (frame["variant"] == row["variant"]) & (frame["seed"] == row["seed"]) & (frame["fold"] == row["fold"])
+    kept = frame[~same]
+    new = pd.DataFrame([row], columns=CSV_COLUMNS)
+    return new if kept.empty else pd.concat([kept, new], ignore_index=True)
+
+
+def run_study(
+    study: Study,
+    store_dir: str | Path,
+    index_path: str | Path,
+    out_csv: str | Path,
+    *,
+    best_params_path: str | Path | None = None,
+    state_root: str | Path = "models/study-state",
+    variants: list[str] | None = None,
+    extra: dict | None = None,
+    quick: bool = False,
+    keep_models: list[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Run every (variant, seed, fold) not yet in ``out_csv`` and return the whole table.
+
+    Parameters
+    ----------
+    extra : dict, optional
+        Dotted overrides applied to every CNN variant after the study's own ``set`` (the CLI's ``-S``).
+    quick : bool
+        One seed and one epoch per fold: a smoke test of the whole study (tests, CI).
+    keep_models : list of str, optional
+        Variants whose fold models are saved as bundles in ``state_root/bundles/<variant>/seed<s>/fold<f>``.
+    """
+    from genre_se.datasets import read_index
+    from genre_se.feature_store import FeatureStore
+
+    store = FeatureStore.open(store_dir)
+    index = read_index(index_path)
+    out_csv, state_root = Path(out_csv), Path(state_root)
+    chosen = variants or list(study.variants)
+    unknown = [v for v in chosen if v not in study.variants]
+    if unknown:
+        raise ConfigError(f"--variants: {unknown[0]!r} is not in the study (has {', '.join(study.variants)})")
+    extra = {**(extra or {}), **(QUICK_OVERRIDES if quick else {})}
+    seeds = study.seeds[:1] if quick else study.seeds
+    base = load_params(study.params_path, {**study.overrides, **extra})
+    k = _fold_count(store, base)
+    results = read_results(out_csv)
+    done = {(r.variant, int(r.seed), int(r.fold)): r.config_key for r in results.itertuples()}
+    features = labels = None
+    for seed in seeds:
+        folds_of_rows = row_folds(store, index, base, seed, k)
+        fold_key = config_key(folds_of_rows.tolist())
+        for variant in chosen:
+            is_baseline = study.variants[variant] == BASELINE
+            params = None if is_baseline else variant_params(study, variant, extra, best_params_path)
+            what = ("svm", fold_key) if is_baseline else (_changed(params.model), _changed(params.train), fold_key)
+            key = config_key(*what)
+            for fold in range(k):
+                if done.get((variant, seed, fold)) == key:
+                    continue
+                if is_baseline:
+                    if features is None:
+                        features, labels, ids = baseline_features(store, index, state_root / "svm_features.npz")
+                    clip_fold = _clip_folds(store, folds_of_rows, ids)
+                    scores = run_baseline_fold(features, labels, clip_fold, fold, seed)
+                else:
+                    state_dir = state_root / variant / f"seed{seed}" / f"fold{fold}"
+                    fold_log = (lambda line, v=variant, s=seed, f=fold: log(f"{v} seed {s} fold {f + 1}/{k}: {line}")
+                                ) if log else None
+                    keep = state_root / "bundles" / variant / f"seed{seed}" / f"fold{fold}" \
+                        if variant in (keep_models or []) else None
+                    scores = run_cnn_fold(store, params, folds_of_rows, fold, k, seed, state_dir, fold_log, keep)
+                    _remove_tree(state_dir)
+                row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
+                results = _upsert(results, row)
+                write_csv(out_csv, results)
+                if log:
+                    log(f"{variant} seed {seed} fold {fold + 1}/{k}: clip accuracy {scores['clip_accuracy']:.3f}, "
+                        f"macro-F1 {scores['clip_macro_f1']:.3f}, {scores['train_seconds']:.1f} s")
+    order = {name: i for i, name in enumerate(study.variants)}
+    return results.sort_values(["variant", "seed", "fold"], key=lambda c: c.map(order) if c.name == "variant" else c,
+                               kind="mergesort").reset_index(drop=True)
+
+
+def _changed(config) -> dict:
+    """The settings of a config that differ from the dataclass defaults: a new switch, added later with
+    its default (off), leaves the configuration key of rows already computed unchanged."""
+    import dataclasses
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if getattr(config, f.name) != type(config)().__getattribute__(f.name)}
+
+
+def _clip_folds(store, folds_of_rows: np.ndarray, clip_ids: list) -> np.ndarray:
+    fold_of_clip = pd.Series(folds_of_rows, index=store.table["clip_id"].to_numpy())
+    fold_of_clip = fold_of_clip[~fold_of_clip.index.duplicated()]
+    return fold_of_clip.loc[clip_ids].to_numpy(dtype=int)
+
+
+def _fold_count(store, params: Params) -> int:
+    """k: ``evaluate.folds`` of the params (the store's own fold column must agree when it has one)."""
+    k = params.evaluate.folds
+    if k < 2:
+        raise ConfigError("evaluate.folds: the study needs k >= 2 folds (set it in the study file's `set`)")
+    if "fold" in store.table.columns:
+        stored = int(store.table["fold"].max()) + 1
+        if stored != k:
+            raise ConfigError(f"evaluate.folds: the study says {k} folds but {store.root} was built with {stored}")
+    return k
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary
+
+
+def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: str | None = None) -> pd.DataFrame:
+    """Per variant: runs, mean and std (over every seed x fold) of clip accuracy and macro-F1, params,
+    training seconds per fold, epochs; and the paired accuracy difference to ``reference`` (same seed, fold)."""
+    rows = []
+    names = order or list(pd.unique(results["variant"]))
+    ref = results[results["variant"] == reference].set_index(["seed", "fold"]) if reference else None
+    for name in names:
+        runs = results[results["variant"] == name]
+        if runs.empty:
+            continue
+        row = {
+            "variant": name,
+            "runs": len(runs),
+            "seeds": runs["seed"].nunique(),
+            "clip_accuracy_mean": runs["clip_accuracy"].mean(),
+            "clip_accuracy_std": runs["clip_accuracy"].std(ddof=1) if len(runs) > 1 else 0.0,
+            "clip_macro_f1_mean": runs["clip_macro_f1"].mean(),
+            "clip_macro_f1_std": runs["clip_macro_f1"].std(ddof=1) if len(runs) > 1 else 0.0,
+            "params": int(runs["params"].median()),
+            "train_seconds_mean": runs["train_seconds"].mean(),
+            "epochs_mean": runs["epochs_run"].astype(float).mean(),
+        }
+        if ref is not None and name != reference:
+            paired = runs.set_index(["seed", "fold"])["clip_accuracy"].sub(ref["clip_accuracy"]).dropna()
+            row["delta_vs_reference"] = paired.mean() if len(paired) else np.nan
+            row["wins_ties_losses"] = (f"{(paired > 0).sum()}/{(paired == 0).sum()}/{(paired < 0).sum()}"
+                                       if len(paired) else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str:
+    """The summary as a Markdown table (mean +- std over every seed x fold run)."""
+    has_ref = reference is not None and "delta_vs_reference" in summary.columns
+    header = ["variant", "clip accuracy", "clip macro-F1", "params", "train s / fold", "epochs", "runs"]
+    if has_ref:
+        header += [f"Δ acc vs {reference} (paired)", "W/T/L"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in summary.itertuples():
+        cells = [
+            f"`{r.variant}`",
+            f"{r.clip_accuracy_mean:.3f} ± {r.clip_accuracy_std:.3f}",
+            f"{r.clip_macro_f1_mean:.3f} ± {r.clip_macro_f1_std:.3f}",
+            f"{r.params:,}",
+            f"{r.train_seconds_mean:.1f}",
+            f"{r.epochs_mean:.1f}",
+            f"{r.runs} ({r.seeds} seeds)",
+        ]
+        if has_ref:
+            delta, record = getattr(r, "delta_vs_reference", np.nan), getattr(r, "wins_ties_losses", "")
+            cells += ["" if pd.isna(delta) else f"{delta:+.3f}", record if isinstance(record, str) else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Data preparation and tuning for a study (own work directory, so the pipeline's outputs are untouched)
+
+
+def prepare_work(study: Study, work: Path, extra: dict | None = None) -> tuple[int, int]:
+    """Index + feature store of the study's data under ``work`` (own feature cache); (clips, segments)."""
+    from genre_se.datasets import run_prepare
+    from genre_se.feature_store import run_features
+
+    params = load_params(study.params_path, {**study.overrides, **(extra or {})})
+    run_prepare(params, work / "index.csv", work / "prepare_errors.csv")
+    store, _ = run_features(params, work / "index.csv", work / "features", work / "features-cache",
+                            work / "features_errors.csv")
+    return int(store.table["clip_id"].nunique()), len(store.segments)
+
+
+def tune_work(study: Study, work: Path, extra: dict | None = None, log=None) -> dict:
+    """The tune stage on the study's data: ``work/best_params.json`` (the r of ``se_tuned``)."""
+    from genre_se.tune import run_tune
+
+    params = load_params(study.params_path, {**study.overrides, **(extra or {})})
+    result = run_tune(params, work / "features", work / "best_params.json", work / "tune_trials.csv",
+                      work / "tune_objective.png", work / "tuning", log=log)
+    return result.best
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _overrides(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"-S {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m study.compare", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("prepare", "index + feature store of the study's data under --work"),
+                            ("tune", "tune r on the study's data: --work/best_params.json"),
+                            ("run", "run the comparison, write the CSV and the Markdown summary")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--study", default="study/gtzan_mini.yaml", help="study file (default: %(default)s)")
+        p.add_argument("--work", help="work folder of `prepare`/`tune` (default: the pipeline's outputs)")
+        p.add_argument("-S", "--set", action="append", metavar="KEY=VALUE", help="extra override (repeatable)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    run = sub.choices["run"]
+    run.add_argument("--features", help="feature store (default: WORK/features or data/features)")
+    run.add_argument("--index", help="dataset index (default: WORK/index.csv or data/index.csv)")
+    run.add_argument("--best-params", help="tune output (default: WORK/best_params.json or models/best_params.json)")
+    run.add_argument("--state", help="training state root (default: WORK/state or models/study-state)")
+    run.add_argument("--out", default="reports/study.csv", help="results CSV (default: %(default)s)")
+    run.add_argument("--summary", default="reports/study.md", help="Markdown table (default: %(default)s)")
+    run.add_argument("--variants", help="comma-separated subset of the study's variants")
+    run.add_argument("--reference", default=None, help="variant for paired differences (default: the baseline)")
+    run.add_argument("--quick", action="store_true", help="one seed, one epoch per fold (smoke test)")
+    run.add_argument("--keep-models", help="comma-separated variants whose fold models are kept as bundles "
+                                           "(STATE/bundles/VARIANT/seedS/foldF), e.g. for genre-se analyze")
+    return parser
+
+
+def _paths(args) -> dict:
+    work = Path(args.work) if args.work else None
+    pick = lambda given, in_work, default: Path(given) if given else (work / in_work if work else Path(default))  # noqa: E731
+    return {
+        "features": pick(args.features, "features", "data/features"),
+        "index": pick(args.index, "index.csv", "data/index.csv"),
+        "best_params": pick(args.best_params, "best_params.json", "models/best_params.json"),
+        "state": pick(args.state, "state", "models/study-state"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        study = load_study(args.study)
+        extra = _overrides(args.set)
+        if args.command in ("prepare", "tune") and not args.work:
+            raise ConfigError(f"{args.command}: --work is required (the pipeline's own outputs belong to dvc repro)")
+        if args.command == "prepare":
+            clips, segments = prepare_work(study, Path(args.work), extra)
+            print(f"{clips} clips, {segments} segments -> {args.work}", file=sys.stderr)
+            return 0
+        if args.command == "tune":
+            best = tune_work(study, Path(args.work), extra, log)
+            print(f"reduction ratios {best['model']['reduction_ratios']} -> {args.work}/best_params.json",
+                  file=sys.stderr)
+            return 0
+        paths = _paths(args)
+        variants = args.variants.split(",") if args.variants else None
+        results = run_study(study, paths["features"], paths["index"], args.out, best_params_path=paths["best_params"],
+                            state_root=paths["state"], variants=variants, extra=extra, quick=args.quick,
+                            keep_models=args.keep_models.split(",") if args.keep_models else None, log=log)
+        reference = args.reference or next((n for n, s in study.variants.items() if s == BASELINE), None)
+        summary = summarize(results, list(study.variants), reference)
+        table = summary_markdown(summary, reference)
+        write_text(args.summary, table)
+        print(table)
+        return 0
+    except GenreSEError as exc:
+        print(f"study: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

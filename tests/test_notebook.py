@@ -1,0 +1,156 @@
+"""Class-wise SE excitations (genre_se.analyze, `genre-se analyze`) and the notebook that shows them,
+executed top to bottom on a tiny bundle so it cannot rot."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_se.analyze import ClassExcitations, class_excitations, excitation_figure, split_rows
+from genre_se.cli import main
+from tests.conftest import ROOT, TINY_PARAMS, make_tone_dataset, write_params
+
+NOTEBOOK = ROOT / "notebooks" / "se_excitations.ipynb"
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """The pipeline's outputs on tiny tone data: a feature store and a trained (2-block) SE-CNN bundle."""
+    from genre_se.bundle import load_bundle
+    from genre_se.config import load_params
+    from genre_se.datasets import run_prepare
+    from genre_se.feature_store import FeatureStore, run_features
+    from genre_se.train import run_train
+
+    root = tmp_path_factory.mktemp("analyze")
+    tones = make_tone_dataset(root / "tones")
+    params = load_params(write_params(root / "params.yaml", {**TINY_PARAMS, "data.root": str(tones),
+                                                             "train.epochs": 2}))
+    run_prepare(params, root / "index.csv", root / "prepare_errors.csv")
+    run_features(params, root / "index.csv", root / "features", root / "cache", root / "features_errors.csv")
+    run_train(params, root / "features", root / "bundle", root / "state", root / "live", best_params_path=None)
+    return {"root": root, "bundle": load_bundle(root / "bundle"), "store": FeatureStore.open(root / "features")}
+
+
+def test_excitations_are_clip_means_averaged_per_genre(outputs):
+    from genre_se.model import excitations
+
+    bundle, store = outputs["bundle"], outputs["store"]
+    rows = split_rows(store, "valid,test")
+    exc = class_excitations(bundle, store, rows, batch_size=7)  # batches cut through clips
+    assert exc.blocks == ["block1_se", "block2_se"] and exc.labels == ["high", "low", "mid"]
+    assert [m.shape for m in exc.means] == [(3, 4), (3, 8)]
+    table = store.table.iloc[rows]
+    assert sorted(exc.clip_ids) == sorted(table["clip_id"].unique())
+    gates = excitations(bundle.model, np.asarray(store.segments[rows], dtype=np.float32))
+    for block, (means, segment_gates) in enumerate(zip(exc.means, gates)):
+        per_clip = pd.DataFrame(segment_gates).groupby(table["clip_id"].to_numpy()).mean()
+        label_of = table.groupby("clip_id")["label_index"].first()
+        expected = per_clip.groupby(label_of.loc[per_clip.index].to_numpy()).mean().to_numpy()
+        np.testing.assert_allclose(means, expected, rtol=1e-5, atol=1e-6)
+        assert np.all((means > 0) & (means < 1))
+    assert exc.clips_per_genre.sum() == len(exc.clip_ids)
+
+
+def test_a_genre_without_clips_gets_nan_and_no_line(outputs):
+    store = outputs["store"]
+    rows = np.flatnonzero(store.table["label"].isin(["low", "mid"]).to_numpy())
+    exc = class_excitations(outputs["bundle"], store, rows)
+    assert np.all(np.isnan(exc.means[0][0])) and not np.any(np.isnan(exc.means[0][1:]))
+    fig = excitation_figure(exc)
+    assert [len(ax.lines) for ax in fig.axes[:2]] == [2, 2]
+
+
+def test_summary_measures_class_specificity():
+    labels = np.repeat([0, 1, 2], 4)
+    rng = np.random.default_rng(0)
+    general = 0.5 + 0.01 * rng.standard_normal((12, 6))  # the same whatever the genre
+    specific = np.where(labels[:, None] == np.arange(6)[None, :] % 3, 0.9, 0.1) + 0.01 * rng.standard_normal((12, 6))
+    means = [np.stack([c[labels == g].mean(axis=0) for g in range(3)]) for c in (general, specific)]
+    exc = ClassExcitations(["a", "b", "c"], ["block1_se", "block2_se"], means, [general, specific], labels,
+                           [f"clip{i}" for i in range(12)])
+    summary = exc.summary().set_index("block")
+    assert summary.loc["block1_se", "eta_squared"] < 0.5 < 0.95 < summary.loc["block2_se", "eta_squared"] <= 1
+    assert summary.loc["block1_se", "genre_spread"] < 0.02 < 0.3 < summary.loc["block2_se", "genre_spread"]
+    one_each = ClassExcitations(["a", "b"], ["b1"], [specific[:2]], [specific[:2]], np.array([0, 1]), ["x", "y"])
+    assert np.isnan(one_each.summary()["eta_squared"][0])  # one clip per genre: not measurable
+    frame = exc.to_frame()
+    assert len(frame) == 2 * 3 * 6 and set(frame.columns) == {"block", "genre", "channel", "excitation", "clips"}
+
+
+def test_analyze_command_writes_the_figure_and_table(outputs, tmp_path, capsys):
+    root = outputs["root"]
+    png, csv = tmp_path / "exc.png", tmp_path / "exc.csv"
+    code = main(["-q", "analyze", "--model", str(root / "bundle"), "--features", str(root / "features"),
+                 "--split", "all", "--out", str(png), "--table", str(csv)])
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    table = pd.read_csv(csv)
+    assert len(table) == 3 * (4 + 8) and table.groupby("genre")["clips"].first().sum() == 18
+    assert "block2_se" in capsys.readouterr().err
+    assert main(["-q", "analyze", "--model", str(root / "bundle"), "--features", str(root / "features"),
+                 "--split", "holdout", "--out", str(png)]) == 1
+    assert "--split" in capsys.readouterr().err
+
+
+def _code_cells(path):
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def test_notebook_runs_top_to_bottom(outputs, tmp_path, monkeypatch):
+    """Every code cell, in order, in one namespace (what a kernel does, without needing Jupyter)."""
+    root = outputs["root"]
+    out = tmp_path / "nb.png"
+    monkeypatch.setenv("GENRE_SE_MODEL", str(root / "bundle"))
+    monkeypatch.setenv("GENRE_SE_FEATURES", str(root / "features"))
+    monkeypatch.setenv("GENRE_SE_OUT", str(out))
+    monkeypatch.chdir(NOTEBOOK.parent)
+    namespace = {"__name__": "__main__"}
+    cells = _code_cells(NOTEBOOK)
+    assert len(cells) >= 4
+    for number, source in enumerate(cells):
+        exec(compile(source, f"{NOTEBOOK.name}[code cell {number}]", "exec"), namespace)
+    assert out.stat().st_size > 5000
+    assert list(namespace["summary"]["block"]) == ["block1_se", "block2_se"]
+    assert namespace["ROOT"] == ROOT
+
+
+def test_notebook_runs_in_a_jupyter_kernel(outputs, tmp_path):
+    nbformat = pytest.importorskip("nbformat", reason="nbformat not installed (pip install -e '.[test]')")
+    nbclient = pytest.importorskip("nbclient", reason="nbclient not installed (pip install -e '.[test]')")
+    pytest.importorskip("ipykernel", reason="ipykernel not installed (pip install -e '.[test]')")
+    root = outputs["root"]
+    out = tmp_path / "kernel.png"
+    env = {"GENRE_SE_MODEL": str(root / "bundle"), "GENRE_SE_FEATURES": str(root / "features"),
+           "GENRE_SE_OUT": str(out)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        nb = nbformat.read(NOTEBOOK, as_version=4)
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    assert out.stat().st_size > 5000
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+
+
+def test_pooling_fold_analyses_equals_one_analysis_of_all_their_clips(outputs):
+    from genre_se.analyze import clip_rows, combine
+
+    bundle, store = outputs["bundle"], outputs["store"]
+    clips = sorted(store.table["clip_id"].unique())
+    halves = [clip_rows(store, clips[::2]), clip_rows(store, clips[1::2])]
+    pooled = combine([class_excitations(bundle, store, rows) for rows in halves])
+    whole = class_excitations(bundle, store, np.arange(len(store.table)))
+    assert sorted(pooled.clip_ids) == sorted(whole.clip_ids)
+    for a, b in zip(pooled.means, whole.means):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    with pytest.raises(Exception, match="fold"):
+        split_rows(store, "fold0")  # this store was built without k-fold folds
+    with pytest.raises(Exception, match="nope"):
+        clip_rows(store, ["nope"])

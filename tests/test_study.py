@@ -1,0 +1,293 @@
+"""The SE study (study/compare.py) on tiny tone data, and the training switches it compares."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from genre_se.config import ConfigError, FeatureConfig, TrainConfig, load_params
+from genre_se.feature_store import FeatureStore
+from study import compare
+from tests.conftest import TINY_PARAMS, make_tone_dataset, write_params
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """A 3-genre tone dataset, its params, a study file and the prepared work folder (3 folds)."""
+    root = tmp_path_factory.mktemp("study")
+    tones = make_tone_dataset(root / "tones")
+    params = write_params(root / "params.yaml", {**TINY_PARAMS, "data.root": str(tones), "evaluate.folds": 3})
+    study_file = root / "study.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "params": str(params),
+        "set": {"train.epochs": 2},
+        "seeds": [42, 7],
+        "variants": {"svm": "baseline", "no_se": {"model.se": False}, "se": {"model.reduction_ratios": 2},
+                     "se_tuned": {"model.reduction_ratios": "tuned"}},
+    }, sort_keys=False))
+    study = compare.load_study(study_file)
+    work = root / "work"
+    clips, segments = compare.prepare_work(study, work)
+    assert clips == 18 and segments > 18
+    (work / "best_params.json").write_text(json.dumps({"model": {"reduction_ratios": 4}}))
+    return study, work
+
+
+def test_study_scores_every_variant_on_the_same_folds_and_resumes(tiny_study, tmp_path, monkeypatch):
+    study, work = tiny_study
+    out = tmp_path / "study.csv"
+    results = compare.run_study(study, work / "features", work / "index.csv", out, state_root=tmp_path / "state",
+                                best_params_path=work / "best_params.json", variants=["svm", "no_se", "se"],
+                                quick=True)
+    saved = pd.read_csv(out)
+    assert list(saved.columns) == compare.CSV_COLUMNS and len(saved) == len(results) == 3 * 3  # 3 variants x 3 folds
+    assert set(saved["seed"]) == {42}  # --quick: one seed
+    for _, runs in saved.groupby("variant"):
+        assert sorted(runs["fold"]) == [0, 1, 2] and runs["n_test_clips"].sum() == 18  # each clip tested once
+    assert saved[["clip_accuracy", "clip_macro_f1"]].stack().between(0, 1).all()
+    params = saved.groupby("variant")["params"].first()
+    assert params["se"] > params["no_se"] > 0  # the SE blocks add their weights
+    assert (saved.loc[saved.variant != "svm", "epochs_run"] == 1).all()  # quick: one epoch
+    assert (saved["train_seconds"] > 0).all()
+    assert saved.loc[saved.variant == "svm", "clip_accuracy"].mean() > 0.9  # tones are easy for MFCCs
+
+    # a second run skips every row already there: no training at all
+    def boom(*args, **kwargs):
+        raise AssertionError("retrained a finished fold")
+
+    monkeypatch.setattr(compare, "run_cnn_fold", boom)
+    monkeypatch.setattr(compare, "run_baseline_fold", boom)
+    again = compare.run_study(study, work / "features", work / "index.csv", out, state_root=tmp_path / "state",
+                              variants=["svm", "no_se", "se"], quick=True)
+    assert len(again) == 9
+
+    summary = compare.summarize(again, list(study.variants), reference="svm")
+    assert list(summary["variant"]) == ["svm", "no_se", "se"]
+    se = summary.set_index("variant").loc["se"]
+    assert se["runs"] == 3 and se["clip_accuracy_mean"] == pytest.approx(saved[saved.variant == "se"].clip_accuracy.mean())
+    table = compare.summary_markdown(summary, "svm")
+    assert table.count("\n") == 2 + 3 and "±" in table and "`no_se`" in table
+
+
+def test_a_changed_variant_is_recomputed(tiny_study, tmp_path, monkeypatch):
+    study, work = tiny_study
+    out = tmp_path / "study.csv"
+    calls = []
+
+    def fake_fold(store, params, folds_of_rows, fold, k, seed, state_dir, log=None, bundle_dir=None):
+        calls.append(params.model.reduction_ratios)
+        return {"clip_accuracy": 0.5, "clip_macro_f1": 0.5, "params": 1, "train_seconds": 0.1, "epochs_run": 1,
+                "best_epoch": 1, "n_test_clips": 6}
+
+    monkeypatch.setattr(compare, "run_cnn_fold", fake_fold)
+    run = lambda s: compare.run_study(s, work / "features", work / "index.csv", out,  # noqa: E731
+                                      best_params_path=work / "best_params.json", variants=["se_tuned"], quick=True)
+    run(study)
+    assert calls == [4, 4, 4]  # the r of best_params.json
+    run(study)
+    assert len(calls) == 3
+    changed = compare.Study({**study.variants, "se_tuned": {"model.reduction_ratios": 3}}, study.seeds,
+                            study.overrides, study.params_path)
+    assert len(run(changed)) == 3 and calls[3:] == [3, 3, 3]
+
+
+def test_each_seed_deals_its_own_stratified_folds(tiny_study):
+    study, work = tiny_study
+    store = FeatureStore.open(work / "features")
+    index = pd.read_csv(work / "index.csv")
+    params = load_params(study.params_path, study.overrides)
+    same = compare.row_folds(store, index, params, params.seed, 3)
+    np.testing.assert_array_equal(same, store.table["fold"].to_numpy())  # the prepare stage's folds
+    other = compare.row_folds(store, index, params, params.seed + 1, 3)
+    assert not np.array_equal(other, same)
+    per_clip = pd.DataFrame({"clip": store.table["clip_id"], "label": store.table["label"], "fold": other})
+    assert (per_clip.groupby("clip")["fold"].nunique() == 1).all()  # a clip never straddles folds
+    clips = per_clip.drop_duplicates("clip")
+    assert (clips.groupby(["label", "fold"]).size() == 2).all()  # 6 clips per label over 3 folds
+    train, valid, test = compare.fold_rows(other, 1, 3)
+    assert set(other[test]) == {1} and set(other[valid]) == {2} and set(other[train]) == {0}
+
+
+def test_study_file_and_tuned_ratio_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("variants: {a: 3}\n")
+    with pytest.raises(ConfigError, match="variants.a"):
+        compare.load_study(bad)
+    bad.write_text("variants: {a: baseline}\nseeds: []\n")
+    with pytest.raises(ConfigError, match="seeds"):
+        compare.load_study(bad)
+    bad.write_text("variants: {a: baseline}\nrepeats: 3\n")
+    with pytest.raises(ConfigError, match="repeats: unknown key"):
+        compare.load_study(bad)
+    with pytest.raises(ConfigError, match="nope.json"):
+        compare.tuned_ratios(tmp_path / "nope.json")
+
+
+def test_cli_quick_run_writes_csv_and_summary(tiny_study, tmp_path, capsys):
+    study_file = tmp_path / "one.yaml"
+    _, work = tiny_study
+    params_path = compare.load_study(next(work.parent.glob("study.yaml"))).params_path
+    study_file.write_text(yaml.safe_dump({"params": params_path, "seeds": [1], "variants": {"svm": "baseline"}}))
+    out, summary = tmp_path / "r.csv", tmp_path / "r.md"
+    code = compare.main(["run", "--study", str(study_file), "--work", str(work), "--out", str(out),
+                         "--summary", str(summary), "-S", "evaluate.folds=3", "-q"])
+    assert code == 0 and len(pd.read_csv(out)) == 3
+    assert "`svm`" in summary.read_text() and "`svm`" in capsys.readouterr().out
+    assert compare.main(["run", "--study", str(study_file), "--work", str(work), "--out", str(out),
+                         "-S", "evaluate.folds=4", "-q"]) == 1  # the store was built with 3 folds
+    assert "evaluate.folds" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Training switches
+
+
+def test_new_switches_are_validated_and_off_by_default():
+    cfg = TrainConfig()
+    assert cfg.label_smoothing == 0 and cfg.gain_db == 0 and cfg.lr_schedule == "constant"
+    shipped = load_params(compare.Path(__file__).resolve().parents[1] / "params.yaml").train
+    assert shipped.label_smoothing == 0 and shipped.gain_db == 0 and shipped.lr_schedule == "constant"
+    for key, value in (("label_smoothing", 1.0), ("gain_db", -1.0), ("lr_schedule", "step"),
+                       ("lr_decay_patience", 0)):
+        with pytest.raises(ConfigError, match=f"train.{key}"):
+            load_params(compare.Path(__file__).resolve().parents[1] / "params.yaml", {f"train.{key}": value})
+
+
+def test_cosine_and_plateau_schedules():
+    from genre_se.train import plateau_decay, scheduled_learning_rate
+
+    cos = TrainConfig(learning_rate=0.01, epochs=10, lr_schedule="cosine")
+    rates = [scheduled_learning_rate(cos, e, 123.0) for e in range(10)]
+    assert rates[0] == pytest.approx(0.01) and rates[5] == pytest.approx(0.005)
+    assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
+    const = TrainConfig(learning_rate=0.01)
+    assert scheduled_learning_rate(const, 7, 123.0) == 0.01 and plateau_decay(const, 0.01, 3) == 0.01
+    plateau = TrainConfig(learning_rate=0.01, lr_schedule="plateau", lr_decay_patience=2)
+    lr = 0.01
+    seen = []
+    for wait in (1, 2, 3, 4, 0, 1):
+        lr = plateau_decay(plateau, lr, wait)
+        seen.append(lr)
+    assert seen == pytest.approx([0.01, 0.005, 0.005, 0.0025, 0.0025, 0.0025])
+    assert scheduled_learning_rate(plateau, 9, 0.0025) == 0.0025
+
+
+def _store(tmp_path, data: np.ndarray, labels_per_row) -> FeatureStore:
+    table = pd.DataFrame({"segment": range(len(data)), "clip_id": [f"c{i}" for i in range(len(data))],
+                          "label_index": labels_per_row, "split": "train"})
+    return FeatureStore(tmp_path, data, table, ["a", "b"], FeatureConfig())
+
+
+def test_gain_shifts_each_segment_by_one_amount_within_range_and_respects_the_floor(tmp_path):
+    from genre_se.train import make_dataset
+
+    rng = np.random.default_rng(0)
+    data = rng.uniform(-60, -10, size=(64, 4, 6, 1)).astype(np.float16)
+    data[:, 0, 0, 0] = -100.0  # silence: stays at the floor whatever the gain
+    store = _store(tmp_path, data, np.arange(64) % 2)
+    rows = np.arange(64)
+    (x, _), = make_dataset(store, rows, 64, shuffle=False, seed=0, n_classes=2, gain_db=6.0, floor_db=-100.0)
+    diff = x.numpy()[:, 1:, :, 0] - data[:, 1:, :, 0].astype(np.float32)
+    per_segment = diff.reshape(64, -1)
+    assert np.allclose(per_segment, per_segment[:, :1], atol=1e-3)  # one gain per segment
+    gains = per_segment[:, 0]
+    assert np.all(np.abs(gains) <= 6.0 + 1e-3) and gains.std() > 1.0  # spread over the range
+    assert np.all(x.numpy()[:, 0, 0, 0] >= -100.0)
+    (plain, _), = make_dataset(store, rows, 64, shuffle=False, seed=0, n_classes=2)
+    np.testing.assert_array_equal(plain.numpy(), data.astype(np.float32))  # off: untouched
+
+
+def test_label_smoothing_and_cosine_reach_the_training_loop(tmp_path):
+    import keras
+
+    from genre_se.config import ModelConfig
+    from genre_se.train import train_model
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(24, 8, 8, 1)).astype(np.float16)
+    labels = np.arange(24) % 2
+    data[labels == 1] += 2
+    store = _store(tmp_path, data, labels)
+
+    class Live:
+        step = 0
+
+        def __init__(self):
+            self.rates = []
+
+        def log_metric(self, name, value):
+            if name == "train/learning_rate":
+                self.rates.append(value)
+
+        def next_step(self):
+            pass
+
+    live = Live()
+    cfg = TrainConfig(epochs=3, batch_size=8, learning_rate=0.01, label_smoothing=0.2, lr_schedule="cosine")
+    result = train_model(store, ModelConfig(filters=[4], dropout=0.0, reduction_ratios=2), cfg,
+                         train_rows=np.arange(16), valid_rows=np.arange(16, 24), seed=0,
+                         state_dir=tmp_path / "state", live=live)
+    assert live.rates == pytest.approx([0.01, 0.0075, 0.0025])
+    y = np.eye(2, dtype=np.float32)[[0, 1]]
+    p = np.array([[0.7, 0.3], [0.4, 0.6]], dtype=np.float32)
+    smoothed = y * 0.8 + 0.1
+    expected = float(np.mean(-(smoothed * np.log(p)).sum(axis=1)))
+    assert float(keras.ops.convert_to_numpy(result.model.loss(y, p))) == pytest.approx(expected, rel=1e-4)
+
+
+def test_fit_all_trains_the_final_model_on_every_clip(tiny_study, tmp_path):
+    from genre_se.bundle import load_bundle
+    from genre_se.train import run_train
+
+    study, work = tiny_study
+    params = load_params(study.params_path, {"train.epochs": 1, "train.fit_all": True})
+    run_train(params, work / "features", tmp_path / "bundle", tmp_path / "state", tmp_path / "live",
+              best_params_path=None)
+    assert load_bundle(tmp_path / "bundle").extra["train_clips"] == 18  # not only the train split's clips
+    held_out = load_params(study.params_path, {"train.epochs": 1})
+    run_train(held_out, work / "features", tmp_path / "b2", tmp_path / "s2", tmp_path / "l2", best_params_path=None)
+    assert load_bundle(tmp_path / "b2").extra["train_clips"] < 18
+
+
+def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tmp_path):
+    from study import excitations
+
+    study, work = tiny_study
+    compare.run_study(study, work / "features", work / "index.csv", tmp_path / "s.csv", state_root=tmp_path / "st",
+                      variants=["se"], quick=True, keep_models=["se"])
+    bundles = tmp_path / "st" / "bundles" / "se" / "seed42"
+    assert sorted(p.name for p in bundles.iterdir()) == ["fold0", "fold1", "fold2"]
+    exc, k = excitations.fold_excitations(bundles, work / "features")
+    assert k == 3 and sorted(exc.clip_ids) == sorted(pd.read_csv(work / "index.csv")["clip_id"])  # each once
+    out = tmp_path / "exc.png"
+    assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out)]) == 0
+    assert out.stat().st_size > 5000 and len(pd.read_csv(tmp_path / "exc.csv")) == 2  # one row per SE block
+
+
+def test_fit_all_in_cv_trains_on_every_fold_but_the_test_one(tiny_study, tmp_path, monkeypatch):
+    import genre_se.evaluate
+    import genre_se.train
+
+    study, work = tiny_study
+    store = FeatureStore.open(work / "features")
+    folds = store.table["fold"].to_numpy()
+    seen = {}
+
+    class Model:
+        def count_params(self):
+            return 7
+
+    def fake_train(store, model_cfg, train_cfg, *, train_rows, valid_rows, seed, state_dir, log=None):
+        seen.update(train=train_rows, valid=valid_rows)
+        return genre_se.train.TrainResult(Model(), 0.0, 1.0, 1, 0.0, 1, 0)
+
+    monkeypatch.setattr(genre_se.train, "train_model", fake_train)
+    monkeypatch.setattr(genre_se.evaluate, "evaluate_rows",
+                        lambda model, store, rows: ({"clip": {"accuracy": 1.0, "macro_f1": 1.0}, "n_clips": 6},
+                                                    pd.DataFrame({"clip_id": []})))
+    for fit_all, train_folds, valid_folds in ((False, {2}, {1}), (True, {1, 2}, set())):
+        params = load_params(study.params_path, {"train.fit_all": fit_all})
+        compare.run_cnn_fold(store, params, folds, 0, 3, 42, tmp_path / "s")
+        assert set(folds[seen["train"]]) == train_folds and set(folds[seen["valid"]]) == valid_folds
