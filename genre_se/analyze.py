@@ -54,24 +54,34 @@ class ClassExcitations:
     def clips_per_genre(self) -> np.ndarray:
         return np.bincount(self.clip_labels, minlength=len(self.labels))
 
-    def summary(self) -> pd.DataFrame:
-        """One row per block: channels, mean gate, genre spread and eta squared.
+    def summary(self, permutations: int = 200, seed: int = 0) -> pd.DataFrame:
+        """One row per block: channels, mean gate, genre spread and eta squared against its chance level.
 
         ``genre_spread`` is the mean over channels of the standard deviation of the genre means (how far
         apart the lines of a panel are). ``eta_squared`` is the share of the clip-to-clip variance of the
-        gates that genre explains, averaged over channels (0: class-agnostic, 1: fully class-specific);
-        it needs two clips of every present genre, else it is NaN (one clip per genre would give 1 trivially).
+        gates that genre explains, averaged over channels (0: class-agnostic, 1: fully class-specific).
+        With few clips per genre it is large by chance alone (about (genres - 1) / (clips - 1)), so
+        ``eta_squared_chance`` is its mean over ``permutations`` shuffles of the clip labels and
+        ``eta_squared_excess`` the difference: the class-specificity the data support. NaN when there are
+        no more clips than genres (every clip its own group: 1 whatever the gates), and for a block whose
+        gates do not vary at all (a dead SE bottleneck: every hidden ReLU off, the gates a constant).
         """
         present = self.clips_per_genre > 0
-        enough = bool(np.all(self.clips_per_genre[present] >= 2)) and present.sum() >= 2
+        measurable = len(self.clip_labels) > present.sum() >= 2
+        rng = np.random.default_rng(seed)
+        shuffles = [rng.permutation(self.clip_labels) for _ in range(permutations)] if measurable else []
         rows = []
         for name, means, clips in zip(self.blocks, self.means, self.clip_means):
+            eta = _eta_squared(clips, self.clip_labels) if measurable else float("nan")
+            chance = float(np.mean([_eta_squared(clips, s) for s in shuffles])) if measurable else float("nan")
             rows.append({
                 "block": name,
                 "channels": means.shape[1],
                 "mean_excitation": float(np.mean(clips)),
                 "genre_spread": float(np.mean(np.std(means[present], axis=0))),
-                "eta_squared": _eta_squared(clips, self.clip_labels) if enough else float("nan"),
+                "eta_squared": eta,
+                "eta_squared_chance": chance,
+                "eta_squared_excess": eta - chance,
             })
         return pd.DataFrame(rows)
 
@@ -100,7 +110,7 @@ def _eta_squared(clips: np.ndarray, labels: np.ndarray) -> float:
         group = clips[labels == label]
         between += len(group) * np.square(group.mean(axis=0) - grand)
     varying = total > 1e-12
-    return float(np.mean(between[varying] / total[varying])) if varying.any() else 0.0
+    return float(np.mean(between[varying] / total[varying])) if varying.any() else float("nan")
 
 
 def _check_compatible(bundle, store) -> None:
@@ -161,8 +171,12 @@ def _genre_means(clip_means: list, clip_labels: np.ndarray, n_genres: int) -> li
 
 
 def combine(parts: Sequence[ClassExcitations]) -> ClassExcitations:
-    """Pool the clips of several analyses, e.g. the k fold models of a cross-validation, each on its own
-    test fold: every clip is then held out, and the genre means rest on all of them."""
+    """Pool the clips of several analyses of ONE model (e.g. of several splits or stores).
+
+    Never pool different models (the fold models of a cross-validation): channel k of one model has
+    nothing to do with channel k of another, so averaging them washes out exactly what is looked for.
+    Compare such models through their :meth:`ClassExcitations.summary` per block instead.
+    """
     if not parts:
         raise DatasetError("nothing to combine: no excitation analyses given")
     first = parts[0]
@@ -225,7 +239,8 @@ def excitation_figure(exc: ClassExcitations, title: str | None = None):
             if counts[i]:
                 ax.plot(np.arange(means.shape[1]), means[i], color=colors[i % 10], lw=1.0, label=genre)
         row = summary.loc[name]
-        eta = "" if np.isnan(row["eta_squared"]) else f", eta² {row['eta_squared']:.2f}"
+        eta = "" if np.isnan(row["eta_squared"]) else \
+            f", eta² {row['eta_squared']:.2f} (chance {row['eta_squared_chance']:.2f})"
         ax.set_title(f"{name}: {int(row['channels'])} channels, genre spread {row['genre_spread']:.3f}{eta}",
                      fontsize=9)
         ax.set_ylim(0, 1)

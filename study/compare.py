@@ -444,7 +444,7 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
             f"{r.clip_accuracy_mean:.3f} ± {r.clip_accuracy_std:.3f}",
             f"{r.clip_macro_f1_mean:.3f} ± {r.clip_macro_f1_std:.3f}",
             f"{r.params:,}",
-            f"{r.train_seconds_mean:.1f}",
+            f"{r.train_seconds_mean:.1f}" if r.train_seconds_mean >= 1 else f"{r.train_seconds_mean:.3f}",
             f"{r.epochs_mean:.1f}",
             f"{r.runs} ({r.seeds} seeds)",
         ]
@@ -500,21 +500,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("prepare", "index + feature store of the study's data under --work"),
                             ("tune", "tune r on the study's data: --work/best_params.json"),
-                            ("run", "run the comparison, write the CSV and the Markdown summary")):
+                            ("run", "run the comparison, write the CSV and the Markdown summary"),
+                            ("summary", "only (re)write the Markdown summary of the CSV, e.g. of a partial run")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--study", default="study/gtzan_mini.yaml", help="study file (default: %(default)s)")
         p.add_argument("--work", help="work folder of `prepare`/`tune` (default: the pipeline's outputs)")
         p.add_argument("-S", "--set", action="append", metavar="KEY=VALUE", help="extra override (repeatable)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    for name in ("run", "summary"):
+        sub.choices[name].add_argument("--out", default="reports/study.csv", help="results CSV (default: %(default)s)")
+        sub.choices[name].add_argument("--summary", default="reports/study.md",
+                                       help="Markdown table (default: %(default)s)")
+        sub.choices[name].add_argument("--reference", default=None,
+                                       help="variant for paired differences (default: the baseline)")
     run = sub.choices["run"]
     run.add_argument("--features", help="feature store (default: WORK/features or data/features)")
     run.add_argument("--index", help="dataset index (default: WORK/index.csv or data/index.csv)")
     run.add_argument("--best-params", help="tune output (default: WORK/best_params.json or models/best_params.json)")
     run.add_argument("--state", help="training state root (default: WORK/state or models/study-state)")
-    run.add_argument("--out", default="reports/study.csv", help="results CSV (default: %(default)s)")
-    run.add_argument("--summary", default="reports/study.md", help="Markdown table (default: %(default)s)")
     run.add_argument("--variants", help="comma-separated subset of the study's variants")
-    run.add_argument("--reference", default=None, help="variant for paired differences (default: the baseline)")
     run.add_argument("--quick", action="store_true", help="one seed, one epoch per fold (smoke test)")
     run.add_argument("--keep-models", help="comma-separated variants whose fold models are kept as bundles "
                                            "(STATE/bundles/VARIANT/seedS/foldF), e.g. for genre-se analyze")
@@ -549,11 +553,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reduction ratios {best['model']['reduction_ratios']} -> {args.work}/best_params.json",
                   file=sys.stderr)
             return 0
-        paths = _paths(args)
-        variants = args.variants.split(",") if args.variants else None
-        results = run_study(study, paths["features"], paths["index"], args.out, best_params_path=paths["best_params"],
-                            state_root=paths["state"], variants=variants, extra=extra, quick=args.quick,
-                            keep_models=args.keep_models.split(",") if args.keep_models else None, log=log)
+        if args.command == "summary":
+            results = read_results(Path(args.out))
+        else:
+            paths = _paths(args)
+            variants = args.variants.split(",") if args.variants else None
+            results = run_study(study, paths["features"], paths["index"], args.out,
+                                best_params_path=paths["best_params"], state_root=paths["state"], variants=variants,
+                                extra=extra, quick=args.quick,
+                                keep_models=args.keep_models.split(",") if args.keep_models else None, log=log)
         reference = args.reference or next((n for n, s in study.variants.items() if s == BASELINE), None)
         summary = summarize(results, list(study.variants), reference)
         table = summary_markdown(summary, reference)

@@ -72,10 +72,16 @@ def test_summary_measures_class_specificity():
     exc = ClassExcitations(["a", "b", "c"], ["block1_se", "block2_se"], means, [general, specific], labels,
                            [f"clip{i}" for i in range(12)])
     summary = exc.summary().set_index("block")
-    assert summary.loc["block1_se", "eta_squared"] < 0.5 < 0.95 < summary.loc["block2_se", "eta_squared"] <= 1
+    assert summary.loc["block2_se", "eta_squared"] > 0.95 and summary.loc["block2_se", "eta_squared_excess"] > 0.7
+    chance = (3 - 1) / (12 - 1)  # expected eta squared of pure noise: (groups - 1) / (n - 1)
+    assert summary.loc["block1_se", "eta_squared_chance"] == pytest.approx(chance, abs=0.05)
+    assert abs(summary.loc["block1_se", "eta_squared_excess"]) < 0.2  # the general block: chance level
     assert summary.loc["block1_se", "genre_spread"] < 0.02 < 0.3 < summary.loc["block2_se", "genre_spread"]
     one_each = ClassExcitations(["a", "b"], ["b1"], [specific[:2]], [specific[:2]], np.array([0, 1]), ["x", "y"])
     assert np.isnan(one_each.summary()["eta_squared"][0])  # one clip per genre: not measurable
+    dead = np.full((12, 6), 0.7)  # a dead SE bottleneck: the same gates for every input
+    constant = ClassExcitations(["a", "b", "c"], ["b1"], [dead[:3]], [dead], labels, exc.clip_ids)
+    assert np.isnan(constant.summary()["eta_squared"][0]) and constant.summary()["genre_spread"][0] < 1e-9
     frame = exc.to_frame()
     assert len(frame) == 2 * 3 * 6 and set(frame.columns) == {"block", "genre", "channel", "excitation", "clips"}
 
@@ -139,7 +145,7 @@ def test_notebook_runs_in_a_jupyter_kernel(outputs, tmp_path):
     assert not errors
 
 
-def test_pooling_fold_analyses_equals_one_analysis_of_all_their_clips(outputs):
+def test_pooling_analyses_of_one_model_equals_one_analysis_of_all_their_clips(outputs):
     from genre_se.analyze import clip_rows, combine
 
     bundle, store = outputs["bundle"], outputs["store"]

@@ -135,6 +135,9 @@ def test_cli_quick_run_writes_csv_and_summary(tiny_study, tmp_path, capsys):
                          "--summary", str(summary), "-S", "evaluate.folds=3", "-q"])
     assert code == 0 and len(pd.read_csv(out)) == 3
     assert "`svm`" in summary.read_text() and "`svm`" in capsys.readouterr().out
+    summary.unlink()
+    assert compare.main(["summary", "--study", str(study_file), "--out", str(out), "--summary", str(summary)]) == 0
+    assert "`svm`" in summary.read_text()  # re-rendered from the CSV alone, nothing trained
     assert compare.main(["run", "--study", str(study_file), "--work", str(work), "--out", str(out),
                          "-S", "evaluate.folds=4", "-q"]) == 1  # the store was built with 3 folds
     assert "evaluate.folds" in capsys.readouterr().err
@@ -259,8 +262,14 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
                       variants=["se"], quick=True, keep_models=["se"])
     bundles = tmp_path / "st" / "bundles" / "se" / "seed42"
     assert sorted(p.name for p in bundles.iterdir()) == ["fold0", "fold1", "fold2"]
-    exc, k = excitations.fold_excitations(bundles, work / "features")
-    assert k == 3 and sorted(exc.clip_ids) == sorted(pd.read_csv(work / "index.csv")["clip_id"])  # each once
+    analyses = excitations.fold_excitations(bundles, work / "features")
+    assert len(analyses) == 3
+    held_out = sorted(c for a in analyses for c in a.clip_ids)
+    assert held_out == sorted(pd.read_csv(work / "index.csv")["clip_id"])  # every clip once, by its own fold model
+    summary = excitations.fold_summary(analyses)
+    per_fold = [a.summary().set_index("block").loc["block2_se", "eta_squared"] for a in analyses]
+    row = summary.set_index("block").loc["block2_se"]
+    assert row["eta_squared_mean"] == pytest.approx(np.mean(per_fold)) and row["folds"] == 3 and row["clips"] == 18
     out = tmp_path / "exc.png"
     assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out)]) == 0
     assert out.stat().st_size > 5000 and len(pd.read_csv(tmp_path / "exc.csv")) == 2  # one row per SE block
@@ -291,3 +300,14 @@ def test_fit_all_in_cv_trains_on_every_fold_but_the_test_one(tiny_study, tmp_pat
         params = load_params(study.params_path, {"train.fit_all": fit_all})
         compare.run_cnn_fold(store, params, folds, 0, 3, 42, tmp_path / "s")
         assert set(folds[seen["train"]]) == train_folds and set(folds[seen["valid"]]) == valid_folds
+
+
+def test_step_timing_compares_variants_under_equal_conditions(tiny_study, capsys):
+    from study import timing
+
+    study, _ = tiny_study
+    results = timing.step_times({"no_se": {"model.se": False}, "se": {}}, study.params_path, rounds=2)
+    assert set(results) == {"no_se", "se"} and results["se"]["params"] > results["no_se"]["params"]
+    assert all(r["seconds_per_step"] > 0 for r in results.values())
+    assert timing.main(["--params", study.params_path, "--rounds", "1", "--variants", "a=model.se=false", "b="]) == 0
+    assert "| `b` |" in capsys.readouterr().out
