@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import soundfile as sf
 import soxr
 
 from .errors import AudioError
+from .quiet import native_stderr_silenced
 
 #: File extensions (lower case, no dot) that name audio formats genre-se tries to decode.
 AUDIO_EXTENSIONS: tuple[str, ...] = (
@@ -356,34 +355,11 @@ class _AudioreadDecoder:
             raise AudioError(f"{self._path}: corrupt or truncated audio data ({_reason(exc)})") from exc
 
 
-_STDERR_LOCK = threading.Lock()
-
-
-@contextmanager
-def _quiet_c_stderr():
-    """Keep C decoders' own stderr chatter (libmpg123's "Note: Illegal Audio-MPEG-Header ...") off the
-    terminal while a file is opened; our AudioError says what went wrong, once."""
-    with _STDERR_LOCK:
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError):  # no real fd 2 (embedded interpreters, some test runners)
-            yield
-            return
-        try:
-            with open(os.devnull, "wb") as devnull:
-                os.dup2(devnull.fileno(), 2)
-                yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 @contextmanager
 def _open_decoder(path: str):
     """Open ``path`` with libsndfile, else (known audio extension) audioread; close it afterwards."""
     try:
-        with _quiet_c_stderr():
+        with native_stderr_silenced():  # libmpg123 notes on corrupt mp3
             handle = sf.SoundFile(path)
     except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError) as exc:
         handle, sndfile_reason = None, _reason(exc)

@@ -44,17 +44,10 @@ def _import_tensorflow_quietly() -> None:
     """Import TensorFlow with its C++ start-up banner (oneDNN notice) kept off the user's terminal."""
     if "tensorflow" in sys.modules:
         return
-    import os
+    from .quiet import native_stderr_silenced
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with native_stderr_silenced():
+        import tensorflow  # noqa: F401
 
 
 def _err(message: str) -> None:

@@ -17,15 +17,12 @@ whose ``model.keras`` has since been replaced is refused, never silently served.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
 import os
-import sys
 import threading
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +31,7 @@ import numpy as np
 
 from .config import FeatureConfig, from_dict
 from .errors import ModelError
+from .quiet import native_stderr_silenced
 
 __all__ = [
     "EXPORT_FILE",
@@ -95,27 +93,6 @@ def has_litert_export(bundle_dir: str | Path) -> bool:
     return (Path(bundle_dir) / EXPORT_FILE).is_file() and litert_available()
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Keep TensorFlow's C++ converter chatter (absl/MLIR lines on fd 2) off the user's terminal.
-
-    Errors still surface as Python exceptions, which are raised after fd 2 is restored.
-    """
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (e.g. an embedded interpreter): leave it alone
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 # --------------------------------------------------------------------------------------------------
 # Running an exported model
 
@@ -165,7 +142,7 @@ class LiteRTModel:
         self._lock = threading.Lock()
         if int(detail["shape"][0]) != 1:
             self._interpreter.resize_tensor_input(self._input, (1, *self.input_shape))
-        with _quiet_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             self._interpreter.allocate_tensors()
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -354,7 +331,7 @@ def _write_tflite(model, target: Path, quantize: str) -> None:
         import tensorflow as tf
 
         options["optimizations"] = [tf.lite.Optimize.DEFAULT]  # dynamic-range: int8 weights
-    with atomic_path(target, suffix=".tflite") as tmp, _quiet_native_stderr():
+    with atomic_path(target, suffix=".tflite") as tmp, native_stderr_silenced():
         try:
             model.export(str(tmp), format="litert", verbose=False, **options)
         except Exception as exc:  # the converter raises many types; name the bundle, keep the cause
