@@ -10,9 +10,9 @@ is), then per genre. :func:`plot_excitations` draws one panel per block and one 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

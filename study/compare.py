@@ -39,9 +39,9 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -527,7 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _paths(args) -> dict:
     work = Path(args.work) if args.work else None
-    pick = lambda given, in_work, default: Path(given) if given else (work / in_work if work else Path(default))  # noqa: E731
+
+    def pick(given: str | None, in_work: str, default: str) -> Path:
+        return Path(given) if given else (work / in_work if work else Path(default))
+
     return {
         "features": pick(args.features, "features", "data/features"),
         "index": pick(args.index, "index.csv", "data/index.csv"),

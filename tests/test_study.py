@@ -1,5 +1,6 @@
 """The SE study (study/compare.py) on tiny tone data, and the training switches it compares."""
 
+import itertools
 import json
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_a_changed_variant_is_recomputed(tiny_study, tmp_path, monkeypatch):
                 "best_epoch": 1, "n_test_clips": 6}
 
     monkeypatch.setattr(compare, "run_cnn_fold", fake_fold)
-    run = lambda s: compare.run_study(s, work / "features", work / "index.csv", out,  # noqa: E731
+    run = lambda s: compare.run_study(s, work / "features", work / "index.csv", out,
                                       best_params_path=work / "best_params.json", variants=["se_tuned"], quick=True)
     run(study)
     assert calls == [4, 4, 4]  # the r of best_params.json
@@ -164,7 +165,7 @@ def test_cosine_and_plateau_schedules():
     cos = TrainConfig(learning_rate=0.01, epochs=10, lr_schedule="cosine")
     rates = [scheduled_learning_rate(cos, e, 123.0) for e in range(10)]
     assert rates[0] == pytest.approx(0.01) and rates[5] == pytest.approx(0.005)
-    assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
+    assert all(a > b for a, b in itertools.pairwise(rates)) and rates[-1] > 0
     const = TrainConfig(learning_rate=0.01)
     assert scheduled_learning_rate(const, 7, 123.0) == 0.01 and plateau_decay(const, 0.01, 3) == 0.01
     plateau = TrainConfig(learning_rate=0.01, lr_schedule="plateau", lr_decay_patience=2)
