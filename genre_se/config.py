@@ -143,6 +143,10 @@ class ModelConfig:
     reduction_ratios: PerBlock = 16
     se_bias: bool = True
     head: Literal["gap", "flatten"] = "gap"
+    # After the train-split standardisation: "segment" standardises each segment on its own, "frequency" each
+    # mel band of each segment over time. Both make the model blind to the recording's gain (a gain is a
+    # constant dB offset); "frequency" also to a fixed EQ tilt. Part of the model, so every path applies it.
+    input_norm: Literal["dataset", "segment", "frequency"] = "dataset"
 
     def validate(self, p: str) -> None:
         _require(len(self.filters) >= 1, f"{p}.filters", "needs at least one block")
@@ -197,6 +201,7 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
     lr_decay_patience: int = 3         # plateau: halve the rate after this many epochs without improvement
     fit_all: bool = False              # train stage only: fit every clip (no valid/test), see run_train
+    calibrate: bool = True             # train stage: fit a temperature on the valid split (false: T = 1)
 
     def validate(self, p: str) -> None:
         _require(self.epochs >= 1, f"{p}.epochs", "must be >= 1")
@@ -286,6 +291,16 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    """Serving-time settings the train stage stores in the bundle (``genre-se predict`` reads the bundle)."""
+
+    uncertain_below: float = 0.4       # a file whose top probability is below this is marked uncertain
+
+    def validate(self, p: str) -> None:
+        _require(0.0 <= self.uncertain_below <= 1.0, f"{p}.uncertain_below", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
 class Params:
     """All of ``params.yaml``."""
 
@@ -297,6 +312,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
     def validate(self, p: str) -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")

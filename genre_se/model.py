@@ -20,6 +20,7 @@ from .errors import ConfigError, ModelError
 
 INPUT_NAME = "spectrogram"
 STANDARDIZE_NAME = "standardize"
+INSTANCE_NORM_NAME = "instance_standardize"
 EMBEDDING_NAME = "embedding"
 OUTPUT_NAME = "genre"
 BN_MOMENTUM = 0.9
@@ -123,6 +124,37 @@ class Standardize(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
+@keras.saving.register_keras_serializable(package="genre_se")
+class InstanceStandardize(keras.layers.Layer):
+    """Standardise each input on its own: over the whole segment, or per mel band over time.
+
+    A gain change shifts a log-mel segment by a constant number of dB; subtracting the segment's own mean
+    removes it exactly (away from the power floor), so loud masters and quiet transfers look alike.
+    ``epsilon`` (in the squared units of the input) keeps silent or constant inputs finite.
+    """
+
+    MODES = ("segment", "frequency")
+
+    def __init__(self, mode: str = "segment", epsilon: float = 1e-2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ConfigError(f"model.input_norm: must be one of {self.MODES} for instance standardisation, got {mode!r}")
+        if not (isinstance(epsilon, numbers.Real) and epsilon > 0):
+            raise ConfigError(f"instance standardisation epsilon must be > 0, got {epsilon!r}")
+        self.mode = mode
+        self.epsilon = float(epsilon)
+
+    def call(self, inputs):
+        # inputs: (batch, n_mels, frames, channels); "frequency" keeps one statistic per mel band.
+        axes = (1, 2, 3) if self.mode == "segment" else (2,)
+        mean = ops.mean(inputs, axis=axes, keepdims=True)
+        var = ops.mean(ops.square(inputs - mean), axis=axes, keepdims=True)
+        return (inputs - mean) * ops.rsqrt(var + self.epsilon)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode, "epsilon": self.epsilon}
+
+
 # --------------------------------------------------------------------------------------------------
 # Building
 
@@ -210,6 +242,8 @@ def build_model(
     _check_spatial(cfg, shape)
     inputs = keras.Input(shape=shape, name=INPUT_NAME)
     x = Standardize(mean, std, name=STANDARDIZE_NAME)(inputs)
+    if cfg.input_norm != "dataset":
+        x = InstanceStandardize(cfg.input_norm, name=INSTANCE_NORM_NAME)(x)
     per_block = zip(
         cfg.filters,
         cfg.per_block("kernel_size"),
@@ -343,4 +377,7 @@ def summary_text(model: keras.Model) -> str:
     standardize = [layer for layer in model.layers if isinstance(layer, Standardize)]
     if standardize:
         parts += ["", f"Input normalisation: mean={standardize[0].mean:g}, std={standardize[0].std:g}"]
+    instance = [layer for layer in model.layers if isinstance(layer, InstanceStandardize)]
+    if instance:
+        parts += [f"Then each input standardised on its own: per {instance[0].mode}"]
     return "\n".join(parts) + "\n"
