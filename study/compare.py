@@ -57,6 +57,7 @@ CSV_COLUMNS = [
     "variant", "seed", "fold", "clip_accuracy", "clip_macro_f1", "params", "train_seconds",
     "epochs_run", "best_epoch", "n_test_clips", "config_key",
 ]
+OPTIONAL_COLUMNS = ["external_top1", "external_song_top1"]  # with the study's `external` folder
 QUICK_OVERRIDES = {"train.epochs": 1, "train.patience": 1}
 
 
@@ -72,6 +73,7 @@ class Study:
     seeds: list
     overrides: dict = field(default_factory=dict)
     params_path: str = "params.yaml"
+    external: str | None = None  # folder-per-genre audio every CNN fold model is also scored on (never trained on)
 
     def cnn_variants(self) -> list[str]:
         return [name for name, spec in self.variants.items() if spec != BASELINE]
@@ -87,9 +89,13 @@ def load_study(path: str | Path) -> Study:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     # keys starting with "x-" only hold YAML anchors (shared settings merged into variants with <<: *name)
-    unknown = sorted(k for k in set(raw) - {"params", "set", "seeds", "variants"} if not str(k).startswith("x-"))
+    known = {"params", "set", "seeds", "variants", "external"}
+    unknown = sorted(k for k in set(raw) - known if not str(k).startswith("x-"))
     if unknown:
-        raise ConfigError(f"{path}: {unknown[0]}: unknown key (known: params, set, seeds, variants)")
+        raise ConfigError(f"{path}: {unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    external = raw.get("external")
+    if external is not None and not isinstance(external, str):
+        raise ConfigError(f"{path}: external: must be a folder path, got {external!r}")
     variants = raw.get("variants") or {}
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: variants: must map at least one name to overrides or 'baseline'")
@@ -103,7 +109,58 @@ def load_study(path: str | Path) -> Study:
     if not isinstance(overrides, dict):
         raise ConfigError(f"{path}: set: must be a mapping of dotted keys")
     params_path = raw.get("params", "params.yaml")
-    return Study({str(k): v for k, v in variants.items()}, list(seeds), dict(overrides), str(params_path))
+    return Study({str(k): v for k, v in variants.items()}, list(seeds), dict(overrides), str(params_path), external)
+
+
+@dataclass(frozen=True)
+class ExternalSet:
+    """Out-of-domain files (e.g. ../shared/data/real-clips): their segments, labels and song of origin."""
+
+    segments: list      # one (n, n_mels, frames) float32 array per file
+    labels: np.ndarray  # index into the store's labels
+    songs: list         # excerpts of one song share a song id: ``<name>-2of3-at32s.mp3`` -> ``<name>``
+    paths: list
+
+
+def load_external(folder: str | Path, labels: list[str], features: dict) -> ExternalSet:
+    """Segments of every audio file under ``folder/<genre>/`` whose genre the store knows.
+
+    Features come from the store's own definition, so they are what a trained bundle would see in ``predict``.
+    """
+    import re
+
+    from genre_se.audio import AUDIO_EXTENSIONS
+    from genre_se.config import FeatureConfig, from_dict
+    from genre_se.features import extract_segments
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: external folder not found")
+    cfg = features if isinstance(features, FeatureConfig) else from_dict(FeatureConfig, features, "features")
+    segments, targets, songs, paths = [], [], [], []
+    for path in sorted(folder.glob("*/*")):
+        genre = path.parent.name
+        if path.suffix.lower().lstrip(".") not in AUDIO_EXTENSIONS or genre not in labels:
+            continue
+        segments.append(extract_segments(path, cfg).data)
+        targets.append(labels.index(genre))
+        song = re.sub(r"-\d+of\d+.*$", "", path.stem)
+        songs.append(f"{genre}/{song}")
+        paths.append(str(path))
+    if not paths:
+        raise DatasetError(f"{folder}: no audio of a known genre in <genre>/ folders")
+    return ExternalSet(segments, np.asarray(targets), songs, paths)
+
+
+def external_scores(model, external: ExternalSet) -> dict:
+    """Top-1 accuracy per file (mean of segment probabilities, as ``predict`` does) and per song."""
+    probs = [np.asarray(model.predict(x, verbose=0)).mean(axis=0) for x in external.segments]
+    hits = np.array([int(np.argmax(p)) == t for p, t in zip(probs, external.labels)])
+    by_song: dict = {}
+    for p, t, song in zip(probs, external.labels, external.songs):
+        by_song.setdefault(song, [[], t])[0].append(p)
+    song_hits = [int(np.argmax(np.mean(ps, axis=0))) == t for ps, t in by_song.values()]
+    return {"external_top1": float(hits.mean()), "external_song_top1": float(np.mean(song_hits))}
 
 
 def variant_params(study: Study, variant: str, extra: dict | None = None,
@@ -173,7 +230,8 @@ def config_key(*parts) -> str:
 
 
 def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k: int, seed: int,
-                 state_dir: Path, log: Callable[[str], None] | None = None, bundle_dir: Path | None = None) -> dict:
+                 state_dir: Path, log: Callable[[str], None] | None = None, bundle_dir: Path | None = None,
+                 external: ExternalSet | None = None) -> dict:
     """Train the variant on the fold's train rows (early stopping on the next fold), score the test fold.
 
     With ``train.fit_all`` (how the final model is trained) the early-stopping fold trains too and no epoch is
@@ -209,6 +267,8 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
         "best_epoch": int(result.best_epoch),
         "n_test_clips": int(metrics["n_clips"]),
     }
+    if external is not None:
+        row.update(external_scores(result.model, external))
     keras.backend.clear_session()  # free the graph before the next fold
     return row
 
@@ -271,18 +331,20 @@ def svm_parameter_count(pipeline) -> int:
 def read_results(path: Path) -> pd.DataFrame:
     """The rows already computed (an empty table when the CSV does not exist yet)."""
     if not path.is_file():
-        return pd.DataFrame(columns=CSV_COLUMNS)
+        return pd.DataFrame(columns=CSV_COLUMNS + OPTIONAL_COLUMNS)
     frame = pd.read_csv(path, keep_default_na=False)
     missing = set(CSV_COLUMNS) - set(frame.columns)
     if missing:
         raise DatasetError(f"{path}: not a study CSV (lacks {', '.join(sorted(missing))}); move it away")
+    for column in OPTIONAL_COLUMNS:
+        frame[column] = pd.to_numeric(frame.get(column, pd.Series(np.nan, index=frame.index)), errors="coerce")
     return frame
 
 
 def _upsert(frame: pd.DataFrame, row: dict) -> pd.DataFrame:
     same = (frame["variant"] == row["variant"]) & (frame["seed"] == row["seed"]) & (frame["fold"] == row["fold"])
     kept = frame[~same]
-    new = pd.DataFrame([row], columns=CSV_COLUMNS)
+    new = pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS)
     return new if kept.empty else pd.concat([kept, new], ignore_index=True)
 
 
@@ -328,6 +390,7 @@ def run_study(
     results = read_results(out_csv)
     done = {(r.variant, int(r.seed), int(r.fold)): r.config_key for r in results.itertuples()}
     features = labels = None
+    external = load_external(study.external, store.labels, store.features) if study.external else None
     for seed in seeds:
         folds_of_rows = row_folds(store, index, base, seed, k)
         fold_key = config_key(folds_of_rows.tolist())
@@ -350,7 +413,8 @@ def run_study(
                                 ) if log else None
                     keep = state_root / "bundles" / variant / f"seed{seed}" / f"fold{fold}" \
                         if variant in (keep_models or []) else None
-                    scores = run_cnn_fold(store, params, folds_of_rows, fold, k, seed, state_dir, fold_log, keep)
+                    scores = run_cnn_fold(store, params, folds_of_rows, fold, k, seed, state_dir, fold_log, keep,
+                                          external)
                     _remove_tree(state_dir)
                 row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
                 results = _upsert(results, row)
@@ -422,6 +486,10 @@ def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: 
             "train_seconds_mean": runs["train_seconds"].mean(),
             "epochs_mean": runs["epochs_run"].astype(float).mean(),
         }
+        for column in OPTIONAL_COLUMNS:
+            values = runs[column].dropna() if column in runs else pd.Series(dtype=float)
+            row[f"{column}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{column}_std"] = values.std(ddof=1) if len(values) > 1 else (0.0 if len(values) else np.nan)
         if ref is not None and name != reference:
             paired = runs.set_index(["seed", "fold"])["clip_accuracy"].sub(ref["clip_accuracy"]).dropna()
             row["delta_vs_reference"] = paired.mean() if len(paired) else np.nan
@@ -437,6 +505,9 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
     header = ["variant", "clip accuracy", "clip macro-F1", "params", "train s / fold", "epochs", "runs"]
     if has_ref:
         header += [f"Δ acc vs {reference} (paired)", "W/T/L"]
+    has_external = "external_top1_mean" in summary.columns and summary["external_top1_mean"].notna().any()
+    if has_external:
+        header += ["external top-1 (files)", "external top-1 (songs)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in summary.itertuples():
         cells = [
@@ -451,6 +522,9 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
         if has_ref:
             delta, record = getattr(r, "delta_vs_reference", np.nan), getattr(r, "wins_ties_losses", "")
             cells += ["" if pd.isna(delta) else f"{delta:+.3f}", record if isinstance(record, str) else ""]
+        if has_external:
+            cells += ["" if pd.isna(getattr(r, f"{c}_mean")) else
+                      f"{getattr(r, f'{c}_mean'):.3f} ± {getattr(r, f'{c}_std'):.3f}" for c in OPTIONAL_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
