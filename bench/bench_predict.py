@@ -18,7 +18,10 @@ Measurements (every timed method runs once untimed first, except cold starts, wh
   (default: the 71 clips of ../shared/data/gtzan-mini) with the model loaded, interleaved rounds; the same
   run gives the parity of each fast path with Keras (largest probability difference, clip top-1 agreement);
 * ``peak RSS``: a child process loads the classifier, runs one full batch, predicts one file and reports its
-  own peak resident memory (``ru_maxrss``), for the 30-s clip and a generated one-hour file.
+  own peak resident memory (``ru_maxrss``), for the 30-s clip and a generated one-hour file;
+* ``whole song``: seconds to predict a generated 6-minute file (``--song-seconds``) with the loaded float32
+  LiteRT classifier reading ``DEFAULT_MAX_SEGMENTS`` spread segments in windows (what ``genre-se predict``
+  does) against every segment, and the 30-s clip for scale; interleaved rounds, ratios from this run.
 
 Usage::
 
@@ -248,6 +251,44 @@ def warm_table(warm: dict, agreement: dict, n_files: int) -> str:
                            "max |dp| clip", f"top-1 = {REFERENCE}"], rows)
 
 
+def whole_song(bundle: Path, song: Path, clip: Path, repeats: int) -> tuple[dict, dict]:
+    """Seconds to predict a long song with the default bounded spread vs every segment, and a clip, with
+    the float32 LiteRT classifier loaded once (one untimed pass each first); and each run's segment counts."""
+    from genre_se.inference import DEFAULT_MAX_SEGMENTS, GenreClassifier
+
+    bounded = GenreClassifier.load(bundle, backend="litert", max_segments=DEFAULT_MAX_SEGMENTS)
+    every = GenreClassifier.load(bundle, backend="litert", max_segments=0)
+    runs = {"song, default spread": (bounded, song), "song, every segment": (every, song),
+            "clip, default spread": (bounded, clip)}
+    counts = {}
+
+    def method(name):
+        classifier, path = runs[name]
+
+        def run():
+            result = classifier.predict(path)
+            counts[name] = (result.n_segments, result.n_segments_in_file, result.duration)
+
+        return run
+
+    methods = {name: method(name) for name in runs}
+    for run in methods.values():
+        run()
+    return time_rounds(methods, repeats), counts
+
+
+def song_table(timings: dict, counts: dict) -> str:
+    reference = timings["song, every segment"].median
+    rows = []
+    for name, timing in timings.items():
+        used, in_file, duration = counts[name]
+        rows.append([name, f"{duration / 60:.1f} min" if duration >= 60 else f"{duration:.0f} s",
+                     f"{used} of {in_file}", f"{timing.median:.3f}", fmt_range(timing.min, timing.max, 3),
+                     f"{timing.median / reference:.2f}"])
+    return markdown_table(["whole song (litert)", "audio", "segments", "median s", "min-max s",
+                           "cost vs every segment"], rows)
+
+
 def memory_table(memory: dict) -> str:
     rows = []
     for (name, label), mem in memory.items():
@@ -270,11 +311,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder of clips for the warm pass (default: ../shared/data/gtzan-mini/genres)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default: 3)")
     parser.add_argument("--long-seconds", type=float, default=3600.0, help="length of the long file (3600)")
+    parser.add_argument("--song-seconds", type=float, default=360.0,
+                        help="length of the whole-song file (360; --smoke: 60)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model, generated clips, one round, no Keras memory child (CI)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.repeats, args.long_seconds = 1, 30.0
+        args.repeats, args.long_seconds, args.song_seconds = 1, 30.0, 60.0
     elif not args.data.is_dir():
         parser.error(f"--data {args.data}: not a folder (the shared GTZAN clips are absent?); pass --data DIR "
                      "or use --smoke")
@@ -309,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         clip = files[0]
         clip_seconds = 5.0 if args.smoke else 30.0
         long_file = write_audio(tmp / "long.wav", args.long_seconds, features.sample_rate, seed=99)
+        song = write_audio(tmp / "song.wav", args.song_seconds, 44100, seed=7)  # resampled, as most songs are
 
         cold = cold_starts(bundles, clip, args.repeats)
         warm, outputs = warm_folder(bundles, files, args.repeats)
@@ -318,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = [name for name in METHODS if not (args.smoke and name == REFERENCE)]  # smoke: no 2nd TF start
         memory = {(name, label): peak_rss(bundles[METHODS[name][0]], METHODS[name][1], audio)
                   for name in measured for label, audio in sizes}
+        song_timings, song_counts = whole_song(bundles["fp32"], song, clip, args.repeats)
 
     print(f"Model: {model_note}; features {features.sample_rate} Hz, {features.n_mels} mels, "
           f"{features.segment_frames}-frame segments. Warm folder: {data_note}. Cold-start clip: {clip.name}. "
@@ -328,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     print(warm_table(warm, parity(outputs), len(files)))
     print()
     print(memory_table(memory))
+    print()
+    print(song_table(song_timings, song_counts))
     print()
     print(f"Medians of {args.repeats} interleaved round(s); ratios are {REFERENCE} median / method median, "
           "measured in this run.")

@@ -59,6 +59,23 @@ RESAMPLE_QUALITY = "HQ"
 #: so an offset into an MP3 is reached by decoding and discarding instead.
 _EXACT_SEEK_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AU", "AIFF", "FLAC", "OGG", "CAF"})
 
+#: Seconds decoded before (and after) a window read by :class:`WindowReader`, so the resampler's start-up
+#: (and end) transient lies outside the window. soxr HQ's transient is a few ms (tests: 10 ms already give
+#: the whole-stream samples within 3e-7).
+WINDOW_CONTEXT_SECONDS = 0.1
+
+
+def _window_seek_formats() -> frozenset[str]:
+    """Formats whose window reads may seek: the exact ones, and MP3 from libsndfile 1.1 on (mpg123's
+    sample-accurate seek; checked against a sequential decode in tests/test_whole_song.py). Not OGG:
+    libsndfile 1.2.2 lands 16 samples off when it seeks into a stream's last page, so an end window of an
+    Ogg file would not be the stream's; Ogg files are streamed whole."""
+    try:
+        version = tuple(int(part) for part in sf.__libsndfile_version__.split(".")[:2])
+    except (AttributeError, ValueError):  # pragma: no cover - an unusual soundfile build
+        version = (0, 0)
+    return (_EXACT_SEEK_FORMATS - {"OGG"}) | ({"MP3"} if version >= (1, 1) else set())
+
 
 @dataclass(frozen=True)
 class AudioInfo:
@@ -161,6 +178,93 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     if orig_sr == target_sr or signal.shape[0] == 0:
         return signal.copy()
     return np.asarray(soxr.resample(signal, orig_sr, target_sr, quality=RESAMPLE_QUALITY), dtype=np.float32)
+
+
+@contextmanager
+def open_windows(path: str | os.PathLike, sr: int):
+    """Open a file for window reads at ``sr`` Hz: a :class:`WindowReader`, or None when the file must be
+    streamed instead (not a libsndfile format, no reliable seek, no frame count); closed on exit.
+
+    Raises
+    ------
+    AudioError
+        The path is missing, a directory, empty or unopenable.
+    """
+    checked = _check_path(path)
+    _check_sr(checked, sr)
+    try:
+        with native_stderr_silenced():
+            handle = sf.SoundFile(checked)
+    except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError):
+        yield None  # not libsndfile's: the stream (audioread) reads it, or says why it cannot
+        return
+    with handle:
+        reader = WindowReader(checked, _SoundFileDecoder(checked, handle), sr)
+        yield reader if reader.seekable else None
+
+
+class WindowReader:
+    """Random access to a file's mono signal at a target rate: seek, decode a window, resample it.
+
+    ``read(a, b)`` gives the samples ``[a, b)`` of the signal :func:`load_audio` would return (zeros outside
+    it), decoding only the window plus :data:`WINDOW_CONTEXT_SECONDS` on each side. The resampler is
+    started at a native frame that maps exactly onto an output sample (a multiple of
+    ``native_sr / gcd(native_sr, sr)``), so after the context its output is the whole stream's within
+    float rounding. Only :attr:`seekable` files can be read this way (libsndfile formats with a reliable
+    seek and a frame count); the rest must be streamed.
+    """
+
+    def __init__(self, path: str, decoder, sr: int):
+        self.path = path
+        self.sr = int(sr)
+        self.info: AudioInfo = decoder.info
+        self._decoder = decoder
+        self.seekable = (
+            isinstance(decoder, _SoundFileDecoder)
+            and self.info.format in _window_seek_formats()
+            and bool(decoder._handle.seekable())
+            and self.info.frames > 0
+        )
+        native = self.info.sample_rate
+        gcd = math.gcd(native, self.sr)
+        self._native_step, self._out_step = native // gcd, self.sr // gcd
+        self._context = 0 if native == self.sr else math.ceil(WINDOW_CONTEXT_SECONDS * self.sr)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples of the signal at ``sr`` as the header declares them (the resampled length)."""
+        return round(self.info.frames * self.sr / self.info.sample_rate)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """float32 samples ``[start, stop)`` at ``sr`` (``start`` may be negative); zeros outside the signal."""
+        if not self.seekable:
+            raise AudioError(f"{self.path}: cannot read windows of this file (format {self.info.format})")
+        start, stop = int(start), int(stop)
+        out = np.zeros(max(0, stop - start), dtype=np.float32)
+        lo = max(start - self._context, 0)
+        lo -= lo % self._out_step  # an output sample that is exactly a native frame
+        native_lo = lo // self._out_step * self._native_step
+        if stop <= 0 or native_lo >= self.info.frames:
+            return out
+        native_hi = math.ceil((stop + self._context) * self._native_step / self._out_step) + 1
+        pieces = self._native(native_lo, native_hi)
+        y = np.concatenate(list(_resample_stream(pieces, self.info.sample_rate, self.sr)) or [out[:0]])
+        # y[k] is output sample lo + k
+        first = max(start, lo)
+        piece = y[first - lo : stop - lo]
+        out[first - start : first - start + piece.size] = piece
+        return out
+
+    def _native(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Mono native frames ``[start, stop)`` (fewer at the end of the file), in READ_FRAMES reads."""
+        decoder = self._decoder
+        position = decoder._seek(start)
+        while position < stop:
+            block = decoder._read(min(READ_FRAMES, stop - position), position)
+            if block.shape[0] == 0:
+                return
+            position += block.shape[0]
+            yield _downmix(self.path, block)
 
 
 # --------------------------------------------------------------------------- the decoding road

@@ -118,6 +118,9 @@ def cmd_tune(args) -> int:
         found = f", trial {best['trial']} {best['objective']['name']}={best['objective']['value']:.4f}"
     print(f"reduction ratios {best['model']['reduction_ratios']} ({best['source']}{found}) -> {args.out}",
           file=sys.stderr)
+    for label, scores in best.get("references", {}).items():
+        objective = best["objective"]["name"]
+        print(f"  reference {label}: {objective}={scores[objective]:.4f}", file=sys.stderr)
     return 0
 
 
@@ -144,7 +147,9 @@ def cmd_evaluate(args) -> int:
         _params(args), store_dir=args.features, bundle_dir=args.model, reports_dir=args.reports, log=_log(args)
     )
     line = (f"test clips: accuracy {metrics['clip']['accuracy']:.3f}, macro-F1 {metrics['clip']['macro_f1']:.3f} "
-            f"(n={metrics['n_clips']}); segments: accuracy {metrics['segment']['accuracy']:.3f}")
+            f"(n={metrics['n_clips']}); segments: accuracy {metrics['segment']['accuracy']:.3f}; "
+            f"clip ECE {metrics['clip']['ece']:.3f} -> {metrics['clip']['ece_calibrated']:.3f} "
+            f"(T={metrics['temperature']:.2f})")
     if "cv" in metrics:
         cv = metrics["cv"]
         line += (f"; {cv['folds']}-fold CV clip accuracy {cv['clip_accuracy_mean']:.3f} "
@@ -278,10 +283,14 @@ def _inference_needs_tf(args) -> bool:
 
 
 def cmd_predict(args) -> int:
-    from .inference import Failure, GenreClassifier, PredictionFormatter
+    from .inference import DEFAULT_MAX_SEGMENTS, Failure, GenreClassifier, PredictionFormatter
 
+    # a timeline shows every segment, so it reads them all unless --max-segments says otherwise
+    max_segments = args.max_segments if args.max_segments is not None else 0 if args.timeline else DEFAULT_MAX_SEGMENTS
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
-                                      batch_size=args.batch_size, aggregate=args.aggregate)
+                                      batch_size=args.batch_size, aggregate=args.aggregate,
+                                      uncertain_below=args.uncertain_below, max_segments=max_segments,
+                                      silence_db=args.silence_db)
     files, n_empty = _expand_inputs(args.paths)
     n_failed = n_empty
     formatter = PredictionFormatter(args.format, args.top_k, args.timeline, classifier.provenance())
@@ -399,6 +408,40 @@ def _add_params(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _decibels_or_off(text: str) -> float | None:
+    import math
+
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a level in dB (e.g. -60) or 'off', got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite level in dB or 'off', got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -484,6 +527,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", action="store_true", help="also give the genre of every segment with its times")
     p.add_argument("--aggregate", choices=("mean", "vote"), default="mean",
                    help="segment probabilities -> file distribution (default: %(default)s, as evaluate)")
+    p.add_argument("--uncertain-below", type=_probability, metavar="P",
+                   help="mark a file uncertain when its top probability is below P (default: the bundle's "
+                        "predict.uncertain_below, 0.4)")
+    from .inference import DEFAULT_MAX_SEGMENTS, DEFAULT_SILENCE_DB
+
+    p.add_argument("--max-segments", type=_count, metavar="N",
+                   help=f"predict from at most N segments spread over the whole file, reading only those "
+                        f"windows of a long file; 0: every segment (default: {DEFAULT_MAX_SEGMENTS}, or 0 with "
+                        "--timeline)")
+    p.add_argument("--silence-db", type=_decibels_or_off, default=DEFAULT_SILENCE_DB, metavar="DB",
+                   help="leave segments whose loudest frame is below DB (re full scale) out of the file's "
+                        "genre, unless all are; 'off': keep all (default: %(default)s)")
     p.set_defaults(func=cmd_predict, needs_tf=_inference_needs_tf)
 
     p = sub.add_parser("embed", help="embeddings (the layer before the classifier) of audio files")

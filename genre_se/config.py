@@ -202,6 +202,12 @@ class TrainConfig:
     lr_decay_patience: int = 3         # plateau: halve the rate after this many epochs without improvement
     fit_all: bool = False              # train stage only: fit every clip (no valid/test), see run_train
     calibrate: bool = True             # train stage: fit a temperature on the valid split (false: T = 1)
+    # Recording conditions, applied to the log-mel segments in this order (after gain_db), all off by default:
+    eq_tilt_db: float = 0.0            # random linear EQ tilt over the mel bands, ends at -t .. +t dB, |t| <= this
+    compression: bool | float = False  # above-median dB pulled toward the median by up to this fraction (true: 0.5)
+    noise_snr_db: list | None = None   # [low, high]: add coloured (white..pink) noise at a random SNR in dB
+    pitch_shift_semitones: float = 0.0  # random shift of the mel axis by up to +-this many semitones
+    time_stretch: float = 0.0          # random time-axis resampling rate in [1 - this, 1 + this]
 
     def validate(self, p: str) -> None:
         _require(self.epochs >= 1, f"{p}.epochs", "must be >= 1")
@@ -212,6 +218,34 @@ class TrainConfig:
         _require(0 <= self.label_smoothing < 1, f"{p}.label_smoothing", "must be in [0, 1) (0 turns it off)")
         _require(0 <= self.gain_db <= 40, f"{p}.gain_db", "must be in [0, 40] dB (0 turns it off)")
         _require(self.lr_decay_patience >= 1, f"{p}.lr_decay_patience", "must be >= 1")
+        _require(0 <= self.eq_tilt_db <= 40, f"{p}.eq_tilt_db", "must be in [0, 40] dB (0 turns it off)")
+        _require(
+            isinstance(self.compression, bool) or 0 <= self.compression <= 1,
+            f"{p}.compression",
+            f"must be true/false or an amount in [0, 1], got {self.compression!r}",
+        )
+        if self.noise_snr_db is not None:
+            snr = self.noise_snr_db
+            ok = len(snr) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in snr)
+            _require(ok, f"{p}.noise_snr_db", f"must be null or [low, high] in dB, got {snr!r}")
+            _require(
+                -20 <= snr[0] <= snr[1] <= 100,
+                f"{p}.noise_snr_db",
+                f"needs -20 <= low <= high <= 100 dB, got {list(snr)!r}",
+            )
+        _require(
+            0 <= self.pitch_shift_semitones <= 12,
+            f"{p}.pitch_shift_semitones",
+            "must be in [0, 12] semitones (0 turns it off)",
+        )
+        _require(0 <= self.time_stretch <= 0.5, f"{p}.time_stretch", "must be in [0, 0.5] (0 turns it off)")
+
+    @property
+    def compression_amount(self) -> float:
+        """``compression`` as a number: false 0, true 0.5 (at most halve the range above the median)."""
+        if isinstance(self.compression, bool):
+            return 0.5 if self.compression else 0.0
+        return float(self.compression)
 
 
 @dataclass(frozen=True)
@@ -238,9 +272,19 @@ class TuneConfig:
     epochs: int = 3
     patience: int = 2
     initial_points: int | None = None
+    # Fixed points trained after the search under the same protocol, for comparison: a number is one shared r,
+    # "no_se" the plain CNN. Not part of the search (changing them does not restart it).
+    references: list = field(default_factory=lambda: [16, "no_se"])
 
     def validate(self, p: str) -> None:
         lows, highs = self.r_bounds(p)
+        _require(isinstance(self.references, list), f"{p}.references", "must be a list (numbers and/or 'no_se')")
+        for ref in self.references:
+            _require(
+                ref == "no_se" or (isinstance(ref, (int, float)) and not isinstance(ref, bool) and ref > 0),
+                f"{p}.references",
+                f"entries must be a reduction ratio > 0 or 'no_se', got {ref!r}",
+            )
         for low, high in zip(lows, highs):
             _require(high > low, f"{p}.r_max", f"must be > r_min in every block, got {high!r} <= {low!r}")
         if self.r_type == "int":

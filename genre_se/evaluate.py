@@ -20,8 +20,13 @@ from .fileio import atomic_path, write_csv, write_json
 from .metrics import aggregate_clips, classification_scores
 
 
-def evaluate_rows(model, store: FeatureStore, rows: np.ndarray) -> tuple[dict, pd.DataFrame]:
-    """Scores of ``model`` on some store rows, and the per-clip predictions table."""
+def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: float = 1.0) -> tuple[dict, pd.DataFrame]:
+    """Scores of ``model`` on some store rows, and the per-clip predictions table.
+
+    ``temperature`` is the bundle's calibration: accuracies do not depend on it, the clip ECE is reported
+    without (``ece``) and with it (``ece_calibrated``), and the table has both confidences.
+    """
+    from .calibration import apply_temperature, expected_calibration_error
     from .train import predict_rows
 
     if len(rows) == 0:
@@ -32,8 +37,13 @@ def evaluate_rows(model, store: FeatureStore, rows: np.ndarray) -> tuple[dict, p
     clips = aggregate_clips(table["clip_id"].to_numpy(), probs, seg_true)
     seg = classification_scores(seg_true, probs.argmax(axis=1), store.labels)
     clip = classification_scores(clips["label"].to_numpy(), clips["pred"].to_numpy(), store.labels)
+    calibrated = aggregate_clips(table["clip_id"].to_numpy(), apply_temperature(probs, temperature), seg_true)
+    clip_probs, calibrated_probs = np.stack(clips["probs"]), np.stack(calibrated["probs"])
     metrics = {
-        "clip": {"accuracy": clip["accuracy"], "macro_f1": clip["macro_f1"]},
+        "clip": {"accuracy": clip["accuracy"], "macro_f1": clip["macro_f1"],
+                 "ece": expected_calibration_error(clip_probs, clips["label"].to_numpy()),
+                 "ece_calibrated": expected_calibration_error(calibrated_probs, clips["label"].to_numpy())},
+        "temperature": float(temperature),
         "segment": {"accuracy": seg["accuracy"], "macro_f1": seg["macro_f1"]},
         "n_clips": int(len(clips)),
         "n_segments": int(len(rows)),
@@ -45,7 +55,8 @@ def evaluate_rows(model, store: FeatureStore, rows: np.ndarray) -> tuple[dict, p
             "clip_id": clips.index,
             "actual": [store.labels[i] for i in clips["label"]],
             "predicted": [store.labels[i] for i in clips["pred"]],
-            "confidence": [float(p.max()) for p in clips["probs"]],
+            "confidence": clip_probs.max(axis=1),
+            "confidence_calibrated": calibrated_probs.max(axis=1),
             "n_segments": clips["n_segments"].to_numpy(),
         }
     )
@@ -71,6 +82,46 @@ def plot_confusion(matrix, labels: list[str], path: str | Path, title: str) -> N
     for (i, j), v in np.ndenumerate(matrix):
         if v:
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(predictions: pd.DataFrame, path: str | Path, temperature: float, n_bins: int = 15) -> None:
+    """Reliability diagram of the test clips: accuracy per confidence bin, raw and temperature-scaled.
+
+    A calibrated model lies on the diagonal; bars below it are over-confident. Bins hold few clips on small
+    test sets, so the counts are printed on the raw bars.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .calibration import reliability_bins
+
+    correct = (predictions["actual"] == predictions["predicted"]).to_numpy()
+    fig, ax = plt.subplots(figsize=(5.0, 5.0))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    width = 1.0 / n_bins
+    for column, name, offset, color in (("confidence", "raw", -0.22, "tab:red"),
+                                        ("confidence_calibrated", f"T = {temperature:.2f}", 0.22, "tab:blue")):
+        bins = reliability_bins(predictions[column].to_numpy(dtype=np.float64), correct, n_bins)
+        centers = bins["edges"][:-1] + width / 2
+        shown = bins["counts"] > 0
+        gaps = np.abs(bins["accuracy"][shown] - bins["confidence"][shown])
+        ece = float((bins["counts"][shown] * gaps).sum() / len(predictions))
+        bars = ax.bar(centers[shown] + offset * width, bins["accuracy"][shown], width=0.42 * width, color=color,
+                      alpha=0.8, label=f"{name} (ECE {ece:.3f})")
+        if column == "confidence":
+            ax.bar_label(bars, labels=[str(c) for c in bins["counts"][shown]], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"test clips (n={len(predictions)})")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -135,7 +186,10 @@ def run_evaluate(
         raise DatasetError(f"{bundle_dir}: bundle labels {bundle.labels} differ from the store's {store.labels}")
     if bundle.feature_config.to_dict() | {"workers": 0} != store.features.to_dict() | {"workers": 0}:
         raise DatasetError(f"{bundle_dir}: the bundle was trained on other features than {store_dir} holds")
-    metrics, predictions = evaluate_rows(bundle.model, store, store.rows("test"))
+    from .calibration import Calibration
+
+    calibration = Calibration.from_dict(bundle.extra.get("calibration"), str(bundle_dir))
+    metrics, predictions = evaluate_rows(bundle.model, store, store.rows("test"), calibration.temperature)
     reports = Path(reports_dir)
     if params.evaluate.folds > 1:
         from .config import ModelConfig, from_dict
@@ -151,6 +205,7 @@ def run_evaluate(
     write_csv(reports / "predictions.csv", predictions)
     plot_confusion(matrix, store.labels, reports / "confusion_matrix.png",
                    f"test clips (n={metrics['n_clips']}), accuracy {metrics['clip']['accuracy']:.2f}")
+    plot_reliability(predictions, reports / "reliability.png", calibration.temperature)
     metrics["confusion_matrix"] = matrix
     metrics["per_class"] = per_class
     return metrics

@@ -43,6 +43,10 @@ __all__ = [
     "floor_db",
     "n_segments_for",
     "concat_segments",
+    "frame_loudness",
+    "segment_start_frames",
+    "spread_indices",
+    "iter_selected_segments",
 ]
 
 
@@ -122,6 +126,18 @@ class MelFrontend:
     @property
     def n_mels(self) -> int:
         return int(self.basis.shape[0])
+
+    @property
+    def white_noise_db(self) -> float:
+        """Mean mel power (dB) of unit-variance white noise: E|X_k|^2 = sum(w^2) in every FFT bin.
+
+        Subtracting it turns a frame's mean mel power into a level in dB re full scale (white noise of RMS
+        1.0 reads 0 dB), whatever n_fft, window, n_mels or rate; see :func:`frame_loudness`.
+        """
+        if not hasattr(self, "_white_noise_db"):
+            gain = float(np.sum(self.window.astype(np.float64) ** 2)) * float(self.basis.sum(axis=1).mean())
+            self._white_noise_db = float(10.0 * np.log10(max(gain, 1e-30)))
+        return self._white_noise_db
 
     @property
     def n_fft(self) -> int:
@@ -224,6 +240,24 @@ class LogMelStream:
         return self._emit(limit=total - self._n_frames)
 
 
+def frame_loudness(spec: np.ndarray, cfg: FeatureConfig, frontend: MelFrontend | None = None) -> np.ndarray:
+    """Level of each frame of an (n_mels, n_frames) log-mel in dB re full scale (RMS), shape (n_frames,).
+
+    The mean mel power of the frame against that of unit-variance white noise
+    (:attr:`MelFrontend.white_noise_db`): white noise of RMS -80 dBFS reads about -80, a full-scale sine about
+    +2, digital silence the power floor (-100 dB less the calibration, far below any threshold). It uses the
+    features' own dB values with the fixed ``ref_power`` put back, so it never depends on the model's input
+    standardisation or on a per-clip maximum. Used to mark near-silent segments.
+    """
+    frontend = MelFrontend.for_config(cfg) if frontend is None else frontend
+    spec = np.asarray(spec, dtype=np.float32)
+    if spec.shape[1] == 0:
+        return np.zeros(0, dtype=np.float32)
+    # mean over bands of the power 10**(dB/10) (float64: dB values of audio stay far from its limits)
+    mean_power_db = 10.0 * np.log10(np.power(10.0, spec.astype(np.float64) / 10.0).mean(axis=0))
+    return (mean_power_db + 10.0 * np.log10(cfg.ref_power) - frontend.white_noise_db).astype(np.float32)
+
+
 def log_mel(y: np.ndarray, cfg: FeatureConfig, frontend: MelFrontend | None = None) -> np.ndarray:
     """Log-mel spectrogram (n_mels, 1 + len(y) // hop_length) in dB of a mono signal at ``cfg.sample_rate``."""
     stream = LogMelStream(cfg, frontend=frontend)
@@ -244,12 +278,15 @@ class Segments:
     start_frames : ndarray of int64, the first frame of each segment in the clip
     pad_frames : ndarray of int64, how many frames of each segment are padding (clips shorter than a segment)
     n_frames : int, frames of the whole clip (so far, for a batch of a stream)
+    loudness_db : ndarray of float32 or None, each segment's loudest frame (:func:`frame_loudness`); set by
+        the streaming/selected paths that serve prediction, None from :func:`segment`
     """
 
     data: np.ndarray
     start_frames: np.ndarray
     pad_frames: np.ndarray
     n_frames: int
+    loudness_db: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.data)
@@ -275,6 +312,24 @@ def segment(spec: np.ndarray, cfg: FeatureConfig) -> Segments:
     windows = np.lib.stride_tricks.sliding_window_view(spec, length, axis=1)[:, starts]  # (mels, N, length)
     data = np.ascontiguousarray(windows.transpose(1, 0, 2))[..., None].astype(np.float32)
     return Segments(data, starts, np.full(len(starts), pad, dtype=np.int64), n_frames)
+
+
+def segment_start_frames(n_frames: int, cfg: FeatureConfig) -> np.ndarray:
+    """First frame of every segment a clip of ``n_frames`` frames gives (what :func:`segment` cuts)."""
+    return _segment_starts(int(n_frames), cfg.segment_frames, cfg.segment_hop)
+
+
+def spread_indices(n: int, k: int | None) -> np.ndarray:
+    """``min(n, k)`` indices into ``range(n)`` spread evenly from the first to the last (all when k is 0/None).
+
+    How a bounded prediction chooses its segments: the first and the last (end-aligned) segment are always
+    among them, so the choice covers the whole song.
+    """
+    if not k or k >= n:
+        return np.arange(n, dtype=np.int64)
+    if k == 1:
+        return np.array([(n - 1) // 2], dtype=np.int64)
+    return np.round(np.linspace(0, n - 1, k)).astype(np.int64)  # spacing >= 1: distinct
 
 
 def segment_times(start_frames: np.ndarray, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -317,30 +372,40 @@ def iter_segment_batches(
     """
     length, hop = cfg.segment_frames, cfg.segment_hop
     stream = LogMelStream(cfg, frontend=frontend)
+    frontend = stream.frontend
     held = np.zeros((cfg.n_mels, 0), dtype=np.float32)  # frames from `held_start` on
+    held_loud = np.zeros(0, dtype=np.float32)  # frame_loudness of `held`
     held_start = 0  # clip frame index of held[:, 0]
     next_start = 0  # next regular segment start
     pending: list[np.ndarray] = []
     pending_starts: list[int] = []
+    pending_loud: list[float] = []
     last_emitted = -1
 
     def flush() -> Segments:
-        nonlocal pending, pending_starts
+        nonlocal pending, pending_starts, pending_loud
         batch = Segments(
             np.stack(pending)[..., None],
             np.asarray(pending_starts, dtype=np.int64),
             np.zeros(len(pending), dtype=np.int64),
             held_start + held.shape[1],
+            np.asarray(pending_loud, dtype=np.float32),
         )
-        pending, pending_starts = [], []
+        pending, pending_starts, pending_loud = [], [], []
         return batch
 
+    def add(frames: np.ndarray) -> None:
+        nonlocal held, held_loud
+        held = np.concatenate([held, frames], axis=1)
+        held_loud = np.concatenate([held_loud, frame_loudness(frames, cfg, frontend)])
+
     def take_complete() -> Iterator[Segments]:
-        nonlocal held, held_start, next_start, last_emitted
+        nonlocal held, held_loud, held_start, next_start, last_emitted
         while next_start + length <= held_start + held.shape[1]:
             offset = next_start - held_start
             pending.append(held[:, offset : offset + length])
             pending_starts.append(next_start)
+            pending_loud.append(float(held_loud[offset : offset + length].max()))
             last_emitted = next_start
             next_start += hop
             if len(pending) == batch_size:
@@ -348,22 +413,25 @@ def iter_segment_batches(
         # keep only what a later segment (regular or end-aligned) can still need
         keep_from = min(next_start, max(held_start, held_start + held.shape[1] - length))
         held = held[:, keep_from - held_start :].copy()
+        held_loud = held_loud[keep_from - held_start :].copy()
         held_start = keep_from
 
     for block in _blocks(source, cfg, block_seconds):
-        held = np.concatenate([held, stream.push(block)], axis=1)
+        add(stream.push(block))
         yield from take_complete()
-    held = np.concatenate([held, stream.finish()], axis=1)
+    add(stream.finish())
     yield from take_complete()
     n_frames = held_start + held.shape[1]
     if n_frames < length:  # shorter than one segment: pad with silence, record the padding
         short = segment(held, cfg)
-        yield Segments(short.data, short.start_frames, short.pad_frames, n_frames)
+        loudness = np.array([held_loud.max() if held_loud.size else floor_db(cfg)], dtype=np.float32)
+        yield Segments(short.data, short.start_frames, short.pad_frames, n_frames, loudness)
         return
     end_start = n_frames - length
     if last_emitted < end_start:  # the hop did not land on the end: one end-aligned segment
         pending.append(held[:, end_start - held_start :])
         pending_starts.append(end_start)
+        pending_loud.append(float(held_loud[end_start - held_start :].max()))
     if pending:
         yield flush()
 
@@ -377,12 +445,87 @@ def extract_segments(source: str | Path | np.ndarray, cfg: FeatureConfig, **kwar
 def concat_segments(batches: Iterable[Segments]) -> Segments:
     """Join the batches of one clip back into one :class:`Segments`."""
     batches = list(batches)
+    loudness = [b.loudness_db for b in batches]
     return Segments(
         np.concatenate([b.data for b in batches]).astype(np.float32, copy=False),
         np.concatenate([b.start_frames for b in batches]),
         np.concatenate([b.pad_frames for b in batches]),
         batches[-1].n_frames,
+        None if any(x is None for x in loudness) else np.concatenate(loudness),
     )
+
+
+def iter_selected_segments(
+    read,
+    start_frames: np.ndarray,
+    n_frames: int,
+    cfg: FeatureConfig,
+    *,
+    batch_size: int = 64,
+    span_frames: int = 2048,
+    frontend: MelFrontend | None = None,
+) -> Iterator[Segments]:
+    """Segments at chosen start frames, computed from windows of the signal only (a long file's spread).
+
+    ``read(a, b)`` returns the signal's samples ``[a, b)`` at ``cfg.sample_rate`` as float32 of length
+    ``b - a``, zeros outside the signal (``a`` may be negative); a segment then needs its frames' samples
+    plus ``n_fft // 2`` on each side, nothing else, and its frames are computed exactly as
+    :class:`LogMelStream` computes them, so they equal the whole-stream frames up to float rounding (and up
+    to what ``read`` changes, e.g. a resampler started at the window). Nearby segments share one window of
+    at most ``span_frames`` frames. Segments come in start order, in batches of ``batch_size``, with
+    :attr:`Segments.loudness_db`; ``n_frames`` (the whole clip's frames) is recorded in each batch.
+    """
+    frontend = MelFrontend.for_config(cfg) if frontend is None else frontend
+    length, hop, n_fft = cfg.segment_frames, cfg.hop_length, cfg.n_fft
+    starts = np.unique(np.asarray(start_frames, dtype=np.int64))
+    if starts.size and (starts[0] < 0 or starts[-1] + length > max(int(n_frames), length)):
+        raise ValueError(f"segment starts must lie in [0, {int(n_frames) - length}], got {starts[0]}..{starts[-1]}")
+    pending: list[np.ndarray] = []
+    pending_starts: list[int] = []
+    pending_loud: list[float] = []
+
+    def flush() -> Segments:
+        nonlocal pending, pending_starts, pending_loud
+        batch = Segments(np.stack(pending)[..., None], np.asarray(pending_starts, dtype=np.int64),
+                         np.zeros(len(pending), dtype=np.int64), int(n_frames),
+                         np.asarray(pending_loud, dtype=np.float32))
+        pending, pending_starts, pending_loud = [], [], []
+        return batch
+
+    for span in _spans(starts, length, max(int(span_frames), length)):
+        first, count = int(span[0]), int(span[-1]) + length - int(span[0])
+        # frame t is centred on sample t * hop: n_fft // 2 samples before the first frame's centre
+        a = first * hop - n_fft // 2
+        y = np.asarray(read(a, a + (count - 1) * hop + n_fft), dtype=np.float32)
+        spec = np.concatenate([
+            _frames_to_db(np.lib.stride_tricks.sliding_window_view(
+                y[i * hop : (i + min(1024, count - i) - 1) * hop + n_fft], n_fft)[::hop], cfg, frontend)
+            for i in range(0, count, 1024)
+        ], axis=1)
+        loud = frame_loudness(spec, cfg, frontend)
+        for start in span:
+            offset = int(start) - first
+            pending.append(spec[:, offset : offset + length])
+            pending_starts.append(int(start))
+            pending_loud.append(float(loud[offset : offset + length].max()))
+            if len(pending) == batch_size:
+                yield flush()
+    if pending:
+        yield flush()
+
+
+def _spans(starts: np.ndarray, length: int, span_frames: int) -> Iterator[np.ndarray]:
+    """Group sorted starts into windows: a segment joins the previous one's window when the gap between
+    them is under half a segment (reading it costs less than a new window) and the window stays within
+    ``span_frames`` frames."""
+    group: list[int] = []
+    for start in starts:
+        if group and (start - group[-1] - length > length // 2 or start + length - group[0] > span_frames):
+            yield np.asarray(group, dtype=np.int64)
+            group = []
+        group.append(int(start))
+    if group:
+        yield np.asarray(group, dtype=np.int64)
 
 
 def n_segments_for(n_samples: int, cfg: FeatureConfig) -> int:

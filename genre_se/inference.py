@@ -12,7 +12,9 @@ model. Both see the same segments and give the same probabilities within float r
 Files are processed as a stream: a background thread decodes audio and computes segment batches into a
 bounded queue while the main thread runs the model, so an hour-long file costs the memory of a few
 batches and decoding overlaps with inference. Only the per-segment outputs (a few numbers per segment)
-are kept for a file.
+are kept for a file. With ``max_segments`` a long file is not streamed at all: only windows around a
+spread of its segments are decoded (:func:`genre_se.features.iter_selected_segments`), and near-silent
+segments are left out of the file's distribution (``silence_db``).
 
 The output helpers at the end (:class:`PredictionFormatter`, :func:`write_embeddings`) turn results into
 the CLI's table/JSON/CSV text and into numpy/pandas-loadable embedding files; they return text or write
@@ -21,6 +23,7 @@ files atomically and never print.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -62,6 +65,13 @@ POOLS = ("mean", "none")
 EMBED_FORMATS = ("npy", "npz", "parquet")
 #: Runtimes: "auto" is the bundle's LiteRT export when it has one, else Keras.
 BACKENDS = ("auto", "litert", "keras")
+#: `genre-se predict` reads at most this many segments of a file, spread evenly over the whole of it (a
+#: 30-s clip has 20 segments and is read whole; a 6-minute song costs about as much). 0: every segment.
+DEFAULT_MAX_SEGMENTS = 24
+#: A segment whose loudest frame is below this level (dB re full scale, see features.frame_loudness) is
+#: near-silent and left out of the file's distribution. GTZAN's quietest segments are above -35 dB;
+#: digital silence, 16-bit dither (-73 dB) and -80 dB noise are below.
+DEFAULT_SILENCE_DB = -60.0
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -159,6 +169,14 @@ class Prediction:
     duration : float
         Seconds of audio (exact for arrays and most formats; within one hop for MP3).
     aggregate : str
+    uncertain : bool
+        The top probability is below the classifier's ``uncertain_below`` (the answer is a guess; the
+        top-k still says what the model leans to).
+    segment_silent : ndarray (n_segments,) of bool, optional
+        Near-silent segments (loudest frame below the classifier's ``silence_db``): listed, but left out of
+        ``probabilities`` unless every segment is silent (``all_silent``, then all of them are used).
+    n_segments_in_file : int, optional
+        Segments the whole file has; more than ``n_segments`` when ``max_segments`` chose a spread of them.
     """
 
     path: str | None
@@ -169,10 +187,21 @@ class Prediction:
     segment_ends: np.ndarray
     duration: float
     aggregate: str = "mean"
+    uncertain: bool = False
+    segment_silent: np.ndarray | None = None
+    all_silent: bool = False
+    n_segments_in_file: int | None = None
 
     @property
     def n_segments(self) -> int:
         return len(self.segment_probabilities)
+
+    @property
+    def silent(self) -> np.ndarray:
+        """Which segments are near-silent (all False when silence was not measured)."""
+        if self.segment_silent is None:
+            return np.zeros(self.n_segments, dtype=bool)
+        return np.asarray(self.segment_silent, dtype=bool)
 
     @property
     def genre(self) -> str:
@@ -197,8 +226,11 @@ class Prediction:
                 "end": float(end),
                 "genre": self.labels[i],
                 "probability": float(probs[i]),
+                "silent": bool(silent),
             }
-            for start, end, i, probs in zip(self.segment_starts, self.segment_ends, best, self.segment_probabilities)
+            for start, end, i, probs, silent in zip(
+                self.segment_starts, self.segment_ends, best, self.segment_probabilities, self.silent
+            )
         ]
 
     def to_dict(self, top_k: int = 3, timeline: bool = False) -> dict:
@@ -208,9 +240,14 @@ class Prediction:
             "duration": round(float(self.duration), 4),
             "n_segments": self.n_segments,
             "genre": self.genre,
+            "uncertain": bool(self.uncertain),
             "top": [{"genre": g, "probability": p} for g, p in self.top(top_k)],
             "probabilities": self.distribution(),
+            "silent_segments": int(self.silent.sum()),
+            "all_silent": bool(self.all_silent),
         }
+        if self.n_segments_in_file is not None and self.n_segments_in_file != self.n_segments:
+            record["segments_in_file"] = int(self.n_segments_in_file)
         if timeline:
             record["timeline"] = self.timeline()
         return record
@@ -264,6 +301,8 @@ class _FileOutputs:
     start_frames: np.ndarray
     n_frames: int
     duration_hint: float | None
+    loudness: np.ndarray | None = None  # each segment's loudest frame, dB re full scale
+    n_segments_in_file: int | None = None  # None: these are all of them
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,17 +325,21 @@ class _Source:
 class _SegmentProducer:
     """Decodes sources into segment batches on a background thread, into a bounded queue.
 
-    Items are ``(index, Segments)``, ``(index, (_END, duration_hint))`` or ``(index, GenreSEError)``,
-    then ``(None, _DONE)``. Closing the consumer's iteration stops the thread at its next put.
+    Items are ``(index, Segments)``, ``(index, (_END, duration_hint, n_segments_in_file))`` or
+    ``(index, GenreSEError)``, then ``(None, _DONE)``. Closing the consumer's iteration stops the thread at
+    its next put. With ``max_segments``, a source of known length with more segments than that gives only
+    a spread of them, computed from windows of the signal (``n_segments_in_file`` then says how many the
+    whole source has; None: every segment was sent).
     """
 
     def __init__(self, sources: Sequence[_Source], cfg: FeatureConfig, batch_size: int, block_seconds: float,
-                 depth: int, frontend=None):
+                 depth: int, frontend=None, max_segments: int = 0):
         self._sources = sources
         self._cfg = cfg
         self._frontend = frontend
         self._batch_size = batch_size
         self._block_seconds = block_seconds
+        self._max_segments = max_segments
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
 
@@ -336,21 +379,71 @@ class _SegmentProducer:
 
         try:
             hint = source.duration if source.path is None else _header_duration(source.path)
-            data = source.path if source.path is not None else source.signal
-            batches = iter_segment_batches(
-                data, self._cfg, batch_size=self._batch_size, block_seconds=self._block_seconds,
-                frontend=self._frontend,
-            )
-            for batch in batches:
-                if not self._put((index, batch)):
-                    return False
-            item = (index, (_END, hint))
+            with contextlib.ExitStack() as stack:
+                batches, n_in_file = None, None
+                if self._max_segments:
+                    reader = stack.enter_context(_window_reader(source, self._cfg.sample_rate))
+                    if reader is not None:
+                        batches, n_in_file = self._spread(reader)
+                if batches is None:
+                    data = source.path if source.path is not None else source.signal
+                    batches = iter_segment_batches(
+                        data, self._cfg, batch_size=self._batch_size, block_seconds=self._block_seconds,
+                        frontend=self._frontend,
+                    )
+                for batch in batches:
+                    if not self._put((index, batch)):
+                        return False
+            item = (index, (_END, hint, n_in_file))
         except GenreSEError as exc:
             item = (index, exc)
         except Exception as exc:  # a decoder/feature bug must fail this file, not hang or kill the batch
             where = source.path if source.path is not None else "array input"
             item = (index, AudioError(f"{where}: cannot compute features ({type(exc).__name__}: {exc})"))
         return self._put(item)
+
+    def _spread(self, reader) -> tuple[Iterator | None, int | None]:
+        """``max_segments`` segments spread over the source, read in windows, and how many it has; (None,
+        None) when it has no more than that (then it is streamed whole, which reads no more)."""
+        from .features import iter_selected_segments, segment_start_frames, spread_indices
+
+        cfg = self._cfg
+        n_frames = 1 + reader.n_samples // cfg.hop_length
+        starts = segment_start_frames(n_frames, cfg)
+        if len(starts) <= self._max_segments:
+            return None, None
+        chosen = starts[spread_indices(len(starts), self._max_segments)]
+        span = max(cfg.segment_frames, int(self._block_seconds * cfg.sample_rate / cfg.hop_length))
+        batches = iter_selected_segments(reader.read, chosen, n_frames, cfg, batch_size=self._batch_size,
+                                         span_frames=span, frontend=self._frontend)
+        return batches, len(starts)
+
+
+class _ArrayWindows:
+    """Window reads of an in-memory signal (already at the bundle's rate), like audio.WindowReader."""
+
+    def __init__(self, signal: np.ndarray):
+        self._signal = np.asarray(signal, dtype=np.float32)
+        self.n_samples = len(self._signal)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = np.zeros(max(0, stop - start), dtype=np.float32)
+        lo, hi = max(start, 0), min(stop, self.n_samples)
+        if hi > lo:
+            out[lo - start : hi - start] = self._signal[lo:hi]
+        return out
+
+
+@contextlib.contextmanager
+def _window_reader(source: _Source, sr: int):
+    """A window reader for the source, or None when it can only be streamed (see audio.open_windows)."""
+    if source.path is None:
+        yield _ArrayWindows(source.signal)
+        return
+    from .audio import open_windows
+
+    with open_windows(source.path, sr) as reader:
+        yield reader
 
 
 def _header_duration(path: str) -> float | None:
@@ -390,19 +483,51 @@ class GenreClassifier:
         Audio decoded per step; with ``batch_size`` it bounds the memory of a long file.
     prefetch : int
         Segment batches the decoding thread may prepare ahead of the model.
+    uncertain_below : float, optional
+        A prediction whose top probability is below this is marked uncertain; default: the bundle's
+        ``extra.calibration.uncertain_below`` (``predict.uncertain_below`` at training), else 0.4.
+    max_segments : int or None
+        Predict from at most this many segments, spread evenly from the first to the last: a file of known
+        length with more is read only in windows around them (a 6-minute song then costs about what a 30-s
+        clip does); other files are streamed whole and the same spread is kept. 0 or None (the default
+        here): every segment, as the evaluate stage; the CLI uses :data:`DEFAULT_MAX_SEGMENTS`. Embeddings
+        always use every segment.
+    silence_db : float or None
+        Segments whose loudest frame is below this level (dB re full scale) are left out of the file's
+        distribution (still listed, ``Prediction.segment_silent``); if every segment is, all are used
+        (``Prediction.all_silent``). None: no segment is left out.
+
+    The bundle's calibration temperature (``extra.calibration.temperature``, fitted on the validation split;
+    1 for bundles without one) scales every segment's probabilities before aggregation.
     """
 
     def __init__(self, bundle, *, batch_size: int = 64, aggregate: str = "mean", block_seconds: float = 30.0,
-                 prefetch: int = 4):
+                 prefetch: int = 4, uncertain_below: float | None = None, max_segments: int | None = 0,
+                 silence_db: float | None = DEFAULT_SILENCE_DB):
+        from .calibration import Calibration, check_threshold
+
         if aggregate not in AGGREGATIONS:
             raise ModelError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ModelError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        max_segments = 0 if max_segments is None else max_segments
+        if isinstance(max_segments, bool) or not isinstance(max_segments, (int, np.integer)) or max_segments < 0:
+            raise ModelError(f"max_segments must be an int >= 0 (0: every segment), got {max_segments!r}")
+        if silence_db is not None and (isinstance(silence_db, bool) or not isinstance(silence_db, (int, float))
+                                       or not np.isfinite(silence_db)):
+            raise ModelError(f"silence_db must be a finite number of dB or None, got {silence_db!r}")
+        self.max_segments = int(max_segments)
+        self.silence_db = None if silence_db is None else float(silence_db)
         self.bundle = bundle
         self.batch_size = batch_size
         self.aggregate = aggregate
         self.block_seconds = block_seconds
         self.prefetch = prefetch
+        extra = getattr(bundle, "extra", None) or {}
+        self.calibration = Calibration.from_dict(extra.get("calibration"), str(getattr(bundle, "path", "bundle")))
+        self.temperature = self.calibration.temperature
+        self.uncertain_below = (self.calibration.uncertain_below if uncertain_below is None
+                                else check_threshold(uncertain_below, "uncertain_below"))
         self._embedding_model = None
         self._check_input_shape()
 
@@ -482,6 +607,10 @@ class GenreClassifier:
             },
             "features": dict(self.bundle.features),
             "aggregate": self.aggregate,
+            "max_segments": self.max_segments,
+            "silence_db": self.silence_db,
+            "calibration": {"temperature": self.temperature, "fit_on": self.calibration.fit_on,
+                            "uncertain_below": self.uncertain_below},
         }
 
     # ------------------------------------------------------------------ prediction
@@ -511,22 +640,37 @@ class GenreClassifier:
         return self._predict_sources([_Source(os.fspath(p)) for p in paths], on_progress)
 
     def _predict_sources(self, sources, on_progress) -> Iterator[Prediction | Failure]:
-        for result in self._run(sources, self.bundle.model, on_progress):
+        for result in self._run(sources, self.bundle.model, on_progress, max_segments=self.max_segments):
             yield result if isinstance(result, Failure) else self._to_prediction(result)
 
     def _to_prediction(self, raw: _FileOutputs) -> Prediction:
-        probs = raw.outputs.astype(np.float64)
+        from .calibration import apply_temperature
+
+        probs = apply_temperature(raw.outputs, self.temperature)  # calibrated segments, then aggregated
         starts, ends, duration = self._times(raw)
+        silent = self._silent(raw)
+        all_silent = bool(silent.all())
+        clip = aggregate_segments(probs if all_silent else probs[~silent], self.aggregate)  # silence left out
         return Prediction(
             path=raw.path,
             labels=self.labels,
-            probabilities=aggregate_segments(probs, self.aggregate),
+            probabilities=clip,
             segment_probabilities=probs,
             segment_starts=starts,
             segment_ends=ends,
             duration=duration,
             aggregate=self.aggregate,
+            uncertain=bool(clip.max() < self.uncertain_below),
+            segment_silent=silent,
+            all_silent=all_silent,
+            n_segments_in_file=raw.n_segments_in_file if raw.n_segments_in_file is not None else len(probs),
         )
+
+    def _silent(self, raw: _FileOutputs) -> np.ndarray:
+        """Near-silent segments: loudest frame below ``silence_db`` (none when it is None)."""
+        if self.silence_db is None or raw.loudness is None:
+            return np.zeros(len(raw.outputs), dtype=bool)
+        return np.asarray(raw.loudness) < self.silence_db
 
     # ------------------------------------------------------------------ embeddings
 
@@ -566,28 +710,39 @@ class GenreClassifier:
 
     # ------------------------------------------------------------------ the shared loop
 
-    def _run(self, sources: Sequence[_Source], model, on_progress) -> Iterator[_FileOutputs | Failure]:
-        """Stream every source's segment batches through ``model``; one result per source, in order."""
+    def _run(self, sources: Sequence[_Source], model, on_progress,
+             max_segments: int = 0) -> Iterator[_FileOutputs | Failure]:
+        """Stream every source's segment batches through ``model``; one result per source, in order.
+
+        ``max_segments`` > 0: at most that many segments per source, spread over it (read in windows when
+        the source allows it, else every segment is computed and the same spread kept).
+        """
         cfg = self.feature_config
         producer = _SegmentProducer(sources, cfg, self.batch_size, self.block_seconds, self.prefetch,
-                                    frontend=getattr(self.bundle, "frontend", None))
+                                    frontend=getattr(self.bundle, "frontend", None), max_segments=max_segments)
         outputs: list[np.ndarray] = []
         starts: list[np.ndarray] = []
+        loudness: list[np.ndarray] = []
         n_frames = 0
         for index, item in producer:
             source = sources[index]
             if isinstance(item, GenreSEError):
-                outputs, starts, n_frames = [], [], 0
+                outputs, starts, loudness, n_frames = [], [], [], 0
                 yield Failure(source.path, item)
             elif isinstance(item, tuple) and item[0] is _END:
-                yield _FileOutputs(source.path, np.concatenate(outputs), np.concatenate(starts), n_frames, item[1])
-                outputs, starts, n_frames = [], [], 0
+                raw = _FileOutputs(source.path, np.concatenate(outputs), np.concatenate(starts), n_frames, item[1],
+                                   np.concatenate(loudness), item[2])
+                yield _spread_outputs(raw, max_segments)
+                outputs, starts, loudness, n_frames = [], [], [], 0
             else:
                 outputs.append(np.asarray(model(item.data, training=False)))
                 starts.append(item.start_frames)
+                loudness.append(np.full(len(item), np.nan, np.float32) if item.loudness_db is None
+                                else item.loudness_db)
                 n_frames = max(n_frames, int(item.n_frames))
-                if on_progress is not None:
-                    on_progress(source.path, n_frames * cfg.hop_length / cfg.sample_rate)
+                if on_progress is not None:  # audio covered so far: the end of the latest segment
+                    done = min(int(item.n_frames), int(item.start_frames.max()) + cfg.segment_frames)
+                    on_progress(source.path, done * cfg.hop_length / cfg.sample_rate)
 
     def _times(self, raw: _FileOutputs) -> tuple[np.ndarray, np.ndarray, float]:
         """Segment start/end seconds and the duration, ends clipped to the duration."""
@@ -626,6 +781,18 @@ def aggregate_segments(probs: np.ndarray, how: str = "mean") -> np.ndarray:
     if how == "vote":
         return np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]) / len(probs)
     raise ModelError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {how!r}")
+
+
+def _spread_outputs(raw: _FileOutputs, max_segments: int) -> _FileOutputs:
+    """Keep ``max_segments`` of a streamed file's segments, spread as the window reads would choose them
+    (the same indices into the same segment grid), so the answer does not depend on how it was read."""
+    from .features import spread_indices
+
+    if not max_segments or raw.n_segments_in_file is not None or len(raw.outputs) <= max_segments:
+        return raw
+    keep = spread_indices(len(raw.outputs), max_segments)
+    return _FileOutputs(raw.path, raw.outputs[keep], raw.start_frames[keep], raw.n_frames, raw.duration_hint,
+                        None if raw.loudness is None else raw.loudness[keep], len(raw.outputs))
 
 
 def _duration(n_frames: int, hint: float | None, cfg: FeatureConfig) -> float:
@@ -712,7 +879,7 @@ class PredictionFormatter:
         if self.timeline:
             return _csv_line(["path", "segment", "start", "end", "genre", "probability"])
         ranks = [[f"genre_{r}", f"probability_{r}"] for r in range(1, self.top_k + 1)]
-        return _csv_line(["path", "duration", "n_segments", *[c for pair in ranks for c in pair]])
+        return _csv_line(["path", "duration", "n_segments", *[c for pair in ranks for c in pair], "uncertain"])
 
     def add(self, prediction: Prediction) -> str:
         """Text for one prediction (empty for JSON, which is written by :meth:`end`)."""
@@ -745,17 +912,20 @@ class PredictionFormatter:
         cells = [_shown(prediction.path), f"{prediction.duration:.3f}", prediction.n_segments]
         for genre, probability in prediction.top(self.top_k):
             cells += [genre, f"{probability:.6f}"]
-        return _csv_line(cells)
+        return _csv_line([*cells, "true" if prediction.uncertain else "false"])
 
     def _table(self, prediction: Prediction) -> str:
         top = prediction.top(self.top_k)
         width = max(len(g) for g, _ in top)
-        lines = [f"{_shown(prediction.path)}  ({prediction.duration:.1f} s, {prediction.n_segments} segments)"]
+        lines = [f"{_shown(prediction.path)}  ({prediction.duration:.1f} s, {_segments_note(prediction)})"]
         lines += [f"  {rank}. {genre:<{width}}  {p:.3f}" for rank, (genre, p) in enumerate(top, start=1)]
+        if prediction.uncertain:  # the answer is a guess: said on the top line, the top-k stays
+            lines[1] += "  (uncertain)"
         if self.timeline:
             lines.append("  timeline:")
             lines += [
                 f"    {row['start']:8.2f} - {row['end']:8.2f} s  {row['genre']:<{width}}  {row['probability']:.3f}"
+                + ("  silent" if row["silent"] else "")
                 for row in prediction.timeline()
             ]
         return "\n".join(lines) + "\n"
@@ -763,6 +933,18 @@ class PredictionFormatter:
 
 def _shown(path: str | None) -> str:
     return "<array>" if path is None else path
+
+
+def _segments_note(prediction: Prediction) -> str:
+    """"24 of 240 segments, 3 silent": what the file's distribution was computed from."""
+    n, total = prediction.n_segments, prediction.n_segments_in_file
+    note = f"{n} of {total} segments" if total is not None and total != n else f"{n} segments"
+    n_silent = int(prediction.silent.sum())
+    if prediction.all_silent:
+        note += ", all near-silent (all used)"
+    elif n_silent:
+        note += f", {n_silent} silent (left out)"
+    return note
 
 
 def _csv_line(cells: list) -> str:

@@ -61,11 +61,20 @@ def make_dataset(
     mixup_alpha: float = 0.0,
     gain_db: float = 0.0,
     floor_db: float = -100.0,
+    eq_tilt_db: float = 0.0,
+    compression: float = 0.0,
+    noise_snr_db: list | tuple | None = None,
+    pitch_shift_semitones: float = 0.0,
+    time_stretch: float = 0.0,
+    mel_hz: np.ndarray | None = None,
 ):
     """A tf.data pipeline reading batches of segments from the memmap (shuffled, batched, prefetched).
 
-    Augmentations apply in this order: random gain (``gain_db``, values kept >= ``floor_db``), SpecAugment
-    masking, mixup.
+    Augmentations apply in this order: random gain (``gain_db``, values kept >= ``floor_db``), the recording
+    conditions (EQ tilt, compression, noise, pitch shift, time stretch: see :func:`recording_conditions`),
+    SpecAugment masking, mixup. With every switch off the batches are the stored segments, bit for bit.
+    ``mel_hz`` (the mel band centre frequencies, :func:`mel_centre_frequencies`) is needed by the pitch shift
+    and colours the noise (white without it). :func:`training_dataset` passes everything from a TrainConfig.
     """
     import tensorflow as tf
 
@@ -91,6 +100,16 @@ def make_dataset(
     ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=tf.data.AUTOTUNE)
     if gain_db > 0:
         ds = ds.map(lambda x, y: (_random_gain(x, gain_db, floor_db), y), num_parallel_calls=tf.data.AUTOTUNE)
+    recording = RecordingConditions(eq_tilt_db, compression, None if noise_snr_db is None else tuple(noise_snr_db),
+                                    pitch_shift_semitones, time_stretch, floor_db, mel_hz)
+    if recording.active:
+        recording.check(shape[0])
+        # one int64 per batch from a seeded stream that differs every epoch: the stateless draws of the batch's
+        # augmentations are a function of it, so a run is reproducible whatever the parallelism of the map
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, draws)).map(
+            lambda xy, key: (recording(xy[0], key), xy[1]), num_parallel_calls=tf.data.AUTOTUNE
+        )
     if spec_augment:
         ds = ds.map(lambda x, y: (_spec_augment(x, seed), y), num_parallel_calls=tf.data.AUTOTUNE)
     if mixup_alpha > 0:
@@ -105,6 +124,173 @@ def _random_gain(x, gain_db: float, floor_db: float):
 
     gain = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], -gain_db, gain_db)
     return tf.maximum(x + gain, floor_db)
+
+
+def mel_centre_frequencies(cfg) -> np.ndarray:
+    """Centre frequency (Hz) of each mel band of a FeatureConfig: the peaks of librosa's filter bank."""
+    import librosa
+
+    fmax = cfg.sample_rate / 2 if cfg.fmax is None else cfg.fmax
+    return librosa.mel_frequencies(cfg.n_mels + 2, fmin=cfg.fmin, fmax=fmax)[1:-1]
+
+
+@dataclass(frozen=True)
+class RecordingConditions:
+    """Recording-condition augmentation of log-mel batches ``[batch, n_mels, frames, 1]`` (dB, fixed reference).
+
+    Each transform is a cheap tf op on the stored log-mel (no audio is decoded again), with independent draws
+    per segment; applied in the order EQ tilt, compression, noise, pitch shift, time stretch, values kept at or
+    above ``floor_db``. The draws are stateless, derived from one int64 ``key`` per batch.
+    """
+
+    eq_tilt_db: float = 0.0
+    compression: float = 0.0
+    noise_snr_db: tuple | None = None
+    pitch_shift_semitones: float = 0.0
+    time_stretch: float = 0.0
+    floor_db: float = -100.0
+    mel_hz: np.ndarray | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.eq_tilt_db > 0 or self.compression > 0 or self.noise_snr_db is not None
+                     or self.pitch_shift_semitones > 0 or self.time_stretch > 0)
+
+    def check(self, n_mels: int) -> None:
+        if self.pitch_shift_semitones > 0 and self.mel_hz is None:
+            raise DatasetError("the pitch-shift augmentation needs the mel band frequencies (mel_hz)")
+        if self.mel_hz is not None and len(self.mel_hz) != n_mels:
+            raise DatasetError(f"the feature store has {n_mels} mel bands but its feature config describes "
+                               f"{len(self.mel_hz)}")
+
+    def __call__(self, x, key):
+        import tensorflow as tf
+
+        batch = tf.shape(x)[0]
+
+        def uniform(op: int, low: float, high: float):
+            seed = tf.stack([tf.cast(key, tf.int64), tf.constant(op, tf.int64)])
+            return tf.random.stateless_uniform([batch], seed, low, high)
+
+        if self.eq_tilt_db > 0:
+            x = eq_tilt(x, uniform(1, -self.eq_tilt_db, self.eq_tilt_db), self.floor_db)
+        if self.compression > 0:
+            x = compress(x, self.compression * uniform(2, 0.0, 1.0))
+        if self.noise_snr_db is not None:
+            low, high = self.noise_snr_db
+            x = add_noise(x, uniform(3, low, high), self.floor_db,
+                          self.mel_hz, colour=uniform(4, 0.0, 1.0))
+        if self.pitch_shift_semitones > 0:
+            s = self.pitch_shift_semitones
+            x = pitch_shift(x, uniform(5, -s, s), self.mel_hz)
+        if self.time_stretch > 0:
+            r = self.time_stretch
+            x = time_stretch(x, uniform(6, 1.0 - r, 1.0 + r))
+        return tf.maximum(x, self.floor_db)
+
+
+def eq_tilt(x, tilt_db, floor_db: float):
+    """A linear EQ ramp over the mel bands: band 0 gets ``-tilt``, the top band ``+tilt`` dB (per segment)."""
+    import tensorflow as tf
+
+    n_mels = x.shape[1]
+    ramp = tf.linspace(-1.0, 1.0, n_mels) if n_mels > 1 else tf.zeros([1])
+    return tf.maximum(x + tf.reshape(tilt_db, [-1, 1, 1, 1]) * tf.reshape(ramp, [1, -1, 1, 1]), floor_db)
+
+
+def segment_median(x):
+    """Per-segment median of a batch (the lower one for an even count), shape ``[batch, 1, 1, 1]``."""
+    import tensorflow as tf
+
+    flat = tf.reshape(x, [tf.shape(x)[0], -1])
+    n = flat.shape[1]
+    # the k-th largest of n, via top_k (cheaper than a full sort): the lower median is the (n // 2 + 1)-th largest
+    return tf.reshape(tf.math.top_k(flat, k=n // 2 + 1, sorted=True).values[:, -1], [-1, 1, 1, 1])
+
+
+def compress(x, amount):
+    """Dynamic range compression in dB: values above the segment's median ``m`` become
+    ``m + (x - m) * (1 - amount)``; the median and everything below it are untouched."""
+    import tensorflow as tf
+
+    m = segment_median(x)
+    k = tf.reshape(1.0 - amount, [-1, 1, 1, 1])
+    return tf.where(x > m, m + (x - m) * k, x)
+
+
+def add_noise(x, snr_db, floor_db: float, mel_hz=None, colour=None):
+    """Stationary noise added in the power domain at ``snr_db`` (per segment): total signal power over total
+    noise power of the segment. The noise spectrum falls ``3 * colour`` dB per octave over the mel band centres
+    (0 white, 1 pink); flat without ``mel_hz``."""
+    import tensorflow as tf
+
+    ln10 = float(np.log(10.0))
+    power = tf.exp(x * (ln10 / 10.0))
+    batch, n_mels, n_frames = tf.shape(x)[0], x.shape[1], x.shape[2]
+    if mel_hz is None or colour is None:
+        shape = tf.ones([batch, n_mels])
+    else:
+        octaves = tf.constant(np.log2(np.asarray(mel_hz, np.float64) / 1000.0), tf.float32)
+        shape = tf.exp(-tf.reshape(colour, [-1, 1]) * octaves[None, :] * float(np.log(2.0)))
+    signal = tf.reduce_sum(power, axis=[1, 2, 3])
+    scale = signal / tf.exp(snr_db * (ln10 / 10.0)) / (tf.reduce_sum(shape, axis=1) * n_frames)
+    noise = tf.reshape(scale[:, None] * shape, [-1, n_mels, 1, 1])
+    return tf.maximum(10.0 / ln10 * tf.math.log(power + noise), floor_db)
+
+
+def pitch_shift(x, semitones, mel_hz):
+    """Shift the spectrum by ``semitones`` (per segment) along the mel axis: band ``i`` (centre ``f_i``) takes the
+    value at ``f_i / 2^(k/12)``, linearly interpolated between bands in log frequency; beyond the lowest or the
+    highest band the edge band's value is used."""
+    import tensorflow as tf
+
+    log_f = np.log2(np.asarray(mel_hz, np.float64))
+    n = len(log_f)
+    if n < 2:
+        return x
+    grid = tf.constant(log_f, tf.float32)
+    source = grid[None, :] - tf.reshape(semitones, [-1, 1]) / 12.0  # [batch, n_mels]
+    lower = tf.clip_by_value(tf.searchsorted(tf.broadcast_to(grid, tf.shape(source)), source, side="right") - 1,
+                             0, n - 2)
+    g0, g1 = tf.gather(grid, lower), tf.gather(grid, lower + 1)
+    w = tf.clip_by_value((source - g0) / (g1 - g0), 0.0, 1.0)[:, :, None]
+    bands = x[..., 0]  # [batch, n_mels, frames]
+    a = tf.gather(bands, lower, axis=1, batch_dims=1)
+    b = tf.gather(bands, lower + 1, axis=1, batch_dims=1)
+    return (a * (1.0 - w) + b * w)[..., None]
+
+
+def time_stretch(x, rate):
+    """Resample the time axis (per segment): output frame ``j`` reads frame ``j / rate``, linearly
+    interpolated, so a rate below 1 plays the segment faster and above 1 slower. The segment is repeated to fill
+    the frames a fast rate runs past its end; a slow rate crops it."""
+    import tensorflow as tf
+
+    n_frames = x.shape[2]
+    pos = tf.range(n_frames, dtype=tf.float32)[None, :] / tf.reshape(rate, [-1, 1])  # [batch, frames]
+    base = tf.floor(pos)
+    w = (pos - base)[:, None, :]
+    i0 = tf.math.floormod(tf.cast(base, tf.int32), n_frames)
+    i1 = tf.math.floormod(i0 + 1, n_frames)
+    bands = x[..., 0]
+    a = tf.gather(bands, i0, axis=2, batch_dims=1)
+    b = tf.gather(bands, i1, axis=2, batch_dims=1)
+    return (a * (1.0 - w) + b * w)[..., None]
+
+
+def training_dataset(store: FeatureStore, rows: np.ndarray, train_cfg: TrainConfig, *, seed: int, n_classes: int):
+    """The shuffled, augmented training pipeline exactly as a TrainConfig describes it (the train stage, CV
+    folds and tuning trials all train on this)."""
+    feats = store.features
+    needs_mel = train_cfg.pitch_shift_semitones > 0 or train_cfg.noise_snr_db is not None
+    return make_dataset(
+        store, rows, train_cfg.batch_size, shuffle=True, seed=seed, n_classes=n_classes,
+        spec_augment=train_cfg.spec_augment, mixup_alpha=train_cfg.mixup_alpha,
+        gain_db=train_cfg.gain_db, floor_db=floor_db(feats),
+        eq_tilt_db=train_cfg.eq_tilt_db, compression=train_cfg.compression_amount,
+        noise_snr_db=train_cfg.noise_snr_db, pitch_shift_semitones=train_cfg.pitch_shift_semitones,
+        time_stretch=train_cfg.time_stretch, mel_hz=mel_centre_frequencies(feats) if needs_mel else None,
+    )
 
 
 def _spec_augment(x, seed: int, max_freq: float = 0.15, max_time: float = 0.15):
@@ -197,8 +383,10 @@ class TrainResult:
 
 
 def _state_key(model_cfg: ModelConfig, train_cfg: TrainConfig, store: FeatureStore, rows, seed: int) -> str:
-    """Identifies a run; epochs and patience are left out so a run can be resumed with a longer budget."""
+    """Identifies a run; epochs and patience are left out so a run can be resumed with a longer budget, and
+    ``calibrate`` (it only acts after training)."""
     resumable = ("patience",) if train_cfg.lr_schedule == "cosine" else ("epochs", "patience")  # cosine spans epochs
+    resumable += ("calibrate",)
     loop = {k: v for k, v in train_cfg.__dict__.items() if k not in resumable}
     blob = json.dumps(
         [model_cfg.__dict__, loop, store.features.to_dict(), len(store.segments),
@@ -263,11 +451,7 @@ def train_model(
                  "mean": mean, "std": std}
     state.setdefault("lr", train_cfg.learning_rate)
     resumed_from = state["epoch"]
-    train_ds = make_dataset(
-        store, train_rows, train_cfg.batch_size, shuffle=True, seed=seed, n_classes=n_classes,
-        spec_augment=train_cfg.spec_augment, mixup_alpha=train_cfg.mixup_alpha,
-        gain_db=train_cfg.gain_db, floor_db=floor_db(store.features),
-    )
+    train_ds = training_dataset(store, train_rows, train_cfg, seed=seed, n_classes=n_classes)
     has_valid = len(valid_rows) > 0
 
     class Loop(keras.callbacks.Callback):
@@ -369,6 +553,35 @@ def resolve_train_config(params: Params, best_params_path: str | Path | None) ->
     return from_dict(TrainConfig, cfg, "train")
 
 
+def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: bool, uncertain_below: float,
+                       log: Callable[[str], None] | None = None) -> dict:
+    """The bundle's ``extra["calibration"]``: a temperature fitted on the validation clips (clip-level NLL of
+    the mean of temperature-scaled segment probabilities, as prediction computes it) with the clip ECE
+    before and after. Without validation clips (``train.fit_all``) or with ``fit`` false, ``T = 1``."""
+    import pandas as pd
+
+    from .calibration import T_MAX, T_MIN, Calibration, calibrate
+
+    if len(valid_rows) == 0:
+        record = Calibration(uncertain_below=uncertain_below)  # nothing held out: T = 1, fit_on null
+        if log is not None and fit:
+            log("calibration: no validation clips (train.fit_all), temperature 1")
+        return record.to_dict()
+    probs = predict_rows(model, store, valid_rows)
+    codes, uniques = pd.factorize(store.table["clip_id"].to_numpy()[valid_rows], sort=False)
+    first = np.zeros(len(uniques), dtype=np.intp)
+    first[codes[::-1]] = np.arange(len(codes))[::-1]
+    labels = store.table["label_index"].to_numpy()[valid_rows][first]
+    record = calibrate(probs, codes, labels, uncertain_below=uncertain_below, fit=fit, fit_on="val")
+    if log is not None:
+        log(f"calibration on {record.n_clips} validation clips: temperature {record.temperature:.3f}, "
+            f"clip ECE {record.ece_before:.3f} -> {record.ece_after:.3f}")
+        if not T_MIN * 1.001 < record.temperature < T_MAX / 1.001:
+            log("calibration: the temperature is at the edge of its search range; the validation split is "
+                "probably too small to calibrate on")
+    return record.to_dict()
+
+
 def run_train(
     params: Params,
     store_dir: str | Path = "data/features",
@@ -408,6 +621,8 @@ def run_train(
         "best_score": result.best_score,
         "train_clips": int(store.table.iloc[train_rows]["clip_id"].nunique()),
         "seed": params.seed,
+        "calibration": calibration_record(result.model, store, valid_rows, train_cfg.calibrate,
+                                          params.predict.uncertain_below, log),
     }
     save_bundle(bundle_dir, result.model, store.labels, store.features, model_cfg, extra=extra)
     # the LiteRT export makes `genre-se predict` start without TensorFlow; before the state is removed, so

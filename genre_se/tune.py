@@ -11,6 +11,8 @@ block (``tune.mode: per_block``), and optionally the learning rate and the dropo
   numbers, so trials differ by their hyperparameters only, whichever machine runs them).
 * :func:`run_tune` writes ``best_params.json`` for the train stage, a trial table (CSV) and a PNG of the
   objective against r. ``tune.enabled: false`` passes ``model.reduction_ratios`` through.
+* ``tune.references`` (default r = 16 and the plain CNN) are trained after the search under exactly the
+  trials' protocol (split, seeds, epochs, early stopping), so the table says what the search bought.
 
 The search lives in keras-tuner's project directory ``<project_root>/<search key>/``, outside the DVC outputs:
 killing the stage and running it again continues the same search (an unfinished trial is run again), and
@@ -52,6 +54,9 @@ TRIAL_METRICS = ("val_clip_accuracy", "val_loss", "epochs", "best_epoch", "secon
 #: execution k of a trial trains with seed ``params.seed + k * EXECUTION_SEED_STRIDE``
 EXECUTION_SEED_STRIDE = 1000
 CHIEF_POLL_SECONDS = 0.2
+#: train.* settings a trial's training reads besides batch_size, spec_augment, mixup_alpha (see search_key)
+TRIAL_TRAIN_KEYS = ("label_smoothing", "gain_db", "eq_tilt_db", "compression", "noise_snr_db",
+                    "pitch_shift_semitones", "time_stretch")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,8 +163,12 @@ def search_key(params: Params, space: SearchSpace, store: FeatureStore) -> str:
             if k in ("objective", "epochs", "patience", "executions_per_trial", "initial_points")}
     model = {k: v for k, v in dataclasses.asdict(params.model).items()
              if k != "reduction_ratios" and not (k == "dropout" and space.dropout is not None)}
+    # trials train on train.* augmentations and loss too; those added later count only when switched on, so
+    # searches made before they existed keep their key
+    defaults = dataclasses.asdict(TrainConfig())
     train = {k: v for k, v in dataclasses.asdict(params.train).items()
              if k in ("batch_size", "spec_augment", "mixup_alpha")
+             or (k in TRIAL_TRAIN_KEYS and v != defaults[k])
              or (k == "learning_rate" and space.learning_rate is None)}
     try:
         table_digest = hashlib.sha1((store.root / "segments.csv").read_bytes()).hexdigest()
@@ -200,22 +209,33 @@ class SEHyperModel(keras_tuner.HyperModel):
         self.space.declare(hp)
 
     def build(self, hp):
-        import keras
-
         from .model import build_model
 
         values = self.space.declare(hp)
         cfg = self.space.model_config(self.model_cfg, values)
         model = build_model(cfg, self.input_shape, self.n_classes, mean=self.mean, std=self.std)
         learning_rate = self.space.learning_rate_for(values, self.train_cfg.learning_rate)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
-                      metrics=["accuracy"])
+        return self._compile(model, learning_rate)
+
+    def _compile(self, model, learning_rate: float):
+        """Compiled as the train stage compiles (Adam, cross-entropy with ``train.label_smoothing``)."""
+        import keras
+
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.train_cfg.label_smoothing)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
         return model
+
+    def build_fixed(self, cfg: ModelConfig):
+        """A reference model (fixed settings, e.g. r = 16 or no SE), compiled like every trial's."""
+        from .model import build_model
+
+        model = build_model(cfg, self.input_shape, self.n_classes, mean=self.mean, std=self.std)
+        return self._compile(model, self.train_cfg.learning_rate)
 
     def fit(self, hp, model, *args, store: FeatureStore, train_rows, valid_rows, seed: int, **kwargs) -> dict:
         import keras
 
-        from .train import clip_scores, make_dataset
+        from .train import clip_scores, training_dataset
 
         score_key, direction = OBJECTIVES[self.tune_cfg.objective]
         patience = self.tune_cfg.patience
@@ -231,10 +251,8 @@ class SEHyperModel(keras_tuner.HyperModel):
                 if len(history) - 1 - best_index() >= patience:
                     self.model.stop_training = True
 
-        dataset = make_dataset(
-            store, train_rows, self.train_cfg.batch_size, shuffle=True, seed=seed, n_classes=self.n_classes,
-            spec_augment=self.train_cfg.spec_augment, mixup_alpha=self.train_cfg.mixup_alpha,
-        )
+        # the train stage's pipeline: every augmentation switch of params.train (epochs/patience are tune's)
+        dataset = training_dataset(store, train_rows, self.train_cfg, seed=seed, n_classes=self.n_classes)
         model.fit(dataset, epochs=self.tune_cfg.epochs, callbacks=[ValidationEarlyStopping()], shuffle=False,
                   verbose=0)
         best = best_index()
@@ -424,7 +442,7 @@ def best_params(table: pd.DataFrame, space: SearchSpace, params: Params, key: st
 
 
 def plot_objective(table: pd.DataFrame, space: SearchSpace | None, objective: str, path: str | Path,
-                   note: str | None = None) -> None:
+                   note: str | None = None, references: pd.DataFrame | None = None) -> None:
     """Objective against r (one panel per block in per-block mode), best trial starred; or just ``note``."""
     import matplotlib
 
@@ -447,6 +465,9 @@ def plot_objective(table: pd.DataFrame, space: SearchSpace | None, objective: st
                        label=f"best (trial {int(best['trial'])})")
             for r, value, trial in zip(done[name], done["objective"], done["trial"]):
                 ax.annotate(str(int(trial)), (r, value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            for i, ref in enumerate([] if references is None else references.itertuples()):
+                ax.axhline(getattr(ref, objective), color=f"C{i + 1}", linestyle="--", linewidth=1,
+                           label=f"{ref.reference} (reference)")
             pad = 0.04 * (high - low)
             ax.set_xlim(low - pad, high + pad)
             ax.set_xlabel(name)
@@ -475,6 +496,7 @@ class TuneResult:
     project_dir: Path | None = None
     trials_run: list = field(default_factory=list)
     trials_before: int = 0
+    references: pd.DataFrame | None = None
 
 
 def _write_outputs(best: dict, table: pd.DataFrame, out_path, trials_path, plot_path, plot) -> None:
@@ -489,6 +511,9 @@ def _passthrough(params: Params, out_path, trials_path, plot_path) -> TuneResult
     best = {"source": "params", "model": {"reduction_ratios": params.model.reduction_ratios}}
     table = pd.DataFrame(columns=trial_columns(None))
     note = f"search disabled (tune.enabled: false)\nreduction ratios from params: {params.model.reduction_ratios}"
+    if trials_path is not None:  # declared as an output: present, and empty
+        write_csv(references_path(trials_path),
+                  pd.DataFrame(columns=["reference", "se_hidden", *TRIAL_METRICS, "params"]))
     _write_outputs(best, table, out_path, trials_path, plot_path,
                    lambda path: plot_objective(table, None, params.tune.objective, path, note=note))
     return TuneResult(best, table, "single", "tuner0")
@@ -535,6 +560,50 @@ def _search(tuner: SETuner, role: str, **fit_data) -> None:
         tuner.search(verbose=0, **fit_data)
     elif tuner.oracle.remaining_trials() > 0 or tuner.oracle._retry_queue:
         _serve_as_chief(tuner)
+
+
+def reference_label(ref) -> str:
+    return "no_se" if ref == "no_se" else f"r={float(ref):g}"
+
+
+def run_references(hypermodel: SEHyperModel, tuner: SETuner, project_dir: Path, refs: list, log=None,
+                   **fit_data) -> pd.DataFrame:
+    """Train each reference under the trials' protocol (same seeds and executions); one row each.
+
+    Results are kept in ``<project_dir>/references.json`` so a resumed or re-run stage does not train them again.
+    """
+    import keras
+
+    from .model import se_hidden_units
+
+    cache_path = project_dir / "references.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    rows = []
+    for ref in refs:
+        label = reference_label(ref)
+        if label not in cache:
+            cfg = (dataclasses.replace(hypermodel.model_cfg, se=False) if ref == "no_se"
+                   else dataclasses.replace(hypermodel.model_cfg, reduction_ratios=float(ref)))
+            started = time.perf_counter()
+            runs = []
+            for execution in range(tuner.executions):
+                seed = tuner.base_seed + EXECUTION_SEED_STRIDE * execution
+                keras.backend.clear_session()
+                keras.utils.set_random_seed(seed)
+                model = hypermodel.build_fixed(cfg)
+                runs.append(hypermodel.fit(None, model, seed=seed, **fit_data))
+                params_count = int(model.count_params())
+            metrics = {name: float(np.mean([run[name] for run in runs])) for name in runs[0]}
+            metrics["seconds"] = round(time.perf_counter() - started, 3)
+            metrics["params"] = params_count
+            metrics["se_hidden"] = ("" if ref == "no_se" else "-".join(
+                str(se_hidden_units(f, float(ref))) for f in hypermodel.model_cfg.filters))
+            cache[label] = metrics
+            write_json(cache_path, cache)
+            if log is not None:
+                log(f"reference {label} done: {_format_values(metrics)}")
+        rows.append({"reference": label, **cache[label]})
+    return pd.DataFrame(rows, columns=["reference", "se_hidden", *TRIAL_METRICS, "params"])
 
 
 def _completed(oracle) -> int:
@@ -596,6 +665,22 @@ def run_tune(
         raise ModelError(f"{project_dir}: no trial completed: {reason}")
     table = trial_table(tuner.oracle, space, params.model)
     best = best_params(table, space, params, key)
+    references = None
+    if params.tune.references:
+        with _keras_tuner_quiet():
+            references = run_references(hypermodel, tuner, project_dir, params.tune.references, log,
+                                        store=store, train_rows=train_rows, valid_rows=valid_rows)
+        best["references"] = {row.reference: {params.tune.objective: getattr(row, params.tune.objective),
+                                              "epochs": row.epochs} for row in references.itertuples()}
+    if references is not None and trials_path is not None:
+        write_csv(references_path(trials_path), references)
     _write_outputs(best, table, out_path, trials_path, plot_path,
-                   lambda path: plot_objective(table, space, params.tune.objective, path))
-    return TuneResult(best, table, role, tuner.tuner_id, project_dir, tuner.trials_run, before)
+                   lambda path: plot_objective(table, space, params.tune.objective, path, references=references))
+    return TuneResult(best, table, role, tuner.tuner_id, project_dir, tuner.trials_run, before, references)
+
+
+def references_path(trials_path: str | Path) -> Path:
+    """``reports/tune_trials.csv`` -> ``reports/tune_references.csv``."""
+    trials_path = Path(trials_path)
+    return trials_path.with_name(trials_path.name.replace("trials", "references")
+                                 if "trials" in trials_path.name else f"{trials_path.stem}_references.csv")

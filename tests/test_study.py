@@ -43,7 +43,7 @@ def test_study_scores_every_variant_on_the_same_folds_and_resumes(tiny_study, tm
                                 best_params_path=work / "best_params.json", variants=["svm", "no_se", "se"],
                                 quick=True)
     saved = pd.read_csv(out)
-    assert list(saved.columns) == compare.CSV_COLUMNS and len(saved) == len(results) == 3 * 3  # 3 variants x 3 folds
+    assert list(saved.columns) == compare.CSV_COLUMNS + compare.OPTIONAL_COLUMNS and len(saved) == len(results) == 3 * 3  # 3 variants x 3 folds
     assert set(saved["seed"]) == {42}  # --quick: one seed
     for _, runs in saved.groupby("variant"):
         assert sorted(runs["fold"]) == [0, 1, 2] and runs["n_test_clips"].sum() == 18  # each clip tested once
@@ -72,12 +72,52 @@ def test_study_scores_every_variant_on_the_same_folds_and_resumes(tiny_study, tm
     assert table.count("\n") == 2 + 3 and "±" in table and "`no_se`" in table
 
 
+class FixedModel:
+    """Stands in for a Keras model: segment probabilities chosen by the test, per file (by segment count)."""
+
+    def __init__(self, by_length: dict):
+        self.by_length = by_length
+
+    def predict(self, x, verbose=0):
+        return np.tile(self.by_length[len(x)], (len(x), 1))
+
+
+def test_external_scores_per_file_and_per_song():
+    # song "a" (label 0): excerpts right, wrong, right -> 2/3 files, song right; song "b" (label 1): wrong.
+    segments = [np.zeros((n, 2, 2), "float32") for n in (1, 2, 3, 4)]
+    probs = {1: [0.6, 0.4], 2: [0.0, 1.0], 3: [0.9, 0.1], 4: [0.7, 0.3]}
+    external = compare.ExternalSet(segments, np.array([0, 0, 0, 1]), ["g/a", "g/a", "g/a", "g/b"], ["p"] * 4)
+    scores = compare.external_scores(FixedModel({k: np.array(v) for k, v in probs.items()}), external)
+    assert scores == {"external_top1": pytest.approx(2 / 4), "external_song_top1": pytest.approx(1 / 2)}
+
+
+def test_study_scores_fold_models_on_an_external_folder(tiny_study, tmp_path):
+    study, work = tiny_study
+    external = make_tone_dataset(tmp_path / "external", labels=("low", "high", "unknown"), per_label=2, seed=9)
+    for path in sorted(external.glob("*/*.wav")):  # two excerpts of one song per genre
+        path.rename(path.with_name(f"{path.parent.name}-song-{int(path.stem[-1]) + 1}of2-at0s.wav"))
+    loaded = compare.load_external(external, ["low", "mid", "high"], FeatureStore.open(work / "features").features)
+    assert len(loaded.paths) == 4 and sorted(set(loaded.songs)) == ["high/high-song", "low/low-song"]
+    assert sorted(loaded.labels.tolist()) == [0, 0, 2, 2]  # "unknown" is not a genre of the store: skipped
+    with_external = compare.Study(study.variants, study.seeds, study.overrides, study.params_path, str(external))
+    results = compare.run_study(with_external, work / "features", work / "index.csv", tmp_path / "s.csv",
+                                state_root=tmp_path / "state", variants=["svm", "se"], quick=True)
+    cnn, svm = results[results.variant == "se"], results[results.variant == "svm"]
+    assert cnn["external_top1"].between(0, 1).all() and cnn["external_top1"].notna().all()
+    assert svm["external_top1"].isna().all()
+    assert pd.read_csv(tmp_path / "s.csv")["external_song_top1"].notna().sum() == 3
+    table = compare.summary_markdown(compare.summarize(results, ["svm", "se"], "svm"), "svm")
+    assert "external top-1 (songs)" in table
+    with pytest.raises(compare.DatasetError, match="not found"):
+        compare.load_external(tmp_path / "nowhere", ["low"], {})
+
+
 def test_a_changed_variant_is_recomputed(tiny_study, tmp_path, monkeypatch):
     study, work = tiny_study
     out = tmp_path / "study.csv"
     calls = []
 
-    def fake_fold(store, params, folds_of_rows, fold, k, seed, state_dir, log=None, bundle_dir=None):
+    def fake_fold(store, params, folds_of_rows, fold, k, seed, state_dir, log=None, bundle_dir=None, external=None):
         calls.append(params.model.reduction_ratios)
         return {"clip_accuracy": 0.5, "clip_macro_f1": 0.5, "params": 1, "train_seconds": 0.1, "epochs_run": 1,
                 "best_epoch": 1, "n_test_clips": 6}

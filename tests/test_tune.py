@@ -4,6 +4,7 @@ One search is run once per module and reused (train stage, resume, distributed c
 search uses its own keras-tuner project directory.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -34,6 +35,7 @@ SEARCH = {
     "tune.epochs": 1,
     "tune.patience": 1,
     "tune.objective": "val_loss",
+    "tune.references": [],
 }
 
 
@@ -70,7 +72,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shared_run(workdir):
     lines = []
-    result = tune_in(workdir, params_for(workdir), "shared", log=lines.append)
+    result = tune_in(workdir, params_for(workdir, **{"tune.references": [2.0, "no_se"]}), "shared", log=lines.append)
     return result, lines
 
 
@@ -96,6 +98,7 @@ def test_disabled_passes_the_configured_ratios_through(tmp_path):
     assert table.empty and {"trial", "objective", "epochs", "seconds"} <= set(table.columns)
     assert (tmp_path / "plot.png").stat().st_size > 0
     assert not (tmp_path / "tuning").exists()  # no search was started
+    assert pd.read_csv(tmp_path / "references.csv").empty  # a declared output, present and empty
 
 
 @pytest.mark.parametrize(
@@ -109,6 +112,8 @@ def test_disabled_passes_the_configured_ratios_through(tmp_path):
         ({"tune.dropout": [0.5, 0.2]}, "tune.dropout"),
         ({"tune.objective": "accuracy"}, "tune.objective"),
         ({"model.se": False}, "model.se"),
+        ({"tune.references": [16, "plain"]}, "tune.references"),
+        ({"tune.references": [0]}, "tune.references"),
     ],
 )
 def test_bad_search_spaces_are_named(tmp_path, overrides, key):
@@ -161,6 +166,34 @@ def test_shared_search_writes_best_params_table_and_plot(workdir, shared_run):
     cfg = SearchSpace.from_params(params).model_config(params.model, values)
     model = build_model(cfg, (16, 16, 1), 3)
     assert [b.ratio for b in se_blocks(model)] == pytest.approx([values["r"]] * 2)
+
+
+def test_references_are_trained_under_the_trials_protocol(workdir, shared_run):
+    from genre_se.model import build_model
+
+    result, lines = shared_run
+    out = workdir / "shared"
+    refs = pd.read_csv(out / "references.csv")
+    assert list(refs["reference"]) == ["r=2", "no_se"]
+    assert (refs["epochs"] == 1).all() and refs["val_loss"].gt(0).all() and refs["val_clip_accuracy"].between(0, 1).all()
+    params = params_for(workdir)
+    plain = build_model({**dataclasses.asdict(params.model), "se": False}, (16, 16, 1), 3).count_params()
+    assert refs.loc[1, "params"] == plain and refs.loc[0, "params"] > plain
+    assert refs.loc[0, "se_hidden"] == "2-4" and pd.isna(refs.loc[1, "se_hidden"])
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["references"]["no_se"]["val_loss"] == pytest.approx(refs.loc[1, "val_loss"])
+    assert sum(line.startswith("reference ") for line in lines) == 2
+
+    # Same protocol as the trials (same seed): a reference at a trial's r reproduces that trial's score, and
+    # references already trained for this search are not trained again.
+    trial_r = float(result.table.loc[0, "r"])
+    again = []
+    tune_in(workdir, params_for(workdir, **{"tune.references": [trial_r, "no_se"]}), "shared", log=again.append,
+            project_root=result.project_dir.parent)
+    assert [line.split(":")[0] for line in again if line.startswith("reference ")] == [f"reference r={trial_r:g} done"]
+    rerun = pd.read_csv(out / "references.csv")
+    assert rerun.loc[0, "val_loss"] == pytest.approx(result.table.loc[0, "val_loss"], rel=1e-4)
+    assert rerun.loc[1, "val_loss"] == refs.loc[1, "val_loss"]
 
 
 def test_per_block_search_gives_one_ratio_per_block_in_its_own_range(workdir):
@@ -287,7 +320,7 @@ def test_distributed_chief_and_two_workers_run_every_trial_once(workdir, shared_
     single = pd.read_csv(workdir / "shared/trials.csv")
     assert list(table.columns) == list(single.columns)  # same format as a single-machine search
     best = json.loads((out / "best.json").read_text())
-    assert best.keys() == shared_run[0].best.keys() and best["trials_completed"] == 4
+    assert best.keys() == shared_run[0].best.keys() - {"references"} and best["trials_completed"] == 4
     # the random start of the search does not depend on who runs the trials
     assert table["r"].tolist()[:3] == pytest.approx(shared_run[0].table["r"].tolist()[:3])
     assert (out / "objective.png").stat().st_size > 5000

@@ -1,0 +1,356 @@
+"""Calibrated confidence: ECE, temperature scaling, the train stage's fit, evaluate's report and `predict`'s
+uncertain flag.
+
+The numeric tests use synthetic probabilities whose true calibration is known; the stage tests train a tiny
+model on noisy tones (a few seconds) with a validation split, so there is something to fit on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_se.calibration import (
+    T_MAX,
+    T_MIN,
+    Calibration,
+    apply_temperature,
+    calibrate,
+    clip_distributions,
+    expected_calibration_error,
+    fit_temperature,
+)
+from genre_se.errors import ModelError
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def ece_by_loop(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Textbook ECE, written independently of the module: bins (lo, hi], the first one [0, hi]."""
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        inside = (conf > lo) & (conf <= hi) if b else (conf <= hi)
+        if inside.any():
+            total += inside.sum() / len(conf) * abs((pred[inside] == labels[inside]).mean() - conf[inside].mean())
+    return total
+
+
+def sample_labels(probs: np.ndarray, rng) -> np.ndarray:
+    """One label per row drawn from that row's distribution (so ``probs`` is calibrated for them)."""
+    u = rng.random(len(probs))[:, None]
+    return np.minimum((probs.cumsum(axis=1) < u).sum(axis=1), probs.shape[1] - 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# ECE
+
+
+def test_ece_of_a_hand_computed_example():
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 0, 1])
+    # bin of 0.9: accuracy 1/2, gap 0.4, weight 2/4; 0.6: gap 0.4, weight 1/4; 0.7: gap 0.3, weight 1/4
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.2 + 0.1 + 0.075, abs=1e-12)
+
+
+def test_ece_is_near_zero_when_calibrated_and_large_when_overconfident():
+    rng = np.random.default_rng(0)
+    n, c = 20000, 4
+    conf = rng.uniform(0.4, 1.0, n)
+    top = rng.integers(0, c, n)
+    right = rng.random(n) < conf
+    labels = np.where(right, top, (top + rng.integers(1, c, n)) % c)
+    calibrated = np.repeat(((1 - conf) / (c - 1))[:, None], c, axis=1)
+    calibrated[np.arange(n), top] = conf
+    ece = expected_calibration_error(calibrated, labels)
+    assert ece < 0.02 and ece == pytest.approx(ece_by_loop(calibrated, labels), abs=1e-12)
+
+    sure = np.full((n, c), 0.01 / (c - 1))
+    sure[np.arange(n), top] = 0.99
+    # every sample is in the top bin with confidence 0.99 and accuracy ~ mean(conf) = 0.7
+    expected = 0.99 - right.mean()
+    assert expected_calibration_error(sure, labels) == pytest.approx(expected, abs=1e-9)
+    assert expected > 0.25
+
+
+def test_ece_rejects_mismatched_inputs():
+    with pytest.raises(ModelError, match="labels"):
+        expected_calibration_error(np.full((3, 2), 0.5), np.array([0, 1]))
+    with pytest.raises(ModelError, match="no samples"):
+        expected_calibration_error(np.zeros((0, 2)), np.zeros(0, dtype=int))
+
+
+# --------------------------------------------------------------------------------------------------
+# Temperature scaling
+
+
+def test_apply_temperature_identities():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (50, 6))
+    probs = softmax(logits)
+    np.testing.assert_array_equal(apply_temperature(probs, 1.0), probs)  # bit for bit: old bundles unchanged
+    for t in (0.3, 2.5):
+        scaled = apply_temperature(probs, t)
+        np.testing.assert_allclose(scaled, softmax(logits / t), rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(scaled.argmax(axis=1), probs.argmax(axis=1))
+        np.testing.assert_allclose(scaled.sum(axis=1), 1.0, atol=1e-12)
+    assert (apply_temperature(probs, 3.0).max(axis=1) < probs.max(axis=1)).all()  # T > 1 softens
+    np.testing.assert_allclose(apply_temperature(probs, 1e6), 1 / 6, atol=1e-4)  # T -> inf: uniform
+    # a zero probability stays finite (clipped) and the row still sums to 1
+    edge = apply_temperature(np.array([[1.0, 0.0, 0.0]]), 2.0)
+    assert np.isfinite(edge).all() and edge.sum() == pytest.approx(1.0) and edge[0, 0] > 0.99
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ModelError, match="temperature"):
+            apply_temperature(probs, bad)
+
+
+@pytest.mark.parametrize("t_true", [0.5, 2.0, 4.0])
+def test_fit_temperature_recovers_a_known_temperature(t_true):
+    rng = np.random.default_rng(int(t_true * 10))
+    logits = rng.normal(0, 3, (4000, 5))
+    labels = sample_labels(softmax(logits / t_true), rng)  # the truth is softmax(z / T0) ...
+    given = softmax(logits)  # ... the model says softmax(z)
+    t = fit_temperature(given, np.arange(len(labels)), labels)
+    assert t == pytest.approx(t_true, rel=0.15)
+    record = calibrate(given, np.arange(len(labels)), labels, uncertain_below=0.3)
+    assert record.temperature == t and record.fit_on == "val" and record.n_clips == 4000
+    assert record.nll_after < record.nll_before
+    assert record.ece_after < record.ece_before and record.ece_after < 0.03
+    assert record.ece_before == pytest.approx(ece_by_loop(given, labels), abs=1e-12)
+
+
+def test_fit_on_multi_segment_clips_minimises_the_clip_nll_of_the_mean():
+    rng = np.random.default_rng(3)
+    n_clips, per_clip, c = 300, 4, 3
+    clip_index = np.repeat(np.arange(n_clips), per_clip)
+    labels = rng.integers(0, c, n_clips)
+    logits = rng.normal(0, 1, (len(clip_index), c)) * 4
+    logits[np.arange(len(clip_index)), labels[clip_index]] += 2.5  # informative but over-confident
+    probs = softmax(logits)
+    order = rng.permutation(len(clip_index))  # segments need not be grouped by clip
+    probs, clip_index = probs[order], clip_index[order]
+
+    def clip_nll(t: float) -> float:  # independent: pandas groupby mean of the scaled segments
+        scaled = pd.DataFrame(softmax(np.log(probs) / t)).groupby(clip_index).mean().to_numpy()
+        return float(-np.log(scaled[np.arange(n_clips), labels]).mean())
+
+    t = fit_temperature(probs, clip_index, labels, prior_sigma=None)
+    assert T_MIN < t < T_MAX and abs(t - 1.0) > 0.1  # the data are miscalibrated: T moves
+    grid = np.exp(np.linspace(np.log(T_MIN), np.log(T_MAX), 400))
+    assert clip_nll(t) <= min(clip_nll(g) for g in grid) + 1e-6
+    assert clip_nll(t) < clip_nll(1.0)
+    # with the default weak prior, 300 clips are plenty of evidence: T barely moves
+    assert fit_temperature(probs, clip_index, labels) == pytest.approx(t, rel=0.02)
+    # the clip rule is the inference rule (mean of segment probabilities)
+    from genre_se.inference import aggregate_segments
+
+    clips = clip_distributions(probs, clip_index, n_clips, temperature=t)
+    np.testing.assert_allclose(clips[7], aggregate_segments(apply_temperature(probs[clip_index == 7], t)), atol=1e-15)
+
+
+def test_the_prior_keeps_a_small_perfectly_separated_split_from_sending_t_to_zero():
+    # 6 clips, every one right with top probability ~0.41: plain NLL keeps falling as T -> 0
+    rng = np.random.default_rng(5)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    probs = np.full((6, 3), 0.29) + rng.uniform(0, 0.01, (6, 3))
+    probs[np.arange(6), labels] = 0.41
+    probs /= probs.sum(axis=1, keepdims=True)
+    index = np.arange(6)
+    assert fit_temperature(probs, index, labels, prior_sigma=None) == pytest.approx(T_MIN, rel=1e-3)
+    t = fit_temperature(probs, index, labels, prior_sigma=1.0)
+    assert T_MIN * 1.5 < t < 1.0  # sharpened (the split says the model is under-confident), not to the bound
+
+    def objective(temp):  # independent: mean clip NLL + (log T)^2 / (2 sigma^2 n)
+        p = softmax(np.log(probs) / temp)
+        return float(-np.log(p[index, labels]).mean() + np.log(temp) ** 2 / (2 * 6))
+
+    grid = np.exp(np.linspace(np.log(T_MIN), np.log(T_MAX), 2000))
+    assert objective(t) <= min(objective(g) for g in grid) + 1e-7
+    with pytest.raises(ModelError, match="prior_sigma"):
+        fit_temperature(probs, index, labels, prior_sigma=0.0)
+
+
+def test_vote_cannot_be_calibrated_and_bad_records_are_refused():
+    with pytest.raises(ModelError, match="vote"):
+        fit_temperature(np.full((2, 2), 0.5), np.array([0, 1]), np.array([0, 1]), aggregate="vote")
+    assert Calibration.from_dict(None) == Calibration(temperature=1.0, uncertain_below=0.4)
+    with pytest.raises(ModelError, match="extra.calibration.temperature"):
+        Calibration.from_dict({"temperature": 0})
+    with pytest.raises(ModelError, match="uncertain_below"):
+        Calibration.from_dict({"temperature": 1.5, "uncertain_below": 1.5})
+
+
+def test_params_validate_the_threshold(tmp_path):
+    from genre_se.config import load_params
+    from genre_se.errors import ConfigError
+    from tests.conftest import write_params
+
+    params = load_params(write_params(tmp_path / "params.yaml", {}))
+    assert params.predict.uncertain_below == 0.4 and params.train.calibrate is True
+    with pytest.raises(ConfigError, match="predict.uncertain_below"):
+        load_params(write_params(tmp_path / "params.yaml", {"predict.uncertain_below": 1.2}))
+
+
+# --------------------------------------------------------------------------------------------------
+# The stages and predict, on a tiny trained model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """run_train on a tone store with train/valid/test clips, as the train stage runs it."""
+    from genre_se.config import load_params
+    from genre_se.feature_store import build_store
+    from genre_se.train import run_train
+    from tests.conftest import TINY_PARAMS, make_tone_dataset, write_params
+    from tests.test_inference import FEATURES
+
+    root = tmp_path_factory.mktemp("calib")
+    files = sorted(make_tone_dataset(root / "tones", per_label=5, seconds=1.5, seed=3).rglob("*.wav"))
+    split = {"0": "valid", "1": "valid", "4": "test"}
+    index = pd.DataFrame({"clip_id": [f.stem for f in files], "path": [str(f) for f in files],
+                          "label": [f.parent.name for f in files], "status": "ok",
+                          "split": [split.get(f.stem[-1], "train") for f in files]})
+    store, failures = build_store(index, FEATURES, root / "features", root / "cache", workers=1)
+    assert failures.empty
+    params = load_params(write_params(root / "params.yaml", {**TINY_PARAMS, "train.epochs": 2,
+                                                            "predict.uncertain_below": 0.35}))
+    lines: list[str] = []
+    run_train(params, store_dir=store.root, bundle_dir=root / "bundle", state_dir=root / "state",
+              live_dir=root / "live", best_params_path=None, log=lines.append)
+    return {"root": root, "store": store, "bundle": root / "bundle", "params": params, "log": lines}
+
+
+def _valid_clip_probs(model, store, temperature: float):
+    """Independently: the model's valid segment outputs, scaled, averaged per clip with pandas."""
+    rows = store.rows("valid")
+    out = np.asarray(model(np.asarray(store.segments[rows], dtype=np.float32), training=False), dtype=np.float64)
+    scaled = softmax(np.log(np.clip(out, 1e-12, None)) / temperature)
+    table = store.table.iloc[rows]
+    frame = pd.DataFrame(scaled).groupby(table["clip_id"].to_numpy(), sort=False).mean()
+    labels = table.groupby("clip_id", sort=False)["label_index"].first().loc[frame.index].to_numpy()
+    return frame.to_numpy(), labels
+
+
+@pytest.mark.slow
+def test_train_stage_stores_the_fitted_calibration(trained):
+    from genre_se.bundle import load_bundle
+    from genre_se.litert import load_litert_bundle
+
+    bundle = load_bundle(trained["bundle"])
+    record = bundle.extra["calibration"]
+    assert record["fit_on"] == "val" and record["n_clips"] == 6 and record["uncertain_below"] == 0.35
+    t = record["temperature"]
+    assert T_MIN <= t <= T_MAX
+    raw, labels = _valid_clip_probs(bundle.model, trained["store"], 1.0)
+    assert record["ece_before"] == pytest.approx(ece_by_loop(raw, labels), abs=1e-5)
+    scaled, _ = _valid_clip_probs(bundle.model, trained["store"], t)
+    assert record["ece_after"] == pytest.approx(ece_by_loop(scaled, labels), abs=1e-5)
+
+    def objective(temp):  # mean clip NLL + the prior on log T (sigma 1)
+        p, _ = _valid_clip_probs(bundle.model, trained["store"], temp)
+        nll = float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        return nll + np.log(temp) ** 2 / (2 * len(labels))
+
+    best_on_grid = min(objective(g) for g in np.exp(np.linspace(np.log(T_MIN), np.log(T_MAX), 60)))
+    assert objective(t) <= best_on_grid + 1e-4 and objective(t) <= objective(1.0) + 1e-9
+    assert record["nll_after"] <= record["nll_before"]
+    assert any(line.startswith("calibration on 6 validation clips") for line in trained["log"])
+    # the fast path reads the same bundle.json
+    assert load_litert_bundle(trained["bundle"]).extra["calibration"] == record
+
+
+@pytest.mark.slow
+def test_no_validation_clips_or_calibrate_off_keep_temperature_one(trained):
+    from genre_se.bundle import load_bundle
+    from genre_se.train import calibration_record
+
+    store = trained["store"]
+    record = calibration_record(None, store, np.zeros(0, dtype=np.int64), True, 0.3)  # train.fit_all
+    assert record["temperature"] == 1.0 and record["fit_on"] is None and record["ece_before"] is None
+    assert record["uncertain_below"] == 0.3
+    model = load_bundle(trained["bundle"]).model
+    record = calibration_record(model, store, store.rows("valid"), False, 0.4)  # train.calibrate: false
+    assert record["temperature"] == 1.0 and record["fit_on"] is None and record["n_clips"] == 6
+    assert record["ece_before"] == record["ece_after"]
+
+
+@pytest.mark.slow
+def test_evaluate_reports_raw_and_calibrated_ece(trained):
+    from genre_se.bundle import load_bundle
+    from genre_se.evaluate import run_evaluate
+
+    reports = trained["root"] / "reports"
+    metrics = run_evaluate(trained["params"], store_dir=trained["store"].root, bundle_dir=trained["bundle"],
+                           reports_dir=reports)
+    bundle = load_bundle(trained["bundle"])
+    t = bundle.extra["calibration"]["temperature"]
+    written = json.loads((reports / "metrics.json").read_text())
+    assert written["temperature"] == pytest.approx(t)
+    store = trained["store"]
+    rows = store.rows("test")
+    out = np.asarray(bundle.model(np.asarray(store.segments[rows], dtype=np.float32), training=False), np.float64)
+    table = store.table.iloc[rows]
+    labels = table.groupby("clip_id", sort=False)["label_index"].first().to_numpy()
+    predictions = pd.read_csv(reports / "predictions.csv")
+    for key, column, temp in (("ece", "confidence", 1.0), ("ece_calibrated", "confidence_calibrated", t)):
+        clips = pd.DataFrame(softmax(np.log(np.clip(out, 1e-12, None)) / temp)).groupby(
+            table["clip_id"].to_numpy(), sort=False).mean().to_numpy()
+        assert written["clip"][key] == pytest.approx(ece_by_loop(clips, labels), abs=1e-5)
+        np.testing.assert_allclose(predictions[column], clips.max(axis=1), atol=1e-5)
+    assert (reports / "reliability.png").stat().st_size > 1000
+    assert metrics["clip"]["accuracy"] == written["clip"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_predict_applies_the_temperature_and_flags_uncertain_answers(trained, tmp_path, capsys):
+    from genre_se.cli import main
+    from genre_se.inference import GenreClassifier
+    from tests.test_inference import BAND_HZ, tone, write
+
+    # between two bands, so the answer is not saturated at probability 1
+    between = 0.5 * tone(BAND_HZ["low"] * 2, 2.0) + 0.5 * tone(BAND_HZ["mid"], 2.0, seed=1)
+    path = write(tmp_path / "between.wav", between)
+    clf = GenreClassifier.load(trained["bundle"])
+    t = json.loads((trained["bundle"] / "bundle.json").read_text())["extra"]["calibration"]["temperature"]
+    assert clf.runtime == "litert" and clf.temperature == t and clf.uncertain_below == 0.35
+    raw = GenreClassifier(dataclasses.replace(clf.bundle, extra={})).predict(path)  # an uncalibrated twin
+    assert raw.uncertain == (raw.probabilities.max() < 0.4)  # no calibration: the default threshold
+    calibrated = clf.predict(path)
+    expected = apply_temperature(raw.segment_probabilities, t)
+    np.testing.assert_allclose(calibrated.segment_probabilities, expected, atol=1e-12)
+    np.testing.assert_allclose(calibrated.probabilities, expected.mean(axis=0), atol=1e-12)
+    top = calibrated.probabilities.max()
+    assert top < 1.0 and calibrated.uncertain == (top < 0.35)
+
+    def predict(*extra):
+        assert main(["predict", str(path), "--model", str(trained["bundle"]), *extra]) == 0
+        return capsys.readouterr().out
+
+    for threshold, flag in (("0", False), ("1", True), (f"{top + 1e-6:.9f}", True), (f"{top - 1e-6:.9f}", False)):
+        record = json.loads(predict("--format", "json", "--uncertain-below", threshold))["predictions"][0]
+        assert record["uncertain"] is flag, threshold
+        assert [g["genre"] for g in record["top"]] == [g for g, _ in calibrated.top(3)]  # top-k kept
+        assert record["top"][0]["probability"] == pytest.approx(top, abs=1e-9)
+    document = json.loads(predict("--format", "json"))
+    assert document["model"]["calibration"] == {"temperature": t, "fit_on": "val", "uncertain_below": 0.35}
+    assert "(uncertain)" in predict("--uncertain-below", "1") and "(uncertain)" not in predict("--uncertain-below", "0")
+    csv_path = tmp_path / "out.csv"
+    predict("--format", "csv", "--uncertain-below", "1", "--output", str(csv_path))
+    table = pd.read_csv(csv_path)
+    assert list(table.columns) == ["path", "duration", "n_segments", "genre_1", "probability_1", "genre_2",
+                                   "probability_2", "genre_3", "probability_3", "uncertain"]
+    assert table["uncertain"].tolist() == [True]
+    with pytest.raises(SystemExit) as usage:
+        main(["predict", str(path), "--model", str(trained["bundle"]), "--uncertain-below", "1.5"])
+    assert usage.value.code == 2
+    with pytest.raises(ModelError, match="uncertain_below"):
+        GenreClassifier(clf.bundle, uncertain_below=-0.1)

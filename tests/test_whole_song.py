@@ -1,0 +1,323 @@
+"""Whole songs: near-silent segments are left out of a file's genre, and a long file is read only in windows
+around a bounded spread of segments whose features equal the whole stream's.
+
+Classifier tests use the tiny trained bundle of tests/test_inference.py (8 kHz, 0.256-s segments, so a
+6-minute file has about 2800 segments); feature-parity tests use the shipped feature parameters.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from genre_se.config import FeatureConfig
+from genre_se.errors import ModelError
+from tests.test_inference import BAND_HZ, FEATURES, clf, tiny, tone, write  # noqa: F401  (shared fixtures)
+
+DEFAULT = FeatureConfig()  # the shipped features: 22050 Hz, n_fft 2048, hop 512, 128-frame segments
+#: Window features against the whole stream, in dB. Without resampling they are the same computation on
+#: the same samples. A resampler started at the window differs from the whole stream's by float rounding
+#: (~2e-7 per sample): bins near the -100 dB floor move by a few hundredths of a dB, the body of the music
+#: (bins above -40 dB) by under 1e-3 dB (measured: <= 2e-4).
+EXACT_DB = 1e-4
+RESAMPLED_DB, RESAMPLED_BODY_DB = 0.05, 1e-3
+
+
+def noisy_music(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """Broadband content in every mel band (noise) plus tones that change every few seconds."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    freq = 220.0 * 2 ** (np.floor(t / 3.7) % 4)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def selected_and_full(path, cfg: FeatureConfig, k: int):
+    """(window features, whole-stream features) of ``k`` spread segments of a file."""
+    from genre_se.audio import open_windows
+    from genre_se.features import (concat_segments, extract_segments, iter_selected_segments,
+                                   segment_start_frames, spread_indices)
+
+    full = extract_segments(path, cfg)
+    with open_windows(path, cfg.sample_rate) as reader:
+        assert reader is not None, f"{path}: expected window reads"
+        n_frames = 1 + reader.n_samples // cfg.hop_length
+        starts = segment_start_frames(n_frames, cfg)
+        chosen = spread_indices(len(starts), k)
+        part = concat_segments(iter_selected_segments(reader.read, starts[chosen], n_frames, cfg, batch_size=3))
+    assert n_frames == full.n_frames  # the header's length is the decoded length
+    np.testing.assert_array_equal(part.start_frames, full.start_frames[chosen])
+    return part, full, chosen
+
+
+# --------------------------------------------------------------------------------------------------
+# Loudness and silence
+
+
+def test_frame_loudness_reads_db_re_full_scale():
+    from genre_se.features import floor_db, frame_loudness, log_mel
+
+    sr = DEFAULT.sample_rate
+    rng = np.random.default_rng(0)
+    for rms_db in (-20.0, -80.0):
+        noise = (10 ** (rms_db / 20) * rng.standard_normal(5 * sr)).astype(np.float32)
+        inner = frame_loudness(log_mel(noise, DEFAULT), DEFAULT)[8:-8]  # frames without the zero padding
+        assert np.median(inner) == pytest.approx(rms_db, abs=1.0)  # white noise is the calibration
+    sine = np.sin(2 * np.pi * 1000 * np.arange(2 * sr) / sr).astype(np.float32)
+    assert 0.0 < np.median(frame_loudness(log_mel(sine, DEFAULT), DEFAULT)) < 4.0  # full scale: RMS -3 dB
+    silence = frame_loudness(log_mel(np.zeros(sr, np.float32), DEFAULT), DEFAULT)
+    assert silence.max() < floor_db(DEFAULT) < -99.0  # the power floor, far below any threshold
+
+
+def test_default_threshold_separates_gtzan_quiet_passages_from_silence_and_noise(shared_data):
+    """The default -60 dB: GTZAN's quietest genres never count as silent; silence, dither and -80 dB noise do."""
+    from genre_se.audio import load_audio
+    from genre_se.features import extract_segments
+    from genre_se.inference import DEFAULT_SILENCE_DB
+
+    clips = sorted((shared_data / "gtzan-mini" / "genres").glob("classical/*.wav"))
+    clips += sorted((shared_data / "gtzan-mini" / "genres").glob("jazz/*.wav"))
+    if not clips:
+        pytest.skip("no GTZAN classical/jazz clips in the shared data")
+    quietest = min(float(extract_segments(load_audio(c, DEFAULT.sample_rate), DEFAULT).loudness_db.min())
+                   for c in clips)
+    assert quietest > DEFAULT_SILENCE_DB + 20  # measured: about -31 dB, 29 dB of margin
+
+    sr, rng = DEFAULT.sample_rate, np.random.default_rng(1)
+    quiet = {
+        "digital silence": np.zeros(4 * sr, np.float32),
+        "16-bit dither": (rng.integers(-1, 2, 4 * sr) / 32768).astype(np.float32),
+        "-80 dB noise": (1e-4 * rng.standard_normal(4 * sr)).astype(np.float32),
+    }
+    for name, y in quiet.items():
+        assert extract_segments(y, DEFAULT).loudness_db.max() < DEFAULT_SILENCE_DB, name
+
+
+def test_silent_segments_are_listed_but_left_out(tiny, clf, tmp_path):  # noqa: F811
+    from genre_se.inference import GenreClassifier
+
+    sr, hop, n_fft = FEATURES.sample_rate, FEATURES.hop_length, FEATURES.n_fft
+    music = tone(BAND_HZ["mid"], 20.0)
+    path = write(tmp_path / "tone_then_silence.wav", np.concatenate([music, np.zeros(10 * sr, np.float32)]))
+    alone = clf.predict(write(tmp_path / "tone.wav", music))
+    result = clf.predict(path)
+    everything = GenreClassifier.load(tiny["bundle"], silence_db=None).predict(path)
+
+    starts = np.round(result.segment_starts * sr / hop).astype(int)
+    in_silence = starts * hop - n_fft // 2 >= len(music)  # every sample of every frame is silence
+    in_music = (starts + FEATURES.segment_frames) * hop + n_fft // 2 <= len(music)
+    assert in_silence.sum() > 70 and (result.silent[in_silence]).all() and not result.silent[in_music].any()
+    assert not result.all_silent and result.n_segments == everything.n_segments  # still listed
+    np.testing.assert_allclose(result.segment_probabilities, everything.segment_probabilities)
+    expected = everything.segment_probabilities[~result.silent].mean(axis=0)
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-9)  # the rest, averaged
+    # the same answer as the tone alone: segments wholly in the music are the alone file's segments (its
+    # end padding is zeros, like the silence), so only the few straddling the edge can move the mean
+    same = np.searchsorted(alone.segment_starts, result.segment_starts[in_music])
+    np.testing.assert_allclose(result.segment_probabilities[in_music], alone.segment_probabilities[same], atol=1e-5)
+    straddling = int((~in_music & ~result.silent).sum())
+    assert result.genre == alone.genre == "mid" and 1 <= straddling <= 3
+    bound = straddling / (~result.silent).sum() + 1 / alone.n_segments  # + the alone file's end-aligned one
+    assert np.abs(result.probabilities - alone.probabilities).max() <= bound
+    # with the silence counted the answer would be far off
+    assert np.abs(everything.probabilities - alone.probabilities).max() > 5 * bound
+
+    record = result.to_dict(timeline=True)
+    assert record["silent_segments"] == int(result.silent.sum()) and record["all_silent"] is False
+    assert [row["silent"] for row in record["timeline"]] == result.silent.tolist()
+
+
+@pytest.mark.parametrize("kind", ["digital silence", "-80 dB noise"])
+def test_a_silent_file_falls_back_to_every_segment(clf, tmp_path, kind):  # noqa: F811
+    rng = np.random.default_rng(2)
+    y = np.zeros(24000, np.float32) if kind == "digital silence" else (1e-4 * rng.standard_normal(24000))
+    result = clf.predict(write(tmp_path / "quiet.wav", y.astype(np.float32), subtype="FLOAT"))
+    assert result.all_silent and result.silent.all() and result.n_segments > 10
+    np.testing.assert_allclose(result.probabilities, result.segment_probabilities.mean(axis=0), atol=1e-9)
+    assert result.to_dict()["all_silent"] is True
+
+
+def test_silence_db_is_validated(tiny):  # noqa: F811
+    from genre_se.inference import GenreClassifier
+
+    for bad in (float("nan"), float("inf"), "loud", True):
+        with pytest.raises(ModelError, match="silence_db"):
+            GenreClassifier.load(tiny["bundle"], silence_db=bad)
+    for bad in (-1, 2.5, True, "8"):
+        with pytest.raises(ModelError, match="max_segments"):
+            GenreClassifier.load(tiny["bundle"], max_segments=bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# A bounded spread of segments, read in windows
+
+
+@pytest.fixture(scope="module")
+def six_minutes(tmp_path_factory):
+    """A 6-minute 16-kHz wav (resampled to the bundle's 8 kHz): low, mid, high bands taking turns."""
+    sr, seconds = 16000, 360.0
+    path = tmp_path_factory.mktemp("song") / "song.wav"
+    t = np.arange(int(seconds * sr)) / sr
+    bands = np.array([BAND_HZ["low"], BAND_HZ["mid"], BAND_HZ["high"]], dtype=np.float64)
+    freq = bands[(t // 40).astype(int) % 3]
+    phase = 2 * np.pi * np.cumsum(freq) / sr
+    noise = np.random.default_rng(3).standard_normal(len(t))
+    sf.write(path, (0.5 * np.sin(phase) + 0.05 * noise).astype(np.float32), sr, subtype="FLOAT")
+    return path
+
+
+def test_a_long_file_reads_a_spread_of_windows_only(tiny, six_minutes, monkeypatch):  # noqa: F811
+    from genre_se import audio
+    from genre_se.features import n_segments_for
+    from genre_se.inference import GenreClassifier
+
+    decoded = []
+    native = audio.WindowReader._native
+
+    def counting(self, start, stop):
+        for block in native(self, start, stop):
+            decoded.append(len(block))
+            yield block
+
+    monkeypatch.setattr(audio.WindowReader, "_native", counting)
+    bounded = GenreClassifier.load(tiny["bundle"], max_segments=8).predict(six_minutes)
+    n_all = n_segments_for(int(360 * FEATURES.sample_rate), FEATURES)
+    assert bounded.n_segments == 8 and bounded.n_segments_in_file == n_all > 2000
+    assert bounded.duration == pytest.approx(360.0)
+    assert bounded.segment_starts[0] == 0.0 and bounded.segment_ends[-1] == pytest.approx(360.0)
+    gaps = np.diff(bounded.segment_starts)
+    # evenly spread: index gaps differ by at most one, the end-aligned last start is off the hop grid
+    assert gaps.max() - gaps.min() <= 2 * FEATURES.segment_hop * FEATURES.hop_length / FEATURES.sample_rate
+    # only the windows were decoded (8 x ~0.5 s: a segment, n_fft and 2 x 0.1 s of resampler context),
+    # not the 5.76 M samples of the file
+    assert 0 < sum(decoded) < 8 * 0.6 * 16000
+
+    monkeypatch.setattr(audio.WindowReader, "_native", native)
+    full = GenreClassifier.load(tiny["bundle"], max_segments=0).predict(six_minutes)
+    assert full.n_segments == n_all
+    rows = np.searchsorted(full.segment_starts, bounded.segment_starts)
+    np.testing.assert_allclose(full.segment_starts[rows], bounded.segment_starts)
+    # the windows' features equal the stream's within the resampler tolerance; the model barely notices
+    np.testing.assert_allclose(bounded.segment_probabilities, full.segment_probabilities[rows], atol=1e-4)
+    assert {row["genre"] for row in bounded.timeline()} == {"low", "mid", "high"}  # the whole song is seen
+
+
+def test_unseekable_or_array_input_gives_the_same_spread(tiny, six_minutes, tmp_path):  # noqa: F811
+    """An Ogg file is streamed whole (no window reads) and the same spread is kept afterwards; an array is
+    read in windows; a file with few segments is untouched."""
+    from genre_se.audio import open_windows
+    from genre_se.features import n_segments_for
+    from genre_se.inference import GenreClassifier
+
+    clf8 = GenreClassifier.load(tiny["bundle"], max_segments=8)
+    y, sr = sf.read(six_minutes, dtype="float32")
+    ogg = tmp_path / "song.ogg"
+    with sf.SoundFile(ogg, "w", samplerate=sr, channels=1) as out:  # written in blocks (libsndfile likes it)
+        for i in range(0, len(y), sr):
+            out.write(y[i : i + sr])
+    with open_windows(ogg, FEATURES.sample_rate) as reader:
+        assert reader is None  # streamed: libsndfile's Ogg seek is off near the end of a stream
+    from_wav, from_ogg = clf8.predict(six_minutes), clf8.predict(ogg)
+    assert from_ogg.n_segments == 8 and from_ogg.n_segments_in_file == from_wav.n_segments_in_file
+    np.testing.assert_array_equal(from_ogg.segment_starts, from_wav.segment_starts)
+    assert from_ogg.genre == from_wav.genre
+
+    from_array = clf8.predict_array(y, sr)
+    np.testing.assert_array_equal(from_array.segment_starts, from_wav.segment_starts)
+    np.testing.assert_allclose(from_array.segment_probabilities, from_wav.segment_probabilities, atol=1e-4)
+
+    short = write(tmp_path / "short.wav", tone(BAND_HZ["low"], 0.9))  # 7 segments < 8: all of them
+    result = clf8.predict(short)
+    assert result.n_segments == result.n_segments_in_file == n_segments_for(7200, FEATURES) == 7
+
+
+def test_window_features_equal_the_stream_without_resampling(tmp_path):
+    path = tmp_path / "native.wav"
+    sf.write(path, noisy_music(40.0, DEFAULT.sample_rate), DEFAULT.sample_rate, subtype="FLOAT")
+    part, full, chosen = selected_and_full(path, DEFAULT, 7)
+    assert np.abs(part.data - full.data[chosen]).max() <= EXACT_DB
+    np.testing.assert_allclose(part.loudness_db, full.loudness_db[chosen], atol=EXACT_DB)
+
+
+@pytest.mark.parametrize("ext, rate", [("flac", 44100), ("flac", 48000), ("wav", 16000), ("mp3", 44100)])
+def test_window_features_equal_the_stream_with_resampling(tmp_path, ext, rate):
+    from genre_se.audio import _window_seek_formats
+
+    if ext == "mp3" and "MP3" not in _window_seek_formats():
+        pytest.skip(f"libsndfile {sf.__libsndfile_version__} < 1.1: MP3 is streamed, not read in windows")
+    path = tmp_path / f"music.{ext}"
+    stereo = np.stack([noisy_music(40.0, rate), noisy_music(40.0, rate, seed=1)], axis=1)
+    sf.write(path, stereo, rate)
+    part, full, chosen = selected_and_full(path, DEFAULT, 7)
+    diff = np.abs(part.data - full.data[chosen])
+    assert diff.max() <= RESAMPLED_DB
+    assert diff[full.data[chosen] > -40].max() <= RESAMPLED_BODY_DB
+
+
+def test_window_features_of_a_real_clip(shared_data, tmp_path):
+    """A GTZAN clip at 44.1 kHz (its quiet high bands are where the resampler's rounding shows)."""
+    from genre_se.audio import load_audio
+
+    clip = next(iter(sorted((shared_data / "gtzan-mini" / "genres").glob("metal/*.wav"))), None)
+    if clip is None:
+        pytest.skip("no GTZAN metal clip in the shared data")
+    y = load_audio(clip, None)
+    path = tmp_path / "clip.flac"
+    sf.write(path, soxr.resample(y, 22050, 44100), 44100)
+    part, full, chosen = selected_and_full(path, DEFAULT, 6)
+    diff = np.abs(part.data - full.data[chosen])
+    assert diff.max() <= RESAMPLED_DB and diff[full.data[chosen] > -40].max() <= RESAMPLED_BODY_DB
+
+
+def test_mp3_window_reads_equal_a_sequential_decode(tmp_path):
+    """libsndfile >= 1.1 seeks MP3 to the sample (mpg123); the window reader relies on it."""
+    from genre_se.audio import _window_seek_formats, load_audio, open_windows
+
+    if "MP3" not in _window_seek_formats():
+        pytest.skip(f"libsndfile {sf.__libsndfile_version__} < 1.1: MP3 is streamed, not read in windows")
+    path = tmp_path / "song.mp3"
+    sf.write(path, noisy_music(20.0, 44100), 44100)
+    whole = load_audio(path, None)
+    rng = np.random.default_rng(4)
+    with open_windows(path, 44100) as reader:
+        assert reader is not None
+        for start in [0, len(whole) - 3000, *rng.integers(0, len(whole), 6)]:
+            window = reader.read(int(start), int(start) + 5000)
+            expected = np.zeros(5000, np.float32)
+            piece = whole[start : start + 5000]
+            expected[: len(piece)] = piece
+            np.testing.assert_allclose(window, expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_cli_bounds_segments_unless_a_timeline_is_asked(tiny, six_minutes, tmp_path, capsys):  # noqa: F811
+    from genre_se.cli import main
+    from genre_se.inference import DEFAULT_MAX_SEGMENTS
+
+    def predict(*options):
+        assert main(["predict", str(six_minutes), "--model", str(tiny["bundle"]), "--format", "json",
+                     *options]) == 0
+        return json.loads(capsys.readouterr().out)["predictions"][0]
+
+    default = predict()
+    assert default["n_segments"] == DEFAULT_MAX_SEGMENTS and default["segments_in_file"] > 2000
+    assert predict("--max-segments", "5")["n_segments"] == 5
+    everything = predict("--timeline")
+    assert everything["n_segments"] == len(everything["timeline"]) == default["segments_in_file"]
+    assert "segments_in_file" not in everything and everything["silent_segments"] == 0
+
+    quiet = write(tmp_path / "quiet_end.wav", np.concatenate([tone(BAND_HZ["high"], 2.0), np.zeros(8000)]))
+    assert main(["predict", str(quiet), "--model", str(tiny["bundle"]), "--timeline"]) == 0
+    table = capsys.readouterr().out
+    assert "silent (left out)" in table.splitlines()[0] and table.count("  silent\n") > 3
+    assert main(["predict", str(quiet), "--model", str(tiny["bundle"]), "--format", "json",
+                 "--silence-db", "off"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"][0]["silent_segments"] == 0
+    with pytest.raises(SystemExit):
+        main(["predict", str(quiet), "--model", str(tiny["bundle"]), "--max-segments", "-1"])
