@@ -100,8 +100,8 @@ def make_dataset(
     ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=tf.data.AUTOTUNE)
     if gain_db > 0:
         ds = ds.map(lambda x, y: (_random_gain(x, gain_db, floor_db), y), num_parallel_calls=tf.data.AUTOTUNE)
-    recording = RecordingConditions(eq_tilt_db, compression, None if noise_snr_db is None else tuple(noise_snr_db),
-                                    pitch_shift_semitones, time_stretch, floor_db, mel_hz)
+    recording = RecordingConditions(eq_tilt_db, compression, noise_snr_db, pitch_shift_semitones, time_stretch,
+                                    floor_db, mel_hz)
     if recording.active:
         recording.check(shape[0])
         # one int64 per batch from a seeded stream that differs every epoch: the stateless draws of the batch's
@@ -149,7 +149,13 @@ class RecordingConditions:
     pitch_shift_semitones: float = 0.0
     time_stretch: float = 0.0
     floor_db: float = -100.0
-    mel_hz: np.ndarray | None = None
+    mel_hz: tuple | None = None
+
+    def __post_init__(self):  # hashable (tf.function keys on it)
+        if self.mel_hz is not None:
+            object.__setattr__(self, "mel_hz", tuple(float(f) for f in self.mel_hz))
+        if self.noise_snr_db is not None:
+            object.__setattr__(self, "noise_snr_db", tuple(float(v) for v in self.noise_snr_db))
 
     @property
     def active(self) -> bool:
@@ -178,8 +184,7 @@ class RecordingConditions:
             x = compress(x, self.compression * uniform(2, 0.0, 1.0))
         if self.noise_snr_db is not None:
             low, high = self.noise_snr_db
-            x = add_noise(x, uniform(3, low, high), self.floor_db,
-                          self.mel_hz, colour=uniform(4, 0.0, 1.0))
+            x = add_noise(x, uniform(3, low, high), self.floor_db, self.mel_hz, colour=uniform(4, 0.0, 1.0))
         if self.pitch_shift_semitones > 0:
             s = self.pitch_shift_semitones
             x = pitch_shift(x, uniform(5, -s, s), self.mel_hz)
@@ -202,10 +207,9 @@ def segment_median(x):
     """Per-segment median of a batch (the lower one for an even count), shape ``[batch, 1, 1, 1]``."""
     import tensorflow as tf
 
-    flat = tf.reshape(x, [tf.shape(x)[0], -1])
-    n = flat.shape[1]
-    # the k-th largest of n, via top_k (cheaper than a full sort): the lower median is the (n // 2 + 1)-th largest
-    return tf.reshape(tf.math.top_k(flat, k=n // 2 + 1, sorted=True).values[:, -1], [-1, 1, 1, 1])
+    n = int(np.prod(x.shape[1:]))
+    flat = tf.reshape(x, [-1, n])
+    return tf.reshape(tf.sort(flat, axis=1)[:, (n - 1) // 2], [-1, 1, 1, 1])  # a sort beats top_k(n / 2) here
 
 
 def compress(x, amount):
@@ -239,9 +243,14 @@ def add_noise(x, snr_db, floor_db: float, mel_hz=None, colour=None):
 
 
 def pitch_shift(x, semitones, mel_hz):
-    """Shift the spectrum by ``semitones`` (per segment) along the mel axis: band ``i`` (centre ``f_i``) takes the
-    value at ``f_i / 2^(k/12)``, linearly interpolated between bands in log frequency; beyond the lowest or the
-    highest band the edge band's value is used."""
+    """Shift the spectrum by ``semitones`` (per segment) along the mel axis: band ``i`` (centre ``f_i``) reads
+    the spectrum at ``f_i / 2^(k/12)``, its position between the band centres taken in log frequency.
+
+    Values are resampled in the power domain with a triangular kernel: between two source bands it is linear
+    interpolation; where the output bands step over more than one source band (a downward shift in the
+    linearly spaced low bands) it averages them, so a narrow peak is not skipped. Beyond the lowest or the
+    highest band the edge band's value is used.
+    """
     import tensorflow as tf
 
     log_f = np.log2(np.asarray(mel_hz, np.float64))
@@ -249,15 +258,19 @@ def pitch_shift(x, semitones, mel_hz):
     if n < 2:
         return x
     grid = tf.constant(log_f, tf.float32)
-    source = grid[None, :] - tf.reshape(semitones, [-1, 1]) / 12.0  # [batch, n_mels]
+    source = grid[None, :] - tf.reshape(semitones, [-1, 1]) / 12.0  # [batch, n_mels], log2 Hz
     lower = tf.clip_by_value(tf.searchsorted(tf.broadcast_to(grid, tf.shape(source)), source, side="right") - 1,
                              0, n - 2)
     g0, g1 = tf.gather(grid, lower), tf.gather(grid, lower + 1)
-    w = tf.clip_by_value((source - g0) / (g1 - g0), 0.0, 1.0)[:, :, None]
-    bands = x[..., 0]  # [batch, n_mels, frames]
-    a = tf.gather(bands, lower, axis=1, batch_dims=1)
-    b = tf.gather(bands, lower + 1, axis=1, batch_dims=1)
-    return (a * (1.0 - w) + b * w)[..., None]
+    pos = tf.cast(lower, tf.float32) + tf.clip_by_value((source - g0) / (g1 - g0), 0.0, 1.0)  # source band index
+    step = pos[:, 1:] - pos[:, :-1]
+    width = tf.maximum(1.0, 0.5 * (tf.concat([step[:, :1], step], 1) + tf.concat([step, step[:, -1:]], 1)))
+    k = tf.range(n, dtype=tf.float32)[None, None, :]
+    weights = tf.nn.relu(1.0 - tf.abs(k - pos[:, :, None]) / width[:, :, None])  # [batch, out band, source band]
+    weights = weights / tf.reduce_sum(weights, axis=2, keepdims=True)
+    ln10 = float(np.log(10.0))
+    power = tf.exp(x[..., 0] * (ln10 / 10.0))  # [batch, n_mels, frames]
+    return (10.0 / ln10 * tf.math.log(tf.matmul(weights, power)))[..., None]
 
 
 def time_stretch(x, rate):
