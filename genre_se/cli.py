@@ -282,8 +282,19 @@ def _inference_needs_tf(args) -> bool:
         return False  # the command itself reports the missing bundle, without paying for TensorFlow
 
 
+def _say_which_model(args) -> None:
+    """Without --model the bundle comes from the pipeline or the package: say which (stderr; not with -q)."""
+    from .inference import BUNDLE_SOURCES, locate_bundle
+
+    if args.model is None and not args.quiet:
+        path, source = locate_bundle(None)
+        _err(f"using {BUNDLE_SOURCES[source]}: {path}")
+
+
 def cmd_predict(args) -> int:
     from .inference import DEFAULT_MAX_SEGMENTS, Failure, GenreClassifier, PredictionFormatter
+
+    _say_which_model(args)
 
     # a timeline shows every segment, so it reads them all unless --max-segments says otherwise
     max_segments = args.max_segments if args.max_segments is not None else 0 if args.timeline else DEFAULT_MAX_SEGMENTS
@@ -318,6 +329,7 @@ def cmd_embed(args) -> int:
     from .inference import Failure, GenreClassifier, embedding_format, write_embeddings
 
     embedding_format(args.output, args.format)  # a bad --output/--format fails before any work
+    _say_which_model(args)
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
                                       batch_size=args.batch_size)
     files, n_empty = _expand_inputs(args.paths)
@@ -378,6 +390,14 @@ def cmd_robustness(args) -> int:
     with _OutputStream(args.output) as out:
         out.write(text)
     return _finish(len(failures) + n_empty, len(files) + n_empty)
+
+
+def cmd_install_model(args) -> int:
+    from .shipped import install_shipped
+
+    target = install_shipped(args.bundle, args.target)
+    print(f"installed {args.bundle} as the shipped model -> {target}", file=sys.stderr)
+    return 0
 
 
 def cmd_export(args) -> int:
@@ -566,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="none (default): float32, equal to Keras within rounding; int8: dynamic-range int8 "
                         "weights, several times faster, probabilities within ~1e-2")
     p.set_defaults(func=cmd_export, needs_tf=True)
+
+    p = sub.add_parser("install-model", help="make a trained bundle (with its LiteRT export) the package's "
+                                              "shipped default model (maintainers; MODEL.md)")
+    p.add_argument("bundle", help="model bundle, e.g. models/shipped/bundle")
+    p.add_argument("--target", help="where to install (default: genre_se/pretrained/gtzan-mini in the package)")
+    p.set_defaults(func=cmd_install_model, needs_tf=True)
 
     p = sub.add_parser("analyze", help="mean SE excitation per genre on held-out clips (SENet Fig. 6)")
     p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")

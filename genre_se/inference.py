@@ -52,12 +52,22 @@ __all__ = [
     "Prediction",
     "PredictionFormatter",
     "expand_paths",
+    "SHIPPED_BUNDLE",
+    "locate_bundle",
     "resolve_bundle_path",
     "write_embeddings",
 ]
 
 #: Where the DVC ``train`` stage writes the bundle (relative to the working directory).
 DEFAULT_BUNDLE = Path("models") / "bundle"
+#: The model shipped inside the package (71 GTZAN clips; MODEL.md): used when there is no other.
+SHIPPED_BUNDLE = Path(__file__).resolve().parent / "pretrained" / "gtzan-mini"
+#: Where :func:`locate_bundle` found the bundle, in words for the user.
+BUNDLE_SOURCES = {
+    "given": "the model given with --model",
+    "pipeline": "the pipeline's latest model (models/bundle)",
+    "shipped": "the shipped default model (trained on 71 GTZAN clips; see MODEL.md)",
+}
 #: Ways to turn segment probabilities into a clip distribution; "mean" is the evaluate stage's rule.
 AGGREGATIONS = ("mean", "vote")
 #: Embedding outputs: one pooled (mean) vector per file, or one vector per segment.
@@ -80,22 +90,32 @@ ProgressCallback = Callable[[str, float], None]
 # Finding the model and the files
 
 
-def resolve_bundle_path(model: str | os.PathLike | None = None) -> Path:
-    """The bundle to load: ``model`` if given, else the pipeline's ``models/bundle`` under the cwd.
+def locate_bundle(model: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The bundle to load and where it came from (a key of :data:`BUNDLE_SOURCES`).
+
+    ``model`` if given; else the pipeline's ``models/bundle`` under the cwd; else the model shipped in the
+    package. So ``pip install`` then ``genre-se predict song.mp3`` answers without training.
 
     Raises
     ------
     ModelError
-        No path given and no ``models/bundle`` here, with a message that says how to get one.
+        No path given, no ``models/bundle`` here and no shipped model, saying how to get one.
     """
     if model is not None:
-        return Path(model)
+        return Path(model), "given"
     if DEFAULT_BUNDLE.exists():
-        return DEFAULT_BUNDLE
+        return DEFAULT_BUNDLE, "pipeline"
+    if (SHIPPED_BUNDLE / "bundle.json").is_file():
+        return SHIPPED_BUNDLE, "shipped"
     raise ModelError(
-        f"no model found: {DEFAULT_BUNDLE} does not exist in {Path.cwd()}; train one with `dvc repro` "
-        "(or `genre-se train`) or pass --model BUNDLE"
+        f"no model found: {DEFAULT_BUNDLE} does not exist in {Path.cwd()} and this installation ships none; "
+        "train one with `dvc repro` (or `genre-se train`) or pass --model BUNDLE"
     )
+
+
+def resolve_bundle_path(model: str | os.PathLike | None = None) -> Path:
+    """The bundle to load (see :func:`locate_bundle`)."""
+    return locate_bundle(model)[0]
 
 
 def uses_litert(bundle_dir: str | os.PathLike, backend: str = "auto") -> bool:
@@ -594,11 +614,13 @@ class GenreClassifier:
         export = getattr(self.bundle, "export", None)
         if export is not None:
             runtime["quantize"] = export.get("quantize")
+        path = None if self.bundle.path is None else Path(self.bundle.path).resolve()
         return {
             "genre_se_version": __version__,
             "runtime": runtime,
             "bundle": {
-                "path": None if self.bundle.path is None else str(Path(self.bundle.path).resolve()),
+                "path": None if path is None else str(path),
+                "shipped": path is not None and path == SHIPPED_BUNDLE,
                 "model_sha1": model_sha1,
                 "created": self.bundle.created,
                 "genre_se_version": self.bundle.genre_se_version,

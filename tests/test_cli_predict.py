@@ -103,9 +103,17 @@ def test_exit_codes(capsys, bundle, folder, tmp_path, monkeypatch):
     code, _, err = run(capsys, "predict", good, "--model", str(tmp_path / "nowhere"))
     assert code == 1 and "model bundle not found" in err
 
-    monkeypatch.chdir(tmp_path)  # no models/bundle here
+    monkeypatch.chdir(tmp_path)  # no models/bundle here, and (patched) no shipped model
+    from genre_se import inference
+
+    monkeypatch.setattr(inference, "SHIPPED_BUNDLE", tmp_path / "no-shipped-model")
     code, _, err = run(capsys, "predict", good)
     assert code == 1 and "no model found" in err and "dvc repro" in err and "--model" in err
+    import shutil
+
+    shutil.copytree(bundle, tmp_path / "models" / "bundle")
+    code, out, err = run(capsys, "predict", good, "--format", "json")
+    assert code == 0 and "using the pipeline's latest model (models/bundle)" in err and json.loads(out)
 
     with pytest.raises(SystemExit) as usage:
         main(["predict", good, "--top-k", "0"])

@@ -271,16 +271,24 @@ def test_expand_paths_finds_audio_recursively(tmp_path):
     assert empty == [str(tmp_path / "empty")]
 
 
-def test_default_bundle_is_models_bundle_or_a_clear_error(tiny, tmp_path, monkeypatch):
+def test_default_bundle_is_models_bundle_then_the_shipped_one_or_a_clear_error(tiny, tmp_path, monkeypatch):
     import shutil
 
-    from genre_se.inference import GenreClassifier
+    from genre_se import inference
+    from genre_se.inference import GenreClassifier, locate_bundle
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(inference, "SHIPPED_BUNDLE", tmp_path / "site" / "pretrained")
     with pytest.raises(ModelError, match=r"no model found.*dvc repro.*--model"):
         GenreClassifier.load()
-    shutil.copytree(tiny["bundle"], tmp_path / "models" / "bundle")
-    assert GenreClassifier.load().labels == ["high", "low", "mid"]
+    shutil.copytree(tiny["bundle"], tmp_path / "site" / "pretrained")  # an installation that ships a model
+    assert locate_bundle() == (tmp_path / "site" / "pretrained", "shipped")
+    assert GenreClassifier.load().provenance()["bundle"]["shipped"] is True
+    shutil.copytree(tiny["bundle"], tmp_path / "models" / "bundle")  # the pipeline's model wins over it
+    assert locate_bundle() == (Path("models") / "bundle", "pipeline")
+    clf = GenreClassifier.load()
+    assert clf.labels == ["high", "low", "mid"] and clf.provenance()["bundle"]["shipped"] is False
+    assert locate_bundle(tmp_path / "site" / "pretrained")[1] == "given"  # --model wins over both
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""The model shipped inside the package: installing a trained bundle there (a maintainer's step).
+
+``scripts/train_shipped_model.sh`` trains it with the project's own stages from
+``configs/shipped-gtzan-mini.yaml`` and ends with ``genre-se install-model``, which copies the bundle and its
+LiteRT export into ``genre_se/pretrained/gtzan-mini/`` (package data). :func:`genre_se.inference.locate_bundle`
+falls back to it when there is no ``--model`` and no pipeline model, so a fresh ``pip install`` can predict.
+Only the files a classifier loads are copied: no training state, no pickles.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .errors import ModelError
+from .fileio import atomic_dir
+
+#: what a shipped bundle holds: the Keras model (embeddings, analysis, --backend keras) and its LiteRT export
+SHIPPED_FILES = ("bundle.json", "model.keras", "model.tflite", "frontend.npz", "litert.json")
+
+
+def install_shipped(bundle_dir: str | Path, target: str | Path | None = None) -> Path:
+    """Check that ``bundle_dir`` loads (Keras, safe mode) and has a matching LiteRT export, then copy it to
+    ``target`` (default: the package's shipped model) atomically.
+
+    Raises
+    ------
+    ModelError
+        The bundle does not load, has no (or a stale) LiteRT export, or lacks calibration.
+    """
+    from .bundle import load_bundle
+    from .inference import SHIPPED_BUNDLE
+    from .litert import load_litert_bundle
+
+    source = Path(bundle_dir)
+    target = Path(target) if target is not None else SHIPPED_BUNDLE
+    bundle = load_bundle(source)
+    load_litert_bundle(source)  # raises ModelError when the export is missing or made from another model
+    if "calibration" not in bundle.extra:
+        raise ModelError(f"{source}: has no calibration record; train it with train.calibrate: true")
+    with atomic_dir(target) as tmp:
+        for name in SHIPPED_FILES:
+            shutil.copy2(source / name, tmp / name)
+    return target
