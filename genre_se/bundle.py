@@ -113,9 +113,22 @@ def _check_replaceable(target: Path) -> None:
         raise ModelError(f"{target}: a non-empty directory but not a model bundle; refusing to replace it")
 
 
+def _without_optimizer(model: keras.Model) -> keras.Model:
+    """An uncompiled copy with the same weights: a bundle serves predictions, so the optimizer's moments
+    (twice the model's size with Adam) would only make it three times larger. Training resumes from its own
+    state folder, never from a bundle."""
+    import keras
+
+    if getattr(model, "optimizer", None) is None:
+        return model
+    clone = keras.Model.from_config(model.get_config())  # clone_model would copy the compiled optimizer too
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def _save_keras_model(model: keras.Model, path: Path) -> None:
     try:
-        model.save(str(path))
+        _without_optimizer(model).save(str(path))
     except OSError:
         raise
     except Exception as exc:  # Keras raises ValueError/TypeError/NotImplementedError for unsavable models

@@ -8,6 +8,8 @@ same parameters continues from there (an epoch cut short is run again). Differen
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import shutil
@@ -634,6 +636,7 @@ def run_train(
         "best_score": result.best_score,
         "train_clips": int(store.table.iloc[train_rows]["clip_id"].nunique()),
         "seed": params.seed,
+        "train_config": dataclasses.asdict(train_cfg),  # the recipe, for provenance (MODEL.md, predict --format json)
         "calibration": calibration_record(result.model, store, valid_rows, train_cfg.calibrate,
                                           params.predict.uncertain_below, log),
     }

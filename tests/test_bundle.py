@@ -69,6 +69,25 @@ def test_round_trip_gives_identical_predictions(tmp_path, model, batch, saved):
     }
 
 
+def test_a_trained_model_is_saved_without_its_optimizer_state(tmp_path, model, batch):
+    """Adam's moments would triple the file and serve no prediction; the weights and BN statistics stay."""
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    y = np.eye(len(LABELS), dtype="float32")[[0, 1, 2, 0, 1]]
+    model.fit(batch, y, epochs=2, verbose=0)  # moving statistics and optimizer moments are no longer initial
+    loaded = load_bundle(save_bundle(tmp_path / "trained", model, LABELS, FEATURES, CONFIG))
+    np.testing.assert_allclose(loaded.model.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
+    assert getattr(loaded.model, "optimizer", None) is None
+    import io
+    import zipfile
+
+    import h5py
+
+    model.save(tmp_path / "with_optimizer.keras")  # what a plain save would have shipped
+    for path, has_optimizer in ((tmp_path / "with_optimizer.keras", True), (tmp_path / "trained/model.keras", False)):
+        with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
+            assert ("optimizer" in h5) == has_optimizer
+
+
 def test_configs_may_be_given_as_dicts(tmp_path, model):
     path = save_bundle(tmp_path / "b", model, LABELS, dataclasses.asdict(FEATURES), {"filters": [4, 8]})
     loaded = load_bundle(path)

@@ -1,0 +1,97 @@
+"""The model shipped inside the package: complete, safe to load, calibrated, described by MODEL.md, used by
+`genre-se predict` on a fresh machine (no models/bundle) and installed only through `genre-se install-model`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from genre_se.errors import ModelError
+from genre_se.inference import SHIPPED_BUNDLE
+from genre_se.litert import file_sha1
+
+ROOT = Path(__file__).resolve().parents[1]
+GTZAN_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+
+
+def test_the_package_ships_a_complete_bundle():
+    from genre_se.shipped import SHIPPED_FILES
+
+    assert SHIPPED_BUNDLE.is_dir(), "genre_se/pretrained/gtzan-mini is missing: run scripts/train_shipped_model.sh"
+    assert sorted(p.name for p in SHIPPED_BUNDLE.iterdir()) == sorted(SHIPPED_FILES)  # no state, no pickles
+    assert sum(p.stat().st_size for p in SHIPPED_BUNDLE.iterdir()) < 16 * 2**20
+    assert '"pretrained/*/*"' in (ROOT / "pyproject.toml").read_text()  # package data, so pip installs it
+
+
+def test_the_shipped_model_loads_safely_on_both_runtimes_and_agrees():
+    from genre_se.bundle import load_bundle
+    from genre_se.litert import load_litert_bundle
+
+    keras_bundle = load_bundle(SHIPPED_BUNDLE)  # Keras safe mode
+    fast = load_litert_bundle(SHIPPED_BUNDLE)  # raises if the export is stale
+    assert keras_bundle.labels == fast.labels == GTZAN_GENRES
+    calibration = keras_bundle.extra["calibration"]
+    assert calibration["fit_on"] == "val" and 0.05 < calibration["temperature"] < 20
+    x = np.random.default_rng(0).normal(-30, 15, size=(4, *fast.input_shape)).astype("float32")
+    np.testing.assert_allclose(fast.model(x), keras_bundle.model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_model_card_describes_this_very_model():
+    card = (ROOT / "MODEL.md").read_text()
+    meta = json.loads((SHIPPED_BUNDLE / "bundle.json").read_text())
+    # the card names the checksum of the model it describes: retrain without updating it and this fails
+    assert file_sha1(SHIPPED_BUNDLE / "model.keras")[:12] in card
+    assert f"T = {meta['extra']['calibration']['temperature']:.2f}" in card
+    for section in ("Training data", "k-fold", "real-clips", "Calibration", "Known limits"):
+        assert section.lower() in card.lower(), section
+
+
+def test_fresh_install_predicts_with_the_shipped_model(tmp_path):
+    """A new user: no models/ here, no --model; the answer comes from the shipped model, and it says so."""
+    sr = 22050
+    t = np.arange(6 * sr) / sr
+    song = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 2 * t))
+    sf.write(tmp_path / "song.wav", song.astype("float32"), sr)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "genre_se", "predict", "song.wav", "--format", "json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "using the shipped default model" in done.stderr
+    result = json.loads(done.stdout)
+    assert result["model"]["bundle"]["shipped"] is True and result["model"]["runtime"]["name"] == "litert"
+    (first,) = result["predictions"]
+    assert set(first["probabilities"]) == set(GTZAN_GENRES) and first["genre"] in GTZAN_GENRES
+    assert abs(sum(first["probabilities"].values()) - 1) < 1e-4 and isinstance(first["uncertain"], bool)
+
+
+def test_install_model_checks_the_bundle_then_copies_it_atomically(tmp_path):
+    from genre_se.shipped import install_shipped
+
+    target = tmp_path / "site" / "gtzan-mini"
+    installed = install_shipped(SHIPPED_BUNDLE, target)
+    assert installed == target
+    assert all(file_sha1(target / name) == file_sha1(SHIPPED_BUNDLE / name) for name in os.listdir(SHIPPED_BUNDLE))
+
+    stale = tmp_path / "stale"
+    shutil.copytree(SHIPPED_BUNDLE, stale)
+    (stale / "model.tflite").unlink()
+    with pytest.raises(ModelError, match="model.tflite"):
+        install_shipped(stale, target)
+    assert file_sha1(target / "model.tflite") == file_sha1(SHIPPED_BUNDLE / "model.tflite")  # untouched
+
+    meta = json.loads((stale / "bundle.json").read_text())
+    shutil.copy2(SHIPPED_BUNDLE / "model.tflite", stale / "model.tflite")
+    del meta["extra"]["calibration"]
+    (stale / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="calibration"):
+        install_shipped(stale, target)
+    assert not re.search(r"\.gtzan-mini\.", " ".join(os.listdir(target.parent)))  # no temp dir left behind
