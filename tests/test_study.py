@@ -310,7 +310,13 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
     summary = excitations.fold_summary(analyses)
     per_fold = [a.summary().set_index("block").loc["block2_se", "eta_squared"] for a in analyses]
     row = summary.set_index("block").loc["block2_se"]
-    assert row["eta_squared_mean"] == pytest.approx(np.mean(per_fold)) and row["folds"] == 3 and row["clips"] == 18
+    # a dead SE block (every gate constant: possible on tiny data, see study/README.md) has no eta squared:
+    # the summary averages the folds that have one
+    if np.isfinite(per_fold).any():
+        assert row["eta_squared_mean"] == pytest.approx(np.nanmean(per_fold))
+    else:
+        assert np.isnan(row["eta_squared_mean"])
+    assert row["folds"] == 3 and row["clips"] == 18
     out = tmp_path / "exc.png"
     assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out)]) == 0
     assert out.stat().st_size > 5000 and len(pd.read_csv(tmp_path / "exc.csv")) == 2  # one row per SE block
