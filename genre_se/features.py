@@ -44,6 +44,7 @@ __all__ = [
     "n_segments_for",
     "concat_segments",
     "frame_loudness",
+    "segment_loudness",
     "segment_start_frames",
     "spread_indices",
     "iter_selected_segments",
@@ -314,6 +315,16 @@ def segment(spec: np.ndarray, cfg: FeatureConfig) -> Segments:
     return Segments(data, starts, np.full(len(starts), pad, dtype=np.int64), n_frames)
 
 
+def segment_loudness(data: np.ndarray, cfg: FeatureConfig, frontend: MelFrontend | None = None) -> np.ndarray:
+    """Each segment's loudest frame (:func:`frame_loudness`) of segments ``(n, n_mels, frames[, 1])``."""
+    data = np.asarray(data)
+    if data.ndim == 4:
+        data = data[..., 0]
+    n, n_mels, frames = data.shape
+    flat = data.transpose(1, 0, 2).reshape(n_mels, n * frames)  # every segment's frames side by side
+    return frame_loudness(flat, cfg, frontend).reshape(n, frames).max(axis=1).astype(np.float32)
+
+
 def segment_start_frames(n_frames: int, cfg: FeatureConfig) -> np.ndarray:
     """First frame of every segment a clip of ``n_frames`` frames gives (what :func:`segment` cuts)."""
     return _segment_starts(int(n_frames), cfg.segment_frames, cfg.segment_hop)
@@ -363,49 +374,42 @@ def iter_segment_batches(
     batch_size: int = 64,
     block_seconds: float = 30.0,
     frontend: MelFrontend | None = None,
+    loudness: bool = False,
 ) -> Iterator[Segments]:
     """Segments of a file (or a mono array at ``cfg.sample_rate``), in batches, with bounded memory.
 
     Only about ``batch_size + 1`` segments of spectrogram are held at once, so an hour of audio costs the
     same memory as a minute. Concatenating the batches equals ``segment(log_mel(y), cfg)``. ``frontend``:
-    see :class:`LogMelStream`.
+    see :class:`LogMelStream`. ``loudness``: also set :attr:`Segments.loudness_db` (prediction leaves
+    near-silent segments out; the feature store does not need it, so it does not pay for it).
     """
     length, hop = cfg.segment_frames, cfg.segment_hop
     stream = LogMelStream(cfg, frontend=frontend)
     frontend = stream.frontend
     held = np.zeros((cfg.n_mels, 0), dtype=np.float32)  # frames from `held_start` on
-    held_loud = np.zeros(0, dtype=np.float32)  # frame_loudness of `held`
     held_start = 0  # clip frame index of held[:, 0]
     next_start = 0  # next regular segment start
     pending: list[np.ndarray] = []
     pending_starts: list[int] = []
-    pending_loud: list[float] = []
     last_emitted = -1
 
-    def flush() -> Segments:
-        nonlocal pending, pending_starts, pending_loud
-        batch = Segments(
-            np.stack(pending)[..., None],
-            np.asarray(pending_starts, dtype=np.int64),
-            np.zeros(len(pending), dtype=np.int64),
-            held_start + held.shape[1],
-            np.asarray(pending_loud, dtype=np.float32),
-        )
-        pending, pending_starts, pending_loud = [], [], []
-        return batch
+    def batch(data: np.ndarray, starts: np.ndarray, pads: np.ndarray, n_frames: int) -> Segments:
+        loud = segment_loudness(data, cfg, frontend) if loudness else None
+        return Segments(data, starts, pads, n_frames, loud)
 
-    def add(frames: np.ndarray) -> None:
-        nonlocal held, held_loud
-        held = np.concatenate([held, frames], axis=1)
-        held_loud = np.concatenate([held_loud, frame_loudness(frames, cfg, frontend)])
+    def flush() -> Segments:
+        nonlocal pending, pending_starts
+        out = batch(np.stack(pending)[..., None], np.asarray(pending_starts, dtype=np.int64),
+                    np.zeros(len(pending), dtype=np.int64), held_start + held.shape[1])
+        pending, pending_starts = [], []
+        return out
 
     def take_complete() -> Iterator[Segments]:
-        nonlocal held, held_loud, held_start, next_start, last_emitted
+        nonlocal held, held_start, next_start, last_emitted
         while next_start + length <= held_start + held.shape[1]:
             offset = next_start - held_start
             pending.append(held[:, offset : offset + length])
             pending_starts.append(next_start)
-            pending_loud.append(float(held_loud[offset : offset + length].max()))
             last_emitted = next_start
             next_start += hop
             if len(pending) == batch_size:
@@ -413,25 +417,22 @@ def iter_segment_batches(
         # keep only what a later segment (regular or end-aligned) can still need
         keep_from = min(next_start, max(held_start, held_start + held.shape[1] - length))
         held = held[:, keep_from - held_start :].copy()
-        held_loud = held_loud[keep_from - held_start :].copy()
         held_start = keep_from
 
     for block in _blocks(source, cfg, block_seconds):
-        add(stream.push(block))
+        held = np.concatenate([held, stream.push(block)], axis=1)
         yield from take_complete()
-    add(stream.finish())
+    held = np.concatenate([held, stream.finish()], axis=1)
     yield from take_complete()
     n_frames = held_start + held.shape[1]
     if n_frames < length:  # shorter than one segment: pad with silence, record the padding
         short = segment(held, cfg)
-        loudness = np.array([held_loud.max() if held_loud.size else floor_db(cfg)], dtype=np.float32)
-        yield Segments(short.data, short.start_frames, short.pad_frames, n_frames, loudness)
+        yield batch(short.data, short.start_frames, short.pad_frames, n_frames)
         return
     end_start = n_frames - length
     if last_emitted < end_start:  # the hop did not land on the end: one end-aligned segment
         pending.append(held[:, end_start - held_start :])
         pending_starts.append(end_start)
-        pending_loud.append(float(held_loud[end_start - held_start :].max()))
     if pending:
         yield flush()
 
@@ -482,14 +483,13 @@ def iter_selected_segments(
         raise ValueError(f"segment starts must lie in [0, {int(n_frames) - length}], got {starts[0]}..{starts[-1]}")
     pending: list[np.ndarray] = []
     pending_starts: list[int] = []
-    pending_loud: list[float] = []
 
     def flush() -> Segments:
-        nonlocal pending, pending_starts, pending_loud
-        batch = Segments(np.stack(pending)[..., None], np.asarray(pending_starts, dtype=np.int64),
-                         np.zeros(len(pending), dtype=np.int64), int(n_frames),
-                         np.asarray(pending_loud, dtype=np.float32))
-        pending, pending_starts, pending_loud = [], [], []
+        nonlocal pending, pending_starts
+        data = np.stack(pending)[..., None]
+        batch = Segments(data, np.asarray(pending_starts, dtype=np.int64), np.zeros(len(pending), dtype=np.int64),
+                         int(n_frames), segment_loudness(data, cfg, frontend))
+        pending, pending_starts = [], []
         return batch
 
     for span in _spans(starts, length, max(int(span_frames), length)):
@@ -502,12 +502,10 @@ def iter_selected_segments(
                 y[i * hop : (i + min(1024, count - i) - 1) * hop + n_fft], n_fft)[::hop], cfg, frontend)
             for i in range(0, count, 1024)
         ], axis=1)
-        loud = frame_loudness(spec, cfg, frontend)
         for start in span:
             offset = int(start) - first
             pending.append(spec[:, offset : offset + length])
             pending_starts.append(int(start))
-            pending_loud.append(float(loud[offset : offset + length].max()))
             if len(pending) == batch_size:
                 yield flush()
     if pending:

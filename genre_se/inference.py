@@ -409,7 +409,7 @@ class _SegmentProducer:
                     data = source.path if source.path is not None else source.signal
                     batches = iter_segment_batches(
                         data, self._cfg, batch_size=self._batch_size, block_seconds=self._block_seconds,
-                        frontend=self._frontend,
+                        frontend=self._frontend, loudness=True,
                     )
                 for batch in batches:
                     if not self._put((index, batch)):

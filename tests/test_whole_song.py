@@ -41,7 +41,7 @@ def selected_and_full(path, cfg: FeatureConfig, k: int):
     from genre_se.features import (concat_segments, extract_segments, iter_selected_segments,
                                    segment_start_frames, spread_indices)
 
-    full = extract_segments(path, cfg)
+    full = extract_segments(path, cfg, loudness=True)
     with open_windows(path, cfg.sample_rate) as reader:
         assert reader is not None, f"{path}: expected window reads"
         n_frames = 1 + reader.n_samples // cfg.hop_length
@@ -82,7 +82,7 @@ def test_default_threshold_separates_gtzan_quiet_passages_from_silence_and_noise
     clips += sorted((shared_data / "gtzan-mini" / "genres").glob("jazz/*.wav"))
     if not clips:
         pytest.skip("no GTZAN classical/jazz clips in the shared data")
-    quietest = min(float(extract_segments(load_audio(c, DEFAULT.sample_rate), DEFAULT).loudness_db.min())
+    quietest = min(float(extract_segments(load_audio(c, DEFAULT.sample_rate), DEFAULT, loudness=True).loudness_db.min())
                    for c in clips)
     assert quietest > DEFAULT_SILENCE_DB + 20  # measured: about -31 dB, 29 dB of margin
 
@@ -93,7 +93,7 @@ def test_default_threshold_separates_gtzan_quiet_passages_from_silence_and_noise
         "-80 dB noise": (1e-4 * rng.standard_normal(4 * sr)).astype(np.float32),
     }
     for name, y in quiet.items():
-        assert extract_segments(y, DEFAULT).loudness_db.max() < DEFAULT_SILENCE_DB, name
+        assert extract_segments(y, DEFAULT, loudness=True).loudness_db.max() < DEFAULT_SILENCE_DB, name
 
 
 def test_silent_segments_are_listed_but_left_out(tiny, clf, tmp_path):  # noqa: F811
