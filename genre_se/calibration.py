@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import ModelError
+from .metrics import cross_entropy, mean_per_clip
 
 #: A file whose top probability is below this is marked uncertain (``predict.uncertain_below``).
 DEFAULT_UNCERTAIN_BELOW = 0.4
@@ -138,9 +139,8 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
 
 
 def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean ``-log p(label)``, probabilities clipped at 1e-12."""
-    probs = _as_probs(probs)
-    return float(-np.log(np.clip(probs[np.arange(len(probs)), np.asarray(labels)], EPS, 1.0)).mean())
+    """Mean ``-log p(label)``, probabilities clipped at 1e-12 (:func:`genre_se.metrics.cross_entropy`)."""
+    return cross_entropy(_as_probs(probs), np.asarray(labels))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,12 +182,10 @@ def clip_distributions(segment_probs: np.ndarray, clip_index: np.ndarray, n_clip
         probs = np.eye(probs.shape[1])[probs.argmax(axis=1)]
     elif aggregate != "mean":
         raise ModelError(f"aggregate must be 'mean' or 'vote', got {aggregate!r}")
-    sums = np.zeros((n_clips, probs.shape[1]))
-    np.add.at(sums, codes, probs)
-    counts = np.bincount(codes, minlength=n_clips)
+    means, counts = mean_per_clip(codes, probs, n_clips)
     if (counts == 0).any():
         raise ModelError(f"clip {int(np.argmin(counts))} has no segments")
-    return sums / counts[:, None]
+    return means
 
 
 def fit_temperature(segment_probs: np.ndarray, clip_index: np.ndarray, clip_labels: np.ndarray,

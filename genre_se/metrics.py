@@ -6,8 +6,23 @@ Clip-level numbers are the honest ones: a clip's distribution is the mean of its
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas only where a table is built: the fast prediction path imports this module
+    import pandas as pd
+
+
+def mean_per_clip(codes: np.ndarray, probs: np.ndarray, n_clips: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(means, counts)``: the mean of the segment rows of each clip ``0 .. n_clips - 1`` (``codes[i]`` is the
+    clip of row i) and how many segments each has. The clip rule of evaluation, prediction and calibration."""
+    probs = np.asarray(probs, dtype=np.float64)
+    sums = np.zeros((n_clips, probs.shape[1]))
+    np.add.at(sums, codes, probs)
+    counts = np.bincount(codes, minlength=n_clips)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[:, None], counts
 
 
 def aggregate_clips(clip_ids, probs: np.ndarray, labels=None) -> pd.DataFrame:
@@ -25,13 +40,11 @@ def aggregate_clips(clip_ids, probs: np.ndarray, labels=None) -> pd.DataFrame:
     DataFrame indexed by clip_id (first-appearance order) with column ``probs`` (an ndarray per clip),
     ``pred`` (argmax) and, when given, ``label``.
     """
-    probs = np.asarray(probs, dtype=np.float64)
+    import pandas as pd
+
     codes, uniques = pd.factorize(pd.Series(clip_ids), sort=False)
-    sums = np.zeros((len(uniques), probs.shape[1]))
-    np.add.at(sums, codes, probs)
-    counts = np.bincount(codes, minlength=len(uniques))[:, None]
-    means = sums / counts
-    frame = pd.DataFrame({"clip_id": uniques, "n_segments": counts[:, 0], "pred": means.argmax(axis=1)})
+    means, counts = mean_per_clip(codes, probs, len(uniques))
+    frame = pd.DataFrame({"clip_id": uniques, "n_segments": counts, "pred": means.argmax(axis=1)})
     frame["probs"] = list(means)
     if labels is not None:
         labels = np.asarray(labels)
