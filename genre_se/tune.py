@@ -290,24 +290,31 @@ class SETuner(keras_tuner.BayesianOptimization):
         self.trials_run: list[str] = []
 
     def run_trial(self, trial, *args, store: FeatureStore, train_rows, valid_rows, **kwargs) -> dict:
-        import keras
 
         hp = trial.hyperparameters
-        started = time.perf_counter()
         self._say(f"trial {trial.trial_id} started on {self.tuner_id}: {_format_values(hp.values)}")
-        runs = []
+        metrics, _ = self.run_executions(lambda: self.hypermodel.build(hp), store=store, train_rows=train_rows,
+                                         valid_rows=valid_rows)
+        self.trials_run.append(trial.trial_id)
+        self._say(f"trial {trial.trial_id} done: {_format_values(metrics)}")
+        return metrics
+
+    def run_executions(self, build: Callable, **fit_data) -> tuple[dict, object]:
+        """Train ``build()`` once per execution seed under the trials' protocol; metrics averaged over the
+        executions plus the wall time, and the last model. Trials and references both come through here."""
+        import keras
+
+        started = time.perf_counter()
+        runs, model = [], None
         for execution in range(self.executions):
             seed = self.base_seed + EXECUTION_SEED_STRIDE * execution
             keras.backend.clear_session()
             keras.utils.set_random_seed(seed)
-            model = self.hypermodel.build(hp)
-            runs.append(self.hypermodel.fit(hp, model, store=store, train_rows=train_rows,
-                                            valid_rows=valid_rows, seed=seed))
+            model = build()
+            runs.append(self.hypermodel.fit(None, model, seed=seed, **fit_data))
         metrics = {name: float(np.mean([run[name] for run in runs])) for name in runs[0]}
         metrics["seconds"] = round(time.perf_counter() - started, 3)
-        self.trials_run.append(trial.trial_id)
-        self._say(f"trial {trial.trial_id} done: {_format_values(metrics)}")
-        return metrics
+        return metrics, model
 
     def _say(self, line: str) -> None:
         if self.log is not None:
@@ -572,7 +579,6 @@ def run_references(hypermodel: SEHyperModel, tuner: SETuner, project_dir: Path, 
 
     Results are kept in ``<project_dir>/references.json`` so a resumed or re-run stage does not train them again.
     """
-    import keras
 
     from .model import se_hidden_units
 
@@ -584,18 +590,8 @@ def run_references(hypermodel: SEHyperModel, tuner: SETuner, project_dir: Path, 
         if label not in cache:
             cfg = (dataclasses.replace(hypermodel.model_cfg, se=False) if ref == "no_se"
                    else dataclasses.replace(hypermodel.model_cfg, reduction_ratios=float(ref)))
-            started = time.perf_counter()
-            runs = []
-            for execution in range(tuner.executions):
-                seed = tuner.base_seed + EXECUTION_SEED_STRIDE * execution
-                keras.backend.clear_session()
-                keras.utils.set_random_seed(seed)
-                model = hypermodel.build_fixed(cfg)
-                runs.append(hypermodel.fit(None, model, seed=seed, **fit_data))
-                params_count = int(model.count_params())
-            metrics = {name: float(np.mean([run[name] for run in runs])) for name in runs[0]}
-            metrics["seconds"] = round(time.perf_counter() - started, 3)
-            metrics["params"] = params_count
+            metrics, model = tuner.run_executions(lambda cfg=cfg: hypermodel.build_fixed(cfg), **fit_data)
+            metrics["params"] = int(model.count_params())
             metrics["se_hidden"] = ("" if ref == "no_se" else "-".join(
                 str(se_hidden_units(f, float(ref))) for f in hypermodel.model_cfg.filters))
             cache[label] = metrics
