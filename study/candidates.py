@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -23,18 +22,7 @@ import pandas as pd
 
 from genre_se.errors import GenreSEError
 from genre_se.fileio import write_text
-
-
-def external_files(folder: Path, labels: list[str]) -> list[tuple[Path, str, str]]:
-    """(path, genre, song) for every audio file under ``folder/<genre>/`` of a genre the model knows."""
-    from genre_se.audio import AUDIO_EXTENSIONS
-
-    rows = []
-    for path in sorted(folder.glob("*/*")):
-        if path.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS and path.parent.name in labels:
-            song = re.sub(r"-\d+of\d+.*$", "", path.stem)
-            rows.append((path, path.parent.name, f"{path.parent.name}/{song}"))
-    return rows
+from study.compare import external_files
 
 
 def score_external(classifier, files: list[tuple[Path, str, str]]) -> dict:

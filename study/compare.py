@@ -122,34 +122,41 @@ class ExternalSet:
     paths: list
 
 
+def external_files(folder: str | Path, labels: list[str]) -> list[tuple[Path, str, str]]:
+    """``(path, genre, song)`` for every audio file under ``folder/<genre>/`` of a genre in ``labels``.
+
+    Excerpts of one song share a song id: ``<genre>/<name>-2of3-at32s.mp3`` -> ``<genre>/<name>``.
+    """
+    import re
+
+    from genre_se.audio import AUDIO_EXTENSIONS
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: external folder not found")
+    rows = []
+    for path in sorted(folder.glob("*/*")):
+        if path.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS and path.parent.name in labels:
+            song = re.sub(r"-\d+of\d+.*$", "", path.stem)
+            rows.append((path, path.parent.name, f"{path.parent.name}/{song}"))
+    return rows
+
+
 def load_external(folder: str | Path, labels: list[str], features: dict) -> ExternalSet:
     """Segments of every audio file under ``folder/<genre>/`` whose genre the store knows.
 
     Features come from the store's own definition, so they are what a trained bundle would see in ``predict``.
     """
-    import re
-
-    from genre_se.audio import AUDIO_EXTENSIONS
     from genre_se.config import FeatureConfig, from_dict
     from genre_se.features import extract_segments
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: external folder not found")
     cfg = features if isinstance(features, FeatureConfig) else from_dict(FeatureConfig, features, "features")
-    segments, targets, songs, paths = [], [], [], []
-    for path in sorted(folder.glob("*/*")):
-        genre = path.parent.name
-        if path.suffix.lower().lstrip(".") not in AUDIO_EXTENSIONS or genre not in labels:
-            continue
-        segments.append(extract_segments(path, cfg).data)
-        targets.append(labels.index(genre))
-        song = re.sub(r"-\d+of\d+.*$", "", path.stem)
-        songs.append(f"{genre}/{song}")
-        paths.append(str(path))
-    if not paths:
+    files = external_files(folder, labels)
+    if not files:
         raise DatasetError(f"{folder}: no audio of a known genre in <genre>/ folders")
-    return ExternalSet(segments, np.asarray(targets), songs, paths)
+    return ExternalSet([extract_segments(path, cfg).data for path, _, _ in files],
+                       np.asarray([labels.index(genre) for _, genre, _ in files]),
+                       [song for _, _, song in files], [str(path) for path, _, _ in files])
 
 
 def external_scores(model, external: ExternalSet) -> dict:
