@@ -147,9 +147,21 @@ class ModelConfig:
     # mel band of each segment over time. Both make the model blind to the recording's gain (a gain is a
     # constant dB offset); "frequency" also to a fixed EQ tilt. Part of the model, so every path applies it.
     input_norm: Literal["dataset", "segment", "frequency"] = "dataset"
+    # Front end, before any standardisation (model.LoudnessNormalize, model.PCEN): each segment brought to
+    # ``loudness_target_db`` by its own loudness (rms: mean square; r128: K-weighted, the EBU R128 short-term
+    # loudness of its 3 s), and/or PCEN instead of the plain log compression (librosa's defaults).
+    loudness_norm: Literal["none", "rms", "r128"] = "none"
+    loudness_target_db: float = -23.0
+    pcen: bool = False
 
     def validate(self, p: str) -> None:
         _require(len(self.filters) >= 1, f"{p}.filters", "needs at least one block")
+        _require(
+            isinstance(self.loudness_target_db, (int, float)) and not isinstance(self.loudness_target_db, bool)
+            and -80.0 <= self.loudness_target_db <= 0.0,
+            f"{p}.loudness_target_db", f"must be a level in [-80, 0] dB, got {self.loudness_target_db!r}",
+        )
+        _require(isinstance(self.pcen, bool), f"{p}.pcen", f"must be true or false, got {self.pcen!r}")
         for f in self.filters:
             _require(isinstance(f, int) and f >= 1, f"{p}.filters", f"entries must be ints >= 1, got {f!r}")
         for name in ("kernel_size", "padding", "dropout", "reduction_ratios"):

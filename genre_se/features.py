@@ -48,6 +48,9 @@ __all__ = [
     "segment_start_frames",
     "spread_indices",
     "iter_selected_segments",
+    "k_weighting_power",
+    "loudness_band_weights",
+    "pcen_smoothing",
 ]
 
 
@@ -257,6 +260,72 @@ def frame_loudness(spec: np.ndarray, cfg: FeatureConfig, frontend: MelFrontend |
     # mean over bands of the power 10**(dB/10) (float64: dB values of audio stay far from its limits)
     mean_power_db = 10.0 * np.log10(np.power(10.0, spec.astype(np.float64) / 10.0).mean(axis=0))
     return (mean_power_db + 10.0 * np.log10(cfg.ref_power) - frontend.white_noise_db).astype(np.float32)
+
+
+# ITU-R BS.1770-4 K-weighting, the published 48 kHz biquads: a +4 dB high shelf (the head) and the RLB
+# high-pass. Only their magnitude response is used (at the FFT bins' frequencies), so any rate works.
+_K_SHELF = ([1.53512485958697, -2.69169618940638, 1.19839281085285], [1.0, -1.69065929318241, 0.73248077421585])
+_K_HIGHPASS = ([1.0, -2.0, 1.0], [1.0, -1.99004745483398, 0.99007225036621])
+LOUDNESS_KINDS = ("rms", "r128")
+
+
+def k_weighting_power(freqs: np.ndarray) -> np.ndarray:
+    """Power response |H(f)|^2 of the BS.1770 K-weighting filter at frequencies ``freqs`` (Hz, < 24 kHz)."""
+    import scipy.signal
+
+    freqs = np.asarray(freqs, dtype=np.float64)
+    response = np.ones_like(freqs)
+    for b, a in (_K_SHELF, _K_HIGHPASS):
+        _, h = scipy.signal.freqz(b, a, worN=freqs, fs=48000.0)
+        response *= np.abs(h) ** 2
+    return response
+
+
+@lru_cache(maxsize=8)
+def _loudness_band_weights(cfg: FeatureConfig, kind: str) -> tuple[tuple[float, ...], float]:
+    import scipy.optimize
+
+    frontend = MelFrontend.for_config(cfg)
+    n_bins = cfg.n_fft // 2 + 1
+    freqs = np.arange(n_bins) * cfg.sample_rate / cfg.n_fft
+    # Parseval: a stationary signal's mean square is the sum of E|X_k|^2 over the whole spectrum over
+    # n_fft * sum(w^2); each one-sided bin but DC (and Nyquist) stands for two.
+    per_bin = np.full(n_bins, 2.0)
+    per_bin[0] = 1.0
+    if cfg.n_fft % 2 == 0:
+        per_bin[-1] = 1.0
+    per_bin /= cfg.n_fft * float(np.sum(frontend.window.astype(np.float64) ** 2))
+    if kind == "r128":
+        per_bin *= k_weighting_power(freqs)
+    # mel bands -> that spectral weighting: non-negative least squares, so a level is a sum of powers
+    weights, _ = scipy.optimize.nnls(frontend.basis.T.astype(np.float64), per_bin)
+    offset = 10.0 * np.log10(cfg.ref_power) + (-0.691 if kind == "r128" else 0.0)
+    return tuple(float(w) for w in weights), float(offset)
+
+
+def loudness_band_weights(cfg: FeatureConfig, kind: str) -> tuple[list[float], float]:
+    """Per-mel-band weights and a dB offset that turn a log-mel segment into its loudness.
+
+    ``level = offset + 10 log10(mean over frames of sum_m weights[m] * 10 ** (dB[m] / 10))``.
+
+    * ``"rms"``: the signal's mean square in dB re full scale (white noise of RMS 1.0 reads 0 dB);
+    * ``"r128"``: the K-weighted mean square minus 0.691 dB, i.e. loudness in LUFS as ITU-R BS.1770 /
+      EBU R128 define it; over one 3-s segment it is EBU R128's short-term loudness.
+
+    Computed in the mel domain (the features are all the model sees): the weights are the non-negative
+    combination of mel filters closest to the per-bin weighting, within a few tenths of a dB of the
+    time-domain measurement on music and noise (tests/test_frontend.py).
+    """
+    if kind not in LOUDNESS_KINDS:
+        raise ValueError(f"loudness kind must be one of {LOUDNESS_KINDS}, got {kind!r}")
+    weights, offset = _loudness_band_weights(cfg, kind)
+    return list(weights), offset
+
+
+def pcen_smoothing(cfg: FeatureConfig, time_constant: float = 0.4) -> float:
+    """PCEN's per-frame smoothing coefficient for a time constant in seconds (librosa.pcen's formula)."""
+    t_frames = time_constant * cfg.sample_rate / cfg.hop_length
+    return float((np.sqrt(1.0 + 4.0 * t_frames**2) - 1.0) / (2.0 * t_frames**2))
 
 
 def log_mel(y: np.ndarray, cfg: FeatureConfig, frontend: MelFrontend | None = None) -> np.ndarray:

@@ -15,12 +15,14 @@ from typing import Any
 import keras
 from keras import ops
 
-from .config import ModelConfig, from_dict
+from .config import FeatureConfig, ModelConfig, from_dict
 from .errors import ConfigError, ModelError
 
 INPUT_NAME = "spectrogram"
 STANDARDIZE_NAME = "standardize"
 INSTANCE_NORM_NAME = "instance_standardize"
+LOUDNESS_NAME = "loudness_normalize"
+PCEN_NAME = "pcen"
 EMBEDDING_NAME = "embedding"
 OUTPUT_NAME = "genre"
 BN_MOMENTUM = 0.9
@@ -155,6 +157,137 @@ class InstanceStandardize(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode, "epsilon": self.epsilon}
 
 
+@keras.saving.register_keras_serializable(package="genre_se")
+class LoudnessNormalize(keras.layers.Layer):
+    """Bring each log-mel segment to ``target_db`` by its own loudness: a gain, i.e. a dB offset.
+
+    The level is ``offset_db + 10 log10(mean over frames of sum_m band_weights[m] * 10 ** (x[m] / 10))``
+    (:func:`genre_se.features.loudness_band_weights`: RMS or EBU R128's K-weighted loudness); a segment
+    quieter than ``gate_db`` (BS.1770's absolute gate, -70) is lifted as if it were at the gate, so
+    silence stays near the floor instead of being amplified to the target. No weights: the numbers live
+    in the config, so a saved model carries them.
+    """
+
+    def __init__(self, band_weights: list, offset_db: float = 0.0, target_db: float = -23.0,
+                 gate_db: float = -70.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        weights = [float(w) for w in band_weights]
+        if not weights or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+            raise ConfigError("loudness normalisation: band weights must be finite, >= 0 and not all 0")
+        for key, value in (("offset_db", offset_db), ("target_db", target_db), ("gate_db", gate_db)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ConfigError(f"loudness normalisation {key} must be a finite number, got {value!r}")
+        self.band_weights = weights
+        self.offset_db, self.target_db, self.gate_db = float(offset_db), float(target_db), float(gate_db)
+
+    def build(self, input_shape: tuple) -> None:
+        if input_shape[1] != len(self.band_weights):
+            raise ModelError(f"loudness normalisation: {len(self.band_weights)} band weights for "
+                             f"{input_shape[1]} mel bands")
+        super().build(input_shape)
+
+    def level(self, inputs):
+        """Each input's level in dB (not gated), shape (batch, 1, 1, 1)."""
+        weights = ops.reshape(ops.convert_to_tensor(self.band_weights, dtype=inputs.dtype), (1, -1, 1, 1))
+        power = ops.exp(inputs * (math.log(10.0) / 10.0))
+        mean_square = ops.mean(ops.sum(power * weights, axis=1, keepdims=True), axis=(2, 3), keepdims=True)
+        return self.offset_db + ops.log(mean_square + 1e-30) * (10.0 / math.log(10.0))
+
+    def call(self, inputs):
+        return inputs + (self.target_db - ops.maximum(self.level(inputs), self.gate_db))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "band_weights": self.band_weights, "offset_db": self.offset_db,
+                "target_db": self.target_db, "gate_db": self.gate_db}
+
+
+@keras.saving.register_keras_serializable(package="genre_se")
+class PCEN(keras.layers.Layer):
+    """Per-channel energy normalisation (Wang et al. 2017) of each segment, instead of plain log compression.
+
+    On the segment's mel magnitude ``E = 2**31 * 10 ** (x / 20)`` (librosa's recommended integer scale):
+    ``(E / (eps + M) ** gain + bias) ** power - bias ** power``, with ``M`` the first-order smoother
+    ``M[t] = (1 - s) M[t - 1] + s E[t]`` started at ``M[-1] = E[0]``. The recursion over a segment's frames
+    is written as one matrix product (exact, and exportable to LiteRT); equal to ``librosa.pcen`` with
+    that initial state (tests/test_frontend.py). Each segment on its own, so every path gives the same.
+    """
+
+    def __init__(self, smoothing: float, gain: float = 0.98, bias: float = 2.0, power: float = 0.5,
+                 eps: float = 1e-6, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not (isinstance(smoothing, numbers.Real) and 0 < smoothing <= 1):
+            raise ConfigError(f"PCEN smoothing must be in (0, 1], got {smoothing!r}")
+        if not (0 <= gain <= 1 and bias >= 0 and 0 < power <= 1 and eps > 0):
+            raise ConfigError(f"PCEN: need 0 <= gain <= 1, bias >= 0, 0 < power <= 1, eps > 0 "
+                              f"(got {gain}, {bias}, {power}, {eps})")
+        self.smoothing, self.gain, self.bias, self.power, self.eps = (
+            float(smoothing), float(gain), float(bias), float(power), float(eps))
+
+    def smoother_matrix(self, frames: int):
+        """(frames, frames) matrix W with M = E @ W along time (numpy, float32)."""
+        import numpy as np
+
+        s = self.smoothing
+        t = np.arange(frames)
+        lag = t[None, :] - t[:, None]  # W[k, t]: weight of frame k in M[t]
+        matrix = np.where(lag >= 0, s * (1.0 - s) ** np.maximum(lag, 0), 0.0)
+        matrix[0, :] += (1.0 - s) ** (t + 1)
+        return matrix.astype(np.float32)
+
+    def build(self, input_shape: tuple) -> None:
+        self._matrix = ops.convert_to_tensor(self.smoother_matrix(int(input_shape[2])))
+        super().build(input_shape)
+
+    def call(self, inputs):
+        energy = ops.exp(inputs[..., 0] * (math.log(10.0) / 20.0) + 31.0 * math.log(2.0))  # (batch, mels, T)
+        smooth = ops.matmul(energy, ops.cast(self._matrix, energy.dtype))
+        normalised = energy * ops.exp(-self.gain * ops.log(self.eps + smooth))
+        return (ops.power(normalised + self.bias, self.power) - self.bias**self.power)[..., None]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "smoothing": self.smoothing, "gain": self.gain, "bias": self.bias,
+                "power": self.power, "eps": self.eps}
+
+
+def front_end_layers(config: ModelConfig, features: FeatureConfig | None) -> list:
+    """Fresh front-end layers (loudness normalisation, PCEN) of a model config, in the order the model
+    applies them; empty when both are off. They need the feature definition (bands, hop, rate)."""
+    layers = []
+    if config.loudness_norm == "none" and not config.pcen:
+        return layers
+    if features is None:
+        raise ConfigError("model.loudness_norm / model.pcen need the feature configuration to build the model")
+    if config.loudness_norm != "none":
+        from .features import loudness_band_weights
+
+        weights, offset = loudness_band_weights(features, config.loudness_norm)
+        layers.append(LoudnessNormalize(weights, offset, config.loudness_target_db, name=LOUDNESS_NAME))
+    if config.pcen:
+        from .features import pcen_smoothing
+
+        layers.append(PCEN(pcen_smoothing(features), name=PCEN_NAME))
+    return layers
+
+
+def front_end(config: ModelConfig | dict, features: FeatureConfig | None):
+    """The model's front end as a numpy function of a batch of dB segments, or None when it has none.
+
+    What the train-split standardisation statistics are computed on, so they describe what the
+    :class:`Standardize` layer actually receives.
+    """
+    layers = front_end_layers(_as_model_config(config), features)
+    if not layers:
+        return None
+
+    def apply(batch):
+        x = ops.convert_to_tensor(batch, dtype="float32")
+        for layer in layers:
+            x = layer(x)
+        return ops.convert_to_numpy(x)
+
+    return apply
+
+
 # --------------------------------------------------------------------------------------------------
 # Building
 
@@ -221,6 +354,7 @@ def build_model(
     mean: float = 0.0,
     std: float = 1.0,
     name: str | None = None,
+    features: FeatureConfig | None = None,
 ) -> keras.Model:
     """Build the (uncompiled) SE-CNN, or the plain CNN when ``config.se`` is false.
 
@@ -236,12 +370,18 @@ def build_model(
         Train-split statistics, applied by a :class:`Standardize` layer so the model is self-contained.
     name : str, optional
         Model name; defaults to ``se_cnn`` or ``plain_cnn``.
+    features : FeatureConfig, optional
+        The feature definition; required when ``loudness_norm`` or ``pcen`` is on (their layers depend on
+        the mel bands, hop and rate). ``mean``/``std`` then describe the front end's output (:func:`front_end`).
     """
     cfg = _as_model_config(config)
     shape = _check_input(input_shape, n_classes)
     _check_spatial(cfg, shape)
     inputs = keras.Input(shape=shape, name=INPUT_NAME)
-    x = Standardize(mean, std, name=STANDARDIZE_NAME)(inputs)
+    x = inputs
+    for layer in front_end_layers(cfg, features):
+        x = layer(x)
+    x = Standardize(mean, std, name=STANDARDIZE_NAME)(x)
     if cfg.input_norm != "dataset":
         x = InstanceStandardize(cfg.input_norm, name=INSTANCE_NORM_NAME)(x)
     per_block = zip(
@@ -377,6 +517,11 @@ def summary_text(model: keras.Model) -> str:
     standardize = [layer for layer in model.layers if isinstance(layer, Standardize)]
     if standardize:
         parts += ["", f"Input normalisation: mean={standardize[0].mean:g}, std={standardize[0].std:g}"]
+    loudness = [layer for layer in model.layers if isinstance(layer, LoudnessNormalize)]
+    if loudness:
+        parts += ["", f"Each segment first brought to {loudness[0].target_db:g} dB by its own loudness"]
+    if any(isinstance(layer, PCEN) for layer in model.layers):
+        parts += ["PCEN instead of plain log compression (per segment)"]
     instance = [layer for layer in model.layers if isinstance(layer, InstanceStandardize)]
     if instance:
         parts += [f"Then each input standardised on its own: per {instance[0].mode}"]

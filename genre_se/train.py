@@ -35,12 +35,20 @@ BEST_WEIGHTS = "best.weights.h5"
 # Data
 
 
-def standardization_stats(segments: np.ndarray, rows: np.ndarray, chunk: int = 512) -> tuple[float, float]:
-    """Mean and std of the training segments, computed in chunks (the store is never fully loaded)."""
+def standardization_stats(segments: np.ndarray, rows: np.ndarray, chunk: int = 512,
+                          transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, float]:
+    """Mean and std of the training segments, computed in chunks (the store is never fully loaded).
+
+    ``transform``: the model's front end (:func:`genre_se.model.front_end`), so the statistics describe
+    what the model's standardisation layer receives.
+    """
     total = total_sq = 0.0
     count = 0
     for i in range(0, len(rows), chunk):
-        block = np.asarray(segments[np.sort(rows[i : i + chunk])], dtype=np.float64)
+        block = np.asarray(segments[np.sort(rows[i : i + chunk])], dtype=np.float32)
+        if transform is not None:
+            block = transform(block)
+        block = np.asarray(block, dtype=np.float64)
         total += block.sum()
         total_sq += np.square(block).sum()
         count += block.size
@@ -439,7 +447,7 @@ def train_model(
     """
     import keras
 
-    from .model import build_model
+    from .model import build_model, front_end
 
     if len(train_rows) == 0:
         raise DatasetError("the train split has no segments")
@@ -455,8 +463,9 @@ def train_model(
         mean, std = state["mean"], state["std"]
     else:
         shutil.rmtree(state_dir, ignore_errors=True)
-        mean, std = standardization_stats(store.segments, train_rows)
-        model = build_model(model_cfg, store.input_shape, n_classes, mean=mean, std=std)
+        mean, std = standardization_stats(store.segments, train_rows,
+                                          transform=front_end(model_cfg, store.features))
+        model = build_model(model_cfg, store.input_shape, n_classes, mean=mean, std=std, features=store.features)
         model.compile(
             optimizer=keras.optimizers.Adam(train_cfg.learning_rate),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_cfg.label_smoothing),

@@ -42,7 +42,7 @@ import keras_tuner
 import numpy as np
 import pandas as pd
 
-from .config import ModelConfig, Params, TrainConfig, TuneConfig, from_dict
+from .config import FeatureConfig, ModelConfig, Params, TrainConfig, TuneConfig, from_dict
 from .errors import ConfigError, DatasetError, GenreSEError, ModelError
 from .feature_store import FeatureStore
 from .fileio import atomic_path, write_csv, write_json
@@ -200,10 +200,12 @@ class SEHyperModel(keras_tuner.HyperModel):
         n_classes: int,
         mean: float,
         std: float,
+        features: FeatureConfig | None = None,
     ) -> None:
         super().__init__(name="se_cnn")
         self.space, self.model_cfg, self.train_cfg, self.tune_cfg = space, model_cfg, train_cfg, tune_cfg
         self.input_shape, self.n_classes, self.mean, self.std = tuple(input_shape), n_classes, mean, std
+        self.features = features
 
     def declare_hyperparameters(self, hp) -> None:
         self.space.declare(hp)
@@ -213,7 +215,8 @@ class SEHyperModel(keras_tuner.HyperModel):
 
         values = self.space.declare(hp)
         cfg = self.space.model_config(self.model_cfg, values)
-        model = build_model(cfg, self.input_shape, self.n_classes, mean=self.mean, std=self.std)
+        model = build_model(cfg, self.input_shape, self.n_classes, mean=self.mean, std=self.std,
+                            features=self.features)
         learning_rate = self.space.learning_rate_for(values, self.train_cfg.learning_rate)
         return self._compile(model, learning_rate)
 
@@ -229,7 +232,8 @@ class SEHyperModel(keras_tuner.HyperModel):
         """A reference model (fixed settings, e.g. r = 16 or no SE), compiled like every trial's."""
         from .model import build_model
 
-        model = build_model(cfg, self.input_shape, self.n_classes, mean=self.mean, std=self.std)
+        model = build_model(cfg, self.input_shape, self.n_classes, mean=self.mean, std=self.std,
+                            features=self.features)
         return self._compile(model, self.train_cfg.learning_rate)
 
     def fit(self, hp, model, *args, store: FeatureStore, train_rows, valid_rows, seed: int, **kwargs) -> dict:
@@ -626,6 +630,7 @@ def run_tune(
     """
     if not params.tune.enabled:
         return _passthrough(params, out_path, trials_path, plot_path)
+    from .model import front_end
     from .train import standardization_stats
 
     space = SearchSpace.from_params(params)
@@ -638,9 +643,9 @@ def run_tune(
             f"{len(valid_rows)}); set data.val_fraction > 0"
         )
     key = search_key(params, space, store)
-    mean, std = standardization_stats(store.segments, train_rows)
+    mean, std = standardization_stats(store.segments, train_rows, transform=front_end(params.model, store.features))
     hypermodel = SEHyperModel(space, params.model, params.train, params.tune, store.input_shape,
-                              len(store.labels), mean, std)
+                              len(store.labels), mean, std, features=store.features)
     project_dir = Path(project_root) / key
     with _keras_tuner_quiet():
         try:
