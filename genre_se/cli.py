@@ -94,9 +94,11 @@ def cmd_features(args) -> int:
     )
     for row in failures.itertuples():
         _err(f"skipped {row.error}")
+    copies = "" if store.augmented is None else (
+        f" (+ {len(store.augmented)} of augmented copies: {', '.join(sorted(store.augmented['augment'].unique()))})")
     print(
-        f"{len(store.segments)} segments of shape {store.input_shape} from "
-        f"{store.table['clip_id'].nunique()} clips -> {args.out}",
+        f"{len(store.table)} segments of shape {store.input_shape} from "
+        f"{store.table['clip_id'].nunique()} clips{copies} -> {args.out}",
         file=sys.stderr,
     )
     return 0

@@ -220,6 +220,9 @@ class TrainConfig:
     noise_snr_db: list | None = None   # [low, high]: add coloured (white..pink) noise at a random SNR in dB
     pitch_shift_semitones: float = 0.0  # random shift of the mel axis by up to +-this many semitones
     time_stretch: float = 0.0          # random time-axis resampling rate in [1 - this, 1 + this]
+    # Waveform augmentations (genre_se.waveform_augment): one precomputed copy of every clip per kind, made
+    # by the features stage and drawn from by training only; any of mp3, pitch, tempo.
+    waveform_augment: list = field(default_factory=list)
 
     def validate(self, p: str) -> None:
         _require(self.epochs >= 1, f"{p}.epochs", "must be >= 1")
@@ -251,6 +254,14 @@ class TrainConfig:
             "must be in [0, 12] semitones (0 turns it off)",
         )
         _require(0 <= self.time_stretch <= 0.5, f"{p}.time_stretch", "must be in [0, 0.5] (0 turns it off)")
+        from .waveform_augment import KINDS
+
+        kinds = self.waveform_augment
+        _require(
+            isinstance(kinds, (list, tuple)) and all(k in KINDS for k in kinds) and len(set(kinds)) == len(kinds),
+            f"{p}.waveform_augment",
+            f"must be a list of distinct kinds from {list(KINDS)}, got {kinds!r}",
+        )
 
     @property
     def compression_amount(self) -> float:

@@ -4,7 +4,12 @@ Layout of ``data/features/``::
 
     segments.npy   (n_segments, n_mels, segment_frames, 1) float16, opened with mmap_mode="r"
     segments.csv   one row per segment: segment, clip_id, label, label_index, split, [fold], start_frame, pad_frames
+    augmented.csv  (only with ``train.waveform_augment``) one row per segment of the clips' augmented copies,
+                   stored after the originals in segments.npy: segment, clip_id, augment, amount, label_index, ...
     meta.json      store version, the FeatureConfig, the label order, shape
+
+``table`` lists the original segments only, so everything that scores, splits or calibrates sees the
+originals; training adds the copies of its own clips (:meth:`FeatureStore.copies_of`).
 
 The `features` stage computes clips in worker processes and writes each clip's segments to a shard in a
 cache directory as soon as it is done, so an interrupted run resumes where it stopped. The store itself is
@@ -40,20 +45,35 @@ def features_key(cfg: FeatureConfig) -> str:
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _shard_name(clip_id: str, path: str) -> str:
-    return hashlib.sha1(f"{clip_id}\0{path}".encode()).hexdigest()[:20] + ".npz"
+def _shard_name(clip_id: str, path: str, augment: str = "", amount: float = 0.0) -> str:
+    key = f"{clip_id}\0{path}" + (f"\0{augment}\0{amount!r}" if augment else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:20] + ".npz"
 
 
-def _compute_shard(task: tuple[str, str, str, dict]) -> tuple[str, int, str | None]:
-    """Worker: segments of one clip -> shard file. Returns (clip_id, n_segments, error or None)."""
+def _compute_shard(task: tuple) -> tuple[str, str, int, str | None]:
+    """Worker: segments of one clip (or of one augmented copy of it) -> shard file.
+
+    Returns (clip_id, augment, n_segments, error or None); ``augment`` is "" for the original.
+    """
     from .features import extract_segments
 
-    clip_id, path, shard, cfg_dict = task
+    clip_id, path, shard, cfg_dict, augment, amount = task
     cfg = FeatureConfig(**cfg_dict)
     try:
-        segs = extract_segments(path, cfg)
+        if augment:
+            from .audio import load_audio
+            from .waveform_augment import augment_waveform
+
+            source = augment_waveform(load_audio(path, cfg.sample_rate), cfg.sample_rate, augment, amount)
+        else:
+            source = path
+        segs = extract_segments(source, cfg)
     except GenreSEError as exc:
-        return clip_id, 0, str(exc)
+        return clip_id, augment, 0, str(exc)
+    except Exception as exc:  # an augmentation's library failing on one clip: that copy is skipped, reported
+        if not augment:
+            raise
+        return clip_id, augment, 0, f"{augment} copy: {type(exc).__name__}: {exc}"
     tmp = f"{shard}.{os.getpid()}.tmp.npz"
     np.savez(
         tmp,
@@ -62,7 +82,7 @@ def _compute_shard(task: tuple[str, str, str, dict]) -> tuple[str, int, str | No
         pad_frames=segs.pad_frames,
     )
     os.replace(tmp, shard)
-    return clip_id, len(segs), None
+    return clip_id, augment, len(segs), None
 
 
 @dataclass
@@ -74,6 +94,7 @@ class FeatureStore:
     table: pd.DataFrame
     labels: list[str]
     features: FeatureConfig
+    augmented: pd.DataFrame | None = None  # segments of the augmented copies (augmented.csv), or None
 
     @classmethod
     def open(cls, root: str | Path = "data/features") -> "FeatureStore":
@@ -90,11 +111,34 @@ class FeatureStore:
                 )
             segments = np.load(root / "segments.npy", mmap_mode="r")
             table = pd.read_csv(root / "segments.csv", keep_default_na=False)
+            copies = root / "augmented.csv"
+            augmented = pd.read_csv(copies, keep_default_na=False) if copies.exists() else None
         except (OSError, ValueError, json.JSONDecodeError) as exc:
             raise DatasetError(f"{root}: corrupt feature store ({exc})") from None
-        if len(table) != len(segments):
-            raise DatasetError(f"{root}: segments.csv has {len(table)} rows but segments.npy {len(segments)}")
-        return cls(root, segments, table, list(meta["labels"]), FeatureConfig(**meta["features"]))
+        n_copies = 0 if augmented is None else len(augmented)
+        if len(table) + n_copies != len(segments):
+            raise DatasetError(f"{root}: segments.csv and augmented.csv have {len(table) + n_copies} rows but "
+                               f"segments.npy {len(segments)}")
+        return cls(root, segments, table, list(meta["labels"]), FeatureConfig(**meta["features"]), augmented)
+
+    @property
+    def label_indices(self) -> np.ndarray:
+        """The label index of every row of ``segments``: originals, then the augmented copies."""
+        labels = self.table["label_index"].to_numpy(dtype=np.int32)
+        if self.augmented is None:
+            return labels
+        return np.concatenate([labels, self.augmented["label_index"].to_numpy(dtype=np.int32)])
+
+    def copies_of(self, rows: np.ndarray, kinds=None) -> np.ndarray:
+        """Rows of the augmented copies (of the ``kinds`` given; all when None) of the clips that ``rows``
+        (original rows) belong to: what training adds to its own clips, never to anyone else's."""
+        if self.augmented is None or len(self.augmented) == 0 or (kinds is not None and not len(kinds)):
+            return np.zeros(0, dtype=np.int64)
+        clips = set(self.table["clip_id"].to_numpy()[np.asarray(rows, dtype=np.int64)])
+        mask = self.augmented["clip_id"].isin(clips).to_numpy()
+        if kinds is not None:
+            mask &= self.augmented["augment"].isin(list(kinds)).to_numpy()
+        return self.augmented["segment"].to_numpy(dtype=np.int64)[mask]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -120,6 +164,8 @@ def build_store(
     *,
     workers: int | None = None,
     progress: Callable | None = None,
+    augment: list | tuple = (),
+    seed: int = 0,
 ) -> tuple[FeatureStore, pd.DataFrame]:
     """Compute (or resume) every usable clip's segments and assemble the store.
 
@@ -127,6 +173,10 @@ def build_store(
     ----------
     index : DataFrame
         The dataset index (``genre-se prepare``): clip_id, path, label, status, split[, fold].
+    augment : list of str
+        Waveform augmentations (:mod:`genre_se.waveform_augment`): one copy of every clip per kind, its
+        random amount drawn from ``seed``, the clip and the kind. Every clip gets them, whatever its split:
+        a clip trains in some fold of a cross-validation; only training ever reads them.
     progress : callable, optional
         Wraps an iterable for a progress bar (e.g. ``functools.partial(tqdm, total=n)``).
 
@@ -141,13 +191,26 @@ def build_store(
     labels = sorted(usable["label"].unique())
     cache = Path(cache_dir) / features_key(cfg)
     cache.mkdir(parents=True, exist_ok=True)
+    from .waveform_augment import copy_amount
+
     shards = {row.clip_id: str(cache / _shard_name(row.clip_id, row.path)) for row in usable.itertuples()}
+    copy_tasks = {}  # (clip_id, kind) -> (shard, amount)
+    for row in usable.itertuples():
+        for kind in augment:
+            amount = copy_amount(seed, row.clip_id, kind)
+            copy_tasks[(row.clip_id, kind)] = (str(cache / _shard_name(row.clip_id, row.path, kind, amount)), amount)
+    paths = dict(zip(usable["clip_id"], usable["path"]))
     todo = [
-        (row.clip_id, row.path, shards[row.clip_id], cfg.to_dict())
+        (row.clip_id, row.path, shards[row.clip_id], cfg.to_dict(), "", 0.0)
         for row in usable.itertuples()
         if not Path(shards[row.clip_id]).exists()
+    ] + [
+        (clip_id, paths[clip_id], shard, cfg.to_dict(), kind, amount)
+        for (clip_id, kind), (shard, amount) in copy_tasks.items()
+        if not Path(shard).exists()
     ]
     errors: dict[str, str] = {}
+    copy_errors: dict[tuple[str, str], str] = {}
     n_workers = max(1, min(workers or cfg.workers, len(todo) or 1))
     if todo:
         from .features import warm_up
@@ -161,8 +224,10 @@ def build_store(
         if progress is not None:
             results = progress(results, total=len(todo))
         try:
-            for clip_id, _, error in results:
-                if error:
+            for clip_id, kind, _, error in results:
+                if error and kind:
+                    copy_errors[(clip_id, kind)] = error
+                elif error:
                     errors[clip_id] = error
         finally:
             if n_workers > 1:
@@ -172,20 +237,37 @@ def build_store(
     failures = usable[usable["clip_id"].isin(errors)][["clip_id", "path"]].assign(
         error=lambda f: f["clip_id"].map(errors)
     )
-    _assemble(ok, shards, labels, cfg, out_dir)
+    copy_failures = pd.DataFrame(
+        [{"clip_id": c, "path": paths[c], "error": e} for (c, _), e in copy_errors.items() if c not in errors],
+        columns=["clip_id", "path", "error"],
+    )
+    copies = [
+        (clip_id, kind, amount, shard)
+        for (clip_id, kind), (shard, amount) in copy_tasks.items()
+        if clip_id not in errors and (clip_id, kind) not in copy_errors
+    ]
+    _assemble(ok, shards, labels, cfg, out_dir, copies)
+    failures = pd.concat([failures, copy_failures], ignore_index=True) if len(copy_failures) else failures
     shutil.rmtree(cache, ignore_errors=True)
     return FeatureStore.open(out_dir), failures.reset_index(drop=True)
 
 
-def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: FeatureConfig, out_dir) -> None:
-    """Concatenate shards into segments.npy (memory-mapped, written in place) plus the tables."""
+def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: FeatureConfig, out_dir,
+              copies: list | None = None) -> None:
+    """Concatenate shards into segments.npy (memory-mapped, written in place) plus the tables; the
+    augmented ``copies`` (clip_id, kind, amount, shard) go after the originals, listed in augmented.csv."""
     if clips.empty:
         raise DatasetError("no clip could be decoded; nothing to store")
+    copies = copies or []
     counts = []
     for clip_id in clips["clip_id"]:
         with np.load(shards[clip_id]) as z:
             counts.append(len(z["start_frames"]))
-    total = int(sum(counts))
+    copy_counts = []
+    for *_, shard in copies:
+        with np.load(shard) as z:
+            copy_counts.append(len(z["start_frames"]))
+    total = int(sum(counts) + sum(copy_counts))
     shape = (total, cfg.n_mels, cfg.segment_frames, 1)
     label_index = {label: i for i, label in enumerate(labels)}
     with atomic_dir(out_dir) as tmp:
@@ -209,9 +291,21 @@ def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: Feature
                         row["fold"] = int(clip.fold)
                     rows.append(row)
                     pos += 1
+        label_of = dict(zip(clips["clip_id"], clips["label"]))
+        copy_rows = []
+        for (clip_id, kind, amount, shard), count in zip(copies, copy_counts):
+            with np.load(shard) as z:
+                array[pos : pos + count] = z["data"]
+                for start, pad in zip(z["start_frames"], z["pad_frames"]):
+                    copy_rows.append({"segment": pos, "clip_id": clip_id, "augment": kind, "amount": amount,
+                                      "label": label_of[clip_id], "label_index": label_index[label_of[clip_id]],
+                                      "start_frame": int(start), "pad_frames": int(pad)})
+                    pos += 1
         array.flush()
         del array
         pd.DataFrame(rows).to_csv(tmp / "segments.csv", index=False)
+        if copies:
+            pd.DataFrame(copy_rows).to_csv(tmp / "augmented.csv", index=False)
         meta = {
             "store_version": STORE_VERSION,
             "features": cfg.to_dict(),
@@ -220,6 +314,7 @@ def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: Feature
             "shape": list(shape),
             "dtype": np.dtype(STORE_DTYPE).name,
             "n_clips": int(len(clips)),
+            "n_augmented_segments": len(copy_rows),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -242,6 +337,7 @@ def run_features(
     missing = {"clip_id", "path", "label", "status", "split"} - set(index.columns)
     if missing:
         raise DatasetError(f"{index_path}: index lacks columns {sorted(missing)}")
-    store, failures = build_store(index, params.features, out_dir, cache_dir, progress=progress)
+    store, failures = build_store(index, params.features, out_dir, cache_dir, progress=progress,
+                                  augment=params.train.waveform_augment, seed=params.seed)
     write_csv(errors_path, failures)
     return store, failures

@@ -89,7 +89,7 @@ def make_dataset(
     import tensorflow as tf
 
     segments = store.segments
-    targets = store.table["label_index"].to_numpy(dtype=np.int32)
+    targets = store.label_indices  # originals and augmented copies
     shape = store.input_shape
 
     def load(batch_rows):
@@ -306,6 +306,13 @@ def training_dataset(store: FeatureStore, rows: np.ndarray, train_cfg: TrainConf
     folds and tuning trials all train on this)."""
     feats = store.features
     needs_mel = train_cfg.pitch_shift_semitones > 0 or train_cfg.noise_snr_db is not None
+    if train_cfg.waveform_augment:
+        copies = store.copies_of(rows, train_cfg.waveform_augment)
+        missing = set(train_cfg.waveform_augment) - set(store.augmented["augment"] if store.augmented is not None else [])
+        if missing:
+            raise DatasetError(f"train.waveform_augment asks for {sorted(missing)} copies but the feature store "
+                               f"{store.root} has none; run `genre-se features` again (dvc repro does)")
+        rows = np.concatenate([np.asarray(rows, dtype=np.int64), copies])
     return make_dataset(
         store, rows, train_cfg.batch_size, shuffle=True, seed=seed, n_classes=n_classes,
         spec_augment=train_cfg.spec_augment, mixup_alpha=train_cfg.mixup_alpha,
