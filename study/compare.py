@@ -35,6 +35,7 @@ Without ``--work`` the pipeline's own outputs are read (``data/features``, ``dat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -437,8 +438,6 @@ def run_study(
 def _changed(config) -> dict:
     """The settings of a config that differ from the dataclass defaults: a new switch, added later with
     its default (off), leaves the configuration key of rows already computed unchanged."""
-    import dataclasses
-
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
             if getattr(config, f.name) != type(config)().__getattribute__(f.name)}
 
@@ -546,6 +545,12 @@ def prepare_work(study: Study, work: Path, extra: dict | None = None) -> tuple[i
     from genre_se.feature_store import run_features
 
     params = load_params(study.params_path, {**study.overrides, **(extra or {})})
+    # the waveform copies every variant asks for (train.waveform_augment), in one store: the originals are
+    # the same bits with or without copies, so the variants that use none are unaffected
+    kinds = list(params.train.waveform_augment)
+    for name in study.cnn_variants():
+        kinds += [k for k in study.variants[name].get("train.waveform_augment", []) if k not in kinds]
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, waveform_augment=kinds))
     run_prepare(params, work / "index.csv", work / "prepare_errors.csv")
     store, _ = run_features(params, work / "index.csv", work / "features", work / "features-cache",
                             work / "features_errors.csv")

@@ -358,3 +358,22 @@ def test_step_timing_compares_variants_under_equal_conditions(tiny_study, capsys
     assert all(r["seconds_per_step"] > 0 for r in results.values())
     assert timing.main(["--params", study.params_path, "--rounds", "1", "--variants", "a=model.se=false", "b="]) == 0
     assert "| `b` |" in capsys.readouterr().out
+
+
+def test_prepare_stores_the_waveform_copies_any_variant_asks_for(tmp_path):
+    tones = make_tone_dataset(tmp_path / "tones", per_label=3)
+    params = write_params(tmp_path / "params.yaml", {**TINY_PARAMS, "data.root": str(tones), "evaluate.folds": 3})
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "params": str(params), "set": {"train.epochs": 1}, "seeds": [42],
+        "variants": {"plain": {"model.reduction_ratios": 2},
+                     "copies": {"model.reduction_ratios": 2, "train.waveform_augment": ["tempo"]}},
+    }, sort_keys=False))
+    study = compare.load_study(study_file)
+    compare.prepare_work(study, tmp_path / "work")
+    store = FeatureStore.open(tmp_path / "work" / "features")
+    assert set(store.augmented["augment"]) == {"tempo"}
+    assert set(store.augmented["clip_id"]) == set(store.table["clip_id"])
+    results = compare.run_study(study, tmp_path / "work" / "features", tmp_path / "work" / "index.csv",
+                                tmp_path / "out.csv", state_root=tmp_path / "state")
+    assert set(results["variant"]) == {"plain", "copies"} and len(results) == 6
