@@ -55,9 +55,10 @@ READ_FRAMES = 65536
 #: soxr quality preset used everywhere ('HQ' is what librosa calls soxr_hq).
 RESAMPLE_QUALITY = "HQ"
 
-#: libsndfile formats whose seek is sample-exact. MP3 seeking in libsndfile/mpg123 is approximate,
-#: so an offset into an MP3 is reached by decoding and discarding instead.
-_EXACT_SEEK_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AU", "AIFF", "FLAC", "OGG", "CAF"})
+#: libsndfile formats whose seek is sample-exact. MP3 seeking in libsndfile/mpg123 is approximate, and
+#: libsndfile 1.2.2 lands 14-16 samples off when it seeks into an Ogg stream's last page, so an offset into
+#: an MP3 or an Ogg file is reached by decoding and discarding instead (tests/test_audio.py).
+_EXACT_SEEK_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AU", "AIFF", "FLAC", "CAF"})
 
 #: Seconds decoded before (and after) a window read by :class:`WindowReader`, so the resampler's start-up
 #: (and end) transient lies outside the window. soxr HQ's transient is a few ms (tests: 10 ms already give
