@@ -301,9 +301,31 @@ def baseline_features(store, index: pd.DataFrame, cache: Path) -> tuple[np.ndarr
     return features, labels, ids
 
 
+def external_svm_features(external: ExternalSet, cache: Path) -> np.ndarray:
+    """The baseline's feature vector of every external file (cached in ``cache``, keyed by the paths)."""
+    from genre_se.audio import load_audio
+    from genre_se.baseline import SAMPLE_RATE, clip_features
+
+    key = config_key(external.paths)
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as saved:
+            if str(saved["key"]) == key:
+                return saved["features"]
+    features = np.stack([clip_features(load_audio(path, SAMPLE_RATE), SAMPLE_RATE) for path in external.paths])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp.npz")
+    np.savez(tmp, features=features, key=np.array(key))
+    tmp.replace(cache)
+    return features
+
+
 def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.ndarray, fold: int,
-                      seed: int) -> dict:
-    """Fit the SVM on every fold but ``fold`` and score it there (clip level: one vector per clip)."""
+                      seed: int, external: tuple[np.ndarray, ExternalSet] | None = None) -> dict:
+    """Fit the SVM on every fold but ``fold`` and score it there (clip level: one vector per clip).
+
+    ``external``: the external files' feature vectors and set; the fold's SVM is scored on them as the CNN
+    fold models are (per file; per song, the mean of the files' decision values).
+    """
     from sklearn.metrics import accuracy_score, f1_score
 
     from genre_se.baseline import make_classifier
@@ -313,7 +335,19 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
     clf = make_classifier(seed).fit(features[train], labels[train])
     seconds = time.perf_counter() - start
     pred = clf.predict(features[test])
+    scores = {}
+    if external is not None:
+        ext_features, ext = external
+        decision = np.asarray(clf.decision_function(ext_features))  # (files, classes), one-vs-rest shape
+        classes = clf.classes_
+        hits = classes[np.argmax(decision, axis=1)] == ext.labels
+        by_song: dict = {}
+        for d, t, song in zip(decision, ext.labels, ext.songs):
+            by_song.setdefault(song, [[], t])[0].append(d)
+        song_hits = [classes[int(np.argmax(np.mean(ds, axis=0)))] == t for ds, t in by_song.values()]
+        scores = {"external_top1": float(hits.mean()), "external_song_top1": float(np.mean(song_hits))}
     return {
+        **scores,
         "clip_accuracy": float(accuracy_score(labels[test], pred)),
         "clip_macro_f1": float(f1_score(labels[test], pred, labels=np.unique(labels), average="macro",
                                         zero_division=0)),
@@ -405,7 +439,8 @@ def run_study(
         for variant in chosen:
             is_baseline = study.variants[variant] == BASELINE
             params = None if is_baseline else variant_params(study, variant, extra, best_params_path)
-            what = ("svm", fold_key) if is_baseline else (_changed(params.model), _changed(params.train), fold_key)
+            what = (("svm", fold_key) + (("external", config_key(external.paths)) if external else ())
+                    if is_baseline else (_changed(params.model), _changed(params.train), fold_key))
             key = config_key(*what)
             for fold in range(k):
                 if done.get((variant, seed, fold)) == key:
@@ -414,7 +449,9 @@ def run_study(
                     if features is None:
                         features, labels, ids = baseline_features(store, index, state_root / "svm_features.npz")
                     clip_fold = _clip_folds(store, folds_of_rows, ids)
-                    scores = run_baseline_fold(features, labels, clip_fold, fold, seed)
+                    ext = (external_svm_features(external, state_root / "svm_external_features.npz"), external
+                           ) if external else None
+                    scores = run_baseline_fold(features, labels, clip_fold, fold, seed, ext)
                 else:
                     state_dir = state_root / variant / f"seed{seed}" / f"fold{fold}"
                     fold_log = (lambda line, v=variant, s=seed, f=fold: log(f"{v} seed {s} fold {f + 1}/{k}: {line}")
