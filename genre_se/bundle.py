@@ -41,11 +41,11 @@ MODEL_FILE = "model.keras"
 META_FILE = "bundle.json"
 
 
-@dataclass
-class ModelBundle:
-    """A loaded bundle: the model, its labels in output order and the parameters it was trained with."""
+@dataclass(kw_only=True)
+class BundleRecord:
+    """What every loaded bundle records beside its model, whichever runtime serves it (Keras here, LiteRT
+    in :class:`genre_se.litert.LiteRTBundle`): labels in output order and the parameters it was trained with."""
 
-    model: keras.Model
     labels: list[str]
     features: dict
     model_config: dict
@@ -54,10 +54,30 @@ class ModelBundle:
     genre_se_version: str | None = None
     created: str | None = None
 
+    @staticmethod
+    def fields_from(meta: dict, labels: list[str], root: Path) -> dict:
+        """The record's fields from a bundle.json ``meta`` (labels already checked against the model)."""
+        return {
+            "labels": list(labels),
+            "features": meta["features"],
+            "model_config": meta["model_config"],
+            "extra": meta.get("extra", {}),
+            "path": root,
+            "genre_se_version": meta.get("genre_se_version"),
+            "created": meta.get("created"),
+        }
+
     @property
     def feature_config(self) -> FeatureConfig:
         """The feature parameters as a validated :class:`FeatureConfig`."""
         return from_dict(FeatureConfig, self.features, "features")
+
+
+@dataclass(kw_only=True)
+class ModelBundle(BundleRecord):
+    """A loaded bundle served by Keras: the model plus its :class:`BundleRecord`."""
+
+    model: keras.Model
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -250,13 +270,4 @@ def load_bundle(bundle_dir: str | Path) -> ModelBundle:
         problem = f"{type(exc).__name__}: {reason}"
         raise ModelError(f"{model_path}: cannot load the Keras model ({problem})") from exc
     labels = _check_labels(meta.get("labels"), _output_size(model, str(model_path)), str(meta_path))
-    return ModelBundle(
-        model=model,
-        labels=labels,
-        features=meta["features"],
-        model_config=meta["model_config"],
-        extra=meta.get("extra", {}),
-        path=root,
-        genre_se_version=meta.get("genre_se_version"),
-        created=meta.get("created"),
-    )
+    return ModelBundle(model=model, **BundleRecord.fields_from(meta, labels, root))

@@ -23,12 +23,13 @@ import json
 import os
 import threading
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from .bundle import BundleRecord
 from .config import FeatureConfig, from_dict
 from .errors import ModelError
 from .quiet import native_stderr_silenced
@@ -178,27 +179,16 @@ def _signature_details(interpreter) -> tuple[dict, dict]:
     return runner.get_input_details(), runner.get_output_details()
 
 
-@dataclass
-class LiteRTBundle:
-    """A bundle served by LiteRT: the same attributes :class:`genre_se.bundle.ModelBundle` offers the
-    classifier, with :class:`LiteRTModel` as ``model`` and the stored mel front end."""
+@dataclass(kw_only=True)
+class LiteRTBundle(BundleRecord):
+    """A bundle served by LiteRT: the same record as :class:`genre_se.bundle.ModelBundle`, with
+    :class:`LiteRTModel` as ``model``, the stored mel front end and the export record."""
 
     model: LiteRTModel
     frontend: object  # genre_se.features.MelFrontend
-    labels: list[str]
-    features: dict
-    model_config: dict
     export: dict
     model_sha1: str
-    extra: dict = field(default_factory=dict)
-    path: Path | None = None
-    genre_se_version: str | None = None
-    created: str | None = None
     runtime: str = "litert"
-
-    @property
-    def feature_config(self) -> FeatureConfig:
-        return from_dict(FeatureConfig, self.features, "features")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -277,19 +267,8 @@ def load_litert_bundle(bundle_dir: str | Path, *, threads: int | None = None) ->
         raise ModelError(
             f"{root / LITERT_FILE}: outputs {model.n_classes} classes but bundle.json has labels {labels!r}"
         )
-    return LiteRTBundle(
-        model=model,
-        frontend=_load_frontend(root / FRONTEND_FILE, cfg),
-        labels=list(labels),
-        features=meta["features"],
-        model_config=meta["model_config"],
-        export=export,
-        model_sha1=model_sha1,
-        extra=meta.get("extra", {}),
-        path=root,
-        genre_se_version=meta.get("genre_se_version"),
-        created=meta.get("created"),
-    )
+    return LiteRTBundle(model=model, frontend=_load_frontend(root / FRONTEND_FILE, cfg), export=export,
+                        model_sha1=model_sha1, **BundleRecord.fields_from(meta, labels, root))
 
 
 # --------------------------------------------------------------------------------------------------
