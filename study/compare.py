@@ -58,7 +58,8 @@ CSV_COLUMNS = [
     "variant", "seed", "fold", "clip_accuracy", "clip_macro_f1", "params", "train_seconds",
     "epochs_run", "best_epoch", "n_test_clips", "config_key",
 ]
-OPTIONAL_COLUMNS = ["external_top1", "external_song_top1"]  # with the study's `external` folder
+# with the study's `external` folder; with `robustness: true`
+OPTIONAL_COLUMNS = ["external_top1", "external_song_top1", "robustness_agreement", "robustness_tv"]
 QUICK_OVERRIDES = {"train.epochs": 1, "train.patience": 1}
 
 
@@ -75,6 +76,7 @@ class Study:
     overrides: dict = field(default_factory=dict)
     params_path: str = "params.yaml"
     external: str | None = None  # folder-per-genre audio every CNN fold model is also scored on (never trained on)
+    robustness: bool = False     # also run the robustness report on every CNN fold model's test clips
 
     def cnn_variants(self) -> list[str]:
         return [name for name, spec in self.variants.items() if spec != BASELINE]
@@ -90,13 +92,16 @@ def load_study(path: str | Path) -> Study:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     # keys starting with "x-" only hold YAML anchors (shared settings merged into variants with <<: *name)
-    known = {"params", "set", "seeds", "variants", "external"}
+    known = {"params", "set", "seeds", "variants", "external", "robustness"}
     unknown = sorted(k for k in set(raw) - known if not str(k).startswith("x-"))
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
     external = raw.get("external")
     if external is not None and not isinstance(external, str):
         raise ConfigError(f"{path}: external: must be a folder path, got {external!r}")
+    robustness = raw.get("robustness", False)
+    if not isinstance(robustness, bool):
+        raise ConfigError(f"{path}: robustness: must be true or false, got {robustness!r}")
     variants = raw.get("variants") or {}
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: variants: must map at least one name to overrides or 'baseline'")
@@ -110,7 +115,8 @@ def load_study(path: str | Path) -> Study:
     if not isinstance(overrides, dict):
         raise ConfigError(f"{path}: set: must be a mapping of dotted keys")
     params_path = raw.get("params", "params.yaml")
-    return Study({str(k): v for k, v in variants.items()}, list(seeds), dict(overrides), str(params_path), external)
+    return Study({str(k): v for k, v in variants.items()}, list(seeds), dict(overrides), str(params_path), external,
+                 robustness)
 
 
 @dataclass(frozen=True)
@@ -237,9 +243,26 @@ def config_key(*parts) -> str:
 # One fold
 
 
+def fold_robustness(model, store, params: Params, paths: list[str]) -> dict:
+    """The robustness report (``genre-se robustness``: gain, MP3, resampling, low-pass, noise, compression,
+    leading silence) of a fold model on files it never saw: mean top-1 agreement and TV distance over every
+    file x transform. The model is served as ``predict`` serves a bundle (same features, same aggregation)."""
+    import dataclasses as dc
+
+    from genre_se.bundle import ModelBundle
+    from genre_se.inference import GenreClassifier
+    from genre_se.robustness import robustness_report
+
+    bundle = ModelBundle(model=model, labels=list(store.labels), features=store.features.to_dict(),
+                         model_config=dc.asdict(params.model))
+    report = robustness_report(GenreClassifier(bundle), paths)
+    return {"robustness_agreement": float(report["top1_agree"].mean()),
+            "robustness_tv": float(report["tv_distance"].mean())}
+
+
 def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k: int, seed: int,
                  state_dir: Path, log: Callable[[str], None] | None = None, bundle_dir: Path | None = None,
-                 external: ExternalSet | None = None) -> dict:
+                 external: ExternalSet | None = None, robustness_paths: list[str] | None = None) -> dict:
     """Train the variant on the fold's train rows (early stopping on the next fold), score the test fold.
 
     With ``train.fit_all`` (how the final model is trained) the early-stopping fold trains too and no epoch is
@@ -277,6 +300,8 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
     }
     if external is not None:
         row.update(external_scores(result.model, external))
+    if robustness_paths:
+        row.update(fold_robustness(result.model, store, params, robustness_paths))
     keras.backend.clear_session()  # free the graph before the next fold
     return row
 
@@ -440,7 +465,8 @@ def run_study(
             is_baseline = study.variants[variant] == BASELINE
             params = None if is_baseline else variant_params(study, variant, extra, best_params_path)
             what = (("svm", fold_key) + (("external", config_key(external.paths)) if external else ())
-                    if is_baseline else (_changed(params.model), _changed(params.train), fold_key))
+                    if is_baseline else (_changed(params.model), _changed(params.train), fold_key)
+                    + (("robustness",) if study.robustness else ()))
             key = config_key(*what)
             for fold in range(k):
                 if done.get((variant, seed, fold)) == key:
@@ -458,8 +484,12 @@ def run_study(
                                 ) if log else None
                     keep = state_root / "bundles" / variant / f"seed{seed}" / f"fold{fold}" \
                         if variant in (keep_models or []) else None
+                    robust = None
+                    if study.robustness:
+                        test_clips = pd.unique(store.table["clip_id"].to_numpy()[folds_of_rows == fold])
+                        robust = index.set_index("clip_id").loc[test_clips, "path"].tolist()
                     scores = run_cnn_fold(store, params, folds_of_rows, fold, k, seed, state_dir, fold_log, keep,
-                                          external)
+                                          external, robust)
                     _remove_tree(state_dir)
                 row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
                 results = _upsert(results, row)
@@ -551,6 +581,10 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
     has_external = "external_top1_mean" in summary.columns and summary["external_top1_mean"].notna().any()
     if has_external:
         header += ["external top-1 (files)", "external top-1 (songs)"]
+    has_robustness = ("robustness_agreement_mean" in summary.columns
+                      and summary["robustness_agreement_mean"].notna().any())
+    if has_robustness:
+        header += ["robustness agreement"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in summary.itertuples():
         cells = [
@@ -567,7 +601,11 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
             cells += ["" if pd.isna(delta) else f"{delta:+.3f}", record if isinstance(record, str) else ""]
         if has_external:
             cells += ["" if pd.isna(getattr(r, f"{c}_mean")) else
-                      f"{getattr(r, f'{c}_mean'):.3f} ± {getattr(r, f'{c}_std'):.3f}" for c in OPTIONAL_COLUMNS]
+                      f"{getattr(r, f'{c}_mean'):.3f} ± {getattr(r, f'{c}_std'):.3f}"
+                      for c in ("external_top1", "external_song_top1")]
+        if has_robustness:
+            value, spread = r.robustness_agreement_mean, r.robustness_agreement_std
+            cells += ["" if pd.isna(value) else f"{value:.3f} ± {spread:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -114,6 +114,35 @@ def test_study_scores_fold_models_on_an_external_folder(tiny_study, tmp_path):
         compare.load_external(tmp_path / "nowhere", ["low"], {})
 
 
+def test_study_runs_the_robustness_report_on_each_fold_models_test_clips(tiny_study, tmp_path, monkeypatch):
+    import genre_se.robustness as robustness
+
+    study, work = tiny_study
+    seen = []
+    real = robustness.robustness_report
+
+    def recording(classifier, paths, *args, **kwargs):
+        seen.append(list(paths))
+        return real(classifier, seen[-1], *args, **kwargs)
+
+    monkeypatch.setattr(robustness, "robustness_report", recording)
+    robust = compare.Study(study.variants, study.seeds, study.overrides, study.params_path, None, True)
+    results = compare.run_study(robust, work / "features", work / "index.csv", tmp_path / "r.csv",
+                                state_root=tmp_path / "state", variants=["svm", "se"], quick=True)
+    cnn = results[results.variant == "se"]
+    assert cnn["robustness_agreement"].between(0, 1).all() and cnn["robustness_tv"].between(0, 1).all()
+    assert results[results.variant == "svm"]["robustness_agreement"].isna().all()
+    # each fold model saw exactly its own test clips: together every clip once
+    index = pd.read_csv(work / "index.csv")
+    assert len(seen) == 3 and sorted(p for paths in seen for p in paths) == sorted(index["path"])
+    assert sum(len(paths) for paths in seen) == int(cnn["n_test_clips"].sum())
+    assert "robustness agreement" in compare.summary_markdown(compare.summarize(results, ["svm", "se"], "svm"), "svm")
+    with pytest.raises(ConfigError, match="robustness"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("variants: {a: {}}\nrobustness: sometimes\n")
+        compare.load_study(bad)
+
+
 def test_a_changed_variant_is_recomputed(tiny_study, tmp_path, monkeypatch):
     study, work = tiny_study
     out = tmp_path / "study.csv"
