@@ -148,7 +148,8 @@ def test_a_changed_variant_is_recomputed(tiny_study, tmp_path, monkeypatch):
     out = tmp_path / "study.csv"
     calls = []
 
-    def fake_fold(store, params, folds_of_rows, fold, k, seed, state_dir, log=None, bundle_dir=None, external=None):
+    def fake_fold(store, params, folds_of_rows, fold, k, seed, state_dir, log=None, bundle_dir=None, external=None,
+                  robustness_paths=None):
         calls.append(params.model.reduction_ratios)
         return {"clip_accuracy": 0.5, "clip_macro_f1": 0.5, "params": 1, "train_seconds": 0.1, "epochs_run": 1,
                 "best_epoch": 1, "n_test_clips": 6}
