@@ -128,6 +128,21 @@ def plot_reliability(predictions: pd.DataFrame, path: str | Path, temperature: f
     plt.close(fig)
 
 
+def cv_fold_rows(folds_of_rows: np.ndarray, fold: int, k: int, fit_all: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, valid, test) store rows of one CV fold: fold ``fold`` tests, the next one early-stops, the
+    rest train. ``fit_all`` (``train.fit_all``, how the final bundle is trained): the early-stopping fold
+    trains too and nothing is validated, so the CV measures exactly the recipe that ships."""
+    folds_of_rows = np.asarray(folds_of_rows)
+    valid_fold = (fold + 1) % k
+    test = np.flatnonzero(folds_of_rows == fold)
+    valid = np.flatnonzero(folds_of_rows == valid_fold)
+    train = np.flatnonzero((folds_of_rows != fold) & (folds_of_rows != valid_fold) & (folds_of_rows >= 0))
+    if fit_all:
+        train, valid = np.sort(np.concatenate([train, valid])), np.zeros(0, dtype=np.int64)
+    return train, valid, test
+
+
 def cross_validate(
     store: FeatureStore,
     params: Params,
@@ -135,23 +150,23 @@ def cross_validate(
     state_root: str | Path,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """k-fold clip-level CV: fold f is the test set, fold f+1 the early-stopping set, the rest train."""
+    """k-fold clip-level CV (:func:`cv_fold_rows`): fold f is the test set, fold f+1 the early-stopping set
+    (with ``train.fit_all`` it trains too), the rest train."""
     from .train import train_model
 
     k = params.evaluate.folds
     if "fold" not in store.table.columns:
         raise DatasetError("the feature store has no folds; run prepare and features with evaluate.folds > 1")
     folds = []
+    fold_col = store.table["fold"].to_numpy()
     for f in range(k):
-        valid_fold = (f + 1) % k
-        fold_col = store.table["fold"].to_numpy()
-        train_rows = np.flatnonzero((fold_col != f) & (fold_col != valid_fold) & (fold_col >= 0))
+        train_rows, valid_rows, test_rows = cv_fold_rows(fold_col, f, k, params.train.fit_all)
         result = train_model(
-            store, model_cfg, params.train, train_rows=train_rows, valid_rows=store.rows(fold=valid_fold),
+            store, model_cfg, params.train, train_rows=train_rows, valid_rows=valid_rows,
             seed=params.seed + f, state_dir=Path(state_root) / f"fold{f}",
             log=(lambda line, f=f: log(f"fold {f + 1}/{k} {line}")) if log else None,
         )
-        metrics, _ = evaluate_rows(result.model, store, store.rows(fold=f))
+        metrics, _ = evaluate_rows(result.model, store, test_rows)
         folds.append({"fold": f, "clip_accuracy": metrics["clip"]["accuracy"],
                       "clip_macro_f1": metrics["clip"]["macro_f1"],
                       "segment_accuracy": metrics["segment"]["accuracy"], "n_clips": metrics["n_clips"]})

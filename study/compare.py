@@ -224,15 +224,6 @@ def row_folds(store, index: pd.DataFrame, params: Params, seed: int, folds: int)
     return store.table["clip_id"].map(fold_of_clip).to_numpy(dtype=int)
 
 
-def fold_rows(folds_of_rows: np.ndarray, fold: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, valid, test) store rows: fold ``fold`` tests, the next one early-stops, the rest train."""
-    valid_fold = (fold + 1) % k
-    test = np.flatnonzero(folds_of_rows == fold)
-    valid = np.flatnonzero(folds_of_rows == valid_fold)
-    train = np.flatnonzero((folds_of_rows != fold) & (folds_of_rows != valid_fold) & (folds_of_rows >= 0))
-    return train, valid, test
-
-
 def config_key(*parts) -> str:
     """A short hash identifying what a CSV row was computed from (so a changed variant is recomputed)."""
     blob = json.dumps(parts, sort_keys=True, default=str)
@@ -273,12 +264,10 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
     """
     import keras
 
-    from genre_se.evaluate import evaluate_rows
+    from genre_se.evaluate import cv_fold_rows, evaluate_rows
     from genre_se.train import train_model
 
-    train, valid, test = fold_rows(folds_of_rows, fold, k)
-    if params.train.fit_all:  # the final-model recipe: every fold but the test one trains, fixed epochs
-        train, valid = np.sort(np.concatenate([train, valid])), np.zeros(0, dtype=np.int64)
+    train, valid, test = cv_fold_rows(folds_of_rows, fold, k, params.train.fit_all)
     start = time.perf_counter()
     result = train_model(store, params.model, params.train, train_rows=train, valid_rows=valid,
                          seed=seed + fold, state_dir=state_dir, log=log)

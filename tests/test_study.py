@@ -179,8 +179,34 @@ def test_each_seed_deals_its_own_stratified_folds(tiny_study):
     assert (per_clip.groupby("clip")["fold"].nunique() == 1).all()  # a clip never straddles folds
     clips = per_clip.drop_duplicates("clip")
     assert (clips.groupby(["label", "fold"]).size() == 2).all()  # 6 clips per label over 3 folds
-    train, valid, test = compare.fold_rows(other, 1, 3)
+    from genre_se.evaluate import cv_fold_rows
+
+    train, valid, test = cv_fold_rows(other, 1, 3)
     assert set(other[test]) == {1} and set(other[valid]) == {2} and set(other[train]) == {0}
+    train, valid, test = cv_fold_rows(other, 1, 3, fit_all=True)
+    assert set(other[test]) == {1} and len(valid) == 0 and set(other[train]) == {0, 2}
+
+
+def test_pipeline_cv_honours_fit_all_like_the_study(tiny_study, monkeypatch):
+    """evaluate.cross_validate (the evaluate stage's k-fold) trains each fold the way the study does."""
+    import genre_se.train as train_module
+    from genre_se.evaluate import cross_validate
+
+    study, work = tiny_study
+    store = FeatureStore.open(work / "features")
+    folds = store.table["fold"].to_numpy()
+    seen = []
+    real = train_module.train_model
+
+    def recording(store, model_cfg, train_cfg, *, train_rows, valid_rows, **kwargs):
+        seen.append((set(folds[train_rows]), len(valid_rows)))
+        return real(store, model_cfg, train_cfg, train_rows=train_rows, valid_rows=valid_rows, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_model", recording)
+    params = load_params(study.params_path, {**study.overrides, "train.fit_all": True, "train.epochs": 1})
+    result = cross_validate(store, params, params.model, work / "cv-state")
+    assert result["folds"] == 3
+    assert seen == [({1, 2}, 0), ({0, 2}, 0), ({0, 1}, 0)]  # every fold but the test one; nothing validated
 
 
 def test_study_file_and_tuned_ratio_errors_name_the_problem(tmp_path):
