@@ -182,7 +182,7 @@ def cmd_model_summary(args) -> int:
     else:
         params = _params(args)
         feats = params.features
-        model = build_model(params.model, (feats.n_mels, feats.segment_frames, 1), args.classes)
+        model = build_model(params.model, (feats.n_mels, feats.segment_frames, 1), args.classes, features=feats)
     print(summary_text(model))
     return 0
 

@@ -514,14 +514,15 @@ def summary_text(model: keras.Model) -> str:
             ("block", "filters", "kernel", "r", "SE hidden", "SE params", "block params"), _block_rows(model)
         ),
     ]
-    standardize = [layer for layer in model.layers if isinstance(layer, Standardize)]
-    if standardize:
-        parts += ["", f"Input normalisation: mean={standardize[0].mean:g}, std={standardize[0].std:g}"]
+    parts.append("")  # the input path, in the order the model applies it
     loudness = [layer for layer in model.layers if isinstance(layer, LoudnessNormalize)]
     if loudness:
-        parts += ["", f"Each segment first brought to {loudness[0].target_db:g} dB by its own loudness"]
+        parts += [f"Each segment brought to {loudness[0].target_db:g} dB by its own loudness"]
     if any(isinstance(layer, PCEN) for layer in model.layers):
         parts += ["PCEN instead of plain log compression (per segment)"]
+    standardize = [layer for layer in model.layers if isinstance(layer, Standardize)]
+    if standardize:
+        parts += [f"Input normalisation: mean={standardize[0].mean:g}, std={standardize[0].std:g}"]
     instance = [layer for layer in model.layers if isinstance(layer, InstanceStandardize)]
     if instance:
         parts += [f"Then each input standardised on its own: per {instance[0].mode}"]

@@ -30,7 +30,7 @@ def step_times(variants: dict, params_path: str = "params.yaml", rounds: int = 1
     for name, overrides in variants.items():
         params = load_params(params_path, overrides)
         shape = (params.features.n_mels, params.features.segment_frames, 1)
-        model = build_model(params.model, shape, n_classes)
+        model = build_model(params.model, shape, n_classes, features=params.features)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
         models[name] = model
     rng = np.random.default_rng(seed)

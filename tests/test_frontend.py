@@ -198,7 +198,7 @@ def test_front_end_is_none_when_off_and_matches_the_models_layers_when_on():
     upto = keras.Model(model.inputs, model.get_layer(PCEN_NAME).output)
     np.testing.assert_allclose(front_end(cfg, SMALL)(x), upto.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
     text = summary_text(model)
-    assert "PCEN" in text and "-23 dB by its own loudness" in text
+    assert "PCEN" in text and "brought to -23 dB by its own loudness" in text
 
 
 def test_training_standardisation_describes_the_front_end_output():
