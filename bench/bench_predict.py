@@ -103,7 +103,7 @@ def make_bundle(target: Path, smoke: bool) -> Path:
         features, model_cfg = params.features, params.model
     keras.utils.set_random_seed(0)
     shape = (features.n_mels, features.segment_frames, 1)
-    model = build_model(model_cfg, shape, 10, mean=-40.0, std=20.0)
+    model = build_model(model_cfg, shape, 10, mean=-40.0, std=20.0, features=features)
     labels = [f"genre{i}" for i in range(10)]
     return save_bundle(target, model, labels, features, model_cfg)
 

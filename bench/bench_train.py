@@ -103,7 +103,7 @@ def train_child(smoke: bool, n_segments: int, repeats: int, scratch: Path) -> di
     shape = (feats.n_mels, feats.segment_frames, 1)
     store = make_store(scratch / "store", n_segments, shape, feats)
     keras.utils.set_random_seed(0)
-    model = build_model(params.model, shape, N_CLASSES, mean=-40.0, std=20.0)
+    model = build_model(params.model, shape, N_CLASSES, mean=-40.0, std=20.0, features=params.features)
     model.compile(optimizer=keras.optimizers.Adam(params.train.learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     rows = np.arange(n_segments)
@@ -167,7 +167,8 @@ def se_overhead(smoke: bool, repeats: int) -> tuple[dict, dict]:
     facts, methods = {}, {}
     keras.utils.set_random_seed(0)  # once: setting it again makes TensorFlow retrace the first model's steps
     for name, se in (("with SE", True), ("without SE", False)):
-        model = build_model(dataclasses.replace(params.model, se=se), shape, N_CLASSES, mean=-40.0, std=20.0)
+        model = build_model(dataclasses.replace(params.model, se=se), shape, N_CLASSES, mean=-40.0, std=20.0,
+                            features=params.features)
         model.compile(optimizer=keras.optimizers.Adam(params.train.learning_rate), loss="categorical_crossentropy")
         infer = (lambda m=model: np.asarray(m(x, training=False)))
         step = (lambda m=model: m.train_on_batch(x, y))
