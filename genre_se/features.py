@@ -444,6 +444,7 @@ def iter_segment_batches(
     block_seconds: float = 30.0,
     frontend: MelFrontend | None = None,
     loudness: bool = False,
+    only_starts: Iterable[int] | None = None,
 ) -> Iterator[Segments]:
     """Segments of a file (or a mono array at ``cfg.sample_rate``), in batches, with bounded memory.
 
@@ -451,7 +452,11 @@ def iter_segment_batches(
     same memory as a minute. Concatenating the batches equals ``segment(log_mel(y), cfg)``. ``frontend``:
     see :class:`LogMelStream`. ``loudness``: also set :attr:`Segments.loudness_db` (prediction leaves
     near-silent segments out; the feature store does not need it, so it does not pay for it).
+    ``only_starts``: emit only the segments starting at these frames, plus always the clip's last segment
+    (a stream whose length was only estimated still ends where it really ends); the spectrogram is still
+    computed throughout, but nothing downstream (the model) sees the others.
     """
+    wanted = None if only_starts is None else {int(s) for s in only_starts}
     length, hop = cfg.segment_frames, cfg.segment_hop
     stream = LogMelStream(cfg, frontend=frontend)
     frontend = stream.frontend
@@ -476,10 +481,11 @@ def iter_segment_batches(
     def take_complete() -> Iterator[Segments]:
         nonlocal held, held_start, next_start, last_emitted
         while next_start + length <= held_start + held.shape[1]:
-            offset = next_start - held_start
-            pending.append(held[:, offset : offset + length])
-            pending_starts.append(next_start)
-            last_emitted = next_start
+            if wanted is None or next_start in wanted:
+                offset = next_start - held_start
+                pending.append(held[:, offset : offset + length])
+                pending_starts.append(next_start)
+                last_emitted = next_start
             next_start += hop
             if len(pending) == batch_size:
                 yield flush()
@@ -499,7 +505,7 @@ def iter_segment_batches(
         yield batch(short.data, short.start_frames, short.pad_frames, n_frames)
         return
     end_start = n_frames - length
-    if last_emitted < end_start:  # the hop did not land on the end: one end-aligned segment
+    if last_emitted < end_start:  # the hop did not land on the end (or that start was not wanted): the last one
         pending.append(held[:, end_start - held_start :])
         pending_starts.append(end_start)
     if pending:

@@ -348,7 +348,8 @@ class _SegmentProducer:
     Items are ``(index, Segments)``, ``(index, (_END, duration_hint, n_segments_in_file))`` or
     ``(index, GenreSEError)``, then ``(None, _DONE)``. Closing the consumer's iteration stops the thread at
     its next put. With ``max_segments``, a source of known length with more segments than that gives only
-    a spread of them, computed from windows of the signal (``n_segments_in_file`` then says how many the
+    a spread of them, computed from windows of the signal, or, for a file that cannot seek, streamed but
+    with only the spread its header's length gives sent on (``n_segments_in_file`` then says how many the
     whole source has; None: every segment was sent).
     """
 
@@ -400,16 +401,18 @@ class _SegmentProducer:
         try:
             hint = source.duration if source.path is None else _header_duration(source.path)
             with contextlib.ExitStack() as stack:
-                batches, n_in_file = None, None
+                batches, n_in_file, wanted = None, None, None
                 if self._max_segments:
                     reader = stack.enter_context(_window_reader(source, self._cfg.sample_rate))
                     if reader is not None:
                         batches, n_in_file = self._spread(reader)
+                    elif hint is not None:  # streamed: choose by the header's length, compute only those
+                        wanted, n_in_file = self._spread_of(round(hint * self._cfg.sample_rate))
                 if batches is None:
                     data = source.path if source.path is not None else source.signal
                     batches = iter_segment_batches(
                         data, self._cfg, batch_size=self._batch_size, block_seconds=self._block_seconds,
-                        frontend=self._frontend, loudness=True,
+                        frontend=self._frontend, loudness=True, only_starts=wanted,
                     )
                 for batch in batches:
                     if not self._put((index, batch)):
@@ -422,21 +425,30 @@ class _SegmentProducer:
             item = (index, AudioError(f"{where}: cannot compute features ({type(exc).__name__}: {exc})"))
         return self._put(item)
 
+    def _spread_of(self, n_samples: int) -> tuple[np.ndarray | None, int | None]:
+        """The start frames of ``max_segments`` segments spread over a signal of ``n_samples`` samples (at
+        the model's rate) and how many segments it has; (None, None) when it has no more than that."""
+        from .features import segment_start_frames, spread_indices
+
+        starts = segment_start_frames(1 + int(n_samples) // self._cfg.hop_length, self._cfg)
+        if len(starts) <= self._max_segments:
+            return None, None
+        return starts[spread_indices(len(starts), self._max_segments)], len(starts)
+
     def _spread(self, reader) -> tuple[Iterator | None, int | None]:
         """``max_segments`` segments spread over the source, read in windows, and how many it has; (None,
         None) when it has no more than that (then it is streamed whole, which reads no more)."""
-        from .features import iter_selected_segments, segment_start_frames, spread_indices
+        from .features import iter_selected_segments
 
         cfg = self._cfg
         n_frames = 1 + reader.n_samples // cfg.hop_length
-        starts = segment_start_frames(n_frames, cfg)
-        if len(starts) <= self._max_segments:
+        chosen, n_in_file = self._spread_of(reader.n_samples)
+        if chosen is None:
             return None, None
-        chosen = starts[spread_indices(len(starts), self._max_segments)]
         span = max(cfg.segment_frames, int(self._block_seconds * cfg.sample_rate / cfg.hop_length))
         batches = iter_selected_segments(reader.read, chosen, n_frames, cfg, batch_size=self._batch_size,
                                          span_frames=span, frontend=self._frontend)
-        return batches, len(starts)
+        return batches, n_in_file
 
 
 class _ArrayWindows:

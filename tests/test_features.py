@@ -117,3 +117,26 @@ def test_segment_times_cover_the_clip():
     assert start[0] == 0.0
     assert end[-1] == pytest.approx((segs.n_frames) * CFG.hop_length / CFG.sample_rate, abs=0.05)
     assert np.all(np.diff(start) > 0)
+
+
+def test_only_starts_emits_the_chosen_segments_and_always_the_last():
+    from genre_se.features import iter_segment_batches, segment_start_frames
+
+    cfg = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16, segment_frames=16, segment_hop=8)
+    y = np.random.default_rng(3).normal(size=8000 * 3).astype(np.float32) * 0.1
+    every = extract_segments(y, cfg)
+    starts = segment_start_frames(every.n_frames, cfg)
+    assert starts[-1] % cfg.segment_hop != 0  # this length ends off the hop grid: an end-aligned last segment
+    chosen = [int(starts[0]), int(starts[5])]
+    batches = list(iter_segment_batches(y, cfg, batch_size=1, only_starts=chosen))
+    got = np.concatenate([b.start_frames for b in batches])
+    assert got.tolist() == chosen + [int(starts[-1])]  # the last one even though it was not asked for
+    data = np.concatenate([b.data for b in batches])
+    rows = np.searchsorted(every.start_frames, got)
+    np.testing.assert_array_equal(data, every.data[rows])
+    # a last start that lands on the hop grid but was not asked for is still the clip's last segment
+    on_grid = y[: (starts[-2] + cfg.segment_frames - 1) * cfg.hop_length]
+    grid_starts = segment_start_frames(1 + len(on_grid) // cfg.hop_length, cfg)
+    assert grid_starts[-1] % cfg.segment_hop == 0
+    got = np.concatenate([b.start_frames for b in iter_segment_batches(on_grid, cfg, only_starts=[0])])
+    assert got.tolist() == [0, int(grid_starts[-1])]

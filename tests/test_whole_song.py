@@ -206,8 +206,9 @@ def test_a_long_file_reads_a_spread_of_windows_only(tiny, six_minutes, monkeypat
 
 
 def test_unseekable_or_array_input_gives_the_same_spread(tiny, six_minutes, tmp_path):  # noqa: F811
-    """An Ogg file is streamed whole (no window reads) and the same spread is kept afterwards; an array is
-    read in windows; a file with few segments is untouched."""
+    """An Ogg file is streamed whole (no window reads), but only the spread the header's length gives reaches
+    the model, the same spread window reads choose; an array is read in windows; a file with few segments is
+    untouched."""
     from genre_se.audio import open_windows
     from genre_se.features import n_segments_for
     from genre_se.inference import GenreClassifier
@@ -220,10 +221,21 @@ def test_unseekable_or_array_input_gives_the_same_spread(tiny, six_minutes, tmp_
             out.write(y[i : i + sr])
     with open_windows(ogg, FEATURES.sample_rate) as reader:
         assert reader is None  # streamed: libsndfile's Ogg seek is off near the end of a stream
+    real_model, seen = clf8.bundle.model, []
+
+    def counting(x, training=False):  # how many segments reach the model
+        seen.append(len(x))
+        return real_model(x, training=training)
+
+    clf8.bundle.model = counting
     from_wav, from_ogg = clf8.predict(six_minutes), clf8.predict(ogg)
+    clf8.bundle.model = real_model
     assert from_ogg.n_segments == 8 and from_ogg.n_segments_in_file == from_wav.n_segments_in_file
     np.testing.assert_array_equal(from_ogg.segment_starts, from_wav.segment_starts)
+    np.testing.assert_allclose(from_ogg.segment_probabilities, from_wav.segment_probabilities, atol=0.05)
     assert from_ogg.genre == from_wav.genre
+    # the stream was cut by the header's length: only the 8 chosen segments were run through the model
+    assert sum(seen) == 16
 
     from_array = clf8.predict_array(y, sr)
     np.testing.assert_array_equal(from_array.segment_starts, from_wav.segment_starts)
