@@ -435,3 +435,15 @@ def test_prepare_stores_the_waveform_copies_any_variant_asks_for(tmp_path):
     results = compare.run_study(study, tmp_path / "work" / "features", tmp_path / "work" / "index.csv",
                                 tmp_path / "out.csv", state_root=tmp_path / "state")
     assert set(results["variant"]) == {"plain", "copies"} and len(results) == 6
+
+
+@pytest.mark.parametrize("path", sorted((compare.Path(__file__).resolve().parents[1] / "study").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_study_file_of_the_repository_is_valid(path, monkeypatch):
+    """The study files a reader is told to run load, and every CNN variant is a valid params.yaml."""
+    monkeypatch.chdir(path.parents[1])
+    study = compare.load_study(path)
+    for name in study.cnn_variants():
+        if study.variants[name].get("model.reduction_ratios") == compare.TUNED:
+            continue  # needs the tune step's best_params.json
+        compare.variant_params(study, name)
