@@ -238,14 +238,12 @@ def fold_robustness(model, store, params: Params, paths: list[str]) -> dict:
     """The robustness report (``genre-se robustness``: gain, MP3, resampling, low-pass, noise, compression,
     leading silence) of a fold model on files it never saw: mean top-1 agreement and TV distance over every
     file x transform. The model is served as ``predict`` serves a bundle (same features, same aggregation)."""
-    import dataclasses as dc
-
     from genre_se.bundle import ModelBundle
     from genre_se.inference import GenreClassifier
     from genre_se.robustness import robustness_report
 
     bundle = ModelBundle(model=model, labels=list(store.labels), features=store.features.to_dict(),
-                         model_config=dc.asdict(params.model))
+                         model_config=dataclasses.asdict(params.model))
     report = robustness_report(GenreClassifier(bundle), paths)
     return {"robustness_agreement": float(report["top1_agree"].mean()),
             "robustness_tv": float(report["tv_distance"].mean())}
@@ -295,6 +293,20 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
     return row
 
 
+def _cached_features(cache: Path, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()``, cached in the npz ``cache`` under ``key`` (recomputed when the key differs)."""
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as saved:
+            if str(saved["key"]) == key:
+                return saved["features"]
+    features = compute()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp.npz")
+    np.savez(tmp, features=features, key=np.array(key))
+    tmp.replace(cache)
+    return features
+
+
 def baseline_features(store, index: pd.DataFrame, cache: Path) -> tuple[np.ndarray, np.ndarray, list]:
     """MFCC + spectral statistics per store clip (cached in ``cache``), their label indices, clip ids."""
     from genre_se.baseline import dataset_features
@@ -302,35 +314,16 @@ def baseline_features(store, index: pd.DataFrame, cache: Path) -> tuple[np.ndarr
     clips = store_clip_index(store, index)
     ids = clips["clip_id"].tolist()
     labels = clips["label"].map({name: i for i, name in enumerate(store.labels)}).to_numpy()
-    key = config_key(ids, clips["path"].tolist())
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as saved:
-            if str(saved["key"]) == key:
-                return saved["features"], labels, ids
-    features = dataset_features(clips)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp.npz")
-    np.savez(tmp, features=features, key=np.array(key))
-    tmp.replace(cache)
+    features = _cached_features(cache, config_key(ids, clips["path"].tolist()), lambda: dataset_features(clips))
     return features, labels, ids
 
 
 def external_svm_features(external: ExternalSet, cache: Path) -> np.ndarray:
     """The baseline's feature vector of every external file (cached in ``cache``, keyed by the paths)."""
-    from genre_se.audio import load_audio
-    from genre_se.baseline import SAMPLE_RATE, clip_features
+    from genre_se.baseline import dataset_features
 
-    key = config_key(external.paths)
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as saved:
-            if str(saved["key"]) == key:
-                return saved["features"]
-    features = np.stack([clip_features(load_audio(path, SAMPLE_RATE), SAMPLE_RATE) for path in external.paths])
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp.npz")
-    np.savez(tmp, features=features, key=np.array(key))
-    tmp.replace(cache)
-    return features
+    return _cached_features(cache, config_key(external.paths),
+                            lambda: dataset_features(pd.DataFrame({"path": external.paths})))
 
 
 def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.ndarray, fold: int,
@@ -445,7 +438,7 @@ def run_study(
     k = _fold_count(store, base)
     results = read_results(out_csv)
     done = {(r.variant, int(r.seed), int(r.fold)): r.config_key for r in results.itertuples()}
-    features = labels = None
+    features = labels = ext = None
     external = load_external(study.external, store.labels, store.features) if study.external else None
     for seed in seeds:
         folds_of_rows = row_folds(store, index, base, seed, k)
@@ -463,9 +456,9 @@ def run_study(
                 if is_baseline:
                     if features is None:
                         features, labels, ids = baseline_features(store, index, state_root / "svm_features.npz")
+                        ext = (external_svm_features(external, state_root / "svm_external_features.npz"), external
+                               ) if external else None
                     clip_fold = _clip_folds(store, folds_of_rows, ids)
-                    ext = (external_svm_features(external, state_root / "svm_external_features.npz"), external
-                           ) if external else None
                     scores = run_baseline_fold(features, labels, clip_fold, fold, seed, ext)
                 else:
                     state_dir = state_root / variant / f"seed{seed}" / f"fold{fold}"
