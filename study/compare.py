@@ -409,6 +409,7 @@ def run_study(
     extra: dict | None = None,
     quick: bool = False,
     keep_models: list[str] | None = None,
+    seeds: list[int] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Run every (variant, seed, fold) not yet in ``out_csv`` and return the whole table.
@@ -421,6 +422,9 @@ def run_study(
         One seed and one epoch per fold: a smoke test of the whole study (tests, CI).
     keep_models : list of str, optional
         Variants whose fold models are saved as bundles in ``state_root/bundles/<variant>/seed<s>/fold<f>``.
+    seeds : list of int, optional
+        A subset of the study's seeds to run now (e.g. only a newly added repeat seed, leaving rows of the
+        others untouched even where their configuration key is older).
     """
     from genre_se.datasets import read_index
     from genre_se.feature_store import FeatureStore
@@ -433,7 +437,10 @@ def run_study(
     if unknown:
         raise ConfigError(f"--variants: {unknown[0]!r} is not in the study (has {', '.join(study.variants)})")
     extra = {**(extra or {}), **(QUICK_OVERRIDES if quick else {})}
-    seeds = study.seeds[:1] if quick else study.seeds
+    unknown_seeds = [s for s in (seeds or []) if s not in study.seeds]
+    if unknown_seeds:
+        raise ConfigError(f"--seeds: {unknown_seeds[0]} is not in the study's seeds {study.seeds}")
+    seeds = study.seeds[:1] if quick else [s for s in study.seeds if seeds is None or s in seeds]
     base = load_params(study.params_path, {**study.overrides, **extra})
     k = _fold_count(store, base)
     results = read_results(out_csv)
@@ -662,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--best-params", help="tune output (default: WORK/best_params.json or models/best_params.json)")
     run.add_argument("--state", help="training state root (default: WORK/state or models/study-state)")
     run.add_argument("--variants", help="comma-separated subset of the study's variants")
+    run.add_argument("--seeds", help="comma-separated subset of the study's seeds (default: all)")
     run.add_argument("--quick", action="store_true", help="one seed, one epoch per fold (smoke test)")
     run.add_argument("--keep-models", help="comma-separated variants whose fold models are kept as bundles "
                                            "(STATE/bundles/VARIANT/seedS/foldF), e.g. for genre-se analyze")
@@ -680,6 +688,13 @@ def _paths(args) -> dict:
         "best_params": pick(args.best_params, "best_params.json", "models/best_params.json"),
         "state": pick(args.state, "state", "models/study-state"),
     }
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated integers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -704,10 +719,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             paths = _paths(args)
             variants = args.variants.split(",") if args.variants else None
+            seeds = _int_list(args.seeds, "--seeds") if args.seeds else None
             results = run_study(study, paths["features"], paths["index"], args.out,
                                 best_params_path=paths["best_params"], state_root=paths["state"], variants=variants,
                                 extra=extra, quick=args.quick,
-                                keep_models=args.keep_models.split(",") if args.keep_models else None, log=log)
+                                keep_models=args.keep_models.split(",") if args.keep_models else None,
+                                seeds=seeds, log=log)
         reference = args.reference or next((n for n, s in study.variants.items() if s == BASELINE), None)
         summary = summarize(results, list(study.variants), reference)
         table = summary_markdown(summary, reference)

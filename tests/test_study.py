@@ -242,6 +242,21 @@ def test_cli_quick_run_writes_csv_and_summary(tiny_study, tmp_path, capsys):
     assert "evaluate.folds" in capsys.readouterr().err
 
 
+def test_seeds_option_runs_only_the_named_repeat_seeds(tiny_study, tmp_path, capsys):
+    _, work = tiny_study
+    params_path = compare.load_study(next(work.parent.glob("study.yaml"))).params_path
+    study_file = tmp_path / "two.yaml"
+    study_file.write_text(yaml.safe_dump({"params": params_path, "seeds": [1, 2], "variants": {"svm": "baseline"}}))
+    out, summary = tmp_path / "r.csv", tmp_path / "r.md"
+    args = ["run", "--study", str(study_file), "--work", str(work), "--out", str(out), "--summary", str(summary), "-q"]
+    assert compare.main(args + ["--seeds", "2"]) == 0
+    assert set(pd.read_csv(out)["seed"]) == {2} and len(pd.read_csv(out)) == 3
+    assert compare.main(args) == 0  # later, the rest: seed 2's rows stay, seed 1's are added
+    assert sorted(pd.read_csv(out).groupby("seed").size().items()) == [(1, 3), (2, 3)]
+    assert compare.main(args + ["--seeds", "3"]) == 1 and "--seeds: 3 is not in the study" in capsys.readouterr().err
+    assert compare.main(args + ["--seeds", "x"]) == 1 and "comma-separated integers" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------------
 # Training switches
 
