@@ -61,6 +61,8 @@ CSV_COLUMNS = [
 # with the study's `external` folder; with `robustness: true`
 OPTIONAL_COLUMNS = ["external_top1", "external_song_top1", "robustness_agreement", "robustness_tv"]
 QUICK_OVERRIDES = {"train.epochs": 1, "train.patience": 1}
+# the per-clip predictions beside the CSV (``clip_predictions_path``): paired clip-level tests in the summary
+CLIP_COLUMNS = ["variant", "seed", "fold", "clip_id", "actual", "predicted", "config_key"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,6 +286,7 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
         "epochs_run": int(result.epochs_run),
         "best_epoch": int(result.best_epoch),
         "n_test_clips": int(metrics["n_clips"]),
+        "clips": predictions[["clip_id", "actual", "predicted"]],
     }
     if external is not None:
         row.update(external_scores(result.model, external))
@@ -327,11 +330,13 @@ def external_svm_features(external: ExternalSet, cache: Path) -> np.ndarray:
 
 
 def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.ndarray, fold: int,
-                      seed: int, external: tuple[np.ndarray, ExternalSet] | None = None) -> dict:
+                      seed: int, external: tuple[np.ndarray, ExternalSet] | None = None,
+                      clip_ids: list | None = None, label_names: list | None = None) -> dict:
     """Fit the SVM on every fold but ``fold`` and score it there (clip level: one vector per clip).
 
     ``external``: the external files' feature vectors and set; the fold's SVM is scored on them as the CNN
-    fold models are (per file; per song, the mean of the files' decision values).
+    fold models are (per file; per song, the mean of the files' decision values). ``clip_ids`` and
+    ``label_names`` name the rows and classes of the per-clip predictions (``clips``; default: indices).
     """
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -342,6 +347,9 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
     clf = make_classifier(seed).fit(features[train], labels[train])
     seconds = time.perf_counter() - start
     pred = clf.predict(features[test])
+    ids = np.asarray(clip_ids if clip_ids is not None else np.arange(len(labels)), dtype=object)
+    names = np.asarray(label_names if label_names is not None else np.arange(int(labels.max()) + 1), dtype=object)
+    clips = pd.DataFrame({"clip_id": ids[test], "actual": names[labels[test]], "predicted": names[pred]})
     scores = {}
     if external is not None:
         ext_features, ext = external
@@ -363,6 +371,7 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
         "epochs_run": 0,
         "best_epoch": 0,
         "n_test_clips": int(test.sum()),
+        "clips": clips,
     }
 
 
@@ -388,6 +397,31 @@ def read_results(path: Path) -> pd.DataFrame:
     for column in OPTIONAL_COLUMNS:
         frame[column] = pd.to_numeric(frame.get(column, pd.Series(np.nan, index=frame.index)), errors="coerce")
     return frame
+
+
+def clip_predictions_path(out_csv: str | Path) -> Path:
+    """Where the per-clip predictions of ``out_csv`` live: ``<stem>_clips.csv`` beside it."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(f"{out_csv.stem}_clips.csv")
+
+
+def read_clip_predictions(path: Path) -> pd.DataFrame:
+    """The per-clip predictions already computed (empty when the file does not exist yet)."""
+    if not path.is_file():
+        return pd.DataFrame(columns=CLIP_COLUMNS)
+    frame = pd.read_csv(path, keep_default_na=False, dtype={"clip_id": str, "actual": str, "predicted": str})
+    missing = set(CLIP_COLUMNS) - set(frame.columns)
+    if missing:
+        raise DatasetError(f"{path}: not a clip-predictions CSV (lacks {', '.join(sorted(missing))}); move it away")
+    return frame[CLIP_COLUMNS]
+
+
+def _upsert_clips(frame: pd.DataFrame, variant: str, seed: int, fold: int, key: str,
+                  clips: pd.DataFrame) -> pd.DataFrame:
+    same = (frame["variant"] == variant) & (frame["seed"] == seed) & (frame["fold"] == fold)
+    new = clips.assign(variant=variant, seed=seed, fold=fold, config_key=key)[CLIP_COLUMNS]
+    kept = frame[~same]
+    return new if kept.empty else pd.concat([kept, new], ignore_index=True)
 
 
 def _upsert(frame: pd.DataFrame, row: dict) -> pd.DataFrame:
@@ -444,6 +478,8 @@ def run_study(
     base = load_params(study.params_path, {**study.overrides, **extra})
     k = _fold_count(store, base)
     results = read_results(out_csv)
+    clips_csv = clip_predictions_path(out_csv)
+    clip_rows = read_clip_predictions(clips_csv)
     done = {(r.variant, int(r.seed), int(r.fold)): r.config_key for r in results.itertuples()}
     features = labels = ext = None
     external = load_external(study.external, store.labels, store.features) if study.external else None
@@ -466,7 +502,7 @@ def run_study(
                         ext = (external_svm_features(external, state_root / "svm_external_features.npz"), external
                                ) if external else None
                     clip_fold = _clip_folds(store, folds_of_rows, ids)
-                    scores = run_baseline_fold(features, labels, clip_fold, fold, seed, ext)
+                    scores = run_baseline_fold(features, labels, clip_fold, fold, seed, ext, ids, store.labels)
                 else:
                     state_dir = state_root / variant / f"seed{seed}" / f"fold{fold}"
                     fold_log = (lambda line, v=variant, s=seed, f=fold: log(f"{v} seed {s} fold {f + 1}/{k}: {line}")
@@ -480,6 +516,10 @@ def run_study(
                     scores = run_cnn_fold(store, params, folds_of_rows, fold, k, seed, state_dir, fold_log, keep,
                                           external, robust)
                     _remove_tree(state_dir)
+                clips = scores.pop("clips", None)
+                if clips is not None:  # first, so a row in the CSV has its clips beside it
+                    clip_rows = _upsert_clips(clip_rows, variant, seed, fold, key, clips)
+                    write_csv(clips_csv, clip_rows)
                 row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
                 results = _upsert(results, row)
                 write_csv(out_csv, results)
@@ -526,9 +566,37 @@ def _remove_tree(path: Path) -> None:
 # Summary
 
 
-def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: str | None = None) -> pd.DataFrame:
+def paired_clips(clips: pd.DataFrame, results: pd.DataFrame, variant: str, reference: str) -> dict:
+    """Clip-level paired comparison of two variants over the (seed, clip) pairs both have predictions for.
+
+    ``better``: clips the variant gets right and the reference wrong; ``worse``: the reverse; ``p``: the exact
+    two-sided sign (McNemar) test of better vs worse. Every clip is tested once per seed, so this pairs up to
+    71 clips x seeds instead of 5 fold means x seeds: the stronger test of "clearly better". Only predictions
+    made with the configuration of the CSV's row count (``config_key``).
+    """
+    from scipy.stats import binomtest
+
+    current = clips.merge(results[["variant", "seed", "fold", "config_key"]],
+                          on=["variant", "seed", "fold", "config_key"])
+    right = {}
+    for name in (variant, reference):
+        rows = current[current["variant"] == name]
+        right[name] = (rows["actual"] == rows["predicted"]).set_axis(
+            pd.MultiIndex.from_arrays([rows["seed"].astype(int), rows["clip_id"]]))
+    both = pd.concat(right, axis=1, join="inner")
+    if both.empty:
+        return {}
+    better = int((both[variant] & ~both[reference]).sum())
+    worse = int((~both[variant] & both[reference]).sum())
+    p = binomtest(better, better + worse, 0.5).pvalue if better + worse else 1.0
+    return {"clips_paired": len(both), "clips_better": better, "clips_worse": worse, "clips_p": float(p)}
+
+
+def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: str | None = None,
+              clips: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per variant: runs, mean and std (over every seed x fold) of clip accuracy and macro-F1, params,
-    training seconds per fold, epochs; and the paired accuracy difference to ``reference`` (same seed, fold)."""
+    training seconds per fold, epochs; the paired accuracy difference to ``reference`` (same seed, fold) and,
+    given the per-clip predictions ``clips``, the clip-level paired test (``paired_clips``)."""
     rows = []
     names = order or list(pd.unique(results["variant"]))
     ref = results[results["variant"] == reference].set_index(["seed", "fold"]) if reference else None
@@ -557,6 +625,8 @@ def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: 
             row["delta_vs_reference"] = paired.mean() if len(paired) else np.nan
             row["wins_ties_losses"] = (f"{(paired > 0).sum()}/{(paired == 0).sum()}/{(paired < 0).sum()}"
                                        if len(paired) else "")
+            if clips is not None and not clips.empty:
+                row.update(paired_clips(clips, results, name, reference))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -574,6 +644,9 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
                       and summary["robustness_agreement_mean"].notna().any())
     if has_robustness:
         header += ["robustness agreement"]
+    has_clips = has_ref and "clips_paired" in summary.columns and summary["clips_paired"].notna().any()
+    if has_clips:
+        header += [f"clips better/worse vs {reference} (sign test p; clips x seeds paired)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in summary.itertuples():
         cells = [
@@ -595,6 +668,10 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
         if has_robustness:
             value, spread = r.robustness_agreement_mean, r.robustness_agreement_std
             cells += ["" if pd.isna(value) else f"{value:.3f} ± {spread:.3f}"]
+        if has_clips:
+            n = getattr(r, "clips_paired", np.nan)
+            cells += ["" if pd.isna(n) else
+                      f"{int(r.clips_better)}/{int(r.clips_worse)} (p {r.clips_p:.2g}; {int(n)})"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -726,7 +803,8 @@ def main(argv: list[str] | None = None) -> int:
                                 keep_models=args.keep_models.split(",") if args.keep_models else None,
                                 seeds=seeds, log=log)
         reference = args.reference or next((n for n, s in study.variants.items() if s == BASELINE), None)
-        summary = summarize(results, list(study.variants), reference)
+        clips = read_clip_predictions(clip_predictions_path(args.out))
+        summary = summarize(results, list(study.variants), reference, clips)
         table = summary_markdown(summary, reference)
         write_text(args.summary, table)
         print(table)

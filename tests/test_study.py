@@ -53,6 +53,13 @@ def test_study_scores_every_variant_on_the_same_folds_and_resumes(tiny_study, tm
     assert (saved.loc[saved.variant != "svm", "epochs_run"] == 1).all()  # quick: one epoch
     assert (saved["train_seconds"] > 0).all()
     assert saved.loc[saved.variant == "svm", "clip_accuracy"].mean() > 0.9  # tones are easy for MFCCs
+    # the per-clip predictions beside the CSV: every clip once per variant, and they give each row's accuracy
+    clips = compare.read_clip_predictions(compare.clip_predictions_path(out))
+    assert clips.groupby("variant")["clip_id"].nunique().to_dict() == {"svm": 18, "no_se": 18, "se": 18}
+    assert set(clips["clip_id"]) == set(FeatureStore.open(work / "features").table["clip_id"])
+    from_clips = clips.assign(hit=clips.actual == clips.predicted).groupby(["variant", "fold"])["hit"].mean()
+    assert from_clips.to_numpy() == pytest.approx(saved.set_index(["variant", "fold"]).loc[from_clips.index,
+                                                                                          "clip_accuracy"].to_numpy())
 
     # a second run skips every row already there: no training at all
     def boom(*args, **kwargs):
@@ -70,6 +77,26 @@ def test_study_scores_every_variant_on_the_same_folds_and_resumes(tiny_study, tm
     assert se["runs"] == 3 and se["clip_accuracy_mean"] == pytest.approx(saved[saved.variant == "se"].clip_accuracy.mean())
     table = compare.summary_markdown(summary, "svm")
     assert table.count("\n") == 2 + 3 and "±" in table and "`no_se`" in table
+    with_clips = compare.summarize(again, list(study.variants), reference="svm", clips=clips).set_index("variant")
+    assert with_clips.loc["se", "clips_paired"] == 18  # every clip, paired with the SVM's answer on it
+    assert "sign test p" in compare.summary_markdown(with_clips.reset_index(), "svm")
+
+
+def _clip_rows(variant, hits, key="k", seed=1):
+    return pd.DataFrame({"variant": variant, "seed": seed, "fold": 0, "clip_id": [f"c{i}" for i in range(len(hits))],
+                         "actual": "a", "predicted": ["a" if h else "b" for h in hits], "config_key": key})
+
+
+def test_paired_clips_counts_discordant_clips_and_runs_the_exact_sign_test():
+    # the variant is right on clips 0-9, the reference on 9 and 10-11: better 9 (0-8), worse 2 (10, 11)
+    variant = _clip_rows("v", [True] * 10 + [False] * 2)
+    reference = _clip_rows("r", [False] * 9 + [True] * 3)
+    stale = _clip_rows("v", [False] * 12, key="old", seed=2)  # a seed whose row was recomputed since: ignored
+    results = pd.DataFrame({"variant": ["v", "r", "v"], "seed": [1, 1, 2], "fold": 0, "config_key": ["k", "k", "new"]})
+    out = compare.paired_clips(pd.concat([variant, reference, stale]), results, "v", "r")
+    assert out["clips_paired"] == 12 and (out["clips_better"], out["clips_worse"]) == (9, 2)
+    assert out["clips_p"] == pytest.approx(2 * sum(__import__("math").comb(11, i) for i in range(3)) / 2 ** 11)
+    assert compare.paired_clips(variant, results, "v", "r") == {}  # nothing paired: no test
 
 
 class FixedModel:
@@ -415,7 +442,7 @@ def test_fit_all_in_cv_trains_on_every_fold_but_the_test_one(tiny_study, tmp_pat
     monkeypatch.setattr(genre_se.train, "train_model", fake_train)
     monkeypatch.setattr(genre_se.evaluate, "evaluate_rows",
                         lambda model, store, rows: ({"clip": {"accuracy": 1.0, "macro_f1": 1.0}, "n_clips": 6},
-                                                    pd.DataFrame({"clip_id": []})))
+                                                    pd.DataFrame({"clip_id": [], "actual": [], "predicted": []})))
     for fit_all, train_folds, valid_folds in ((False, {2}, {1}), (True, {1, 2}, set())):
         params = load_params(study.params_path, {"train.fit_all": fit_all})
         compare.run_cnn_fold(store, params, folds, 0, 3, 42, tmp_path / "s")
