@@ -615,6 +615,8 @@ def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: 
             "params": int(runs["params"].median()),
             "train_seconds_mean": runs["train_seconds"].mean(),
             "epochs_mean": runs["epochs_run"].astype(float).mean(),
+            # repeatability: the mean over each seed's folds (complete seeds only mean the same thing)
+            "seed_means": " / ".join(f"{m:.3f}" for m in runs.groupby("seed")["clip_accuracy"].mean()),
         }
         for column in OPTIONAL_COLUMNS:
             values = runs[column].dropna() if column in runs else pd.Series(dtype=float)
@@ -644,6 +646,9 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
                       and summary["robustness_agreement_mean"].notna().any())
     if has_robustness:
         header += ["robustness agreement"]
+    has_seeds = "seeds" in summary.columns and (summary["seeds"] > 1).any()
+    if has_seeds:
+        header += ["clip accuracy per seed"]
     has_clips = has_ref and "clips_paired" in summary.columns and summary["clips_paired"].notna().any()
     if has_clips:
         header += [f"clips better/worse vs {reference} (sign test p; clips x seeds paired)"]
@@ -668,6 +673,8 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
         if has_robustness:
             value, spread = r.robustness_agreement_mean, r.robustness_agreement_std
             cells += ["" if pd.isna(value) else f"{value:.3f} ± {spread:.3f}"]
+        if has_seeds:
+            cells += [r.seed_means]
         if has_clips:
             n = getattr(r, "clips_paired", np.nan)
             cells += ["" if pd.isna(n) else

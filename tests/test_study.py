@@ -77,6 +77,11 @@ def test_study_scores_every_variant_on_the_same_folds_and_resumes(tiny_study, tm
     assert se["runs"] == 3 and se["clip_accuracy_mean"] == pytest.approx(saved[saved.variant == "se"].clip_accuracy.mean())
     table = compare.summary_markdown(summary, "svm")
     assert table.count("\n") == 2 + 3 and "±" in table and "`no_se`" in table
+    assert "per seed" not in table  # one seed: no repeatability column
+    two_seeds = pd.concat([again, again.assign(seed=7, clip_accuracy=0.5)])
+    by_seed = compare.summarize(two_seeds, ["se"]).set_index("variant").loc["se", "seed_means"]
+    assert by_seed == f"{0.5:.3f} / {saved[saved.variant == 'se'].clip_accuracy.mean():.3f}"  # seed 7, then 42
+    assert "clip accuracy per seed" in compare.summary_markdown(compare.summarize(two_seeds, ["se"]))
     with_clips = compare.summarize(again, list(study.variants), reference="svm", clips=clips).set_index("variant")
     assert with_clips.loc["se", "clips_paired"] == 18  # every clip, paired with the SVM's answer on it
     assert "sign test p" in compare.summary_markdown(with_clips.reset_index(), "svm")
