@@ -330,13 +330,13 @@ def external_svm_features(external: ExternalSet, cache: Path) -> np.ndarray:
 
 
 def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.ndarray, fold: int,
-                      seed: int, external: tuple[np.ndarray, ExternalSet] | None = None,
-                      clip_ids: list | None = None, label_names: list | None = None) -> dict:
+                      seed: int, external: tuple[np.ndarray, ExternalSet] | None, clip_ids: list,
+                      label_names: list) -> dict:
     """Fit the SVM on every fold but ``fold`` and score it there (clip level: one vector per clip).
 
     ``external``: the external files' feature vectors and set; the fold's SVM is scored on them as the CNN
     fold models are (per file; per song, the mean of the files' decision values). ``clip_ids`` and
-    ``label_names`` name the rows and classes of the per-clip predictions (``clips``; default: indices).
+    ``label_names`` name the rows and classes of the per-clip predictions (``clips``).
     """
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -347,8 +347,7 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
     clf = make_classifier(seed).fit(features[train], labels[train])
     seconds = time.perf_counter() - start
     pred = clf.predict(features[test])
-    ids = np.asarray(clip_ids if clip_ids is not None else np.arange(len(labels)), dtype=object)
-    names = np.asarray(label_names if label_names is not None else np.arange(int(labels.max()) + 1), dtype=object)
+    ids, names = np.asarray(clip_ids, dtype=object), np.asarray(label_names, dtype=object)
     clips = pd.DataFrame({"clip_id": ids[test], "actual": names[labels[test]], "predicted": names[pred]})
     scores = {}
     if external is not None:
@@ -390,10 +389,7 @@ def read_results(path: Path) -> pd.DataFrame:
     """The rows already computed (an empty table when the CSV does not exist yet)."""
     if not path.is_file():
         return pd.DataFrame(columns=CSV_COLUMNS + OPTIONAL_COLUMNS)
-    frame = pd.read_csv(path, keep_default_na=False)
-    missing = set(CSV_COLUMNS) - set(frame.columns)
-    if missing:
-        raise DatasetError(f"{path}: not a study CSV (lacks {', '.join(sorted(missing))}); move it away")
+    frame = _read_csv(path, CSV_COLUMNS, "study")
     for column in OPTIONAL_COLUMNS:
         frame[column] = pd.to_numeric(frame.get(column, pd.Series(np.nan, index=frame.index)), errors="coerce")
     return frame
@@ -409,25 +405,22 @@ def read_clip_predictions(path: Path) -> pd.DataFrame:
     """The per-clip predictions already computed (empty when the file does not exist yet)."""
     if not path.is_file():
         return pd.DataFrame(columns=CLIP_COLUMNS)
-    frame = pd.read_csv(path, keep_default_na=False, dtype={"clip_id": str, "actual": str, "predicted": str})
-    missing = set(CLIP_COLUMNS) - set(frame.columns)
-    if missing:
-        raise DatasetError(f"{path}: not a clip-predictions CSV (lacks {', '.join(sorted(missing))}); move it away")
+    frame = _read_csv(path, CLIP_COLUMNS, "clip-predictions", dtype={"clip_id": str, "actual": str, "predicted": str})
     return frame[CLIP_COLUMNS]
 
 
-def _upsert_clips(frame: pd.DataFrame, variant: str, seed: int, fold: int, key: str,
-                  clips: pd.DataFrame) -> pd.DataFrame:
+def _read_csv(path: Path, required: list[str], what: str, **kwargs) -> pd.DataFrame:
+    frame = pd.read_csv(path, keep_default_na=False, **kwargs)
+    missing = set(required) - set(frame.columns)
+    if missing:
+        raise DatasetError(f"{path}: not a {what} CSV (lacks {', '.join(sorted(missing))}); move it away")
+    return frame
+
+
+def _replace_run(frame: pd.DataFrame, variant: str, seed: int, fold: int, new: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the rows of one (variant, seed, fold) replaced by ``new``."""
     same = (frame["variant"] == variant) & (frame["seed"] == seed) & (frame["fold"] == fold)
-    new = clips.assign(variant=variant, seed=seed, fold=fold, config_key=key)[CLIP_COLUMNS]
     kept = frame[~same]
-    return new if kept.empty else pd.concat([kept, new], ignore_index=True)
-
-
-def _upsert(frame: pd.DataFrame, row: dict) -> pd.DataFrame:
-    same = (frame["variant"] == row["variant"]) & (frame["seed"] == row["seed"]) & (frame["fold"] == row["fold"])
-    kept = frame[~same]
-    new = pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS)
     return new if kept.empty else pd.concat([kept, new], ignore_index=True)
 
 
@@ -518,10 +511,12 @@ def run_study(
                     _remove_tree(state_dir)
                 clips = scores.pop("clips", None)
                 if clips is not None:  # first, so a row in the CSV has its clips beside it
-                    clip_rows = _upsert_clips(clip_rows, variant, seed, fold, key, clips)
+                    clip_rows = _replace_run(clip_rows, variant, seed, fold, clips.assign(
+                        variant=variant, seed=seed, fold=fold, config_key=key)[CLIP_COLUMNS])
                     write_csv(clips_csv, clip_rows)
                 row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
-                results = _upsert(results, row)
+                results = _replace_run(results, variant, seed, fold,
+                                       pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS))
                 write_csv(out_csv, results)
                 if log:
                     log(f"{variant} seed {seed} fold {fold + 1}/{k}: clip accuracy {scores['clip_accuracy']:.3f}, "
