@@ -1,0 +1,189 @@
+"""How do a training corpus and a set of real songs differ as recordings? (issue 10)
+
+The model trained on gtzan-mini answers real masters badly (real-clips 1 of 12). Before adding augmentations at
+random, measure what differs: a few recording statistics of every 3-s segment, computed on the pipeline's own
+log-mel (:func:`genre_se.features.extract_segments`, so exactly what the model sees before its input
+standardisation), then compared per file between the two sets::
+
+    python -m study.domain_gap ../shared/data/gtzan-mini/genres ../shared/data/real-clips \
+        --out study/results/domain_gap.md
+
+The statistics, each a per-segment number, then the median over a file's segments:
+
+- ``level_db``: mean frame loudness (dB re full scale, :func:`genre_se.features.frame_loudness`).
+- ``dynamics_db``: standard deviation of the frame loudness over the segment: what a compressor/limiter shrinks.
+- ``spread_db``: standard deviation of all the segment's dB values: what per-segment standardisation divides by.
+- ``tilt_db_oct``: slope of the time-averaged spectrum (dB per octave) between 100 Hz and 8 kHz: the EQ.
+- ``bandwidth_hz``: highest mel band whose time-averaged level is within 60 dB of the loudest band.
+- ``floor_depth_db``: median minus 5th percentile of the segment's dB values: how deep the quiet cells (noise
+  floor, gaps) go below the typical cell.
+- ``flatness``: mean over frames of the spectral flatness (geometric over arithmetic mean power, 0 tonal .. 1
+  white noise).
+
+The report gives, per statistic, the median and 10-90 % range of each set, and the share of the external files
+outside the training files' 5-95 % range: a large share marks a recording condition the training data never
+shows, the first candidate for an augmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+STATISTICS = ("level_db", "dynamics_db", "spread_db", "tilt_db_oct", "bandwidth_hz", "floor_depth_db", "flatness")
+
+
+def segment_statistics(data: np.ndarray, cfg, mel_hz: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The recording statistics (module doc) of segments ``(n, n_mels, frames[, 1])`` in dB; one value each.
+
+    ``mel_hz``: the centre frequency of every mel band (computed from ``cfg`` when None).
+    """
+    from genre_se.features import MelFrontend, frame_loudness
+    from genre_se.train import mel_centre_frequencies
+
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim == 4:
+        data = data[..., 0]
+    if data.ndim != 3 or len(data) == 0:
+        raise ValueError(f"segments must be (n, n_mels, frames), got shape {data.shape}")
+    n, n_mels, frames = data.shape
+    hz = np.asarray(mel_centre_frequencies(cfg) if mel_hz is None else mel_hz, dtype=np.float64)
+    if len(hz) != n_mels:
+        raise ValueError(f"{len(hz)} band frequencies for {n_mels} mel bands")
+    frontend = MelFrontend.for_config(cfg)
+    flat = data.transpose(1, 0, 2).reshape(n_mels, n * frames)
+    loud = frame_loudness(flat, cfg, frontend).astype(np.float64).reshape(n, frames)
+
+    mean_spectrum = 10.0 * np.log10(np.power(10.0, data / 10.0).mean(axis=2))  # (n, n_mels), power average
+    band = (hz >= 100.0) & (hz <= 8000.0)
+    if band.sum() >= 2:
+        octaves = np.log2(hz[band])
+        x = octaves - octaves.mean()
+        tilt = (mean_spectrum[:, band] - mean_spectrum[:, band].mean(axis=1, keepdims=True)) @ x / (x @ x)
+    else:
+        tilt = np.full(n, np.nan)
+    above = mean_spectrum >= mean_spectrum.max(axis=1, keepdims=True) - 60.0
+    top_band = n_mels - 1 - np.argmax(above[:, ::-1], axis=1)
+
+    power = np.power(10.0, data / 10.0)  # (n, n_mels, frames)
+    geometric = np.exp(np.log(np.maximum(power, 1e-30)).mean(axis=1))
+    flatness = (geometric / np.maximum(power.mean(axis=1), 1e-30)).mean(axis=1)
+
+    cells = data.reshape(n, -1)
+    return {
+        "level_db": loud.mean(axis=1),
+        "dynamics_db": loud.std(axis=1),
+        "spread_db": cells.std(axis=1),
+        "tilt_db_oct": tilt,
+        "bandwidth_hz": hz[top_band],
+        "floor_depth_db": np.median(cells, axis=1) - np.percentile(cells, 5, axis=1),
+        "flatness": flatness,
+    }
+
+
+def file_statistics(path: str | Path, cfg) -> dict[str, float]:
+    """Median over a file's segments of each statistic (:func:`segment_statistics`)."""
+    from genre_se.features import extract_segments
+
+    stats = segment_statistics(extract_segments(path, cfg).data, cfg)
+    return {name: float(np.nanmedian(values)) for name, values in stats.items()}
+
+
+def collect(folder: str | Path, cfg, genres: list[str]) -> list[dict]:
+    """One row per audio file under ``folder/<genre>/`` (a genre in ``genres``): path, genre, file statistics.
+
+    An unreadable file stops the report with its name (:class:`genre_se.errors.AudioError`): a gap measured
+    without it would not say so."""
+    from study.compare import external_files
+
+    rows = []
+    for path, genre, _ in external_files(folder, genres):
+        rows.append({"path": str(path), "genre": genre, **file_statistics(path, cfg)})
+    return rows
+
+
+def compare(train: list[dict], external: list[dict]) -> list[dict]:
+    """Per statistic: each set's median and 10/90 % quantiles, and the external files' share outside the
+    training files' 5-95 % range (with the side: ``low`` / ``high`` counts)."""
+    rows = []
+    for name in STATISTICS:
+        a = np.array([r[name] for r in train], dtype=np.float64)
+        b = np.array([r[name] for r in external], dtype=np.float64)
+        lo, hi = np.nanpercentile(a, [5, 95])
+        rows.append({
+            "statistic": name,
+            "train_median": float(np.nanmedian(a)), "train_p10": float(np.nanpercentile(a, 10)),
+            "train_p90": float(np.nanpercentile(a, 90)),
+            "external_median": float(np.nanmedian(b)), "external_p10": float(np.nanpercentile(b, 10)),
+            "external_p90": float(np.nanpercentile(b, 90)),
+            "below": int(np.sum(b < lo)), "above": int(np.sum(b > hi)), "n_external": int(len(b)),
+        })
+    return rows
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
+
+
+def markdown(rows: list[dict], train_name: str, external_name: str, n_train: int,
+             per_genre: dict[str, list[dict]] | None = None) -> str:
+    """The comparison as a markdown table (and, with ``per_genre``, the medians of each shared genre)."""
+    lines = [f"Recording statistics per file (median over its 3-s segments): `{train_name}` ({n_train} files) "
+             f"against `{external_name}` ({rows[0]['n_external'] if rows else 0} files).", "",
+             "| statistic | training median (10-90 %) | external median (10-90 %) | external outside training 5-95 % "
+             "(below / above) |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{r['statistic']}` | {_number(r['train_median'])} ({_number(r['train_p10'])} .. "
+                     f"{_number(r['train_p90'])}) | {_number(r['external_median'])} ({_number(r['external_p10'])} .. "
+                     f"{_number(r['external_p90'])}) | {r['below'] + r['above']} of {r['n_external']} "
+                     f"({r['below']} / {r['above']}) |")
+    if per_genre:
+        lines += ["", "Per genre, training median -> external median:", "",
+                  "| genre | " + " | ".join(f"`{s}`" for s in STATISTICS) + " |",
+                  "|---|" + "---|" * len(STATISTICS)]
+        for genre, pair in sorted(per_genre.items()):
+            cells = []
+            for s in STATISTICS:
+                a = np.nanmedian([r[s] for r in pair[0]])
+                b = np.nanmedian([r[s] for r in pair[1]])
+                cells.append(f"{_number(a)} -> {_number(b)}")
+            lines.append(f"| {genre} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from genre_se.config import load_params
+    from genre_se.errors import GenreSEError
+    from genre_se.fileio import write_text
+
+    parser = argparse.ArgumentParser(prog="python -m study.domain_gap", description=__doc__.split("\n\n")[0])
+    parser.add_argument("train", help="folder-per-genre training corpus (e.g. ../shared/data/gtzan-mini/genres)")
+    parser.add_argument("external", help="folder-per-genre files to compare with (e.g. ../shared/data/real-clips)")
+    parser.add_argument("--params", default="params.yaml", help="whose `features` section defines the log-mel")
+    parser.add_argument("--out", help="also write the markdown report here (atomically)")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        genres = sorted({d.name for folder in (args.train, args.external) for d in Path(folder).glob("*/")
+                         if d.is_dir()})
+        train = collect(args.train, params.features, genres)
+        external = collect(args.external, params.features, genres)
+        if not train or not external:
+            raise GenreSEError(f"no audio in <genre>/ folders under {args.train if not train else args.external}")
+    except GenreSEError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    shared = sorted({r["genre"] for r in external} & {r["genre"] for r in train})
+    per_genre = {g: ([r for r in train if r["genre"] == g], [r for r in external if r["genre"] == g]) for g in shared}
+    text = markdown(compare(train, external), args.train, args.external, len(train), per_genre)
+    print(text, end="")
+    if args.out:
+        write_text(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""study/domain_gap.py: each recording statistic measures what it says, and the report runs end to end."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from genre_se.config import FeatureConfig
+from genre_se.train import mel_centre_frequencies
+from study import domain_gap
+
+CFG = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=32, segment_frames=16, segment_hop=8)
+HZ = mel_centre_frequencies(CFG)
+
+
+def _segments(rng, n=4, level=-30.0, spread=6.0):
+    return (level + spread * rng.standard_normal((n, CFG.n_mels, CFG.segment_frames, 1))).astype(np.float32)
+
+
+def test_gain_moves_only_the_level():
+    x = _segments(np.random.default_rng(0))
+    a = domain_gap.segment_statistics(x, CFG, HZ)
+    b = domain_gap.segment_statistics(x + 6.0, CFG, HZ)
+    np.testing.assert_allclose(b["level_db"], a["level_db"] + 6.0, atol=1e-3)
+    for name in ("dynamics_db", "spread_db", "tilt_db_oct", "bandwidth_hz", "floor_depth_db", "flatness"):
+        np.testing.assert_allclose(b[name], a[name], atol=1e-3, err_msg=name)
+
+
+def test_compression_above_the_median_shrinks_spread_not_floor_depth():
+    x = _segments(np.random.default_rng(1))[..., 0].astype(np.float64)
+    flat = np.sort(x.reshape(len(x), -1), axis=1)
+    upper_middle = flat[:, flat.shape[1] // 2][:, None, None]  # the median's cells stay as they are
+    squashed = np.where(x > upper_middle, upper_middle + 0.5 * (x - upper_middle), x)
+    a = domain_gap.segment_statistics(x, CFG, HZ)
+    b = domain_gap.segment_statistics(squashed, CFG, HZ)
+    assert np.all(b["spread_db"] < 0.8 * a["spread_db"])
+    np.testing.assert_allclose(b["floor_depth_db"], a["floor_depth_db"], atol=1e-6)
+
+
+def test_a_louder_frame_raises_dynamics():
+    x = np.full((1, CFG.n_mels, CFG.segment_frames), -40.0)
+    assert domain_gap.segment_statistics(x, CFG, HZ)["dynamics_db"][0] == pytest.approx(0.0, abs=1e-6)
+    x[:, :, ::2] += 10.0  # every other frame 10 dB louder: frame loudness alternates, std 5 dB
+    assert domain_gap.segment_statistics(x, CFG, HZ)["dynamics_db"][0] == pytest.approx(5.0, abs=1e-3)
+
+
+def test_tilt_bandwidth_and_flatness_of_known_spectra():
+    slope = -4.5  # dB per octave
+    spectrum = slope * np.log2(HZ / 1000.0)
+    x = np.repeat(spectrum[None, :, None], CFG.segment_frames, axis=2) - 30.0
+    stats = domain_gap.segment_statistics(x, CFG, HZ)
+    assert stats["tilt_db_oct"][0] == pytest.approx(slope, abs=1e-6)
+
+    flat = np.full((1, CFG.n_mels, CFG.segment_frames), -30.0)
+    assert domain_gap.segment_statistics(flat, CFG, HZ)["flatness"][0] == pytest.approx(1.0, abs=1e-9)
+    assert domain_gap.segment_statistics(flat, CFG, HZ)["bandwidth_hz"][0] == pytest.approx(HZ[-1])
+    cut = flat.copy()
+    cut[:, 20:, :] = -100.0  # nothing above band 19: 70 dB down
+    stats = domain_gap.segment_statistics(cut, CFG, HZ)
+    assert stats["bandwidth_hz"][0] == pytest.approx(HZ[19])
+    assert stats["flatness"][0] < 0.7
+
+
+def test_bad_segments_are_refused():
+    with pytest.raises(ValueError, match="segments must be"):
+        domain_gap.segment_statistics(np.zeros((0, CFG.n_mels, 16)), CFG, HZ)
+    with pytest.raises(ValueError, match="band frequencies"):
+        domain_gap.segment_statistics(np.zeros((1, CFG.n_mels, 16)), CFG, HZ[:-1])
+
+
+def test_compare_counts_external_files_outside_the_training_range():
+    train = [{name: float(i) for name in domain_gap.STATISTICS} for i in range(100)]
+    external = [{name: v for name in domain_gap.STATISTICS} for v in (-10.0, 50.0, 200.0, 300.0)]
+    rows = domain_gap.compare(train, external)
+    assert [r["statistic"] for r in rows] == list(domain_gap.STATISTICS)
+    assert rows[0]["below"] == 1 and rows[0]["above"] == 2 and rows[0]["n_external"] == 4
+    assert rows[0]["train_median"] == pytest.approx(49.5)
+    assert rows[0]["external_median"] == pytest.approx(125.0)
+
+
+def _tone_folder(root, genres, gain):
+    sr = 8000
+    t = np.arange(int(1.5 * sr)) / sr
+    for i, genre in enumerate(genres):
+        (root / genre).mkdir(parents=True)
+        for k in range(2):
+            y = gain * np.sin(2 * np.pi * (200 + 300 * i + 50 * k) * t)
+            sf.write(root / genre / f"{genre}.{k}.wav", y.astype(np.float32), sr)
+    return root
+
+
+def test_main_writes_the_report(tmp_path, capsys):
+    from tests.conftest import TINY_PARAMS, write_params
+
+    params = write_params(tmp_path / "params.yaml", TINY_PARAMS)
+    train = _tone_folder(tmp_path / "train", ["low", "high"], gain=0.05)
+    external = _tone_folder(tmp_path / "external", ["low"], gain=0.5)  # 20 dB louder
+    out = tmp_path / "gap.md"
+    assert domain_gap.main([str(train), str(external), "--params", str(params), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "(4 files)" in text and "(2 files)" in text
+    level = next(line for line in text.splitlines() if line.startswith("| `level_db`"))
+    assert level.endswith("2 of 2 (0 / 2) |")  # both external files louder than every training file
+    assert "| low |" in text and "| high |" not in text  # per genre: only genres both sets have
+    assert capsys.readouterr().out == text
+
+
+def test_main_names_a_missing_folder(tmp_path, capsys):
+    from tests.conftest import TINY_PARAMS, write_params
+
+    params = write_params(tmp_path / "params.yaml", TINY_PARAMS)
+    train = _tone_folder(tmp_path / "train", ["low"], gain=0.05)
+    assert domain_gap.main([str(train), str(tmp_path / "nope"), "--params", str(params)]) == 2
+    assert "nope" in capsys.readouterr().err
