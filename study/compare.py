@@ -168,15 +168,26 @@ def load_external(folder: str | Path, labels: list[str], features: dict) -> Exte
                        [song for _, _, song in files], [str(path) for path, _, _ in files])
 
 
-def external_scores(model, external: ExternalSet) -> dict:
-    """Top-1 accuracy per file (mean of segment probabilities, as ``predict`` does) and per song."""
-    probs = [np.asarray(model.predict(x, verbose=0)).mean(axis=0) for x in external.segments]
-    hits = np.array([int(np.argmax(p)) == t for p, t in zip(probs, external.labels)])
+def external_scores(model, external: ExternalSet, label_names: list) -> dict:
+    """Top-1 accuracy per file (mean of segment probabilities, as ``predict`` does) and per song, and each
+    file's answer (``external_files``: clip_id ``<genre>/<file name>``, actual, predicted)."""
+    probs = np.stack([np.asarray(model.predict(x, verbose=0)).mean(axis=0) for x in external.segments])
+    return _external_result(probs, np.arange(probs.shape[1]), external, label_names)
+
+
+def _external_result(scores: np.ndarray, classes: np.ndarray, external: ExternalSet, label_names: list) -> dict:
+    """Top-1 per file and per song (the mean of its files' ``scores``) of per-file class ``scores``
+    (files, classes), column j scoring label index ``classes[j]``; plus the per-file answers."""
+    predicted = np.asarray(classes)[np.argmax(scores, axis=1)]
     by_song: dict = {}
-    for p, t, song in zip(probs, external.labels, external.songs):
-        by_song.setdefault(song, [[], t])[0].append(p)
-    song_hits = [int(np.argmax(np.mean(ps, axis=0))) == t for ps, t in by_song.values()]
-    return {"external_top1": float(hits.mean()), "external_song_top1": float(np.mean(song_hits))}
+    for row, t, song in zip(scores, external.labels, external.songs):
+        by_song.setdefault(song, [[], t])[0].append(row)
+    song_hits = [classes[int(np.argmax(np.mean(rows, axis=0)))] == t for rows, t in by_song.values()]
+    names = np.asarray(label_names, dtype=object)
+    files = pd.DataFrame({"clip_id": [f"{Path(p).parent.name}/{Path(p).name}" for p in external.paths],
+                          "actual": names[external.labels], "predicted": names[predicted]})
+    return {"external_top1": float(np.mean(predicted == external.labels)),
+            "external_song_top1": float(np.mean(song_hits)), "external_files": files}
 
 
 def variant_params(study: Study, variant: str, extra: dict | None = None,
@@ -289,7 +300,7 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
         "clips": predictions[["clip_id", "actual", "predicted"]],
     }
     if external is not None:
-        row.update(external_scores(result.model, external))
+        row.update(external_scores(result.model, external, store.labels))
     if robustness_paths:
         row.update(fold_robustness(result.model, store, params, robustness_paths))
     keras.backend.clear_session()  # free the graph before the next fold
@@ -353,13 +364,7 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
     if external is not None:
         ext_features, ext = external
         decision = np.asarray(clf.decision_function(ext_features))  # (files, classes), one-vs-rest shape
-        classes = clf.classes_
-        hits = classes[np.argmax(decision, axis=1)] == ext.labels
-        by_song: dict = {}
-        for d, t, song in zip(decision, ext.labels, ext.songs):
-            by_song.setdefault(song, [[], t])[0].append(d)
-        song_hits = [classes[int(np.argmax(np.mean(ds, axis=0)))] == t for ds, t in by_song.values()]
-        scores = {"external_top1": float(hits.mean()), "external_song_top1": float(np.mean(song_hits))}
+        scores = _external_result(decision, clf.classes_, ext, label_names)
     return {
         **scores,
         "clip_accuracy": float(accuracy_score(labels[test], pred)),
@@ -399,6 +404,12 @@ def clip_predictions_path(out_csv: str | Path) -> Path:
     """Where the per-clip predictions of ``out_csv`` live: ``<stem>_clips.csv`` beside it."""
     out_csv = Path(out_csv)
     return out_csv.with_name(f"{out_csv.stem}_clips.csv")
+
+
+def external_predictions_path(out_csv: str | Path) -> Path:
+    """Where each fold model's answers on the study's external files live: ``<stem>_external.csv``."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(f"{out_csv.stem}_external.csv")
 
 
 def read_clip_predictions(path: Path) -> pd.DataFrame:
@@ -473,6 +484,8 @@ def run_study(
     results = read_results(out_csv)
     clips_csv = clip_predictions_path(out_csv)
     clip_rows = read_clip_predictions(clips_csv)
+    external_csv = external_predictions_path(out_csv)
+    external_rows = read_clip_predictions(external_csv)
     done = {(r.variant, int(r.seed), int(r.fold)): r.config_key for r in results.itertuples()}
     features = labels = ext = None
     external = load_external(study.external, store.labels, store.features) if study.external else None
@@ -509,11 +522,16 @@ def run_study(
                     scores = run_cnn_fold(store, params, folds_of_rows, fold, k, seed, state_dir, fold_log, keep,
                                           external, robust)
                     _remove_tree(state_dir)
-                clips = scores.pop("clips", None)
-                if clips is not None:  # first, so a row in the CSV has its clips beside it
+                # first, so that a row in the CSV has its per-clip and per-file answers beside it
+                clips, files = scores.pop("clips", None), scores.pop("external_files", None)
+                if clips is not None:
                     clip_rows = _replace_run(clip_rows, variant, seed, fold, clips.assign(
                         variant=variant, seed=seed, fold=fold, config_key=key)[CLIP_COLUMNS])
                     write_csv(clips_csv, clip_rows)
+                if files is not None:
+                    external_rows = _replace_run(external_rows, variant, seed, fold, files.assign(
+                        variant=variant, seed=seed, fold=fold, config_key=key)[CLIP_COLUMNS])
+                    write_csv(external_csv, external_rows)
                 row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
                 results = _replace_run(results, variant, seed, fold,
                                        pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS))
@@ -571,8 +589,7 @@ def paired_clips(clips: pd.DataFrame, results: pd.DataFrame, variant: str, refer
     """
     from scipy.stats import binomtest
 
-    current = clips.merge(results[["variant", "seed", "fold", "config_key"]],
-                          on=["variant", "seed", "fold", "config_key"])
+    current = _current(clips, results)
     right = {}
     for name in (variant, reference):
         rows = current[current["variant"] == name]
@@ -585,6 +602,35 @@ def paired_clips(clips: pd.DataFrame, results: pd.DataFrame, variant: str, refer
     worse = int((~both[variant] & both[reference]).sum())
     p = binomtest(better, better + worse, 0.5).pvalue if better + worse else 1.0
     return {"clips_paired": len(both), "clips_better": better, "clips_worse": worse, "clips_p": float(p)}
+
+
+def _current(predictions: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``predictions`` made with the configuration of the results CSV's row (``config_key``)."""
+    return predictions.merge(results[["variant", "seed", "fold", "config_key"]],
+                             on=["variant", "seed", "fold", "config_key"])
+
+
+def external_by_genre(external: pd.DataFrame, results: pd.DataFrame, order: list[str] | None = None) -> str:
+    """Per variant and genre, the share of (fold model, file) answers on the external files that are right and
+    the answer given most often: which genres of real songs a recipe gets, and what it mistakes them for.
+    Markdown; empty when there is nothing to show."""
+    current = _current(external, results)
+    if current.empty:
+        return ""
+    genres = sorted(pd.unique(current["actual"]))
+    lines = ["| variant | " + " | ".join(genres) + " | answers |", "|---|" + "---|" * (len(genres) + 1)]
+    names = [n for n in (order or []) if n in set(current["variant"])] or list(pd.unique(current["variant"]))
+    for name in names:
+        rows = current[current["variant"] == name]
+        cells = []
+        for genre in genres:
+            answers = rows.loc[rows["actual"] == genre, "predicted"]
+            cells.append("" if answers.empty else
+                         f"{(answers == genre).mean():.2f} ({answers.value_counts().index[0]})")
+        cells.append(str(len(rows)))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return ("Per genre of the external files: the share of right answers over every fold model and seed, and "
+            "(in brackets) the answer given most often.\n\n" + "\n".join(lines) + "\n")
 
 
 def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: str | None = None,
@@ -808,6 +854,9 @@ def main(argv: list[str] | None = None) -> int:
         clips = read_clip_predictions(clip_predictions_path(args.out))
         summary = summarize(results, list(study.variants), reference, clips)
         table = summary_markdown(summary, reference)
+        by_genre = external_by_genre(read_clip_predictions(external_predictions_path(args.out)), results,
+                                     list(study.variants))
+        table += f"\n{by_genre}" if by_genre else ""
         write_text(args.summary, table)
         print(table)
         return 0

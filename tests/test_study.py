@@ -118,9 +118,25 @@ def test_external_scores_per_file_and_per_song():
     # song "a" (label 0): excerpts right, wrong, right -> 2/3 files, song right; song "b" (label 1): wrong.
     segments = [np.zeros((n, 2, 2), "float32") for n in (1, 2, 3, 4)]
     probs = {1: [0.6, 0.4], 2: [0.0, 1.0], 3: [0.9, 0.1], 4: [0.7, 0.3]}
-    external = compare.ExternalSet(segments, np.array([0, 0, 0, 1]), ["g/a", "g/a", "g/a", "g/b"], ["p"] * 4)
-    scores = compare.external_scores(FixedModel({k: np.array(v) for k, v in probs.items()}), external)
+    paths = ["x/g/a-1of3.mp3", "x/g/a-2of3.mp3", "x/g/a-3of3.mp3", "x/h/b-1of1.mp3"]
+    external = compare.ExternalSet(segments, np.array([0, 0, 0, 1]), ["g/a", "g/a", "g/a", "h/b"], paths)
+    scores = compare.external_scores(FixedModel({k: np.array(v) for k, v in probs.items()}), external, ["g", "h"])
+    files = scores.pop("external_files")
     assert scores == {"external_top1": pytest.approx(2 / 4), "external_song_top1": pytest.approx(1 / 2)}
+    assert files["clip_id"].tolist() == ["g/a-1of3.mp3", "g/a-2of3.mp3", "g/a-3of3.mp3", "h/b-1of1.mp3"]
+    assert files["actual"].tolist() == ["g", "g", "g", "h"] and files["predicted"].tolist() == ["g", "h", "g", "g"]
+
+
+def test_external_by_genre_shows_the_share_right_and_the_usual_answer():
+    rows = pd.DataFrame({"variant": "v", "seed": 1, "fold": [0, 0, 0, 1, 1, 1], "config_key": "k",
+                         "clip_id": ["jazz/a", "jazz/b", "pop/c"] * 2, "actual": ["jazz", "jazz", "pop"] * 2,
+                         "predicted": ["country", "jazz", "pop", "country", "country", "jazz"]})
+    stale = rows.assign(variant="v", seed=2, config_key="old", predicted="jazz")  # recomputed since: ignored
+    results = pd.DataFrame({"variant": "v", "seed": [1, 1, 2], "fold": [0, 1, 0], "config_key": ["k", "k", "new"]})
+    table = compare.external_by_genre(pd.concat([rows, stale]), results, ["w", "v"])
+    assert "| variant | jazz | pop | answers |" in table
+    assert "| `v` | 0.25 (country) | 0.50 (" in table and table.rstrip().endswith("| 6 |")
+    assert compare.external_by_genre(rows.iloc[:0], results) == ""
 
 
 def test_study_scores_fold_models_on_an_external_folder(tiny_study, tmp_path):
@@ -140,6 +156,15 @@ def test_study_scores_fold_models_on_an_external_folder(tiny_study, tmp_path):
     # external "high" ones (800 Hz, this dataset's second band) "mid", as it learnt: exactly half
     assert (svm["external_top1"] == 0.5).all() and (svm["external_song_top1"] == 0.5).all()
     assert pd.read_csv(tmp_path / "s.csv")["external_song_top1"].notna().sum() == 6
+    # each fold model's answer on each external file, beside the CSV; they give the rows' external top-1
+    files = compare.read_clip_predictions(compare.external_predictions_path(tmp_path / "s.csv"))
+    assert len(files) == 2 * 3 * 4  # 2 variants x 3 folds x 4 files
+    assert sorted(set(files["clip_id"])) == ["high/high-song-1of2-at0s.wav", "high/high-song-2of2-at0s.wav",
+                                             "low/low-song-1of2-at0s.wav", "low/low-song-2of2-at0s.wav"]
+    hits = files.assign(hit=files.actual == files.predicted).groupby(["variant", "fold"])["hit"].mean()
+    assert hits.to_numpy() == pytest.approx(results.set_index(["variant", "fold"]).loc[hits.index,
+                                                                                       "external_top1"].to_numpy())
+    assert "| `svm` | 0.00 (mid) | 1.00 (low) | 12 |" in compare.external_by_genre(files, results, ["svm", "se"])
     table = compare.summary_markdown(compare.summarize(results, ["svm", "se"], "svm"), "svm")
     assert "external top-1 (songs)" in table
     with pytest.raises(compare.DatasetError, match="not found"):
@@ -260,7 +285,9 @@ def test_cli_quick_run_writes_csv_and_summary(tiny_study, tmp_path, capsys):
     study_file = tmp_path / "one.yaml"
     _, work = tiny_study
     params_path = compare.load_study(next(work.parent.glob("study.yaml"))).params_path
-    study_file.write_text(yaml.safe_dump({"params": params_path, "seeds": [1], "variants": {"svm": "baseline"}}))
+    external = make_tone_dataset(tmp_path / "external", labels=("low", "high"), per_label=1, seed=3)
+    study_file.write_text(yaml.safe_dump({"params": params_path, "seeds": [1], "variants": {"svm": "baseline"},
+                                          "external": str(external)}))
     out, summary = tmp_path / "r.csv", tmp_path / "r.md"
     code = compare.main(["run", "--study", str(study_file), "--work", str(work), "--out", str(out),
                          "--summary", str(summary), "-S", "evaluate.folds=3", "-q"])
@@ -269,6 +296,7 @@ def test_cli_quick_run_writes_csv_and_summary(tiny_study, tmp_path, capsys):
     summary.unlink()
     assert compare.main(["summary", "--study", str(study_file), "--out", str(out), "--summary", str(summary)]) == 0
     assert "`svm`" in summary.read_text()  # re-rendered from the CSV alone, nothing trained
+    assert "| variant | high | low | answers |" in summary.read_text()  # + the external files per genre
     assert compare.main(["run", "--study", str(study_file), "--work", str(work), "--out", str(out),
                          "-S", "evaluate.folds=4", "-q"]) == 1  # the store was built with 3 folds
     assert "evaluate.folds" in capsys.readouterr().err
