@@ -495,9 +495,11 @@ def run_study(
         for variant in chosen:
             is_baseline = study.variants[variant] == BASELINE
             params = None if is_baseline else variant_params(study, variant, extra, best_params_path)
+            if params is not None:
+                check_store_features(variant, params.features, store.features, store_dir)
             what = (("svm", fold_key) + (("external", config_key(external.paths)) if external else ())
                     if is_baseline else (_changed(params.model), _changed(params.train), fold_key)
-                    + (("robustness",) if study.robustness else ()))
+                    + (("robustness",) if study.robustness else ()) + _feature_key(store.features))
             key = config_key(*what)
             for fold in range(k):
                 if done.get((variant, seed, fold)) == key:
@@ -549,6 +551,25 @@ def _changed(config) -> dict:
     its default (off), leaves the configuration key of rows already computed unchanged."""
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
             if getattr(config, f.name) != type(config)().__getattribute__(f.name)}
+
+
+def check_store_features(variant: str, wanted, built, store_dir: str | Path) -> None:
+    """A CNN variant trains on the store's segments, so its ``features.*`` must be the store's (``workers``
+    aside); otherwise it would be scored under a name that promises features it never saw."""
+    for f in dataclasses.fields(built):
+        if f.name != "workers" and getattr(wanted, f.name) != getattr(built, f.name):
+            value = getattr(wanted, f.name)
+            raise ConfigError(
+                f"variants.{variant}: features.{f.name} is {value!r} but the feature store {store_dir} was built "
+                f"with {getattr(built, f.name)!r}; prepare its own work folder (`prepare --work DIR "
+                f"-S features.{f.name}={'null' if value is None else value}`) and run the variant there")
+
+
+def _feature_key(features) -> tuple:
+    """The store's feature settings that differ from the defaults, for the configuration key (empty for the
+    default log-mel, so that rows computed before features could vary keep their key)."""
+    changed = {k: v for k, v in _changed(features).items() if k != "workers"}
+    return (("features", changed),) if changed else ()
 
 
 def _clip_folds(store, folds_of_rows: np.ndarray, clip_ids: list) -> np.ndarray:

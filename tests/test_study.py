@@ -522,3 +522,20 @@ def test_every_study_file_of_the_repository_is_valid(path, monkeypatch):
         if study.variants[name].get("model.reduction_ratios") == compare.TUNED:
             continue  # needs the tune step's best_params.json
         compare.variant_params(study, name)
+
+
+def test_a_variant_runs_only_on_a_store_built_with_its_features(tiny_study, tmp_path, monkeypatch):
+    study, work = tiny_study
+    built = FeatureStore.open(work / "features").features
+    wider = compare.Study({"wide": {"features.fmax": built.sample_rate / 4}}, study.seeds, study.overrides,
+                          study.params_path)
+    monkeypatch.setattr(compare, "run_cnn_fold", lambda *a, **k: pytest.fail("trained on the wrong store"))
+    with pytest.raises(ConfigError, match=r"variants.wide: features.fmax is 2000.0 but the feature store .* "
+                                          r"was built with None; .*-S features.fmax=2000.0"):
+        compare.run_study(wider, work / "features", work / "index.csv", tmp_path / "s.csv", quick=True)
+    # the configuration key names the store's features only where they differ from the defaults
+    import dataclasses
+
+    assert compare._feature_key(FeatureConfig()) == ()
+    assert compare._feature_key(dataclasses.replace(FeatureConfig(), workers=1)) == ()
+    assert compare._feature_key(dataclasses.replace(FeatureConfig(), fmax=8000.0)) == (("features", {"fmax": 8000.0}),)
