@@ -130,7 +130,9 @@ def _number(value: float) -> str:
 
 def markdown(rows: list[dict], train_name: str, external_name: str, n_train: int,
              per_genre: dict[str, list[dict]] | None = None) -> str:
-    """The comparison as a markdown table (and, with ``per_genre``, the medians of each shared genre)."""
+    """The comparison as a markdown table; with ``per_genre`` (genre -> (training rows, external rows)) also
+    each genre's medians: a statistic that differs between the training genres is a recording cue the model
+    can learn instead of the music (a genre without external files shows only its training median)."""
     lines = [f"Recording statistics per file (median over its 3-s segments): `{train_name}` ({n_train} files) "
              f"against `{external_name}` ({rows[0]['n_external'] if rows else 0} files).", "",
              "| statistic | training median (10-90 %) | external median (10-90 %) | external outside training 5-95 % "
@@ -141,15 +143,15 @@ def markdown(rows: list[dict], train_name: str, external_name: str, n_train: int
                      f"{_number(r['external_p90'])}) | {r['below'] + r['above']} of {r['n_external']} "
                      f"({r['below']} / {r['above']}) |")
     if per_genre:
-        lines += ["", "Per genre, training median -> external median:", "",
+        lines += ["", "Per genre, training median -> external median (`-`: no external files of the genre):", "",
                   "| genre | " + " | ".join(f"`{s}`" for s in STATISTICS) + " |",
                   "|---|" + "---|" * len(STATISTICS)]
         for genre, pair in sorted(per_genre.items()):
             cells = []
             for s in STATISTICS:
-                a = np.nanmedian([r[s] for r in pair[0]])
-                b = np.nanmedian([r[s] for r in pair[1]])
-                cells.append(f"{_number(a)} -> {_number(b)}")
+                a = _number(np.nanmedian([r[s] for r in pair[0]])) if pair[0] else "-"
+                b = _number(np.nanmedian([r[s] for r in pair[1]])) if pair[1] else "-"
+                cells.append(f"{a} -> {b}")
             lines.append(f"| {genre} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -176,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     except GenreSEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    shared = sorted({r["genre"] for r in external} & {r["genre"] for r in train})
-    per_genre = {g: ([r for r in train if r["genre"] == g], [r for r in external if r["genre"] == g]) for g in shared}
+    per_genre = {g: ([r for r in train if r["genre"] == g], [r for r in external if r["genre"] == g])
+                 for g in {r["genre"] for r in train}}
     text = markdown(compare(train, external), args.train, args.external, len(train), per_genre)
     print(text, end="")
     if args.out:

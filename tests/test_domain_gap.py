@@ -100,7 +100,11 @@ def test_main_writes_the_report(tmp_path, capsys):
     assert "(4 files)" in text and "(2 files)" in text
     level = next(line for line in text.splitlines() if line.startswith("| `level_db`"))
     assert level.endswith("2 of 2 (0 / 2) |")  # both external files louder than every training file
-    assert "| low |" in text and "| high |" not in text  # per genre: only genres both sets have
+    low = next(line for line in text.splitlines() if line.startswith("| low |")).split("|")[2]
+    train_level, external_level = (float(v) for v in low.split("->"))
+    assert external_level - train_level == pytest.approx(20.0, abs=0.15)  # per genre: the same tone 20 dB up
+    high = next(line for line in text.splitlines() if line.startswith("| high |")).split("|")[2]
+    assert high.strip().endswith("-> -")  # a training genre without external files: its training median only
     assert capsys.readouterr().out == text
 
 
