@@ -105,6 +105,8 @@ def test_main_writes_the_report(tmp_path, capsys):
     assert external_level - train_level == pytest.approx(20.0, abs=0.15)  # per genre: the same tone 20 dB up
     high = next(line for line in text.splitlines() if line.startswith("| high |")).split("|")[2]
     assert high.strip().endswith("-> -")  # a training genre without external files: its training median only
+    assert "Genre from the seven recording statistics alone" in text  # 2 files per genre: a 2-fold CV
+    assert "| low | " in text.split("RBF SVM")[1]  # and its answer for each external file
     assert capsys.readouterr().out == text
 
 
@@ -115,3 +117,22 @@ def test_main_names_a_missing_folder(tmp_path, capsys):
     train = _tone_folder(tmp_path / "train", ["low"], gain=0.05)
     assert domain_gap.main([str(train), str(tmp_path / "nope"), "--params", str(params)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def _rows(genre_of, values):
+    return [{"genre": g, **{name: v + 0.01 * i * k for k, name in enumerate(domain_gap.STATISTICS)}}
+            for i, (g, v) in enumerate(zip(genre_of, values))]
+
+
+def test_recording_shortcut_finds_a_genre_the_recordings_give_away():
+    rng = np.random.default_rng(0)
+    genres = ["a", "b", "c"] * 10
+    telling = _rows(genres, [{"a": 0.0, "b": 10.0, "c": 20.0}[g] + rng.normal(0, 0.5) for g in genres])
+    external = _rows(["b", "c"], [10.2, 19.7])
+    shortcut = domain_gap.recording_shortcut(telling, external)
+    assert shortcut["cv_accuracy"] == 1.0 and shortcut["chance"] == pytest.approx(1 / 3)
+    assert shortcut["external_predicted"] == ["b", "c"]  # fit on every training file
+    blind = _rows(genres, rng.normal(0, 1, len(genres)))  # statistics unrelated to the genre
+    assert domain_gap.recording_shortcut(blind, external)["cv_accuracy"] < 0.7
+    with pytest.raises(ValueError, match="at least 2 training files"):
+        domain_gap.recording_shortcut(telling[:4], external)  # genres b and c once each
