@@ -152,7 +152,33 @@ def recording_shortcut(train: list[dict], external: list[dict], folds: int = 5, 
     fitted = make_classifier(seed).fit(x, y)
     ext = np.array([[r[s] for s in STATISTICS] for r in external], dtype=np.float64)
     return {"cv_accuracy": float(np.mean(predicted == y)), "chance": float(counts.max() / len(y)), "folds": k,
+            "cv_predicted": {clip_key(r): str(a) for r, a in zip(train, predicted)},
             "external_predicted": list(fitted.predict(ext)) if len(ext) else []}
+
+
+def clip_key(row: dict) -> str:
+    """A training file's clip id as the study names it (``<genre>/<file stem>``, e.g. ``jazz/jazz.00003``)."""
+    return f"{row['genre']}/{Path(row['path']).stem}"
+
+
+def error_match(cv_answers: list[dict], clips, n_genres: int):
+    """Do a model's errors follow the recording shortcut? Per (variant, seed) of a study's per-clip predictions
+    ``clips`` (``study/results/*_clips.csv``): its wrong answers, the share of them that equal the shortcut's
+    cross-validated answer for the clip (mean over the shortcut CV runs ``cv_answers``, each clip id -> answer),
+    and that share if the two erred independently (the shortcut wrong on the clip, then 1 wrong genre in
+    ``n_genres - 1``)."""
+    import pandas as pd
+
+    rows = []
+    for (variant, seed), group in clips.groupby(["variant", "seed"], sort=False):
+        wrong = group[(group["actual"] != group["predicted"]) & group["clip_id"].isin(cv_answers[0].keys())]
+        if wrong.empty:
+            continue
+        match = [[run[c] == p for run in cv_answers] for c, p in zip(wrong["clip_id"], wrong["predicted"])]
+        also_wrong = [[run[c] != a for run in cv_answers] for c, a in zip(wrong["clip_id"], wrong["actual"])]
+        rows.append({"variant": variant, "seed": seed, "wrong": len(wrong), "match": float(np.mean(match)),
+                     "independent": float(np.mean(also_wrong)) / (n_genres - 1)})
+    return pd.DataFrame(rows, columns=["variant", "seed", "wrong", "match", "independent"])
 
 
 def shortcut_markdown(shortcut: dict, external: list[dict]) -> str:
@@ -166,6 +192,15 @@ def shortcut_markdown(shortcut: dict, external: list[dict]) -> str:
         by_genre.setdefault(row["genre"], []).append(str(answer))
     for genre, answers in sorted(by_genre.items()):
         lines.append(f"| {genre} | {', '.join(answers)} |")
+    return "\n".join(lines) + "\n"
+
+
+def error_match_markdown(table) -> str:
+    lines = ["Wrong answers on held-out training clips that equal the shortcut's cross-validated answer for the "
+             "clip (mean over 5 shortcut CV shuffles), against the share if the two erred independently:", "",
+             "| variant | seed | wrong answers | equal to the shortcut's | if independent |", "|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| `{r.variant}` | {r.seed} | {r.wrong} | {r.match:.2f} | {r.independent:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -211,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("external", help="folder-per-genre files to compare with (e.g. ../shared/data/real-clips)")
     parser.add_argument("--params", default="params.yaml", help="whose `features` section defines the log-mel")
     parser.add_argument("--out", help="also write the markdown report here (atomically)")
+    parser.add_argument("--clips", help="a study's per-clip predictions (study/results/*_clips.csv): also report "
+                        "how often each model's wrong answers are the recording shortcut's")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -228,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(compare(train, external), args.train, args.external, len(train), per_genre)
     try:
         text += "\n" + shortcut_markdown(recording_shortcut(train, external, seed=params.seed), external)
+        if args.clips:
+            import pandas as pd
+
+            runs = [recording_shortcut(train, [], seed=params.seed + i)["cv_predicted"] for i in range(5)]
+            clips = pd.read_csv(args.clips, dtype=str, keep_default_na=False)
+            text += "\n" + error_match_markdown(error_match(runs, clips, len({r["genre"] for r in train})))
     except ValueError as exc:  # too few files per genre for a cross-validation: the report goes on without it
         print(f"note: {exc}", file=sys.stderr)
     print(text, end="")

@@ -108,6 +108,11 @@ def test_main_writes_the_report(tmp_path, capsys):
     assert "Genre from the seven recording statistics alone" in text  # 2 files per genre: a 2-fold CV
     assert "| low | " in text.split("RBF SVM")[1]  # and its answer for each external file
     assert capsys.readouterr().out == text
+    clips = tmp_path / "clips.csv"
+    clips.write_text("variant,seed,fold,clip_id,actual,predicted,config_key\n"
+                     "cnn,42,0,low/low.0,low,high,k\ncnn,42,0,high/high.1,high,high,k\n")
+    assert domain_gap.main([str(train), str(external), "--params", str(params), "--clips", str(clips)]) == 0
+    assert "| `cnn` | 42 | 1 | " in capsys.readouterr().out  # one wrong answer, compared with the shortcut's
 
 
 def test_main_names_a_missing_folder(tmp_path, capsys):
@@ -120,7 +125,8 @@ def test_main_names_a_missing_folder(tmp_path, capsys):
 
 
 def _rows(genre_of, values):
-    return [{"genre": g, **{name: v + 0.01 * i * k for k, name in enumerate(domain_gap.STATISTICS)}}
+    return [{"path": f"root/{g}/{g}.{i:05d}.wav", "genre": g,
+             **{name: v + 0.01 * i * k for k, name in enumerate(domain_gap.STATISTICS)}}
             for i, (g, v) in enumerate(zip(genre_of, values))]
 
 
@@ -132,7 +138,25 @@ def test_recording_shortcut_finds_a_genre_the_recordings_give_away():
     shortcut = domain_gap.recording_shortcut(telling, external)
     assert shortcut["cv_accuracy"] == 1.0 and shortcut["chance"] == pytest.approx(1 / 3)
     assert shortcut["external_predicted"] == ["b", "c"]  # fit on every training file
+    assert shortcut["cv_predicted"]["b/b.00001"] == "b" and len(shortcut["cv_predicted"]) == 30  # by clip id
     blind = _rows(genres, rng.normal(0, 1, len(genres)))  # statistics unrelated to the genre
     assert domain_gap.recording_shortcut(blind, external)["cv_accuracy"] < 0.7
     with pytest.raises(ValueError, match="at least 2 training files"):
         domain_gap.recording_shortcut(telling[:4], external)  # genres b and c once each
+
+
+def test_error_match_counts_wrong_answers_that_are_the_shortcuts():
+    import pandas as pd
+
+    clips = pd.DataFrame({"variant": "v", "seed": "1", "clip_id": ["a/1", "a/2", "b/1", "b/2"],
+                          "actual": ["a", "a", "b", "b"], "predicted": ["b", "c", "b", "a"]})
+    # two shortcut CV runs: both answer "b" for a/1 (= the model's wrong answer), a/2 right, b/2 "c" then "a"
+    runs = [{"a/1": "b", "a/2": "a", "b/1": "b", "b/2": "c"}, {"a/1": "b", "a/2": "a", "b/1": "a", "b/2": "a"}]
+    table = domain_gap.error_match(runs, clips, n_genres=3)
+    row = table.iloc[0]
+    assert row["wrong"] == 3  # a/1, a/2, b/2
+    assert row["match"] == pytest.approx((2 + 0 + 1) / 6)
+    assert row["independent"] == pytest.approx((2 + 0 + 2) / 6 / 2)  # shortcut wrong on 4 of 6, then 1 in 2
+    assert "| `v` | 1 | 3 | 0.50 | 0.33 |" in domain_gap.error_match_markdown(table)
+    unknown = clips.assign(clip_id=["x/1", "x/2", "x/3", "x/4"])  # clips the shortcut never saw: no row
+    assert domain_gap.error_match(runs, unknown, n_genres=3).empty
