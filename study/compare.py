@@ -402,14 +402,17 @@ def read_results(path: Path) -> pd.DataFrame:
 
 def clip_predictions_path(out_csv: str | Path) -> Path:
     """Where the per-clip predictions of ``out_csv`` live: ``<stem>_clips.csv`` beside it."""
-    out_csv = Path(out_csv)
-    return out_csv.with_name(f"{out_csv.stem}_clips.csv")
+    return _beside(out_csv, "clips")
 
 
 def external_predictions_path(out_csv: str | Path) -> Path:
     """Where each fold model's answers on the study's external files live: ``<stem>_external.csv``."""
+    return _beside(out_csv, "external")
+
+
+def _beside(out_csv: str | Path, what: str) -> Path:
     out_csv = Path(out_csv)
-    return out_csv.with_name(f"{out_csv.stem}_external.csv")
+    return out_csv.with_name(f"{out_csv.stem}_{what}.csv")
 
 
 def read_clip_predictions(path: Path) -> pd.DataFrame:
@@ -433,6 +436,18 @@ def _replace_run(frame: pd.DataFrame, variant: str, seed: int, fold: int, new: p
     same = (frame["variant"] == variant) & (frame["seed"] == seed) & (frame["fold"] == fold)
     kept = frame[~same]
     return new if kept.empty else pd.concat([kept, new], ignore_index=True)
+
+
+def _record_answers(frame: pd.DataFrame, answers: pd.DataFrame | None, run: dict, key: str,
+                    path: Path) -> pd.DataFrame:
+    """``frame`` (per-clip or per-file answers) with one run's ``answers`` in place of its old ones, written to
+    ``path``; unchanged when the run gave none."""
+    if answers is None:
+        return frame
+    frame = _replace_run(frame, run["variant"], run["seed"], run["fold"],
+                         answers.assign(**run, config_key=key)[CLIP_COLUMNS])
+    write_csv(path, frame)
+    return frame
 
 
 def run_study(
@@ -525,15 +540,10 @@ def run_study(
                                           external, robust)
                     _remove_tree(state_dir)
                 # first, so that a row in the CSV has its per-clip and per-file answers beside it
-                clips, files = scores.pop("clips", None), scores.pop("external_files", None)
-                if clips is not None:
-                    clip_rows = _replace_run(clip_rows, variant, seed, fold, clips.assign(
-                        variant=variant, seed=seed, fold=fold, config_key=key)[CLIP_COLUMNS])
-                    write_csv(clips_csv, clip_rows)
-                if files is not None:
-                    external_rows = _replace_run(external_rows, variant, seed, fold, files.assign(
-                        variant=variant, seed=seed, fold=fold, config_key=key)[CLIP_COLUMNS])
-                    write_csv(external_csv, external_rows)
+                run = {"variant": variant, "seed": seed, "fold": fold}
+                clip_rows = _record_answers(clip_rows, scores.pop("clips", None), run, key, clips_csv)
+                external_rows = _record_answers(external_rows, scores.pop("external_files", None), run, key,
+                                                external_csv)
                 row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
                 results = _replace_run(results, variant, seed, fold,
                                        pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS))

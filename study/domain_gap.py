@@ -60,7 +60,8 @@ def segment_statistics(data: np.ndarray, cfg, mel_hz: np.ndarray | None = None) 
     flat = data.transpose(1, 0, 2).reshape(n_mels, n * frames)
     loud = frame_loudness(flat, cfg, frontend).astype(np.float64).reshape(n, frames)
 
-    mean_spectrum = 10.0 * np.log10(np.power(10.0, data / 10.0).mean(axis=2))  # (n, n_mels), power average
+    power = np.power(10.0, data / 10.0)  # (n, n_mels, frames)
+    mean_spectrum = 10.0 * np.log10(power.mean(axis=2))  # (n, n_mels), power average
     band = (hz >= 100.0) & (hz <= 8000.0)
     if band.sum() >= 2:
         octaves = np.log2(hz[band])
@@ -71,7 +72,6 @@ def segment_statistics(data: np.ndarray, cfg, mel_hz: np.ndarray | None = None) 
     above = mean_spectrum >= mean_spectrum.max(axis=1, keepdims=True) - 60.0
     top_band = n_mels - 1 - np.argmax(above[:, ::-1], axis=1)
 
-    power = np.power(10.0, data / 10.0)  # (n, n_mels, frames)
     geometric = np.exp(np.log(np.maximum(power, 1e-30)).mean(axis=1))
     flatness = (geometric / np.maximum(power.mean(axis=1), 1e-30)).mean(axis=1)
 
@@ -264,15 +264,20 @@ def main(argv: list[str] | None = None) -> int:
                  for g in {r["genre"] for r in train}}
     text = markdown(compare(train, external), args.train, args.external, len(train), per_genre)
     try:
-        text += "\n" + shortcut_markdown(recording_shortcut(train, external, seed=params.seed), external)
+        shortcut = recording_shortcut(train, external, seed=params.seed)
+        text += "\n" + shortcut_markdown(shortcut, external)
         if args.clips:
-            import pandas as pd
+            from study.compare import read_clip_predictions
 
-            runs = [recording_shortcut(train, [], seed=params.seed + i)["cv_predicted"] for i in range(5)]
-            clips = pd.read_csv(args.clips, dtype=str, keep_default_na=False)
+            runs = [shortcut["cv_predicted"]] + [recording_shortcut(train, [], seed=params.seed + i)["cv_predicted"]
+                                                 for i in range(1, 5)]
+            clips = read_clip_predictions(Path(args.clips))
             text += "\n" + error_match_markdown(error_match(runs, clips, len({r["genre"] for r in train})))
     except ValueError as exc:  # too few files per genre for a cross-validation: the report goes on without it
         print(f"note: {exc}", file=sys.stderr)
+    except GenreSEError as exc:  # a --clips file that is not a study's per-clip predictions
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(text, end="")
     if args.out:
         write_text(args.out, text)
