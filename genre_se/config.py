@@ -220,6 +220,7 @@ class TrainConfig:
     noise_snr_db: list | None = None   # [low, high]: add coloured (white..pink) noise at a random SNR in dB
     pitch_shift_semitones: float = 0.0  # random shift of the mel axis by up to +-this many semitones
     time_stretch: float = 0.0          # random time-axis resampling rate in [1 - this, 1 + this]
+    lowpass_hz: list | None = None     # [low, high]: a steep low-pass at a random cutoff (Hz, log-uniform) per segment
     # Waveform augmentations (genre_se.waveform_augment): one precomputed copy of every clip per kind, made
     # by the features stage and drawn from by training only; any of mp3, pitch, tempo.
     waveform_augment: list = field(default_factory=list)
@@ -254,6 +255,12 @@ class TrainConfig:
             "must be in [0, 12] semitones (0 turns it off)",
         )
         _require(0 <= self.time_stretch <= 0.5, f"{p}.time_stretch", "must be in [0, 0.5] (0 turns it off)")
+        if self.lowpass_hz is not None:
+            cut = self.lowpass_hz
+            ok = (isinstance(cut, (list, tuple)) and len(cut) == 2
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cut))
+            _require(ok, f"{p}.lowpass_hz", f"must be null or [low, high] in Hz, got {cut!r}")
+            _require(500 <= cut[0] <= cut[1], f"{p}.lowpass_hz", f"needs 500 <= low <= high Hz, got {list(cut)!r}")
         from .waveform_augment import KINDS
 
         kinds = self.waveform_augment

@@ -77,14 +77,15 @@ def make_dataset(
     pitch_shift_semitones: float = 0.0,
     time_stretch: float = 0.0,
     mel_hz: np.ndarray | None = None,
+    lowpass_hz: list | tuple | None = None,
 ):
     """A tf.data pipeline reading batches of segments from the memmap (shuffled, batched, prefetched).
 
     Augmentations apply in this order: random gain (``gain_db``, values kept >= ``floor_db``), the recording
-    conditions (EQ tilt, compression, noise, pitch shift, time stretch: see :func:`recording_conditions`),
+    conditions (EQ tilt, low-pass, compression, noise, pitch shift, time stretch: see :class:`RecordingConditions`),
     SpecAugment masking, mixup. With every switch off the batches are the stored segments, bit for bit.
     ``mel_hz`` (the mel band centre frequencies, :func:`mel_centre_frequencies`) is needed by the pitch shift
-    and colours the noise (white without it). :func:`training_dataset` passes everything from a TrainConfig.
+    and the low-pass, and colours the noise (white without it). :func:`training_dataset` passes everything from a TrainConfig.
     """
     import tensorflow as tf
 
@@ -110,8 +111,9 @@ def make_dataset(
     ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=tf.data.AUTOTUNE)
     if gain_db > 0:
         ds = ds.map(lambda x, y: (_random_gain(x, gain_db, floor_db), y), num_parallel_calls=tf.data.AUTOTUNE)
-    recording = RecordingConditions(eq_tilt_db, compression, noise_snr_db, pitch_shift_semitones, time_stretch,
-                                    floor_db, mel_hz)
+    recording = RecordingConditions(eq_tilt_db=eq_tilt_db, compression=compression, noise_snr_db=noise_snr_db,
+                                    pitch_shift_semitones=pitch_shift_semitones, time_stretch=time_stretch,
+                                    floor_db=floor_db, mel_hz=mel_hz, lowpass_hz=lowpass_hz)
     if recording.active:
         recording.check(shape[0])
         # one int64 per batch from a seeded stream that differs every epoch: the stateless draws of the batch's
@@ -149,8 +151,8 @@ class RecordingConditions:
     """Recording-condition augmentation of log-mel batches ``[batch, n_mels, frames, 1]`` (dB, fixed reference).
 
     Each transform is a cheap tf op on the stored log-mel (no audio is decoded again), with independent draws
-    per segment; applied in the order EQ tilt, compression, noise, pitch shift, time stretch, values kept at or
-    above ``floor_db``. The draws are stateless, derived from one int64 ``key`` per batch.
+    per segment; applied in the order EQ tilt, low-pass, compression, noise, pitch shift, time stretch, values
+    kept at or above ``floor_db``. The draws are stateless, derived from one int64 ``key`` per batch.
     """
 
     eq_tilt_db: float = 0.0
@@ -160,21 +162,23 @@ class RecordingConditions:
     time_stretch: float = 0.0
     floor_db: float = -100.0
     mel_hz: tuple | None = None
+    lowpass_hz: tuple | None = None
 
     def __post_init__(self):  # hashable (tf.function keys on it)
-        if self.mel_hz is not None:
-            object.__setattr__(self, "mel_hz", tuple(float(f) for f in self.mel_hz))
-        if self.noise_snr_db is not None:
-            object.__setattr__(self, "noise_snr_db", tuple(float(v) for v in self.noise_snr_db))
+        for name in ("mel_hz", "noise_snr_db", "lowpass_hz"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
     @property
     def active(self) -> bool:
         return bool(self.eq_tilt_db > 0 or self.compression > 0 or self.noise_snr_db is not None
-                     or self.pitch_shift_semitones > 0 or self.time_stretch > 0)
+                     or self.pitch_shift_semitones > 0 or self.time_stretch > 0 or self.lowpass_hz is not None)
 
     def check(self, n_mels: int) -> None:
         if self.pitch_shift_semitones > 0 and self.mel_hz is None:
             raise DatasetError("the pitch-shift augmentation needs the mel band frequencies (mel_hz)")
+        if self.lowpass_hz is not None and self.mel_hz is None:
+            raise DatasetError("the low-pass augmentation needs the mel band frequencies (mel_hz)")
         if self.mel_hz is not None and len(self.mel_hz) != n_mels:
             raise DatasetError(f"the feature store has {n_mels} mel bands but its feature config describes "
                                f"{len(self.mel_hz)}")
@@ -190,6 +194,9 @@ class RecordingConditions:
 
         if self.eq_tilt_db > 0:
             x = eq_tilt(x, uniform(1, -self.eq_tilt_db, self.eq_tilt_db), self.floor_db)
+        if self.lowpass_hz is not None:
+            low, high = np.log2(self.lowpass_hz)
+            x = low_pass(x, tf.pow(2.0, uniform(7, low, high)), self.mel_hz)  # cutoff log-uniform in the range
         if self.compression > 0:
             x = compress(x, self.compression * uniform(2, 0.0, 1.0))
         if self.noise_snr_db is not None:
@@ -211,6 +218,29 @@ def eq_tilt(x, tilt_db, floor_db: float):
     n_mels = x.shape[1]
     ramp = tf.linspace(-1.0, 1.0, n_mels) if n_mels > 1 else tf.zeros([1])
     return tf.maximum(x + tf.reshape(tilt_db, [-1, 1, 1, 1]) * tf.reshape(ramp, [1, -1, 1, 1]), floor_db)
+
+
+#: the low-pass augmentation's roll-off above the cutoff, and how far under the segment median it stops: GTZAN's
+#: band-limited transfers end in a floor 28-33 dB under the median (study/results/domain_gap.md)
+LOWPASS_SLOPE_DB_PER_OCTAVE = 48.0
+LOWPASS_DEPTH_DB = 30.0
+
+
+def low_pass(x, cutoff_hz, mel_hz, slope_db=LOWPASS_SLOPE_DB_PER_OCTAVE, depth_db=LOWPASS_DEPTH_DB):
+    """A steep low-pass (per segment), as a band-limited transfer: a band whose centre lies ``o`` octaves above
+    ``cutoff_hz`` loses ``slope_db * o`` dB, but not below ``depth_db`` under the segment's median (a value
+    already under that floor stays where it is). Bands at or under the cutoff are untouched.
+
+    Why: in gtzan-mini the bandwidth nearly names the genre (full band: country, disco, metal, pop), so
+    cutting the top of every genre's clips at random takes that shortcut away from the model.
+    """
+    import tensorflow as tf
+
+    octaves = np.log2(np.asarray(mel_hz, np.float64))[None, :] - tf.math.log(tf.reshape(cutoff_hz, [-1, 1])) / float(
+        np.log(2.0))
+    loss = tf.reshape(slope_db * tf.nn.relu(tf.cast(octaves, tf.float32)), [-1, x.shape[1], 1, 1])
+    floor = segment_median(x) - depth_db
+    return tf.where(loss > 0, tf.maximum(x - loss, tf.minimum(x, floor)), x)
 
 
 def segment_median(x):
@@ -305,7 +335,8 @@ def training_dataset(store: FeatureStore, rows: np.ndarray, train_cfg: TrainConf
     """The shuffled, augmented training pipeline exactly as a TrainConfig describes it (the train stage, CV
     folds and tuning trials all train on this)."""
     feats = store.features
-    needs_mel = train_cfg.pitch_shift_semitones > 0 or train_cfg.noise_snr_db is not None
+    needs_mel = (train_cfg.pitch_shift_semitones > 0 or train_cfg.noise_snr_db is not None
+                 or train_cfg.lowpass_hz is not None)
     if train_cfg.waveform_augment:
         copies = store.copies_of(rows, train_cfg.waveform_augment)
         missing = set(train_cfg.waveform_augment) - set(store.augmented["augment"] if store.augmented is not None else [])
@@ -320,6 +351,7 @@ def training_dataset(store: FeatureStore, rows: np.ndarray, train_cfg: TrainConf
         eq_tilt_db=train_cfg.eq_tilt_db, compression=train_cfg.compression_amount,
         noise_snr_db=train_cfg.noise_snr_db, pitch_shift_semitones=train_cfg.pitch_shift_semitones,
         time_stretch=train_cfg.time_stretch, mel_hz=mel_centre_frequencies(feats) if needs_mel else None,
+        lowpass_hz=train_cfg.lowpass_hz,
     )
 
 
@@ -412,12 +444,18 @@ class TrainResult:
     resumed_from: int
 
 
+#: train.* settings added after resumable states were first written: left out of the state key at their default,
+#: so an interrupted run of an older configuration still resumes
+LATE_TRAIN_FIELDS = {"lowpass_hz": None}
+
+
 def _state_key(model_cfg: ModelConfig, train_cfg: TrainConfig, store: FeatureStore, rows, seed: int) -> str:
     """Identifies a run; epochs and patience are left out so a run can be resumed with a longer budget, and
     ``calibrate`` (it only acts after training)."""
     resumable = ("patience",) if train_cfg.lr_schedule == "cosine" else ("epochs", "patience")  # cosine spans epochs
     resumable += ("calibrate",)
-    loop = {k: v for k, v in train_cfg.__dict__.items() if k not in resumable}
+    loop = {k: v for k, v in train_cfg.__dict__.items()
+            if k not in resumable and not (k in LATE_TRAIN_FIELDS and v == LATE_TRAIN_FIELDS[k])}
     blob = json.dumps(
         [model_cfg.__dict__, loop, store.features.to_dict(), len(store.segments),
          np.asarray(rows).tolist()[:50], len(rows), seed],

@@ -1,4 +1,4 @@
-"""Recording-condition augmentation on log-mel segments (EQ tilt, compression, noise, pitch shift, time
+"""Recording-condition augmentation on log-mel segments (EQ tilt, low-pass, compression, noise, pitch shift, time
 stretch): each transform against an independent expectation, the floor, determinism, the params switches and
 their path into the train stage and the tuning trials."""
 
@@ -16,6 +16,7 @@ from genre_se.train import (
     add_noise,
     compress,
     eq_tilt,
+    low_pass,
     make_dataset,
     mel_centre_frequencies,
     pitch_shift,
@@ -198,10 +199,44 @@ def test_random_time_stretch_rates_stay_in_range():
     assert np.all(rates >= 0.8 - 1e-4) and np.all(rates <= 1.2 + 1e-4) and rates.std() > 0.05
 
 
+def test_low_pass_cuts_the_bands_above_the_cutoff_down_to_a_floor_under_the_median():
+    import tensorflow as tf
+
+    x = _random((6, 32, 16, 1), seed=8, low=-60.0, high=-20.0)
+    k = 20  # band k sits exactly one octave above the cutoff
+    y = _np(low_pass(tf.constant(x), tf.constant([HZ[k] / 2] * 6), HZ, slope_db=12.0, depth_db=30.0))
+    under = HZ <= HZ[k] / 2 + 1e-6
+    np.testing.assert_array_equal(y[:, under], x[:, under])  # the pass band is untouched
+    assert np.all(y <= x + 1e-6)  # a low-pass never raises a value
+    for s in range(6):
+        floor = np.sort(x[s].ravel())[(x[s].size - 1) // 2] - 30.0
+        # one octave above: 12 dB less, except where that would cross the floor
+        np.testing.assert_allclose(y[s, k], np.where(x[s, k] - 12 >= floor, x[s, k] - 12, np.minimum(x[s, k], floor)),
+                                   atol=1e-3)
+        assert np.all(np.diff(y[s, ~under].mean(axis=(1, 2))) <= 12.0)  # bands fall steadily, no band pops up
+    steep = _np(low_pass(tf.constant(x), tf.constant([HZ[k] / 2] * 6), HZ))  # 48 dB/octave: 2.4 octaves reach the floor
+    for s in range(6):
+        floor = np.sort(x[s].ravel())[(x[s].size - 1) // 2] - 30.0
+        np.testing.assert_allclose(steep[s, -1], np.minimum(x[s, -1], floor), atol=1e-3)
+
+
+def test_random_low_pass_draws_a_cutoff_per_segment_in_the_range():
+    x = np.full((64, 32, 16, 1), -20.0, np.float32)
+    x[:, :, :9] = -60.0  # a median of -60: the floor lies at -90, far under any band's attenuation
+    y = _draw(RecordingConditions(lowpass_hz=(2000.0, 6000.0), floor_db=FLOOR, mel_hz=HZ), x)
+    cut = y[:, :, 12, 0] < -20.0 - 1e-4  # which bands lost level
+    first_cut = np.array([HZ[np.argmax(c)] for c in cut])
+    assert cut.any(axis=1).all() and np.all(first_cut > 2000.0)
+    last_kept = np.array([HZ[~c].max() for c in cut])
+    assert np.all(last_kept <= 6000.0) and len(set(first_cut.round())) > 4  # a cutoff drawn per segment
+    with pytest.raises(Exception, match="mel band frequencies"):
+        RecordingConditions(lowpass_hz=(2000.0, 6000.0)).check(32)
+
+
 def test_everything_on_keeps_the_floor_and_is_reproducible_from_the_key():
     x = _random((16, 32, 16, 1), seed=4, low=-100.0, high=-30.0)
     x[:, :, :5] = FLOOR
-    every = RecordingConditions(eq_tilt_db=10.0, compression=1.0, noise_snr_db=(0.0, 30.0),
+    every = RecordingConditions(eq_tilt_db=10.0, compression=1.0, noise_snr_db=(0.0, 30.0), lowpass_hz=(1e3, 8e3),
                                 pitch_shift_semitones=4.0, time_stretch=0.5, floor_db=FLOOR, mel_hz=HZ)
     a, b, c = _draw(every, x, key=1), _draw(every, x, key=1), _draw(every, x, key=2)
     assert a.min() >= FLOOR and c.min() >= FLOOR
@@ -220,6 +255,7 @@ SWITCHES = {
     "noise_snr_db": [10.0, 20.0],
     "pitch_shift_semitones": 2.0,
     "time_stretch": 0.2,
+    "lowpass_hz": [2000.0, 6000.0],
     "spec_augment": True,
     "mixup_alpha": 0.4,
 }
@@ -299,6 +335,7 @@ def test_a_pitch_shift_without_band_frequencies_or_with_the_wrong_count_is_refus
     ("noise_snr_db", [True, 10.0]),
     ("pitch_shift_semitones", -1.0), ("pitch_shift_semitones", 13.0),
     ("time_stretch", -0.1), ("time_stretch", 0.6),
+    ("lowpass_hz", [8000.0, 4000.0]), ("lowpass_hz", [100.0, 4000.0]), ("lowpass_hz", [4000.0]), ("lowpass_hz", 4000),
 ])
 def test_bad_augmentation_settings_name_their_key(key, value):
     with pytest.raises(ConfigError, match=rf"^train\.{key}:"):
@@ -309,7 +346,7 @@ def test_augmentation_settings_parse_and_default_to_off():
     shipped = load_params(ROOT / "params.yaml").train
     assert dataclasses.replace(shipped) == shipped
     assert (shipped.eq_tilt_db, shipped.compression_amount, shipped.noise_snr_db, shipped.pitch_shift_semitones,
-            shipped.time_stretch) == (0.0, 0.0, None, 0.0, 0.0)
+            shipped.time_stretch, shipped.lowpass_hz) == (0.0, 0.0, None, 0.0, 0.0, None)
     assert from_dict(TrainConfig, {"compression": True}, "train").compression_amount == 0.5
     assert from_dict(TrainConfig, {"compression": 0.3}, "train").compression_amount == 0.3
     assert from_dict(TrainConfig, {"compression": 1}, "train").compression_amount == 1.0
@@ -362,14 +399,14 @@ def _record_make_dataset(monkeypatch) -> list:
 
 ALL_ON = TrainConfig(epochs=1, batch_size=12, learning_rate=0.01, label_smoothing=0.2, gain_db=3.0, eq_tilt_db=4.0,
                      compression=0.3, noise_snr_db=[15.0, 25.0], pitch_shift_semitones=1.0, time_stretch=0.1,
-                     spec_augment=True, mixup_alpha=0.2)
+                     lowpass_hz=[4000.0, 9000.0], spec_augment=True, mixup_alpha=0.2)
 
 
 def _expect_all_on(kwargs: dict) -> None:
     assert kwargs["shuffle"] is True
     assert {k: kwargs[k] for k in ("gain_db", "eq_tilt_db", "compression", "noise_snr_db", "pitch_shift_semitones",
-                                   "time_stretch", "spec_augment", "mixup_alpha", "floor_db")} == {
-        "gain_db": 3.0, "eq_tilt_db": 4.0, "compression": 0.3, "noise_snr_db": [15.0, 25.0],
+                                   "time_stretch", "spec_augment", "mixup_alpha", "floor_db", "lowpass_hz")} == {
+        "gain_db": 3.0, "eq_tilt_db": 4.0, "compression": 0.3, "noise_snr_db": [15.0, 25.0], "lowpass_hz": [4000.0, 9000.0],
         "pitch_shift_semitones": 1.0, "time_stretch": 0.1, "spec_augment": True, "mixup_alpha": 0.2,
         "floor_db": FLOOR}
     np.testing.assert_allclose(kwargs["mel_hz"], HZ)
