@@ -40,6 +40,17 @@ def _require(ok: bool, key: str, why: str) -> None:
         raise ConfigError(f"{key}: {why}")
 
 
+def _is_number_pair(value) -> bool:
+    return len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+def _require_pair(pair, key: str, unit: str, lowest: float, highest: float) -> None:
+    """A ``[low, high]`` range setting: two numbers with ``lowest <= low <= high <= highest``."""
+    _require(_is_number_pair(pair), key, f"must be null or [low, high] in {unit}, got {pair!r}")
+    bounds = f"{lowest:g} <= low <= high" + ("" if highest == float("inf") else f" <= {highest:g}")
+    _require(lowest <= pair[0] <= pair[1] <= highest, key, f"needs {bounds} {unit}, got {list(pair)!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the labelled audio is and how it is split."""
@@ -241,14 +252,7 @@ class TrainConfig:
             f"must be true/false or an amount in [0, 1], got {self.compression!r}",
         )
         if self.noise_snr_db is not None:
-            snr = self.noise_snr_db
-            ok = len(snr) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in snr)
-            _require(ok, f"{p}.noise_snr_db", f"must be null or [low, high] in dB, got {snr!r}")
-            _require(
-                -20 <= snr[0] <= snr[1] <= 100,
-                f"{p}.noise_snr_db",
-                f"needs -20 <= low <= high <= 100 dB, got {list(snr)!r}",
-            )
+            _require_pair(self.noise_snr_db, f"{p}.noise_snr_db", "dB", -20, 100)
         _require(
             0 <= self.pitch_shift_semitones <= 12,
             f"{p}.pitch_shift_semitones",
@@ -256,11 +260,7 @@ class TrainConfig:
         )
         _require(0 <= self.time_stretch <= 0.5, f"{p}.time_stretch", "must be in [0, 0.5] (0 turns it off)")
         if self.lowpass_hz is not None:
-            cut = self.lowpass_hz
-            ok = (isinstance(cut, (list, tuple)) and len(cut) == 2
-                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cut))
-            _require(ok, f"{p}.lowpass_hz", f"must be null or [low, high] in Hz, got {cut!r}")
-            _require(500 <= cut[0] <= cut[1], f"{p}.lowpass_hz", f"needs 500 <= low <= high Hz, got {list(cut)!r}")
+            _require_pair(self.lowpass_hz, f"{p}.lowpass_hz", "Hz", 500, float("inf"))
         from .waveform_augment import KINDS
 
         kinds = self.waveform_augment
@@ -347,8 +347,7 @@ class TuneConfig:
     def _check_range(value, key: str, lowest: float, highest: float, low_open: bool) -> None:
         if value is None:
             return
-        ok = len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        _require(ok, key, f"must be null or [low, high], got {value!r}")
+        _require(_is_number_pair(value), key, f"must be null or [low, high], got {value!r}")
         low, high = value
         low_ok = low > lowest if low_open else low >= lowest
         bounds = f"{'(' if low_open else '['}{lowest:g}, {highest:g})"
