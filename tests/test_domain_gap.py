@@ -160,3 +160,46 @@ def test_error_match_counts_wrong_answers_that_are_the_shortcuts():
     assert "| `v` | 1 | 3 | 0.50 | 0.33 |" in domain_gap.error_match_markdown(table)
     unknown = clips.assign(clip_id=["x/1", "x/2", "x/3", "x/4"])  # clips the shortcut never saw: no row
     assert domain_gap.error_match(runs, unknown, n_genres=3).empty
+
+
+class _BandwidthJudge:
+    """A model that learnt the recording: answers ``full`` when a signal has energy above 9.6 kHz."""
+
+    def predict_array(self, y, sr):
+        from types import SimpleNamespace
+
+        mono = np.asarray(y, np.float64).mean(axis=1)
+        power = np.abs(np.fft.rfft(mono)) ** 2
+        share = power[np.fft.rfftfreq(len(mono), 1 / sr) > 9600].sum() / power.sum()
+        return SimpleNamespace(genre="full" if share > 1e-6 else "limited")
+
+
+def test_counterfactual_answers_follow_a_model_that_learnt_the_band_limit(tmp_path):
+    from genre_se.robustness import lowpass
+
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, (44100, 2)).astype(np.float32)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "limited").mkdir()
+    sf.write(tmp_path / "full" / "a.wav", noise, 44100)
+    sf.write(tmp_path / "limited" / "b.wav", lowpass(noise, 44100, cutoff_hz=8000.0)[0], 44100)
+    external = [{"path": str(tmp_path / g / f), "genre": g} for g, f in (("full", "a.wav"), ("limited", "b.wav"))]
+    rows = domain_gap.counterfactual_answers(_BandwidthJudge(), external)
+    answer = {(r["genre"], r["transform"]): r["answer"] for r in rows}
+    assert answer["full", "untouched"] == "full" and answer["limited", "untouched"] == "limited"
+    assert answer["full", "lowpass-9.5k"] == answer["full", "lowpass-8.8k"] == "limited"  # the band is cut
+    assert answer["limited", "pink-30dB"] == "full"  # noise fills the top band
+    text = domain_gap.counterfactual_markdown(rows, "judge")
+    assert "| untouched | 2 of 2 |  | full 1, limited 1 |" in text
+    assert "| lowpass-9.5k | 1 of 2 | 1 | limited 2 |" in text
+    assert len(rows) == 2 * (1 + len(domain_gap._counterfactuals()))
+
+
+def test_main_names_a_model_it_cannot_load(tmp_path, capsys):
+    from tests.conftest import TINY_PARAMS, write_params
+
+    params = write_params(tmp_path / "params.yaml", TINY_PARAMS)
+    train = _tone_folder(tmp_path / "train", ["low"], gain=0.05)
+    external = _tone_folder(tmp_path / "external", ["low"], gain=0.5)
+    missing = tmp_path / "no-bundle"
+    assert domain_gap.main([str(train), str(external), "--params", str(params), "--model", str(missing)]) == 2
+    assert "no-bundle" in capsys.readouterr().err
