@@ -196,7 +196,8 @@ class RecordingConditions:
             x = eq_tilt(x, uniform(1, -self.eq_tilt_db, self.eq_tilt_db), self.floor_db)
         if self.lowpass_hz is not None:
             low, high = np.log2(self.lowpass_hz)
-            x = low_pass(x, tf.pow(2.0, uniform(7, low, high)), self.mel_hz)  # cutoff log-uniform in the range
+            x = low_pass(x, tf.pow(2.0, uniform(7, low, high)), self.mel_hz,  # cutoff log-uniform in the range
+                         depth_db=uniform(8, *LOWPASS_DEPTH_DB))
         if self.compression > 0:
             x = compress(x, self.compression * uniform(2, 0.0, 1.0))
         if self.noise_snr_db is not None:
@@ -220,26 +221,29 @@ def eq_tilt(x, tilt_db, floor_db: float):
     return tf.maximum(x + tf.reshape(tilt_db, [-1, 1, 1, 1]) * tf.reshape(ramp, [1, -1, 1, 1]), floor_db)
 
 
-#: the low-pass augmentation's roll-off above the cutoff, and how far under the segment median it stops: GTZAN's
-#: band-limited transfers end in a floor 28-33 dB under the median (study/results/domain_gap.md)
+#: the low-pass augmentation's roll-off above the cutoff, and how far under the segment median it stops (drawn per
+#: segment): from the floor of an analogue transfer (gtzan-mini's band-limited clips: 28-33 dB under the median,
+#: study/results/domain_gap.md) down to the empty band of a low-bitrate encoder (the store's silence floor)
 LOWPASS_SLOPE_DB_PER_OCTAVE = 48.0
-LOWPASS_DEPTH_DB = 30.0
+LOWPASS_DEPTH_DB = (30.0, 80.0)
 
 
-def low_pass(x, cutoff_hz, mel_hz, slope_db=LOWPASS_SLOPE_DB_PER_OCTAVE, depth_db=LOWPASS_DEPTH_DB):
+def low_pass(x, cutoff_hz, mel_hz, slope_db=LOWPASS_SLOPE_DB_PER_OCTAVE, depth_db=LOWPASS_DEPTH_DB[0]):
     """A steep low-pass (per segment), as a band-limited transfer: a band whose centre lies ``o`` octaves above
-    ``cutoff_hz`` loses ``slope_db * o`` dB, but not below ``depth_db`` under the segment's median (a value
-    already under that floor stays where it is). Bands at or under the cutoff are untouched.
+    ``cutoff_hz`` loses ``slope_db * o`` dB, but not below ``depth_db`` (a number, or one per segment) under the
+    segment's median (a value already under that floor stays where it is). Bands at or under the cutoff are
+    untouched.
 
     Why: in gtzan-mini the bandwidth nearly names the genre (full band: country, disco, metal, pop), so
-    cutting the top of every genre's clips at random takes that shortcut away from the model.
+    cutting the top of every genre's clips at random takes that shortcut away from the model; and the shipped
+    model swings to metal/rock on an empty top band (study/README.md, the recording counterfactual).
     """
     import tensorflow as tf
 
     octaves = np.log2(np.asarray(mel_hz, np.float64))[None, :] - tf.math.log(tf.reshape(cutoff_hz, [-1, 1])) / float(
         np.log(2.0))
     loss = tf.reshape(slope_db * tf.nn.relu(tf.cast(octaves, tf.float32)), [-1, x.shape[1], 1, 1])
-    floor = segment_median(x) - depth_db
+    floor = segment_median(x) - tf.reshape(tf.cast(depth_db, tf.float32), [-1, 1, 1, 1])
     return tf.where(loss > 0, tf.maximum(x - loss, tf.minimum(x, floor)), x)
 
 

@@ -233,6 +233,17 @@ def test_random_low_pass_draws_a_cutoff_per_segment_in_the_range():
         RecordingConditions(lowpass_hz=(2000.0, 6000.0)).check(32)
 
 
+def test_random_low_pass_stops_between_a_transfers_floor_and_digital_silence():
+    from genre_se.train import LOWPASS_DEPTH_DB
+
+    x = np.full((64, 32, 16, 1), -20.0, np.float32)
+    x[:, :, :9] = -60.0  # median -60
+    y = _draw(RecordingConditions(lowpass_hz=(2000.0, 2000.0), floor_db=FLOOR, mel_hz=HZ), x)
+    top = y[:, -1, 12, 0]  # 2.4 octaves over the cutoff: 115 dB of loss, so it rests on the drawn floor
+    assert np.all(top <= -60.0 - LOWPASS_DEPTH_DB[0] + 1e-3) and np.all(top >= FLOOR)
+    assert top.max() - top.min() > 5.0 and np.isclose(top.min(), FLOOR)  # drawn per segment, down to silence
+
+
 def test_everything_on_keeps_the_floor_and_is_reproducible_from_the_key():
     x = _random((16, 32, 16, 1), seed=4, low=-100.0, high=-30.0)
     x[:, :, :5] = FLOOR
