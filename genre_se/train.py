@@ -82,10 +82,11 @@ def make_dataset(
     """A tf.data pipeline reading batches of segments from the memmap (shuffled, batched, prefetched).
 
     Augmentations apply in this order: random gain (``gain_db``, values kept >= ``floor_db``), the recording
-    conditions (EQ tilt, low-pass, compression, noise, pitch shift, time stretch: see :class:`RecordingConditions`),
+    conditions (EQ tilt, low-pass, compression, noise, pitch shift, time stretch: :class:`RecordingConditions`),
     SpecAugment masking, mixup. With every switch off the batches are the stored segments, bit for bit.
     ``mel_hz`` (the mel band centre frequencies, :func:`mel_centre_frequencies`) is needed by the pitch shift
-    and the low-pass, and colours the noise (white without it). :func:`training_dataset` passes everything from a TrainConfig.
+    and the low-pass, and colours the noise (white without it). :func:`training_dataset` passes everything from a
+    TrainConfig.
     """
     import tensorflow as tf
 
@@ -240,9 +241,9 @@ def low_pass(x, cutoff_hz, mel_hz, slope_db=LOWPASS_SLOPE_DB_PER_OCTAVE, depth_d
     """
     import tensorflow as tf
 
-    octaves = np.log2(np.asarray(mel_hz, np.float64))[None, :] - tf.math.log(tf.reshape(cutoff_hz, [-1, 1])) / float(
-        np.log(2.0))
-    loss = tf.reshape(slope_db * tf.nn.relu(tf.cast(octaves, tf.float32)), [-1, x.shape[1], 1, 1])
+    band_octaves = tf.constant(np.log2(np.asarray(mel_hz, np.float64)), tf.float32)[None, :]
+    cutoff_octaves = tf.math.log(tf.reshape(tf.cast(cutoff_hz, tf.float32), [-1, 1])) / float(np.log(2.0))
+    loss = tf.reshape(slope_db * tf.nn.relu(band_octaves - cutoff_octaves), [-1, x.shape[1], 1, 1])
     floor = segment_median(x) - tf.reshape(tf.cast(depth_db, tf.float32), [-1, 1, 1, 1])
     return tf.where(loss > 0, tf.maximum(x - loss, tf.minimum(x, floor)), x)
 
