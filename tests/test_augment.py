@@ -417,7 +417,8 @@ def _expect_all_on(kwargs: dict) -> None:
     assert kwargs["shuffle"] is True
     assert {k: kwargs[k] for k in ("gain_db", "eq_tilt_db", "compression", "noise_snr_db", "pitch_shift_semitones",
                                    "time_stretch", "spec_augment", "mixup_alpha", "floor_db", "lowpass_hz")} == {
-        "gain_db": 3.0, "eq_tilt_db": 4.0, "compression": 0.3, "noise_snr_db": [15.0, 25.0], "lowpass_hz": [4000.0, 9000.0],
+        "gain_db": 3.0, "eq_tilt_db": 4.0, "compression": 0.3, "noise_snr_db": [15.0, 25.0],
+        "lowpass_hz": [4000.0, 9000.0],
         "pitch_shift_semitones": 1.0, "time_stretch": 0.1, "spec_augment": True, "mixup_alpha": 0.2,
         "floor_db": FLOOR}
     np.testing.assert_allclose(kwargs["mel_hz"], HZ)
