@@ -63,6 +63,8 @@ OPTIONAL_COLUMNS = ["external_top1", "external_song_top1", "robustness_agreement
 QUICK_OVERRIDES = {"train.epochs": 1, "train.patience": 1}
 # the per-clip predictions beside the CSV (``clip_predictions_path``): paired clip-level tests in the summary
 CLIP_COLUMNS = ["variant", "seed", "fold", "clip_id", "actual", "predicted", "config_key"]
+# the robustness report of each fold model per transform (mean over its test clips), in <out>_robustness.csv
+ROBUSTNESS_COLUMNS = ["variant", "seed", "fold", "transform", "top1_agree", "tv_distance", "config_key"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,7 +252,8 @@ def config_key(*parts) -> str:
 def fold_robustness(model, store, params: Params, paths: list[str]) -> dict:
     """The robustness report (``genre-se robustness``: gain, MP3, resampling, low-pass, noise, compression,
     leading silence) of a fold model on files it never saw: mean top-1 agreement and TV distance over every
-    file x transform. The model is served as ``predict`` serves a bundle (same features, same aggregation)."""
+    file x transform, and per transform (``robustness_transforms``, a frame). The model is served as
+    ``predict`` serves a bundle (same features, same aggregation)."""
     from genre_se.bundle import ModelBundle
     from genre_se.inference import GenreClassifier
     from genre_se.robustness import robustness_report
@@ -258,8 +261,9 @@ def fold_robustness(model, store, params: Params, paths: list[str]) -> dict:
     bundle = ModelBundle(model=model, labels=list(store.labels), features=store.features.to_dict(),
                          model_config=dataclasses.asdict(params.model))
     report = robustness_report(GenreClassifier(bundle), paths)
+    per_transform = report.groupby("transform", sort=False)[["top1_agree", "tv_distance"]].mean().reset_index()
     return {"robustness_agreement": float(report["top1_agree"].mean()),
-            "robustness_tv": float(report["tv_distance"].mean())}
+            "robustness_tv": float(report["tv_distance"].mean()), "robustness_transforms": per_transform}
 
 
 def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k: int, seed: int,
@@ -410,6 +414,11 @@ def external_predictions_path(out_csv: str | Path) -> Path:
     return _beside(out_csv, "external")
 
 
+def robustness_path(out_csv: str | Path) -> Path:
+    """Where each fold model's robustness agreement per transform lives: ``<stem>_robustness.csv``."""
+    return _beside(out_csv, "robustness")
+
+
 def _beside(out_csv: str | Path, what: str) -> Path:
     out_csv = Path(out_csv)
     return out_csv.with_name(f"{out_csv.stem}_{what}.csv")
@@ -421,6 +430,13 @@ def read_clip_predictions(path: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=CLIP_COLUMNS)
     frame = _read_csv(path, CLIP_COLUMNS, "clip-predictions", dtype={"clip_id": str, "actual": str, "predicted": str})
     return frame[CLIP_COLUMNS]
+
+
+def read_robustness(path: Path) -> pd.DataFrame:
+    """The per-transform robustness rows already computed (empty when the file does not exist yet)."""
+    if not path.is_file():
+        return pd.DataFrame(columns=ROBUSTNESS_COLUMNS)
+    return _read_csv(path, ROBUSTNESS_COLUMNS, "robustness", dtype={"transform": str})[ROBUSTNESS_COLUMNS]
 
 
 def _read_csv(path: Path, required: list[str], what: str, **kwargs) -> pd.DataFrame:
@@ -439,13 +455,13 @@ def _replace_run(frame: pd.DataFrame, variant: str, seed: int, fold: int, new: p
 
 
 def _record_answers(frame: pd.DataFrame, answers: pd.DataFrame | None, run: dict, key: str,
-                    path: Path) -> pd.DataFrame:
-    """``frame`` (per-clip or per-file answers) with one run's ``answers`` in place of its old ones, written to
-    ``path``; unchanged when the run gave none."""
+                    path: Path, columns: list[str] = CLIP_COLUMNS) -> pd.DataFrame:
+    """``frame`` (per-clip or per-file answers, per-transform robustness) with one run's ``answers`` in place of
+    its old ones, written to ``path``; unchanged when the run gave none."""
     if answers is None:
         return frame
     frame = _replace_run(frame, run["variant"], run["seed"], run["fold"],
-                         answers.assign(**run, config_key=key)[CLIP_COLUMNS])
+                         answers.assign(**run, config_key=key)[columns])
     write_csv(path, frame)
     return frame
 
@@ -501,6 +517,8 @@ def run_study(
     clip_rows = read_clip_predictions(clips_csv)
     external_csv = external_predictions_path(out_csv)
     external_rows = read_clip_predictions(external_csv)
+    robustness_csv = robustness_path(out_csv)
+    robustness_rows = read_robustness(robustness_csv)
     done = {(r.variant, int(r.seed), int(r.fold)): r.config_key for r in results.itertuples()}
     features = labels = ext = None
     external = load_external(study.external, store.labels, store.features) if study.external else None
@@ -544,6 +562,8 @@ def run_study(
                 clip_rows = _record_answers(clip_rows, scores.pop("clips", None), run, key, clips_csv)
                 external_rows = _record_answers(external_rows, scores.pop("external_files", None), run, key,
                                                 external_csv)
+                robustness_rows = _record_answers(robustness_rows, scores.pop("robustness_transforms", None), run,
+                                                  key, robustness_csv, ROBUSTNESS_COLUMNS)
                 row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
                 results = _replace_run(results, variant, seed, fold,
                                        pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS))
@@ -662,6 +682,25 @@ def external_by_genre(external: pd.DataFrame, results: pd.DataFrame, order: list
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return ("Per genre of the external files: the share of right answers over every fold model and seed, and "
             "(in brackets) the answer given most often.\n\n" + "\n".join(lines) + "\n")
+
+
+def robustness_by_transform(robustness: pd.DataFrame, results: pd.DataFrame, order: list[str] | None = None) -> str:
+    """Per variant and transform of the robustness report, the top-1 agreement with the untouched audio (mean
+    over fold models and seeds): which recording change a recipe is robust to. Markdown; empty when none."""
+    current = _current(robustness, results)
+    if current.empty:
+        return ""
+    transforms = list(pd.unique(current["transform"]))
+    lines = ["| variant | " + " | ".join(transforms) + " | fold models |", "|---|" + "---|" * (len(transforms) + 1)]
+    names = [n for n in (order or []) if n in set(current["variant"])] or list(pd.unique(current["variant"]))
+    for name in names:
+        rows = current[current["variant"] == name]
+        means = rows.groupby("transform")["top1_agree"].mean()
+        cells = [f"{means[t]:.2f}" if t in means else "" for t in transforms]
+        models = len(rows[["seed", "fold"]].drop_duplicates())
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {models} |")
+    return ("Robustness report per transform: top-1 agreement with the untouched test clip, mean over the fold "
+            "models (on their own test clips).\n\n" + "\n".join(lines) + "\n")
 
 
 def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: str | None = None,
@@ -888,6 +927,9 @@ def main(argv: list[str] | None = None) -> int:
         by_genre = external_by_genre(read_clip_predictions(external_predictions_path(args.out)), results,
                                      list(study.variants))
         table += f"\n{by_genre}" if by_genre else ""
+        by_transform = robustness_by_transform(read_robustness(robustness_path(args.out)), results,
+                                               list(study.variants))
+        table += f"\n{by_transform}" if by_transform else ""
         write_text(args.summary, table)
         print(table)
         return 0

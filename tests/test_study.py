@@ -194,6 +194,16 @@ def test_study_runs_the_robustness_report_on_each_fold_models_test_clips(tiny_st
     assert len(seen) == 3 and sorted(p for paths in seen for p in paths) == sorted(index["path"])
     assert sum(len(paths) for paths in seen) == int(cnn["n_test_clips"].sum())
     assert "robustness agreement" in compare.summary_markdown(compare.summarize(results, ["svm", "se"], "svm"), "svm")
+    # per transform, beside the results: one row per fold model and transform; the row's mean is their mean
+    per_transform = compare.read_robustness(compare.robustness_path(tmp_path / "r.csv"))
+    assert set(per_transform["variant"]) == {"se"} and len(per_transform) == 3 * len(robustness.TRANSFORMS)
+    assert set(per_transform["transform"]) == set(robustness.TRANSFORMS)
+    means = per_transform.groupby("fold")["top1_agree"].mean()
+    np.testing.assert_allclose(means.to_numpy(), cnn.set_index("fold")["robustness_agreement"].loc[means.index])
+    table = compare.robustness_by_transform(per_transform, results, ["svm", "se"])
+    row = next(line for line in table.splitlines() if line.startswith("| `se` |"))
+    assert row.endswith("| 3 |") and "`svm`" not in table  # three fold models; the SVM has no report
+    assert compare.robustness_by_transform(per_transform, results.iloc[:0]) == ""  # no current rows: nothing
     with pytest.raises(ConfigError, match="robustness"):
         bad = tmp_path / "bad.yaml"
         bad.write_text("variants: {a: {}}\nrobustness: sometimes\n")
