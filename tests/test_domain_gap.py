@@ -189,8 +189,8 @@ def test_counterfactual_answers_follow_a_model_that_learnt_the_band_limit(tmp_pa
     assert answer["full", "lowpass-9.5k"] == answer["full", "lowpass-8.8k"] == "limited"  # the band is cut
     assert answer["limited", "pink-30dB"] == "full"  # noise fills the top band
     text = domain_gap.counterfactual_markdown(rows, "judge")
-    assert "| untouched | 2 of 2 |  | full 1, limited 1 |" in text
-    assert "| lowpass-9.5k | 1 of 2 | 1 | limited 2 |" in text
+    assert "| untouched | 2 of 2 | full 1, limited 1 |  | full 1, limited 1 |" in text
+    assert "| lowpass-9.5k | 1 of 2 | full 0, limited 1 | 1 | limited 2 |" in text
     assert len(rows) == 2 * (1 + len(domain_gap._counterfactuals()))
 
 
@@ -203,3 +203,44 @@ def test_main_names_a_model_it_cannot_load(tmp_path, capsys):
     missing = tmp_path / "no-bundle"
     assert domain_gap.main([str(train), str(external), "--params", str(params), "--model", str(missing)]) == 2
     assert "no-bundle" in capsys.readouterr().err
+
+
+def test_segment_changes_move_the_floor_or_the_peaks_around_the_median():
+    x = _segments(np.random.default_rng(3))
+    m = np.median(x.reshape(len(x), -1), axis=1)[:, None, None, None]
+    deeper = domain_gap.SEGMENT_CHANGES["floor 60 % deeper"](x)
+    np.testing.assert_allclose(deeper[x >= m], x[x >= m])  # the peaks stay
+    np.testing.assert_allclose((m - deeper)[x < m], 1.6 * (m - x)[x < m], atol=1e-4)  # the floor goes 60 % deeper
+    squashed = domain_gap.SEGMENT_CHANGES["peaks 40 % compressed"](x)
+    np.testing.assert_allclose(squashed[x <= m], x[x <= m])
+    np.testing.assert_allclose((squashed - m)[x > m], 0.6 * (x - m)[x > m], atol=1e-4)
+    tilted = domain_gap.SEGMENT_CHANGES["EQ tilt +6 dB"](x)
+    np.testing.assert_allclose((tilted - x)[:, [0, -1]].mean(axis=(0, 2, 3)), [-6.0, 6.0], atol=1e-4)
+
+
+class _TiltJudge:
+    """A Keras-like model that learnt the EQ: ``bright`` when the top half of the bands outweighs the bottom
+    half by more than ``threshold`` dB (mean over the batch)."""
+
+    def __init__(self, threshold):
+        self.threshold = threshold
+
+    def predict(self, x, verbose=0):
+        half = x.shape[1] // 2
+        bright = x[:, half:].mean() - x[:, :half].mean() > self.threshold
+        return np.tile([0.0, 1.0] if bright else [1.0, 0.0], (len(x), 1))
+
+
+def test_segment_counterfactual_answers_follow_a_model_that_learnt_the_eq(tmp_path):
+    from genre_se.features import extract_segments
+
+    folder = _tone_folder(tmp_path, ["dark"], gain=0.3)
+    external = [{"path": str(p), "genre": "dark"} for p in sorted((folder / "dark").glob("*.wav"))][:1]
+    x = extract_segments(external[0]["path"], CFG).data
+    judge = _TiltJudge(threshold=float(x[:, CFG.n_mels // 2:].mean() - x[:, :CFG.n_mels // 2].mean()))
+    rows = domain_gap.segment_counterfactual_answers(judge, ["dark", "bright"], CFG, external)
+    answer = {r["transform"]: r["answer"] for r in rows}
+    assert answer["untouched"] == "dark" and answer["EQ tilt +6 dB"] == "bright" and answer["EQ tilt -6 dB"] == "dark"
+    assert len(rows) == 1 + len(domain_gap.SEGMENT_CHANGES)
+    text = domain_gap.counterfactual_markdown(rows, "judge", "a log-mel change")
+    assert "after a log-mel change:" in text and "| EQ tilt +6 dB | 0 of 1 | dark 0 | 1 | bright 1 |" in text
