@@ -11,6 +11,7 @@ import yaml
 from genre_se.config import ConfigError, FeatureConfig, TrainConfig, load_params
 from genre_se.feature_store import FeatureStore
 from study import compare
+from study import summary as tables
 from tests.conftest import TINY_PARAMS, make_tone_dataset, write_params
 
 
@@ -71,20 +72,20 @@ def test_study_scores_every_variant_on_the_same_folds_and_resumes(tiny_study, tm
                               variants=["svm", "no_se", "se"], quick=True)
     assert len(again) == 9
 
-    summary = compare.summarize(again, list(study.variants), reference="svm")
+    summary = tables.summarize(again, list(study.variants), reference="svm")
     assert list(summary["variant"]) == ["svm", "no_se", "se"]
     se = summary.set_index("variant").loc["se"]
     assert se["runs"] == 3 and se["clip_accuracy_mean"] == pytest.approx(saved[saved.variant == "se"].clip_accuracy.mean())
-    table = compare.summary_markdown(summary, "svm")
+    table = tables.summary_markdown(summary, "svm")
     assert table.count("\n") == 2 + 3 and "±" in table and "`no_se`" in table
     assert "per seed" not in table  # one seed: no repeatability column
     two_seeds = pd.concat([again, again.assign(seed=7, clip_accuracy=0.5)])
-    by_seed = compare.summarize(two_seeds, ["se"]).set_index("variant").loc["se", "seed_means"]
+    by_seed = tables.summarize(two_seeds, ["se"]).set_index("variant").loc["se", "seed_means"]
     assert by_seed == f"{0.5:.3f} / {saved[saved.variant == 'se'].clip_accuracy.mean():.3f}"  # seed 7, then 42
-    assert "clip accuracy per seed" in compare.summary_markdown(compare.summarize(two_seeds, ["se"]))
-    with_clips = compare.summarize(again, list(study.variants), reference="svm", clips=clips).set_index("variant")
+    assert "clip accuracy per seed" in tables.summary_markdown(tables.summarize(two_seeds, ["se"]))
+    with_clips = tables.summarize(again, list(study.variants), reference="svm", clips=clips).set_index("variant")
     assert with_clips.loc["se", "clips_paired"] == 18  # every clip, paired with the SVM's answer on it
-    assert "sign test p" in compare.summary_markdown(with_clips.reset_index(), "svm")
+    assert "sign test p" in tables.summary_markdown(with_clips.reset_index(), "svm")
 
 
 def _clip_rows(variant, hits, key="k", seed=1):
@@ -98,10 +99,10 @@ def test_paired_clips_counts_discordant_clips_and_runs_the_exact_sign_test():
     reference = _clip_rows("r", [False] * 9 + [True] * 3)
     stale = _clip_rows("v", [False] * 12, key="old", seed=2)  # a seed whose row was recomputed since: ignored
     results = pd.DataFrame({"variant": ["v", "r", "v"], "seed": [1, 1, 2], "fold": 0, "config_key": ["k", "k", "new"]})
-    out = compare.paired_clips(pd.concat([variant, reference, stale]), results, "v", "r")
+    out = tables.paired_clips(pd.concat([variant, reference, stale]), results, "v", "r")
     assert out["clips_paired"] == 12 and (out["clips_better"], out["clips_worse"]) == (9, 2)
     assert out["clips_p"] == pytest.approx(2 * sum(__import__("math").comb(11, i) for i in range(3)) / 2 ** 11)
-    assert compare.paired_clips(variant, results, "v", "r") == {}  # nothing paired: no test
+    assert tables.paired_clips(variant, results, "v", "r") == {}  # nothing paired: no test
 
 
 class FixedModel:
@@ -133,10 +134,10 @@ def test_external_by_genre_shows_the_share_right_and_the_usual_answer():
                          "predicted": ["country", "jazz", "pop", "country", "country", "jazz"]})
     stale = rows.assign(variant="v", seed=2, config_key="old", predicted="jazz")  # recomputed since: ignored
     results = pd.DataFrame({"variant": "v", "seed": [1, 1, 2], "fold": [0, 1, 0], "config_key": ["k", "k", "new"]})
-    table = compare.external_by_genre(pd.concat([rows, stale]), results, ["w", "v"])
+    table = tables.external_by_genre(pd.concat([rows, stale]), results, ["w", "v"])
     assert "| variant | jazz | pop | answers |" in table
     assert "| `v` | 0.25 (country) | 0.50 (" in table and table.rstrip().endswith("| 6 |")
-    assert compare.external_by_genre(rows.iloc[:0], results) == ""
+    assert tables.external_by_genre(rows.iloc[:0], results) == ""
 
 
 def test_study_scores_fold_models_on_an_external_folder(tiny_study, tmp_path):
@@ -164,8 +165,8 @@ def test_study_scores_fold_models_on_an_external_folder(tiny_study, tmp_path):
     hits = files.assign(hit=files.actual == files.predicted).groupby(["variant", "fold"])["hit"].mean()
     assert hits.to_numpy() == pytest.approx(results.set_index(["variant", "fold"]).loc[hits.index,
                                                                                        "external_top1"].to_numpy())
-    assert "| `svm` | 0.00 (mid) | 1.00 (low) | 12 |" in compare.external_by_genre(files, results, ["svm", "se"])
-    table = compare.summary_markdown(compare.summarize(results, ["svm", "se"], "svm"), "svm")
+    assert "| `svm` | 0.00 (mid) | 1.00 (low) | 12 |" in tables.external_by_genre(files, results, ["svm", "se"])
+    table = tables.summary_markdown(tables.summarize(results, ["svm", "se"], "svm"), "svm")
     assert "external top-1 (songs)" in table
     with pytest.raises(compare.DatasetError, match="not found"):
         compare.load_external(tmp_path / "nowhere", ["low"], {})
@@ -193,17 +194,17 @@ def test_study_runs_the_robustness_report_on_each_fold_models_test_clips(tiny_st
     index = pd.read_csv(work / "index.csv")
     assert len(seen) == 3 and sorted(p for paths in seen for p in paths) == sorted(index["path"])
     assert sum(len(paths) for paths in seen) == int(cnn["n_test_clips"].sum())
-    assert "robustness agreement" in compare.summary_markdown(compare.summarize(results, ["svm", "se"], "svm"), "svm")
+    assert "robustness agreement" in tables.summary_markdown(tables.summarize(results, ["svm", "se"], "svm"), "svm")
     # per transform, beside the results: one row per fold model and transform; the row's mean is their mean
     per_transform = compare.read_robustness(compare.robustness_path(tmp_path / "r.csv"))
     assert set(per_transform["variant"]) == {"se"} and len(per_transform) == 3 * len(robustness.TRANSFORMS)
     assert set(per_transform["transform"]) == set(robustness.TRANSFORMS)
     means = per_transform.groupby("fold")["top1_agree"].mean()
     np.testing.assert_allclose(means.to_numpy(), cnn.set_index("fold")["robustness_agreement"].loc[means.index])
-    table = compare.robustness_by_transform(per_transform, results, ["svm", "se"])
+    table = tables.robustness_by_transform(per_transform, results, ["svm", "se"])
     row = next(line for line in table.splitlines() if line.startswith("| `se` |"))
     assert row.endswith("| 3 |") and "`svm`" not in table  # three fold models; the SVM has no report
-    assert compare.robustness_by_transform(per_transform, results.iloc[:0]) == ""  # no current rows: nothing
+    assert tables.robustness_by_transform(per_transform, results.iloc[:0]) == ""  # no current rows: nothing
     with pytest.raises(ConfigError, match="robustness"):
         bad = tmp_path / "bad.yaml"
         bad.write_text("variants: {a: {}}\nrobustness: sometimes\n")

@@ -1,0 +1,197 @@
+"""Tables from a study's CSVs (``study.compare`` writes them): the per-variant summary with paired
+comparisons, the external files per genre, the robustness report per transform.
+
+Pure functions of DataFrames, so a summary can be redrawn at any time without training anything
+(``python -m study.compare summary``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from study.compare import (
+    OPTIONAL_COLUMNS,
+    clip_predictions_path,
+    external_predictions_path,
+    read_clip_predictions,
+    read_robustness,
+    robustness_path,
+)
+
+
+def paired_clips(clips: pd.DataFrame, results: pd.DataFrame, variant: str, reference: str) -> dict:
+    """Clip-level paired comparison of two variants over the (seed, clip) pairs both have predictions for.
+
+    ``better``: clips the variant gets right and the reference wrong; ``worse``: the reverse; ``p``: the exact
+    two-sided sign (McNemar) test of better vs worse. Every clip is tested once per seed, so this pairs up to
+    71 clips x seeds instead of 5 fold means x seeds: the stronger test of "clearly better". Only predictions
+    made with the configuration of the CSV's row count (``config_key``).
+    """
+    from scipy.stats import binomtest
+
+    current = current_rows(clips, results)
+    right = {}
+    for name in (variant, reference):
+        rows = current[current["variant"] == name]
+        right[name] = (rows["actual"] == rows["predicted"]).set_axis(
+            pd.MultiIndex.from_arrays([rows["seed"].astype(int), rows["clip_id"]]))
+    both = pd.concat(right, axis=1, join="inner")
+    if both.empty:
+        return {}
+    better = int((both[variant] & ~both[reference]).sum())
+    worse = int((~both[variant] & both[reference]).sum())
+    p = binomtest(better, better + worse, 0.5).pvalue if better + worse else 1.0
+    return {"clips_paired": len(both), "clips_better": better, "clips_worse": worse, "clips_p": float(p)}
+
+
+def current_rows(predictions: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``predictions`` made with the configuration of the results CSV's row (``config_key``)."""
+    return predictions.merge(results[["variant", "seed", "fold", "config_key"]],
+                             on=["variant", "seed", "fold", "config_key"])
+
+
+def external_by_genre(external: pd.DataFrame, results: pd.DataFrame, order: list[str] | None = None) -> str:
+    """Per variant and genre, the share of (fold model, file) answers on the external files that are right and
+    the answer given most often: which genres of real songs a recipe gets, and what it mistakes them for.
+    Markdown; empty when there is nothing to show."""
+    current = current_rows(external, results)
+    if current.empty:
+        return ""
+    genres = sorted(pd.unique(current["actual"]))
+    lines = ["| variant | " + " | ".join(genres) + " | answers |", "|---|" + "---|" * (len(genres) + 1)]
+    names = [n for n in (order or []) if n in set(current["variant"])] or list(pd.unique(current["variant"]))
+    for name in names:
+        rows = current[current["variant"] == name]
+        cells = []
+        for genre in genres:
+            answers = rows.loc[rows["actual"] == genre, "predicted"]
+            cells.append("" if answers.empty else
+                         f"{(answers == genre).mean():.2f} ({answers.value_counts().index[0]})")
+        cells.append(str(len(rows)))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return ("Per genre of the external files: the share of right answers over every fold model and seed, and "
+            "(in brackets) the answer given most often.\n\n" + "\n".join(lines) + "\n")
+
+
+def robustness_by_transform(robustness: pd.DataFrame, results: pd.DataFrame, order: list[str] | None = None) -> str:
+    """Per variant and transform of the robustness report, the top-1 agreement with the untouched audio (mean
+    over fold models and seeds): which recording change a recipe is robust to. Markdown; empty when none."""
+    current = current_rows(robustness, results)
+    if current.empty:
+        return ""
+    transforms = list(pd.unique(current["transform"]))
+    lines = ["| variant | " + " | ".join(transforms) + " | fold models |", "|---|" + "---|" * (len(transforms) + 1)]
+    names = [n for n in (order or []) if n in set(current["variant"])] or list(pd.unique(current["variant"]))
+    for name in names:
+        rows = current[current["variant"] == name]
+        means = rows.groupby("transform")["top1_agree"].mean()
+        cells = [f"{means[t]:.2f}" if t in means else "" for t in transforms]
+        models = len(rows[["seed", "fold"]].drop_duplicates())
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {models} |")
+    return ("Robustness report per transform: top-1 agreement with the untouched test clip, mean over the fold "
+            "models (on their own test clips).\n\n" + "\n".join(lines) + "\n")
+
+
+def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: str | None = None,
+              clips: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per variant: runs, mean and std (over every seed x fold) of clip accuracy and macro-F1, params,
+    training seconds per fold, epochs; the paired accuracy difference to ``reference`` (same seed, fold) and,
+    given the per-clip predictions ``clips``, the clip-level paired test (``paired_clips``)."""
+    rows = []
+    names = order or list(pd.unique(results["variant"]))
+    ref = results[results["variant"] == reference].set_index(["seed", "fold"]) if reference else None
+    for name in names:
+        runs = results[results["variant"] == name]
+        if runs.empty:
+            continue
+        row = {
+            "variant": name,
+            "runs": len(runs),
+            "seeds": runs["seed"].nunique(),
+            "clip_accuracy_mean": runs["clip_accuracy"].mean(),
+            "clip_accuracy_std": runs["clip_accuracy"].std(ddof=1) if len(runs) > 1 else 0.0,
+            "clip_macro_f1_mean": runs["clip_macro_f1"].mean(),
+            "clip_macro_f1_std": runs["clip_macro_f1"].std(ddof=1) if len(runs) > 1 else 0.0,
+            "params": int(runs["params"].median()),
+            "train_seconds_mean": runs["train_seconds"].mean(),
+            "epochs_mean": runs["epochs_run"].astype(float).mean(),
+            # repeatability: the mean over each seed's folds (complete seeds only mean the same thing)
+            "seed_means": " / ".join(f"{m:.3f}" for m in runs.groupby("seed")["clip_accuracy"].mean()),
+        }
+        for column in OPTIONAL_COLUMNS:
+            values = runs[column].dropna() if column in runs else pd.Series(dtype=float)
+            row[f"{column}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{column}_std"] = values.std(ddof=1) if len(values) > 1 else (0.0 if len(values) else np.nan)
+        if ref is not None and name != reference:
+            paired = runs.set_index(["seed", "fold"])["clip_accuracy"].sub(ref["clip_accuracy"]).dropna()
+            row["delta_vs_reference"] = paired.mean() if len(paired) else np.nan
+            row["wins_ties_losses"] = (f"{(paired > 0).sum()}/{(paired == 0).sum()}/{(paired < 0).sum()}"
+                                       if len(paired) else "")
+            if clips is not None and not clips.empty:
+                row.update(paired_clips(clips, results, name, reference))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str:
+    """The summary as a Markdown table (mean +- std over every seed x fold run)."""
+    has_ref = reference is not None and "delta_vs_reference" in summary.columns
+    header = ["variant", "clip accuracy", "clip macro-F1", "params", "train s / fold", "epochs", "runs"]
+    if has_ref:
+        header += [f"Δ acc vs {reference} (paired)", "W/T/L"]
+    has_external = "external_top1_mean" in summary.columns and summary["external_top1_mean"].notna().any()
+    if has_external:
+        header += ["external top-1 (files)", "external top-1 (songs)"]
+    has_robustness = ("robustness_agreement_mean" in summary.columns
+                      and summary["robustness_agreement_mean"].notna().any())
+    if has_robustness:
+        header += ["robustness agreement"]
+    has_seeds = "seeds" in summary.columns and (summary["seeds"] > 1).any()
+    if has_seeds:
+        header += ["clip accuracy per seed"]
+    has_clips = has_ref and "clips_paired" in summary.columns and summary["clips_paired"].notna().any()
+    if has_clips:
+        header += [f"clips better/worse vs {reference} (sign test p; clips x seeds paired)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in summary.itertuples():
+        cells = [
+            f"`{r.variant}`",
+            f"{r.clip_accuracy_mean:.3f} ± {r.clip_accuracy_std:.3f}",
+            f"{r.clip_macro_f1_mean:.3f} ± {r.clip_macro_f1_std:.3f}",
+            f"{r.params:,}",
+            f"{r.train_seconds_mean:.1f}" if r.train_seconds_mean >= 1 else f"{r.train_seconds_mean:.3f}",
+            f"{r.epochs_mean:.1f}",
+            f"{r.runs} ({r.seeds} seeds)",
+        ]
+        if has_ref:
+            delta, record = getattr(r, "delta_vs_reference", np.nan), getattr(r, "wins_ties_losses", "")
+            cells += ["" if pd.isna(delta) else f"{delta:+.3f}", record if isinstance(record, str) else ""]
+        if has_external:
+            cells += ["" if pd.isna(getattr(r, f"{c}_mean")) else
+                      f"{getattr(r, f'{c}_mean'):.3f} ± {getattr(r, f'{c}_std'):.3f}"
+                      for c in ("external_top1", "external_song_top1")]
+        if has_robustness:
+            value, spread = r.robustness_agreement_mean, r.robustness_agreement_std
+            cells += ["" if pd.isna(value) else f"{value:.3f} ± {spread:.3f}"]
+        if has_seeds:
+            cells += [r.seed_means]
+        if has_clips:
+            n = getattr(r, "clips_paired", np.nan)
+            cells += ["" if pd.isna(n) else
+                      f"{int(r.clips_better)}/{int(r.clips_worse)} (p {r.clips_p:.2g}; {int(n)})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def study_summary(results: pd.DataFrame, out_csv: str | Path, order: list[str] | None = None,
+                  reference: str | None = None) -> str:
+    """The whole Markdown summary of a study's results CSV ``out_csv`` and the CSVs beside it."""
+    clips = read_clip_predictions(clip_predictions_path(out_csv))
+    table = summary_markdown(summarize(results, order, reference, clips), reference)
+    for extra in (external_by_genre(read_clip_predictions(external_predictions_path(out_csv)), results, order),
+                  robustness_by_transform(read_robustness(robustness_path(out_csv)), results, order)):
+        table += f"\n{extra}" if extra else ""
+    return table
