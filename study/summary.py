@@ -53,6 +53,17 @@ def current_rows(predictions: pd.DataFrame, results: pd.DataFrame) -> pd.DataFra
                              on=["variant", "seed", "fold", "config_key"])
 
 
+def _per_variant_table(current: pd.DataFrame, columns: list[str], last: str, order: list[str] | None,
+                       cells) -> list[str]:
+    """Markdown lines of a table with one row per variant of ``current`` (in ``order`` where given): the
+    variant, then ``cells(its rows)``, one per column and one for the ``last`` column."""
+    lines = ["| variant | " + " | ".join(columns) + f" | {last} |", "|---|" + "---|" * (len(columns) + 1)]
+    names = [n for n in (order or []) if n in set(current["variant"])] or list(pd.unique(current["variant"]))
+    for name in names:
+        lines.append(f"| `{name}` | " + " | ".join(cells(current[current["variant"] == name])) + " |")
+    return lines
+
+
 def external_by_genre(external: pd.DataFrame, results: pd.DataFrame, order: list[str] | None = None) -> str:
     """Per variant and genre, the share of (fold model, file) answers on the external files that are right and
     the answer given most often: which genres of real songs a recipe gets, and what it mistakes them for.
@@ -61,17 +72,15 @@ def external_by_genre(external: pd.DataFrame, results: pd.DataFrame, order: list
     if current.empty:
         return ""
     genres = sorted(pd.unique(current["actual"]))
-    lines = ["| variant | " + " | ".join(genres) + " | answers |", "|---|" + "---|" * (len(genres) + 1)]
-    names = [n for n in (order or []) if n in set(current["variant"])] or list(pd.unique(current["variant"]))
-    for name in names:
-        rows = current[current["variant"] == name]
-        cells = []
+
+    def cells(rows: pd.DataFrame) -> list[str]:
+        out = []
         for genre in genres:
             answers = rows.loc[rows["actual"] == genre, "predicted"]
-            cells.append("" if answers.empty else
-                         f"{(answers == genre).mean():.2f} ({answers.value_counts().index[0]})")
-        cells.append(str(len(rows)))
-        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+            out.append("" if answers.empty else f"{(answers == genre).mean():.2f} ({answers.value_counts().index[0]})")
+        return out + [str(len(rows))]
+
+    lines = _per_variant_table(current, genres, "answers", order, cells)
     return ("Per genre of the external files: the share of right answers over every fold model and seed, and "
             "(in brackets) the answer given most often.\n\n" + "\n".join(lines) + "\n")
 
@@ -83,14 +92,13 @@ def robustness_by_transform(robustness: pd.DataFrame, results: pd.DataFrame, ord
     if current.empty:
         return ""
     transforms = list(pd.unique(current["transform"]))
-    lines = ["| variant | " + " | ".join(transforms) + " | fold models |", "|---|" + "---|" * (len(transforms) + 1)]
-    names = [n for n in (order or []) if n in set(current["variant"])] or list(pd.unique(current["variant"]))
-    for name in names:
-        rows = current[current["variant"] == name]
+
+    def cells(rows: pd.DataFrame) -> list[str]:
         means = rows.groupby("transform")["top1_agree"].mean()
-        cells = [f"{means[t]:.2f}" if t in means else "" for t in transforms]
         models = len(rows[["seed", "fold"]].drop_duplicates())
-        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {models} |")
+        return [f"{means[t]:.2f}" if t in means else "" for t in transforms] + [str(models)]
+
+    lines = _per_variant_table(current, transforms, "fold models", order, cells)
     return ("Robustness report per transform: top-1 agreement with the untouched test clip, mean over the fold "
             "models (on their own test clips).\n\n" + "\n".join(lines) + "\n")
 
