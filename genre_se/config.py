@@ -232,6 +232,7 @@ class TrainConfig:
     pitch_shift_semitones: float = 0.0  # random shift of the mel axis by up to +-this many semitones
     time_stretch: float = 0.0          # random time-axis resampling rate in [1 - this, 1 + this]
     lowpass_hz: list | None = None     # [low, high]: a steep low-pass at a random cutoff (Hz, log-uniform) per segment
+    lowpass_slope_db: float = 480.0    # its roll-off, dB per octave above the cutoff (480: 48 dB in a tenth of one)
     # Waveform augmentations (genre_se.waveform_augment): one precomputed copy of every clip per kind, made
     # by the features stage and drawn from by training only; any of mp3, pitch, tempo.
     waveform_augment: list = field(default_factory=list)
@@ -261,6 +262,7 @@ class TrainConfig:
         _require(0 <= self.time_stretch <= 0.5, f"{p}.time_stretch", "must be in [0, 0.5] (0 turns it off)")
         if self.lowpass_hz is not None:
             _require_pair(self.lowpass_hz, f"{p}.lowpass_hz", "Hz", 500, float("inf"))
+        _require(6 <= self.lowpass_slope_db <= 10000, f"{p}.lowpass_slope_db", "must be in [6, 10000] dB per octave")
         from .waveform_augment import KINDS
 
         kinds = self.waveform_augment

@@ -78,6 +78,7 @@ def make_dataset(
     time_stretch: float = 0.0,
     mel_hz: np.ndarray | None = None,
     lowpass_hz: list | tuple | None = None,
+    lowpass_slope_db: float = 480.0,
 ):
     """A tf.data pipeline reading batches of segments from the memmap (shuffled, batched, prefetched).
 
@@ -114,7 +115,8 @@ def make_dataset(
         ds = ds.map(lambda x, y: (_random_gain(x, gain_db, floor_db), y), num_parallel_calls=tf.data.AUTOTUNE)
     recording = RecordingConditions(eq_tilt_db=eq_tilt_db, compression=compression, noise_snr_db=noise_snr_db,
                                     pitch_shift_semitones=pitch_shift_semitones, time_stretch=time_stretch,
-                                    floor_db=floor_db, mel_hz=mel_hz, lowpass_hz=lowpass_hz)
+                                    floor_db=floor_db, mel_hz=mel_hz, lowpass_hz=lowpass_hz,
+                                    lowpass_slope_db=lowpass_slope_db)
     if recording.active:
         recording.check(shape[0])
         # one int64 per batch from a seeded stream that differs every epoch: the stateless draws of the batch's
@@ -164,6 +166,7 @@ class RecordingConditions:
     floor_db: float = -100.0
     mel_hz: tuple | None = None
     lowpass_hz: tuple | None = None
+    lowpass_slope_db: float = 480.0
 
     def __post_init__(self):  # hashable (tf.function keys on it)
         for name in ("mel_hz", "noise_snr_db", "lowpass_hz"):
@@ -198,7 +201,7 @@ class RecordingConditions:
         if self.lowpass_hz is not None:
             low, high = np.log2(self.lowpass_hz)
             x = low_pass(x, tf.pow(2.0, uniform(7, low, high)), self.mel_hz,  # cutoff log-uniform in the range
-                         depth_db=uniform(8, *LOWPASS_DEPTH_DB))
+                         slope_db=self.lowpass_slope_db, depth_db=uniform(8, *LOWPASS_DEPTH_DB))
         if self.compression > 0:
             x = compress(x, self.compression * uniform(2, 0.0, 1.0))
         if self.noise_snr_db is not None:
@@ -222,18 +225,21 @@ def eq_tilt(x, tilt_db, floor_db: float):
     return tf.maximum(x + tf.reshape(tilt_db, [-1, 1, 1, 1]) * tf.reshape(ramp, [1, -1, 1, 1]), floor_db)
 
 
-#: the low-pass augmentation's roll-off above the cutoff, and how far under the segment median it stops (drawn per
-#: segment): from the floor of an analogue transfer (gtzan-mini's band-limited clips: 28-33 dB under the median,
-#: study/results/domain_gap.md) down to the empty band of a low-bitrate encoder (the store's silence floor)
-LOWPASS_SLOPE_DB_PER_OCTAVE = 48.0
+#: how far under the segment median the low-pass augmentation stops (drawn per segment): from the floor of an
+#: analogue transfer (gtzan-mini's band-limited clips: 28-33 dB under the median, study/results/domain_gap.md)
+#: down to the empty band of a low-bitrate encoder (the store's silence floor)
 LOWPASS_DEPTH_DB = (30.0, 80.0)
 
 
-def low_pass(x, cutoff_hz, mel_hz, slope_db=LOWPASS_SLOPE_DB_PER_OCTAVE, depth_db=LOWPASS_DEPTH_DB[0]):
+def low_pass(x, cutoff_hz, mel_hz, slope_db=480.0, depth_db=LOWPASS_DEPTH_DB[0]):
     """A steep low-pass (per segment), as a band-limited transfer: a band whose centre lies ``o`` octaves above
     ``cutoff_hz`` loses ``slope_db * o`` dB, but not below ``depth_db`` (a number, or one per segment) under the
     segment's median (a value already under that floor stays where it is). Bands at or under the cutoff are
     untouched.
+
+    The mel bands above 8 kHz span half an octave (about 3 % of an octave apart at 10 kHz), so a filter that
+    empties them, as an encoder's does, needs hundreds of dB per octave: 48 dB/octave takes only 20 dB off
+    the top band at an 8 kHz cutoff.
 
     Why: in gtzan-mini the bandwidth nearly names the genre (full band: country, disco, metal, pop), so
     cutting the top of every genre's clips at random takes that shortcut away from the model; and the shipped
@@ -356,7 +362,7 @@ def training_dataset(store: FeatureStore, rows: np.ndarray, train_cfg: TrainConf
         eq_tilt_db=train_cfg.eq_tilt_db, compression=train_cfg.compression_amount,
         noise_snr_db=train_cfg.noise_snr_db, pitch_shift_semitones=train_cfg.pitch_shift_semitones,
         time_stretch=train_cfg.time_stretch, mel_hz=mel_centre_frequencies(feats) if needs_mel else None,
-        lowpass_hz=train_cfg.lowpass_hz,
+        lowpass_hz=train_cfg.lowpass_hz, lowpass_slope_db=train_cfg.lowpass_slope_db,
     )
 
 
@@ -451,7 +457,7 @@ class TrainResult:
 
 #: train.* settings added after resumable states were first written: left out of the state key at their default,
 #: so an interrupted run of an older configuration still resumes
-LATE_TRAIN_FIELDS = {"lowpass_hz": None}
+LATE_TRAIN_FIELDS = {"lowpass_hz": None, "lowpass_slope_db": 480.0}
 
 
 def _state_key(model_cfg: ModelConfig, train_cfg: TrainConfig, store: FeatureStore, rows, seed: int) -> str:

@@ -56,7 +56,7 @@ EXECUTION_SEED_STRIDE = 1000
 CHIEF_POLL_SECONDS = 0.2
 #: train.* settings a trial's training reads besides batch_size, spec_augment, mixup_alpha (see search_key)
 TRIAL_TRAIN_KEYS = ("label_smoothing", "gain_db", "eq_tilt_db", "compression", "noise_snr_db",
-                    "pitch_shift_semitones", "time_stretch", "lowpass_hz")
+                    "pitch_shift_semitones", "time_stretch", "lowpass_hz", "lowpass_slope_db")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -214,7 +214,7 @@ def test_low_pass_cuts_the_bands_above_the_cutoff_down_to_a_floor_under_the_medi
         np.testing.assert_allclose(y[s, k], np.where(x[s, k] - 12 >= floor, x[s, k] - 12, np.minimum(x[s, k], floor)),
                                    atol=1e-3)
         assert np.all(np.diff(y[s, ~under].mean(axis=(1, 2))) <= 12.0)  # bands fall steadily, no band pops up
-    steep = _np(low_pass(tf.constant(x), tf.constant([HZ[k] / 2] * 6), HZ))  # 48 dB/octave: 2.4 octaves reach the floor
+    steep = _np(low_pass(tf.constant(x), tf.constant([HZ[k] / 2] * 6), HZ, slope_db=48.0))  # 2.4 octaves: the floor
     for s in range(6):
         floor = np.sort(x[s].ravel())[(x[s].size - 1) // 2] - 30.0
         np.testing.assert_allclose(steep[s, -1], np.minimum(x[s, -1], floor), atol=1e-3)
@@ -231,6 +231,19 @@ def test_random_low_pass_draws_a_cutoff_per_segment_in_the_range():
     assert np.all(last_kept <= 6000.0) and len(set(first_cut.round())) > 4  # a cutoff drawn per segment
     with pytest.raises(Exception, match="mel band frequencies"):
         RecordingConditions(lowpass_hz=(2000.0, 6000.0)).check(32)
+
+
+def test_the_default_slope_empties_the_bands_above_8_khz_as_an_encoder_does():
+    import tensorflow as tf
+
+    feats = FeatureConfig(sample_rate=22050, n_mels=128)  # the shipped mel resolution
+    hz = mel_centre_frequencies(feats)
+    x = np.full((2, 128, 8, 1), -30.0, np.float32)
+    x[:, :, :5] = -50.0  # median -50: the floor 30 dB under it at -80
+    gentle, steep = (_np(low_pass(tf.constant(x), tf.constant([8000.0] * 2), hz, slope_db=s)) for s in (48.0, 480.0))
+    above = hz > 8000.0 * 2 ** 0.1  # a tenth of an octave over the cutoff and up
+    assert np.all(steep[:, above] <= -80.0 + 1e-3)  # 480 dB/octave: emptied down to the floor
+    assert gentle[:, -1, 6].max() > -60.0  # 48 dB/octave: the top band (0.42 octave up) keeps most of its level
 
 
 def test_random_low_pass_stops_between_a_transfers_floor_and_digital_silence():
@@ -347,6 +360,7 @@ def test_a_pitch_shift_without_band_frequencies_or_with_the_wrong_count_is_refus
     ("pitch_shift_semitones", -1.0), ("pitch_shift_semitones", 13.0),
     ("time_stretch", -0.1), ("time_stretch", 0.6),
     ("lowpass_hz", [8000.0, 4000.0]), ("lowpass_hz", [100.0, 4000.0]), ("lowpass_hz", [4000.0]), ("lowpass_hz", 4000),
+    ("lowpass_slope_db", 3.0), ("lowpass_slope_db", 20000.0),
 ])
 def test_bad_augmentation_settings_name_their_key(key, value):
     with pytest.raises(ConfigError, match=rf"^train\.{key}:"):
@@ -373,6 +387,9 @@ def test_resume_key_covers_the_switches_but_not_calibration(tmp_path):
     assert _state_key(model, TrainConfig(calibrate=False), store, rows, 0) == base
     for name, value in SWITCHES.items():
         assert _state_key(model, TrainConfig(**{name: value}), store, rows, 0) != base, name
+    cut = TrainConfig(lowpass_hz=[6000.0, 9000.0])
+    assert _state_key(model, dataclasses.replace(cut, lowpass_slope_db=48.0), store, rows, 0) != _state_key(
+        model, cut, store, rows, 0)
 
 
 def test_tuning_searches_are_keyed_by_the_switches_they_train_with(tmp_path):
