@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", help="a study's per-clip predictions (study/results/*_clips.csv): also report "
                         "how often each model's wrong answers are the recording shortcut's")
     parser.add_argument("--model", help="a model bundle (e.g. genre_se/pretrained/gtzan-mini): also its answers on "
-                        "the external files after recording changes toward gtzan-mini's transfers")
+                        "the external files after recording changes (of the audio, and of the log-mel)")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -393,9 +393,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             answers = counterfactual_answers(GenreClassifier.load(args.model), external)
-            keras_model = GenreClassifier.load(args.model, backend="keras")
-            changed = segment_counterfactual_answers(keras_model.bundle.model, keras_model.labels,
-                                                     keras_model.feature_config, external)
+            served_by_keras = GenreClassifier.load(args.model, backend="keras")  # the log-mel goes in directly
+            changed = segment_counterfactual_answers(served_by_keras.bundle.model, served_by_keras.labels,
+                                                     served_by_keras.feature_config, external)
         except GenreSEError as exc:  # no bundle there, or a file it cannot read
             print(f"error: {exc}", file=sys.stderr)
             return 2
