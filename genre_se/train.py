@@ -78,7 +78,7 @@ def make_dataset(
     time_stretch: float = 0.0,
     mel_hz: np.ndarray | None = None,
     lowpass_hz: list | tuple | None = None,
-    lowpass_slope_db: float = 480.0,
+    lowpass_slope_db: float = TrainConfig.lowpass_slope_db,
 ):
     """A tf.data pipeline reading batches of segments from the memmap (shuffled, batched, prefetched).
 
@@ -166,7 +166,7 @@ class RecordingConditions:
     floor_db: float = -100.0
     mel_hz: tuple | None = None
     lowpass_hz: tuple | None = None
-    lowpass_slope_db: float = 480.0
+    lowpass_slope_db: float = TrainConfig.lowpass_slope_db
 
     def __post_init__(self):  # hashable (tf.function keys on it)
         for name in ("mel_hz", "noise_snr_db", "lowpass_hz"):
@@ -231,7 +231,7 @@ def eq_tilt(x, tilt_db, floor_db: float):
 LOWPASS_DEPTH_DB = (30.0, 80.0)
 
 
-def low_pass(x, cutoff_hz, mel_hz, slope_db=480.0, depth_db=LOWPASS_DEPTH_DB[0]):
+def low_pass(x, cutoff_hz, mel_hz, slope_db=TrainConfig.lowpass_slope_db, depth_db=LOWPASS_DEPTH_DB[0]):
     """A steep low-pass (per segment), as a band-limited transfer: a band whose centre lies ``o`` octaves above
     ``cutoff_hz`` loses ``slope_db * o`` dB, but not below ``depth_db`` (a number, or one per segment) under the
     segment's median (a value already under that floor stays where it is). Bands at or under the cutoff are
@@ -457,7 +457,7 @@ class TrainResult:
 
 #: train.* settings added after resumable states were first written: left out of the state key at their default,
 #: so an interrupted run of an older configuration still resumes
-LATE_TRAIN_FIELDS = {"lowpass_hz": None, "lowpass_slope_db": 480.0}
+LATE_TRAIN_FIELDS = {name: getattr(TrainConfig, name) for name in ("lowpass_hz", "lowpass_slope_db")}
 
 
 def _state_key(model_cfg: ModelConfig, train_cfg: TrainConfig, store: FeatureStore, rows, seed: int) -> str:

@@ -254,9 +254,12 @@ def _around_median(below: float, above: float):
 
 
 def _tilt(db: float):
-    """A linear EQ ramp over the mel bands, ``-db`` at the lowest band to ``+db`` at the top one."""
+    """The training augmentation's EQ tilt (:func:`genre_se.train.eq_tilt`) at a fixed ``db``: a linear ramp
+    over the mel bands, ``-db`` at the lowest band to ``+db`` at the top one."""
     def change(x: np.ndarray) -> np.ndarray:
-        return x + db * np.linspace(-1.0, 1.0, x.shape[1]).reshape(1, -1, *([1] * (x.ndim - 2)))
+        from genre_se.train import eq_tilt
+
+        return np.asarray(eq_tilt(x, np.full(len(x), db, np.float32), -np.inf))
 
     return change
 
@@ -392,10 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         from genre_se.inference import GenreClassifier
 
         try:
-            answers = counterfactual_answers(GenreClassifier.load(args.model), external)
-            served_by_keras = GenreClassifier.load(args.model, backend="keras")  # the log-mel goes in directly
-            changed = segment_counterfactual_answers(served_by_keras.bundle.model, served_by_keras.labels,
-                                                     served_by_keras.feature_config, external)
+            classifier = GenreClassifier.load(args.model, backend="keras")  # Keras: the log-mel can go in directly
+            answers = counterfactual_answers(classifier, external)
+            changed = segment_counterfactual_answers(classifier.bundle.model, classifier.labels,
+                                                     classifier.feature_config, external)
         except GenreSEError as exc:  # no bundle there, or a file it cannot read
             print(f"error: {exc}", file=sys.stderr)
             return 2
