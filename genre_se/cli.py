@@ -294,7 +294,8 @@ def _say_which_model(args) -> None:
 
 
 def cmd_predict(args) -> int:
-    from .inference import DEFAULT_MAX_SEGMENTS, Failure, GenreClassifier, PredictionFormatter
+    from .inference import DEFAULT_MAX_SEGMENTS, Failure, GenreClassifier
+    from .outputs import PredictionFormatter
 
     _say_which_model(args)
 
@@ -328,7 +329,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from .inference import Failure, GenreClassifier, embedding_format, write_embeddings
+    from .inference import Failure, GenreClassifier
+    from .outputs import embedding_format, write_embeddings
 
     embedding_format(args.output, args.format)  # a bad --output/--format fails before any work
     _say_which_model(args)

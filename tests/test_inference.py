@@ -298,7 +298,7 @@ def test_default_bundle_is_models_bundle_then_the_shipped_one_or_a_clear_error(t
 @pytest.mark.parametrize("fmt", ["npz", "npy", "parquet"])
 @pytest.mark.parametrize("pool", ["mean", "none"])
 def test_written_embeddings_load_with_numpy_and_pandas(clf, tmp_path, fmt, pool):
-    from genre_se.inference import write_embeddings
+    from genre_se.outputs import write_embeddings
 
     paths = [write(tmp_path / "a.wav", tone(BAND_HZ["low"], 1.0)), write(tmp_path / "b.wav", tone(800, 2.0))]
     embeddings = [clf.embed(p) for p in paths]

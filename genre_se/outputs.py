@@ -1,0 +1,226 @@
+"""Results as the user gets them: predictions as table / JSON / CSV text, embeddings as npy / npz / parquet.
+
+The far end of the data flow (file -> audio -> features -> model -> :mod:`genre_se.inference` -> here). These
+helpers return text or write files atomically and never print; the CLI decides where text goes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import ModelError
+from .inference import POOLS, Embedding, Failure, Prediction
+
+__all__ = ["EMBED_FORMATS", "PredictionFormatter", "embedding_format", "embedding_table", "write_embeddings"]
+
+EMBED_FORMATS = ("npy", "npz", "parquet")
+
+
+# --------------------------------------------------------------------------------------------------
+# Output: predictions as table / JSON / CSV text
+
+
+class PredictionFormatter:
+    """Turns predictions into text as they arrive (table and CSV stream; JSON is one document at the end).
+
+    Parameters
+    ----------
+    fmt : {"table", "json", "csv"}
+    top_k : int
+        Genres shown per file.
+    timeline : bool
+        Also show each segment's genre with its start/end seconds.
+    provenance : dict, optional
+        Recorded in the JSON document (which model produced it).
+    """
+
+    FORMATS = ("table", "json", "csv")
+
+    def __init__(self, fmt: str = "table", top_k: int = 3, timeline: bool = False, provenance: dict | None = None):
+        if fmt not in self.FORMATS:
+            raise ModelError(f"output format must be one of {', '.join(self.FORMATS)}, got {fmt!r}")
+        self.fmt = fmt
+        self.top_k = max(1, int(top_k))
+        self.timeline = timeline
+        self.provenance = provenance or {}
+        self._records: list[dict] = []
+        self._errors: list[dict] = []
+
+    def begin(self) -> str:
+        """Text before the first prediction (the CSV header)."""
+        if self.fmt != "csv":
+            return ""
+        if self.timeline:
+            return _csv_line(["path", "segment", "start", "end", "genre", "probability"])
+        ranks = [[f"genre_{r}", f"probability_{r}"] for r in range(1, self.top_k + 1)]
+        return _csv_line(["path", "duration", "n_segments", *[c for pair in ranks for c in pair], "uncertain"])
+
+    def add(self, prediction: Prediction) -> str:
+        """Text for one prediction (empty for JSON, which is written by :meth:`end`)."""
+        if self.fmt == "json":
+            self._records.append(prediction.to_dict(self.top_k, self.timeline))
+            return ""
+        if self.fmt == "csv":
+            return self._csv(prediction)
+        return self._table(prediction)
+
+    def add_failure(self, failure: Failure) -> str:
+        """Failures are listed in the JSON document only (the CLI reports them on stderr)."""
+        self._errors.append({"path": failure.path, "error": failure.message})
+        return ""
+
+    def end(self) -> str:
+        """Text after the last prediction (the whole JSON document)."""
+        if self.fmt != "json":
+            return ""
+        document = {"model": self.provenance, "predictions": self._records, "errors": self._errors}
+        return json.dumps(document, indent=2) + "\n"
+
+    def _csv(self, prediction: Prediction) -> str:
+        if self.timeline:
+            return "".join(
+                _csv_line([_shown(prediction.path), i, f"{row['start']:.3f}", f"{row['end']:.3f}", row["genre"],
+                           f"{row['probability']:.6f}"])
+                for i, row in enumerate(prediction.timeline())
+            )
+        cells = [_shown(prediction.path), f"{prediction.duration:.3f}", prediction.n_segments]
+        for genre, probability in prediction.top(self.top_k):
+            cells += [genre, f"{probability:.6f}"]
+        return _csv_line([*cells, "true" if prediction.uncertain else "false"])
+
+    def _table(self, prediction: Prediction) -> str:
+        top = prediction.top(self.top_k)
+        width = max(len(g) for g, _ in top)
+        lines = [f"{_shown(prediction.path)}  ({prediction.duration:.1f} s, {_segments_note(prediction)})"]
+        lines += [f"  {rank}. {genre:<{width}}  {p:.3f}" for rank, (genre, p) in enumerate(top, start=1)]
+        if prediction.uncertain:  # the answer is a guess: said on the top line, the top-k stays
+            lines[1] += "  (uncertain)"
+        if self.timeline:
+            lines.append("  timeline:")
+            lines += [
+                f"    {row['start']:8.2f} - {row['end']:8.2f} s  {row['genre']:<{width}}  {row['probability']:.3f}"
+                + ("  silent" if row["silent"] else "")
+                for row in prediction.timeline()
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def _shown(path: str | None) -> str:
+    return "<array>" if path is None else path
+
+
+def _segments_note(prediction: Prediction) -> str:
+    """"24 of 240 segments, 3 silent": what the file's distribution was computed from."""
+    n, total = prediction.n_segments, prediction.n_segments_in_file
+    note = f"{n} of {total} segments" if total is not None and total != n else f"{n} segments"
+    n_silent = int(prediction.silent.sum())
+    if prediction.all_silent:
+        note += ", all near-silent (all used)"
+    elif n_silent:
+        note += f", {n_silent} silent (left out)"
+    return note
+
+
+def _csv_line(cells: list) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Output: embeddings as npy (folder) / npz / parquet
+
+
+def embedding_table(embeddings: Sequence[Embedding], pool: str) -> tuple[dict, np.ndarray]:
+    """Row descriptions and the (n_rows, dim) float32 matrix: one row per file (mean) or per segment (none)."""
+    if pool not in POOLS:
+        raise ModelError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    if pool == "mean":
+        columns = {
+            "path": [e.path for e in embeddings],
+            "duration": np.array([e.duration for e in embeddings], dtype=np.float64),
+            "n_segments": np.array([e.n_segments for e in embeddings], dtype=np.int64),
+        }
+        return columns, np.stack([e.pooled for e in embeddings]).astype(np.float32)
+    columns = {
+        "path": [e.path for e in embeddings for _ in range(e.n_segments)],
+        "segment": np.concatenate([np.arange(e.n_segments) for e in embeddings]).astype(np.int64),
+        "start": np.concatenate([e.segment_starts for e in embeddings]).astype(np.float64),
+        "end": np.concatenate([e.segment_ends for e in embeddings]).astype(np.float64),
+    }
+    return columns, np.concatenate([e.segments for e in embeddings]).astype(np.float32)
+
+
+def embedding_format(output: str | os.PathLike | None, fmt: str | None) -> tuple[Path, str]:
+    """Resolve the output path and format: the format from the suffix when not given, npy meaning a folder."""
+    suffix_formats = {".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
+    if fmt is None:
+        fmt = "npz" if output is None else suffix_formats.get(Path(output).suffix.lower(), "npy")
+    if fmt not in EMBED_FORMATS:
+        raise ModelError(f"embedding format must be one of {', '.join(EMBED_FORMATS)}, got {fmt!r}")
+    default = {"npy": "embeddings", "npz": "embeddings.npz", "parquet": "embeddings.parquet"}[fmt]
+    path = Path(default if output is None else output)
+    if fmt != "npy" and path.is_dir():
+        path = path / default
+    return path, fmt
+
+
+def write_embeddings(
+    embeddings: Sequence[Embedding],
+    output: str | os.PathLike | None,
+    *,
+    fmt: str | None = None,
+    pool: str = "mean",
+    provenance: dict | None = None,
+) -> Path:
+    """Write embeddings so numpy/pandas can load them, with the bundle and feature parameters recorded.
+
+    Layouts (rows are files for ``pool="mean"``, segments with start/end seconds for ``pool="none"``):
+
+    * ``npy``: a folder with ``embeddings.npy`` (n_rows, dim), ``rows.csv`` (the row descriptions) and
+      ``metadata.json``;
+    * ``npz``: one file with arrays ``embeddings``, the row columns and ``metadata`` (a JSON string);
+      ``np.load(f)`` reads it without pickle;
+    * ``parquet``: one table, row columns plus ``embedding`` (a list of float32); the metadata is in
+      ``pd.read_parquet(f).attrs["genre_se"]``.
+
+    Every file is written atomically. Returns the path written (the folder for npy).
+    """
+    from .fileio import atomic_path, write_json
+
+    if not embeddings:
+        raise ModelError("no embeddings to write: no input file could be processed")
+    path, fmt = embedding_format(output, fmt)
+    columns, matrix = embedding_table(embeddings, pool)
+    metadata = {**(provenance or {}), "pool": pool, "rows": "files" if pool == "mean" else "segments",
+                "embedding_layer": "embedding", "embedding_dim": int(matrix.shape[1])}
+    if fmt == "npy":
+        if path.exists() and not path.is_dir():
+            raise ModelError(f"{path}: exists and is not a folder; npy embeddings are written into a folder")
+        import pandas as pd
+
+        with atomic_path(path / "embeddings.npy", suffix=".npy") as tmp:
+            np.save(tmp, matrix)
+        with atomic_path(path / "rows.csv", suffix=".csv") as tmp:
+            pd.DataFrame(columns).to_csv(tmp, index=False)
+        write_json(path / "metadata.json", metadata)
+    elif fmt == "npz":
+        arrays = {name: np.asarray(values, dtype=str if name == "path" else None) for name, values in columns.items()}
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, embeddings=matrix, metadata=np.array(json.dumps(metadata)), **arrays)
+    else:
+        import pandas as pd
+
+        frame = pd.DataFrame(columns)
+        frame["embedding"] = list(matrix)
+        frame.attrs["genre_se"] = metadata
+        with atomic_path(path, suffix=".parquet") as tmp:
+            frame.to_parquet(tmp, index=False)
+    return path
