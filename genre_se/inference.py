@@ -181,8 +181,11 @@ class Prediction:
         Seconds of audio (exact for arrays and most formats; within one hop for MP3).
     aggregate : str
     uncertain : bool
-        The top probability is below the classifier's ``uncertain_below`` (the answer is a guess; the
-        top-k still says what the model leans to).
+        The top probability is below the classifier's ``uncertain_below``, or the audio is ``short`` (the
+        answer is a guess; the top-k still says what the model leans to).
+    short : bool
+        The audio is shorter than one segment, so its single segment is mostly padding: the model never
+        saw such input in training, and its confidence on it means little (a 0.1-s blip can score 0.95).
     segment_silent : ndarray (n_segments,) of bool, optional
         Near-silent segments (loudest frame below the classifier's ``silence_db``): listed, but left out of
         ``probabilities`` unless every segment is silent (``all_silent``, then all of them are used).
@@ -199,6 +202,7 @@ class Prediction:
     duration: float
     aggregate: str = "mean"
     uncertain: bool = False
+    short: bool = False
     segment_silent: np.ndarray | None = None
     all_silent: bool = False
     n_segments_in_file: int | None = None
@@ -252,6 +256,7 @@ class Prediction:
             "n_segments": self.n_segments,
             "genre": self.genre,
             "uncertain": bool(self.uncertain),
+            "short": bool(self.short),
             "top": [{"genre": g, "probability": p} for g, p in self.top(top_k)],
             "probabilities": self.distribution(),
             "silent_segments": int(self.silent.sum()),
@@ -676,6 +681,7 @@ class GenreClassifier:
         silent = self._silent(raw)
         all_silent = bool(silent.all())
         clip = aggregate_segments(probs if all_silent else probs[~silent], self.aggregate)  # silence left out
+        short = bool(duration < self.feature_config.segment_seconds)  # one segment, mostly padding
         return Prediction(
             path=raw.path,
             labels=self.labels,
@@ -685,7 +691,8 @@ class GenreClassifier:
             segment_ends=ends,
             duration=duration,
             aggregate=self.aggregate,
-            uncertain=bool(clip.max() < self.uncertain_below),
+            uncertain=bool(clip.max() < self.uncertain_below) or short,
+            short=short,
             segment_silent=silent,
             all_silent=all_silent,
             n_segments_in_file=raw.n_segments_in_file if raw.n_segments_in_file is not None else len(probs),

@@ -119,7 +119,9 @@ def _shown(path: str | None) -> str:
 def _segments_note(prediction: Prediction) -> str:
     """"24 of 240 segments, 3 silent": what the file's distribution was computed from."""
     n, total = prediction.n_segments, prediction.n_segments_in_file
-    note = f"{n} of {total} segments" if total is not None and total != n else f"{n} segments"
+    note = f"{n} of {total} segments" if total is not None and total != n else f"{n} segment{'s' * (n != 1)}"
+    if prediction.short:
+        note += ", padded: shorter than one segment"
     n_silent = int(prediction.silent.sum())
     if prediction.all_silent:
         note += ", all near-silent (all used)"

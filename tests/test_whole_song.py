@@ -140,6 +140,23 @@ def test_a_silent_file_falls_back_to_every_segment(clf, tmp_path, kind):  # noqa
     assert result.to_dict()["all_silent"] is True
 
 
+def test_audio_shorter_than_a_segment_is_marked_short_and_uncertain(tiny, tmp_path):  # noqa: F811
+    """One segment that is mostly padding is input the model never trained on: its confidence means little."""
+    from genre_se.inference import GenreClassifier
+    from genre_se.outputs import PredictionFormatter
+
+    confident = GenreClassifier.load(tiny["bundle"], uncertain_below=0.0)  # only shortness can make it uncertain
+    segment = FEATURES.segment_seconds
+    blip = confident.predict(write(tmp_path / "blip.wav", tone(BAND_HZ["mid"], 0.4 * segment)))
+    whole = confident.predict(write(tmp_path / "whole.wav", tone(BAND_HZ["mid"], 1.2 * segment)))
+    assert blip.n_segments == 1 and blip.short and blip.uncertain
+    assert not whole.short and not whole.uncertain
+    assert blip.to_dict()["short"] is True and whole.to_dict()["short"] is False
+    table = PredictionFormatter("table").add(blip)
+    assert "padded: shorter than one segment" in table and "(uncertain)" in table
+    assert "padded" not in PredictionFormatter("table").add(whole)
+
+
 def test_silence_db_is_validated(tiny):  # noqa: F811
     from genre_se.inference import GenreClassifier
 
