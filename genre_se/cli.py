@@ -307,7 +307,8 @@ def cmd_predict(args) -> int:
                                       silence_db=args.silence_db)
     files, n_empty = _expand_inputs(args.paths)
     n_failed = n_empty
-    formatter = PredictionFormatter(args.format, args.top_k, args.timeline, classifier.provenance())
+    formatter = PredictionFormatter(args.format, args.top_k, args.timeline, classifier.provenance(),
+                                    n_classes=len(classifier.labels))
     bar, on_progress = _inference_progress(args, files)
     try:
         with _OutputStream(args.output) as out:

@@ -34,20 +34,23 @@ class PredictionFormatter:
     ----------
     fmt : {"table", "json", "csv"}
     top_k : int
-        Genres shown per file.
+        Genres shown per file; at most ``n_classes`` (so every CSV row has the header's columns).
     timeline : bool
         Also show each segment's genre with its start/end seconds.
     provenance : dict, optional
         Recorded in the JSON document (which model produced it).
+    n_classes : int, optional
+        The model's number of genres (``len(classifier.labels)``).
     """
 
     FORMATS = ("table", "json", "csv")
 
-    def __init__(self, fmt: str = "table", top_k: int = 3, timeline: bool = False, provenance: dict | None = None):
+    def __init__(self, fmt: str = "table", top_k: int = 3, timeline: bool = False, provenance: dict | None = None,
+                 n_classes: int | None = None):
         if fmt not in self.FORMATS:
             raise ModelError(f"output format must be one of {', '.join(self.FORMATS)}, got {fmt!r}")
         self.fmt = fmt
-        self.top_k = max(1, int(top_k))
+        self.top_k = max(1, int(top_k) if n_classes is None else min(int(top_k), int(n_classes)))
         self.timeline = timeline
         self.provenance = provenance or {}
         self._records: list[dict] = []

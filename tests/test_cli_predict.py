@@ -78,6 +78,17 @@ def test_table_csv_and_output_file(capsys, bundle, folder, tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["predictions.csv"]  # no temp file left behind
 
 
+def test_top_k_beyond_the_genres_lists_every_genre_once(capsys, bundle, folder):
+    """The tiny model has 3 genres: --top-k 5 gives 3 ranks, and every CSV row has the header's columns."""
+    good = str(folder / "a_low.wav")
+    code, out, _ = run(capsys, "predict", good, "--model", bundle, "--format", "csv", "--top-k", "5")
+    assert code == 0
+    header, row = [line.split(",") for line in out.splitlines()]
+    assert len(header) == len(row) and header[-3:] == ["genre_3", "probability_3", "uncertain"]
+    code, out, _ = run(capsys, "predict", good, "--model", bundle, "--format", "json", "--top-k", "5")
+    assert sorted(t["genre"] for t in json.loads(out)["predictions"][0]["top"]) == ["high", "low", "mid"]
+
+
 def test_timeline_csv_covers_each_file(capsys, bundle, folder):
     path = str(folder / "sub" / "b_high.flac")
     code, out, _ = run(capsys, "predict", path, "--model", bundle, "--format", "csv", "--timeline")
