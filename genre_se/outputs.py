@@ -164,10 +164,20 @@ def embedding_table(embeddings: Sequence[Embedding], pool: str) -> tuple[dict, n
 
 
 def embedding_format(output: str | os.PathLike | None, fmt: str | None) -> tuple[Path, str]:
-    """Resolve the output path and format: the format from the suffix when not given, npy meaning a folder."""
+    """Resolve the output path and format: the format from the suffix when not given, npy meaning a folder.
+
+    Without ``fmt``, an output whose suffix names no format (``vectors.csv``) is refused rather than made a
+    folder of that name; ``fmt="npy"`` writes into any folder name.
+    """
     suffix_formats = {".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
-    if fmt is None:
-        fmt = "npz" if output is None else suffix_formats.get(Path(output).suffix.lower(), "npy")
+    if fmt is None and output is not None:
+        suffix = Path(output).suffix.lower()
+        if suffix and suffix not in suffix_formats and not Path(output).is_dir():
+            raise ModelError(f"{output}: no embedding format is written as {suffix!r}; name the file .npz or "
+                             f".parquet, or give a folder with --format npy")
+        fmt = suffix_formats.get(suffix, "npy")
+    elif fmt is None:
+        fmt = "npz"
     if fmt not in EMBED_FORMATS:
         raise ModelError(f"embedding format must be one of {', '.join(EMBED_FORMATS)}, got {fmt!r}")
     default = {"npy": "embeddings", "npz": "embeddings.npz", "parquet": "embeddings.parquet"}[fmt]

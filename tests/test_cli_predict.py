@@ -194,5 +194,10 @@ def test_embed_formats_and_failures(capsys, bundle, folder, tmp_path, monkeypatc
     code, _, _ = run(capsys, "embed", good, "--model", bundle, "--format", "npy", "--output", "vectors")
     assert code == 0 and np.load(tmp_path / "vectors" / "embeddings.npy").shape == (1, 8)
 
+    code, _, err = run(capsys, "embed", good, "--model", bundle, "--output", "vectors.csv")
+    assert code == 1 and "no embedding format is written as '.csv'" in err and not (tmp_path / "vectors.csv").exists()
+    code, _, _ = run(capsys, "embed", good, "--model", bundle, "--format", "npy", "--output", "run.2026")
+    assert code == 0 and (tmp_path / "run.2026" / "embeddings.npy").is_file()  # a dotted folder, when asked
+
     code, _, err = run(capsys, "embed", str(folder / "c_corrupt.mp3"), "--model", bundle, "--output", "bad.npz")
     assert code == 1 and not (tmp_path / "bad.npz").exists() and "nothing written" in err
