@@ -181,8 +181,8 @@ class Prediction:
         Seconds of audio (exact for arrays and most formats; within one hop for MP3).
     aggregate : str
     uncertain : bool
-        The top probability is below the classifier's ``uncertain_below``, or the audio is ``short`` (the
-        answer is a guess; the top-k still says what the model leans to).
+        The top probability is below the classifier's ``uncertain_below``, or the audio is ``short`` or
+        ``all_silent`` (the answer is a guess; the top-k still says what the model leans to).
     short : bool
         The audio is shorter than one segment, so its single segment is mostly padding: the model never
         saw such input in training, and its confidence on it means little (a 0.1-s blip can score 0.95).
@@ -691,7 +691,7 @@ class GenreClassifier:
             segment_ends=ends,
             duration=duration,
             aggregate=self.aggregate,
-            uncertain=bool(clip.max() < self.uncertain_below) or short,
+            uncertain=bool(clip.max() < self.uncertain_below) or short or all_silent,  # no music: a guess
             short=short,
             segment_silent=silent,
             all_silent=all_silent,

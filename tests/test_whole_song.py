@@ -132,12 +132,18 @@ def test_silent_segments_are_listed_but_left_out(tiny, clf, tmp_path):  # noqa: 
 
 @pytest.mark.parametrize("kind", ["digital silence", "-80 dB noise"])
 def test_a_silent_file_falls_back_to_every_segment(clf, tmp_path, kind):  # noqa: F811
+    from genre_se.inference import GenreClassifier
+
     rng = np.random.default_rng(2)
     y = np.zeros(24000, np.float32) if kind == "digital silence" else (1e-4 * rng.standard_normal(24000))
     result = clf.predict(write(tmp_path / "quiet.wav", y.astype(np.float32), subtype="FLOAT"))
     assert result.all_silent and result.silent.all() and result.n_segments > 10
     np.testing.assert_allclose(result.probabilities, result.segment_probabilities.mean(axis=0), atol=1e-9)
     assert result.to_dict()["all_silent"] is True
+    # silence has no genre: the answer is marked uncertain however confident the model is on it
+    confident = GenreClassifier.load(clf.bundle.path, uncertain_below=0.0)
+    again = confident.predict(tmp_path / "quiet.wav")
+    assert again.all_silent and again.uncertain and not again.short
 
 
 def test_audio_shorter_than_a_segment_is_marked_short_and_uncertain(tiny, tmp_path):  # noqa: F811
