@@ -47,6 +47,34 @@ def paired_clips(clips: pd.DataFrame, results: pd.DataFrame, variant: str, refer
     return {"clips_paired": len(both), "clips_better": better, "clips_worse": worse, "clips_p": float(p)}
 
 
+def detectable_difference(paired_sd: float, n_pairs: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean paired difference that ``n_pairs`` paired folds detect with ``power``.
+
+    Two-sided paired t-test at level ``alpha`` on differences with standard deviation ``paired_sd``:
+    (t[1 - alpha/2] + t[power]) * sd / sqrt(n), t with n - 1 degrees of freedom (the usual approximation; with
+    few pairs the t quantiles, not the normal ones, carry the uncertainty of sd itself). It says how far apart
+    two variants must be before a study of this size can tell them apart; on 71 clips the fold-to-fold spread,
+    not the model, sets it. NaN without at least two pairs.
+    """
+    from scipy.stats import t
+
+    if n_pairs < 2 or not np.isfinite(paired_sd):
+        return float("nan")
+    df = n_pairs - 1
+    return float((t.ppf(1 - alpha / 2, df) + t.ppf(power, df)) * paired_sd / np.sqrt(n_pairs))
+
+
+def pairs_needed(paired_sd: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Paired folds needed to detect a true mean difference ``effect``: the smallest n whose
+    :func:`detectable_difference` is at most ``effect``."""
+    if effect <= 0 or not np.isfinite(paired_sd):
+        raise ValueError(f"effect must be > 0 and paired_sd finite, got {effect!r}, {paired_sd!r}")
+    n = 2
+    while detectable_difference(paired_sd, n, alpha, power) > effect:
+        n = n * 2 if detectable_difference(paired_sd, n * 2, alpha, power) > effect else n + 1
+    return n
+
+
 def current_rows(predictions: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``predictions`` made with the configuration of the results CSV's row (``config_key``)."""
     return predictions.merge(results[["variant", "seed", "fold", "config_key"]],
@@ -138,6 +166,8 @@ def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: 
             row["delta_vs_reference"] = paired.mean() if len(paired) else np.nan
             row["wins_ties_losses"] = (f"{(paired > 0).sum()}/{(paired == 0).sum()}/{(paired < 0).sum()}"
                                        if len(paired) else "")
+            row["detectable_delta"] = detectable_difference(
+                paired.std(ddof=1) if len(paired) > 1 else np.nan, len(paired))
             if clips is not None and not clips.empty:
                 row.update(paired_clips(clips, results, name, reference))
         rows.append(row)
@@ -149,7 +179,7 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
     has_ref = reference is not None and "delta_vs_reference" in summary.columns
     header = ["variant", "clip accuracy", "clip macro-F1", "params", "train s / fold", "epochs", "runs"]
     if has_ref:
-        header += [f"Δ acc vs {reference} (paired)", "W/T/L"]
+        header += [f"Δ acc vs {reference} (paired)", "W/T/L", "detectable Δ (80 % power)"]
     has_external = "external_top1_mean" in summary.columns and summary["external_top1_mean"].notna().any()
     if has_external:
         header += ["external top-1 (files)", "external top-1 (songs)"]
@@ -176,7 +206,9 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
         ]
         if has_ref:
             delta, record = getattr(r, "delta_vs_reference", np.nan), getattr(r, "wins_ties_losses", "")
-            cells += ["" if pd.isna(delta) else f"{delta:+.3f}", record if isinstance(record, str) else ""]
+            detectable = getattr(r, "detectable_delta", np.nan)
+            cells += ["" if pd.isna(delta) else f"{delta:+.3f}", record if isinstance(record, str) else "",
+                      "" if pd.isna(detectable) else f"{detectable:.3f}"]
         if has_external:
             cells += ["" if pd.isna(getattr(r, f"{c}_mean")) else
                       f"{getattr(r, f'{c}_mean'):.3f} ± {getattr(r, f'{c}_std'):.3f}"

@@ -88,6 +88,31 @@ def test_study_scores_every_variant_on_the_same_folds_and_resumes(tiny_study, tm
     assert "sign test p" in tables.summary_markdown(with_clips.reset_index(), "svm")
 
 
+def test_detectable_difference_and_pairs_needed_invert_each_other():
+    """(t[.975] + t[.8]) * sd / sqrt(n): 5 folds of sd 0.08 resolve only ~0.13 (t-table, 4 df: 2.776 + 0.941);
+    for many pairs it approaches the normal (1.960 + 0.842)."""
+    assert tables.detectable_difference(0.08, 5) == pytest.approx((2.776 + 0.941) * 0.08 / 5 ** 0.5, rel=1e-3)
+    assert tables.detectable_difference(0.08, 10_000) == pytest.approx(2.802 * 0.08 / 100, rel=1e-3)
+    n = tables.pairs_needed(0.08, 0.03)
+    assert 56 <= n <= 60 and tables.detectable_difference(0.08, n) <= 0.03 < tables.detectable_difference(0.08, n - 1)
+    n = tables.pairs_needed(0.164, 0.05)
+    assert tables.detectable_difference(0.164, n) <= 0.05 < tables.detectable_difference(0.164, n - 1)
+    assert tables.detectable_difference(0.08, 20, power=0.9) > tables.detectable_difference(0.08, 20)
+    assert np.isnan(tables.detectable_difference(0.08, 1)) and np.isnan(tables.detectable_difference(np.nan, 5))
+    with pytest.raises(ValueError, match="effect"):
+        tables.pairs_needed(0.08, 0.0)
+    assert tables.pairs_needed(0.08, 10.0) == 2  # a huge effect: the fewest pairs a test can have
+    # in the summary: per variant, from its own paired fold differences against the reference
+    results = pd.DataFrame({"variant": ["r"] * 4 + ["v"] * 4, "seed": 1, "fold": [0, 1, 2, 3] * 2,
+                            "clip_accuracy": [0.5, 0.6, 0.7, 0.8, 0.6, 0.6, 0.9, 0.8], "clip_macro_f1": 0.5,
+                            "params": 1, "train_seconds": 1.0, "epochs_run": 1})
+    row = tables.summarize(results, ["r", "v"], reference="r").set_index("variant").loc["v"]
+    diffs = np.array([0.1, 0.0, 0.2, 0.0])
+    assert row["detectable_delta"] == pytest.approx(tables.detectable_difference(diffs.std(ddof=1), 4))
+    table = tables.summary_markdown(tables.summarize(results, ["r", "v"], reference="r"), "r")
+    assert "detectable Δ (80 % power)" in table and f"{row['detectable_delta']:.3f}" in table
+
+
 def _clip_rows(variant, hits, key="k", seed=1):
     return pd.DataFrame({"variant": variant, "seed": seed, "fold": 0, "clip_id": [f"c{i}" for i in range(len(hits))],
                          "actual": "a", "predicted": ["a" if h else "b" for h in hits], "config_key": key})
