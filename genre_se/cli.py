@@ -256,15 +256,72 @@ class _OutputStream:
         return self._atomic.__exit__(*exc_info)
 
 
-def _expand_inputs(paths: list[str]) -> tuple[list[str], int]:
-    """Audio files under the given paths; empty folders are reported and counted as failed inputs."""
-    from .audio import AUDIO_EXTENSIONS
-    from .inference import expand_paths
+#: The PATH that reads one audio file from standard input (``ffmpeg -i film.mkv -f wav - | genre-se predict -``).
+STDIN_PATH = "-"
+#: How a result read from standard input is named in outputs and messages.
+STDIN_SHOWN = "<stdin>"
 
-    files, empty_folders = expand_paths(paths)
-    for folder in empty_folders:
-        _err(f"error: {folder}: no audio files found (looked for .{', .'.join(AUDIO_EXTENSIONS)})")
-    return files, len(empty_folders)
+
+class _Inputs:
+    """The audio files under the given paths, as a context: a ``-`` among them is standard input, spooled to a
+    temporary file (bounded memory; any format decodes as it would from disk) that is removed on exit.
+    Empty folders are reported and counted as failed inputs. :meth:`shown` renames a result of the spool
+    back to ``<stdin>`` (its ``path`` and, for a failure, its message)."""
+
+    def __init__(self, paths: list[str]):
+        if paths.count(STDIN_PATH) > 1:
+            raise ConfigError("standard input ('-') can be read once: give '-' once")
+        self.paths = paths
+        self.spool: str | None = None
+
+    def __enter__(self) -> tuple[list[str], int]:
+        from .audio import AUDIO_EXTENSIONS
+        from .inference import expand_paths
+
+        paths = self.paths
+        if STDIN_PATH in paths:
+            self.spool = _spool_stdin()
+            paths = [self.spool if p == STDIN_PATH else p for p in paths]
+        files, empty_folders = expand_paths(paths)
+        for folder in empty_folders:
+            _err(f"error: {folder}: no audio files found (looked for .{', .'.join(AUDIO_EXTENSIONS)})")
+        return files, len(empty_folders)
+
+    def __exit__(self, *exc_info) -> bool:
+        if self.spool is not None:
+            import os
+
+            os.unlink(self.spool)
+        return False
+
+    def shown(self, result):
+        """``result`` (Prediction, Embedding, Failure or FileRobustness) named as the user gave it."""
+        if self.spool is None or result.path != self.spool:
+            return result
+        result.path = STDIN_SHOWN
+        error = getattr(result, "error", None)
+        if error is not None:
+            result.error = type(error)(str(error).replace(self.spool, STDIN_SHOWN))
+        return result
+
+
+def _spool_stdin() -> str:
+    """Copy standard input to a temporary file in blocks; the caller removes it."""
+    import os
+    import shutil
+    import tempfile
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ConfigError("'-' reads audio from standard input, which is a terminal here: pipe a file into it "
+                          "(cat song.mp3 | genre-se predict -)")
+    handle, name = tempfile.mkstemp(prefix="genre-se-stdin-")
+    try:
+        with os.fdopen(handle, "wb") as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return name
 
 
 def _finish(n_failed: int, n_inputs: int) -> int:
@@ -294,8 +351,7 @@ def _say_which_model(args) -> None:
 
 
 def cmd_predict(args) -> int:
-    from .inference import DEFAULT_MAX_SEGMENTS, Failure, GenreClassifier
-    from .outputs import PredictionFormatter
+    from .inference import DEFAULT_MAX_SEGMENTS, GenreClassifier
 
     _say_which_model(args)
 
@@ -305,7 +361,15 @@ def cmd_predict(args) -> int:
                                       batch_size=args.batch_size, aggregate=args.aggregate,
                                       uncertain_below=args.uncertain_below, max_segments=max_segments,
                                       silence_db=args.silence_db)
-    files, n_empty = _expand_inputs(args.paths)
+    inputs = _Inputs(args.paths)
+    with inputs as (files, n_empty):
+        return _predict_files(args, classifier, files, n_empty, inputs.shown)
+
+
+def _predict_files(args, classifier, files: list[str], n_empty: int, shown) -> int:
+    from .inference import Failure
+    from .outputs import PredictionFormatter
+
     n_failed = n_empty
     formatter = PredictionFormatter(args.format, args.top_k, args.timeline, classifier.provenance(),
                                     n_classes=len(classifier.labels))
@@ -313,7 +377,7 @@ def cmd_predict(args) -> int:
     try:
         with _OutputStream(args.output) as out:
             _emit(out, formatter.begin(), bar)
-            for result in classifier.predict_many(files, on_progress=on_progress):
+            for result in map(shown, classifier.predict_many(files, on_progress=on_progress)):
                 if isinstance(result, Failure):
                     n_failed += 1
                     _report(f"error: {result.message}", bar)
@@ -330,19 +394,27 @@ def cmd_predict(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from .inference import Failure, GenreClassifier
-    from .outputs import embedding_format, write_embeddings
+    from .inference import GenreClassifier
+    from .outputs import embedding_format
 
     embedding_format(args.output, args.format)  # a bad --output/--format fails before any work
     _say_which_model(args)
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
                                       batch_size=args.batch_size)
-    files, n_empty = _expand_inputs(args.paths)
+    inputs = _Inputs(args.paths)
+    with inputs as (files, n_empty):
+        return _embed_files(args, classifier, files, n_empty, inputs.shown)
+
+
+def _embed_files(args, classifier, files: list[str], n_empty: int, shown) -> int:
+    from .inference import Failure
+    from .outputs import write_embeddings
+
     n_failed = n_empty
     bar, on_progress = _inference_progress(args, files)
     embeddings = []
     try:
-        for result in classifier.embed_many(files, on_progress=on_progress):
+        for result in map(shown, classifier.embed_many(files, on_progress=on_progress)):
             if isinstance(result, Failure):
                 n_failed += 1
                 _report(f"error: {result.message}", bar)
@@ -367,16 +439,22 @@ def cmd_embed(args) -> int:
 
 def cmd_robustness(args) -> int:
     from .inference import GenreClassifier
-    from .robustness import FileRobustness, format_report, iter_robustness, report_frame
 
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
                                       batch_size=args.batch_size)
-    files, n_empty = _expand_inputs(args.paths)
+    inputs = _Inputs(args.paths)
+    with inputs as (files, n_empty):
+        return _robustness_files(args, classifier, files, n_empty, inputs.shown)
+
+
+def _robustness_files(args, classifier, files: list[str], n_empty: int, shown) -> int:
+    from .robustness import FileRobustness, format_report, iter_robustness, report_frame
+
     factory = _progress(args.quiet) if files else None
     bar = factory(total=len(files), unit="file", delay=0.5) if factory is not None else None
     results, failures = [], []
     try:
-        for result in iter_robustness(classifier, files):
+        for result in map(shown, iter_robustness(classifier, files)):
             if isinstance(result, FileRobustness):
                 results.append(result)
             else:
@@ -479,7 +557,8 @@ _positive_int = _int_at_least(1)
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
     """PATH... and the options predict and embed share."""
-    p.add_argument("paths", nargs="+", metavar="PATH", help="audio files and folders (searched recursively)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="audio files and folders (searched recursively); - reads one file from standard input")
     p.add_argument("--model", help="model bundle (default: models/bundle, the pipeline's train output)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="segments per model call (default: 64)")
     p.add_argument("--backend", choices=("auto", "litert", "keras"), default="auto",

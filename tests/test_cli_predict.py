@@ -100,6 +100,48 @@ def test_timeline_csv_covers_each_file(capsys, bundle, folder):
     assert set(timeline["genre"]) == {"high"}
 
 
+class _Stdin:
+    """Standard input holding ``data`` (a pipe, not a terminal, unless ``tty``)."""
+
+    def __init__(self, data: bytes, tty: bool = False):
+        self.buffer, self._tty = io.BytesIO(data), tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_dash_reads_one_file_from_standard_input(capsys, bundle, folder, tmp_path, monkeypatch):
+    import tempfile
+
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
+    flac = folder / "sub" / "b_high.flac"
+    monkeypatch.setattr(sys, "stdin", _Stdin(flac.read_bytes()))
+    code, out, err = run(capsys, "predict", "-", str(folder / "a_low.wav"), "--model", bundle, "--format", "json")
+    records = json.loads(out)["predictions"]
+    assert code == 0 and [r["path"] for r in records] == ["<stdin>", str(folder / "a_low.wav")]
+    assert records[0]["genre"] == "high" and records[0]["duration"] == pytest.approx(2.0)
+    assert list(spools.iterdir()) == []  # the spool is removed
+
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"not audio at all" * 10))
+    code, out, err = run(capsys, "predict", "-", "--model", bundle, "--format", "json")
+    assert code == 1 and json.loads(out)["errors"][0]["path"] == "<stdin>"
+    assert error_lines(err)[0].startswith("genre-se: error: <stdin>: ") and str(spools) not in err
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", _Stdin(flac.read_bytes()))
+    code, _, _ = run(capsys, "embed", "-", "--model", bundle, "--output", "piped.npz")
+    with np.load(tmp_path / "piped.npz") as z:
+        assert code == 0 and list(z["path"]) == ["<stdin>"] and z["embeddings"].shape == (1, 8)
+
+    code, _, err = run(capsys, "predict", "-", "-", "--model", bundle)
+    assert code == 1 and "can be read once" in err
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"", tty=True))
+    code, _, err = run(capsys, "predict", "-", "--model", bundle)
+    assert code == 1 and "is a terminal here" in err and list(spools.iterdir()) == []
+
+
 def test_exit_codes(capsys, bundle, folder, tmp_path, monkeypatch):
     good = str(folder / "a_low.wav")
     assert run(capsys, "predict", good, "--model", bundle)[0] == 0
