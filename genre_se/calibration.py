@@ -110,7 +110,13 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     labels = np.asarray(labels)
     if labels.shape != (len(probs),):
         raise ModelError(f"expected calibration error: {len(probs)} rows of probabilities but labels {labels.shape}")
-    bins = reliability_bins(probs.max(axis=1), probs.argmax(axis=1) == labels, n_bins)
+    return calibration_error(probs.max(axis=1), probs.argmax(axis=1) == labels, n_bins)
+
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """:func:`expected_calibration_error` from each sample's top probability and whether its answer was right
+    (what a table of answers keeps, e.g. a study's per-clip predictions pooled over folds)."""
+    bins = reliability_bins(confidence, correct, n_bins)
     shown = bins["counts"] > 0
     gaps = np.abs(bins["accuracy"][shown] - bins["confidence"][shown])
     return float((bins["counts"][shown] * gaps).sum() / bins["counts"].sum())

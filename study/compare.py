@@ -63,6 +63,8 @@ OPTIONAL_COLUMNS = ["external_top1", "external_song_top1", "robustness_agreement
 QUICK_OVERRIDES = {"train.epochs": 1, "train.patience": 1}
 # the per-clip predictions beside the CSV (``clip_predictions_path``): paired clip-level tests in the summary
 CLIP_COLUMNS = ["variant", "seed", "fold", "clip_id", "actual", "predicted", "config_key"]
+# the CNN's top probability for each answer (since session 7; empty for the SVM and for older rows): clip ECE
+ANSWER_COLUMNS = CLIP_COLUMNS + ["confidence"]
 # the robustness report of each fold model per transform (mean over its test clips), in <out>_robustness.csv
 ROBUSTNESS_COLUMNS = ["variant", "seed", "fold", "transform", "top1_agree", "tv_distance", "config_key"]
 
@@ -174,7 +176,9 @@ def external_scores(model, external: ExternalSet, label_names: list) -> dict:
     """Top-1 accuracy per file (mean of segment probabilities, as ``predict`` does) and per song, and each
     file's answer (``external_files``: clip_id ``<genre>/<file name>``, actual, predicted)."""
     probs = np.stack([np.asarray(model.predict(x, verbose=0)).mean(axis=0) for x in external.segments])
-    return _external_result(probs, np.arange(probs.shape[1]), external, label_names)
+    result = _external_result(probs, np.arange(probs.shape[1]), external, label_names)
+    result["external_files"]["confidence"] = probs.max(axis=1)
+    return result
 
 
 def _external_result(scores: np.ndarray, classes: np.ndarray, external: ExternalSet, label_names: list) -> dict:
@@ -301,7 +305,7 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
         "epochs_run": int(result.epochs_run),
         "best_epoch": int(result.best_epoch),
         "n_test_clips": int(metrics["n_clips"]),
-        "clips": predictions[["clip_id", "actual", "predicted"]],
+        "clips": predictions[["clip_id", "actual", "predicted", "confidence"]],
     }
     if external is not None:
         row.update(external_scores(result.model, external, store.labels))
@@ -425,11 +429,14 @@ def _beside(out_csv: str | Path, what: str) -> Path:
 
 
 def read_clip_predictions(path: Path) -> pd.DataFrame:
-    """The per-clip predictions already computed (empty when the file does not exist yet)."""
+    """The per-clip (or per-file) answers already computed (empty when the file does not exist yet), with
+    ``confidence`` NaN where the answer has none (the SVM; rows written before it was kept)."""
     if not path.is_file():
-        return pd.DataFrame(columns=CLIP_COLUMNS)
+        return pd.DataFrame(columns=ANSWER_COLUMNS)
     frame = _read_csv(path, CLIP_COLUMNS, "clip-predictions", dtype={"clip_id": str, "actual": str, "predicted": str})
-    return frame[CLIP_COLUMNS]
+    frame["confidence"] = pd.to_numeric(frame.get("confidence", pd.Series(np.nan, index=frame.index)),
+                                        errors="coerce")
+    return frame[ANSWER_COLUMNS]
 
 
 def read_robustness(path: Path) -> pd.DataFrame:
@@ -455,13 +462,15 @@ def _replace_run(frame: pd.DataFrame, variant: str, seed: int, fold: int, new: p
 
 
 def _record_answers(frame: pd.DataFrame, answers: pd.DataFrame | None, run: dict, key: str,
-                    path: Path, columns: list[str] = CLIP_COLUMNS) -> pd.DataFrame:
+                    path: Path, columns: list[str] = ANSWER_COLUMNS) -> pd.DataFrame:
     """``frame`` (per-clip or per-file answers, per-transform robustness) with one run's ``answers`` in place of
-    its old ones, written to ``path``; unchanged when the run gave none."""
+    its old ones, written to ``path``; unchanged when the run gave none. Columns of ``columns`` the answers
+    lack (the SVM's confidence) are left empty."""
     if answers is None:
         return frame
-    frame = _replace_run(frame, run["variant"], run["seed"], run["fold"],
-                         answers.assign(**run, config_key=key)[columns])
+    new = answers.assign(**run, config_key=key).reindex(columns=columns)
+    new = new.astype({c: np.float64 for c in new.columns if new[c].dtype == np.float32})  # as read back
+    frame = _replace_run(frame, run["variant"], run["seed"], run["fold"], new)
     write_csv(path, frame)
     return frame
 

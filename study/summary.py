@@ -75,6 +75,21 @@ def pairs_needed(paired_sd: float, effect: float, alpha: float = 0.05, power: fl
     return n
 
 
+def pooled_calibration(clips: pd.DataFrame, results: pd.DataFrame, variant: str) -> dict:
+    """The clip ECE of a variant's answers pooled over every fold and seed that kept a confidence (``clip_ece``,
+    over ``clip_ece_n`` clips): 71 clips per seed instead of one fold's 14, so the estimate is usable. Empty
+    when none has one (the SVM; rows from before session 7)."""
+    from genre_se.calibration import calibration_error
+
+    current = current_rows(clips, results)
+    rows = current[(current["variant"] == variant) & current["confidence"].notna()]
+    if rows.empty:
+        return {}
+    correct = (rows["actual"] == rows["predicted"]).to_numpy()
+    return {"clip_ece": calibration_error(rows["confidence"].to_numpy(dtype=float), correct),
+            "clip_ece_n": len(rows)}
+
+
 def current_rows(predictions: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``predictions`` made with the configuration of the results CSV's row (``config_key``)."""
     return predictions.merge(results[["variant", "seed", "fold", "config_key"]],
@@ -101,16 +116,25 @@ def external_by_genre(external: pd.DataFrame, results: pd.DataFrame, order: list
         return ""
     genres = sorted(pd.unique(current["actual"]))
 
+    has_confidence = "confidence" in current and current["confidence"].notna().any()
+
     def cells(rows: pd.DataFrame) -> list[str]:
         out = []
         for genre in genres:
             answers = rows.loc[rows["actual"] == genre, "predicted"]
             out.append("" if answers.empty else f"{(answers == genre).mean():.2f} ({answers.value_counts().index[0]})")
+        if has_confidence:
+            known = rows[rows["confidence"].notna()]
+            wrong = known.loc[known["actual"] != known["predicted"], "confidence"]
+            out.append("" if known.empty else f"{known['confidence'].mean():.2f} / "
+                       + ("-" if wrong.empty else f"{wrong.mean():.2f}"))
         return out + [str(len(rows))]
 
-    lines = _per_variant_table(current, genres, "answers", order, cells)
+    columns = genres + (["mean confidence (all / wrong)"] if has_confidence else [])
+    lines = _per_variant_table(current, columns, "answers", order, cells)
     return ("Per genre of the external files: the share of right answers over every fold model and seed, and "
-            "(in brackets) the answer given most often.\n\n" + "\n".join(lines) + "\n")
+            "(in brackets) the answer given most often; where kept, the mean top probability of all answers "
+            "and of the wrong ones (an honest model is unsure where it is wrong).\n\n" + "\n".join(lines) + "\n")
 
 
 def robustness_by_transform(robustness: pd.DataFrame, results: pd.DataFrame, order: list[str] | None = None) -> str:
@@ -170,6 +194,8 @@ def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: 
                 paired.std(ddof=1) if len(paired) > 1 else np.nan, len(paired))
             if clips is not None and not clips.empty:
                 row.update(paired_clips(clips, results, name, reference))
+        if clips is not None and not clips.empty:
+            row.update(pooled_calibration(clips, results, name))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -193,6 +219,9 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
     has_clips = has_ref and "clips_paired" in summary.columns and summary["clips_paired"].notna().any()
     if has_clips:
         header += [f"clips better/worse vs {reference} (sign test p; clips x seeds paired)"]
+    has_ece = "clip_ece" in summary.columns and summary["clip_ece"].notna().any()
+    if has_ece:
+        header += ["clip ECE (pooled; clips)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in summary.itertuples():
         cells = [
@@ -222,6 +251,9 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
             n = getattr(r, "clips_paired", np.nan)
             cells += ["" if pd.isna(n) else
                       f"{int(r.clips_better)}/{int(r.clips_worse)} (p {r.clips_p:.2g}; {int(n)})"]
+        if has_ece:
+            ece = getattr(r, "clip_ece", np.nan)
+            cells += ["" if pd.isna(ece) else f"{ece:.3f} ({int(r.clip_ece_n)})"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -60,6 +60,10 @@ def test_ece_of_a_hand_computed_example():
     labels = np.array([0, 1, 0, 1])
     # bin of 0.9: accuracy 1/2, gap 0.4, weight 2/4; 0.6: gap 0.4, weight 1/4; 0.7: gap 0.3, weight 1/4
     assert expected_calibration_error(probs, labels) == pytest.approx(0.2 + 0.1 + 0.075, abs=1e-12)
+    # the same from the answers alone: each top probability and whether it was right
+    from genre_se.calibration import calibration_error
+
+    assert calibration_error([0.9, 0.9, 0.6, 0.7], [True, False, True, True]) == pytest.approx(0.375, abs=1e-12)
 
 
 def test_ece_is_near_zero_when_calibrated_and_large_when_overconfident():

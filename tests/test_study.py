@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from genre_se.calibration import calibration_error
 from genre_se.config import ConfigError, FeatureConfig, TrainConfig, load_params
 from genre_se.feature_store import FeatureStore
 from study import compare
@@ -61,6 +62,16 @@ def test_study_scores_every_variant_on_the_same_folds_and_resumes(tiny_study, tm
     from_clips = clips.assign(hit=clips.actual == clips.predicted).groupby(["variant", "fold"])["hit"].mean()
     assert from_clips.to_numpy() == pytest.approx(saved.set_index(["variant", "fold"]).loc[from_clips.index,
                                                                                           "clip_accuracy"].to_numpy())
+    # the CNN keeps each answer's top probability (pooled clip ECE), the SVM has none
+    cnn = clips[clips.variant != "svm"]
+    assert cnn["confidence"].between(1 / 3, 1).all() and clips.loc[clips.variant == "svm", "confidence"].isna().all()
+    pooled = tables.pooled_calibration(clips, saved, "se")
+    se_clips = cnn[cnn.variant == "se"]
+    assert pooled["clip_ece_n"] == 18 and pooled["clip_ece"] == pytest.approx(
+        calibration_error(se_clips["confidence"].to_numpy(), (se_clips.actual == se_clips.predicted).to_numpy()))
+    assert tables.pooled_calibration(clips, saved, "svm") == {}
+    assert "clip ECE (pooled; clips)" in tables.summary_markdown(tables.summarize(saved, ["svm", "se"], "svm", clips),
+                                                                  "svm")
 
     # a second run skips every row already there: no training at all
     def boom(*args, **kwargs):
@@ -151,6 +162,7 @@ def test_external_scores_per_file_and_per_song():
     assert scores == {"external_top1": pytest.approx(2 / 4), "external_song_top1": pytest.approx(1 / 2)}
     assert files["clip_id"].tolist() == ["g/a-1of3.mp3", "g/a-2of3.mp3", "g/a-3of3.mp3", "h/b-1of1.mp3"]
     assert files["actual"].tolist() == ["g", "g", "g", "h"] and files["predicted"].tolist() == ["g", "h", "g", "g"]
+    assert files["confidence"].tolist() == pytest.approx([0.6, 1.0, 0.9, 0.7])  # each file's top probability
 
 
 def test_external_by_genre_shows_the_share_right_and_the_usual_answer():
@@ -163,6 +175,9 @@ def test_external_by_genre_shows_the_share_right_and_the_usual_answer():
     assert "| variant | jazz | pop | answers |" in table
     assert "| `v` | 0.25 (country) | 0.50 (" in table and table.rstrip().endswith("| 6 |")
     assert tables.external_by_genre(rows.iloc[:0], results) == ""
+    # with confidences: the mean over all answers and over the wrong ones
+    sure = tables.external_by_genre(rows.assign(confidence=[0.9, 0.5, 0.7, 0.9, 0.9, 0.3]), results, ["v"])
+    assert "| mean confidence (all / wrong) | answers |" in sure and "| 0.70 / 0.75 | 6 |" in sure
 
 
 def test_study_scores_fold_models_on_an_external_folder(tiny_study, tmp_path):
@@ -190,7 +205,9 @@ def test_study_scores_fold_models_on_an_external_folder(tiny_study, tmp_path):
     hits = files.assign(hit=files.actual == files.predicted).groupby(["variant", "fold"])["hit"].mean()
     assert hits.to_numpy() == pytest.approx(results.set_index(["variant", "fold"]).loc[hits.index,
                                                                                        "external_top1"].to_numpy())
-    assert "| `svm` | 0.00 (mid) | 1.00 (low) | 12 |" in tables.external_by_genre(files, results, ["svm", "se"])
+    by_genre = tables.external_by_genre(files, results, ["svm", "se"])
+    assert "| `svm` | 0.00 (mid) | 1.00 (low) |  | 12 |" in by_genre  # the SVM keeps no confidence
+    assert files.loc[files.variant == "se", "confidence"].between(1 / 3, 1).all()
     table = tables.summary_markdown(tables.summarize(results, ["svm", "se"], "svm"), "svm")
     assert "external top-1 (songs)" in table
     with pytest.raises(compare.DatasetError, match="not found"):
@@ -511,7 +528,8 @@ def test_fit_all_in_cv_trains_on_every_fold_but_the_test_one(tiny_study, tmp_pat
     monkeypatch.setattr(genre_se.train, "train_model", fake_train)
     monkeypatch.setattr(genre_se.evaluate, "evaluate_rows",
                         lambda model, store, rows: ({"clip": {"accuracy": 1.0, "macro_f1": 1.0}, "n_clips": 6},
-                                                    pd.DataFrame({"clip_id": [], "actual": [], "predicted": []})))
+                                                    pd.DataFrame({"clip_id": [], "actual": [], "predicted": [],
+                                                                  "confidence": []})))
     for fit_all, train_folds, valid_folds in ((False, {2}, {1}), (True, {1, 2}, set())):
         params = load_params(study.params_path, {"train.fit_all": fit_all})
         compare.run_cnn_fold(store, params, folds, 0, 3, 42, tmp_path / "s")
