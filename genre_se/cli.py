@@ -487,7 +487,7 @@ def cmd_export(args) -> int:
     from .inference import resolve_bundle_path
     from .litert import export_litert
 
-    bundle_dir = resolve_bundle_path(args.model)
+    bundle_dir = resolve_bundle_path(args.model)  # always given (default models/bundle): never the shipped one
     record = export_litert(bundle_dir, quantize=args.quantize)
     size = record["bytes"]["model.tflite"] / 2**20
     worst = record["parity"]["max_abs_diff"]["genre"]
@@ -559,7 +559,8 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     """PATH... and the options predict and embed share."""
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="audio files and folders (searched recursively); - reads one file from standard input")
-    p.add_argument("--model", help="model bundle (default: models/bundle, the pipeline's train output)")
+    p.add_argument("--model", help="model bundle (default: models/bundle, the pipeline's train output, if it "
+                                    "exists here, else the shipped gtzan-mini model; MODEL.md)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="segments per model call (default: 64)")
     p.add_argument("--backend", choices=("auto", "litert", "keras"), default="auto",
                    help="runtime: auto (default) uses the bundle's LiteRT export when it has one (fast start, "
@@ -627,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_args(p)
     p.add_argument("--top-k", type=_positive_int, default=3, help="genres shown per file (default: %(default)s)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
-    p.add_argument("--output", help="write the output to this file (atomically) instead of stdout")
+    p.add_argument("-o", "--output", help="write the output to this file (atomically) instead of stdout")
     p.add_argument("--timeline", action="store_true", help="also give the genre of every segment with its times")
     p.add_argument("--aggregate", choices=("mean", "vote"), default="mean",
                    help="segment probabilities -> file distribution (default: %(default)s, as evaluate)")
@@ -649,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_args(p)
     p.add_argument("--pool", choices=("mean", "none"), default="mean",
                    help="mean: one vector per file; none: one per segment, with times (default: %(default)s)")
-    p.add_argument("--output", help="folder (npy) or file (npz, parquet); default embeddings.npz")
+    p.add_argument("-o", "--output", help="folder (npy) or file (npz, parquet); default embeddings.npz")
     p.add_argument("--format", choices=("npy", "npz", "parquet"),
                    help="default: from the --output suffix (.npz, .parquet), else npy into a folder")
     p.set_defaults(func=cmd_embed, needs_tf=_inference_needs_tf)
@@ -661,11 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table/csv: per-transform summary (top-1 agreement, mean TV distance); json: summary, "
                         "per-file rows and errors")
     p.add_argument("--per-file", action="store_true", help="table/csv: one row per file and transform instead")
-    p.add_argument("--output", help="write the report to this file (atomically) instead of stdout")
+    p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
     p.set_defaults(func=cmd_robustness, needs_tf=_inference_needs_tf)
 
     p = sub.add_parser("export", help="add a LiteRT export to a bundle, so predict/embed start without TensorFlow")
-    p.add_argument("--model", help="model bundle (default: models/bundle, the pipeline's train output)")
+    # no fallback to the shipped model: an export rewrites files in the bundle (install-model ships one)
+    p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="none (default): float32, equal to Keras within rounding; int8: dynamic-range int8 "
                         "weights, several times faster, probabilities within ~1e-2")

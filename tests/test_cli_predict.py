@@ -70,7 +70,7 @@ def test_table_csv_and_output_file(capsys, bundle, folder, tmp_path):
     assert out.splitlines()[0].startswith(good[0]) and "1. low" in out and "1. high" in out
 
     target = tmp_path / "out" / "predictions.csv"
-    code, out, _ = run(capsys, "predict", *good, "--model", bundle, "--format", "csv", "--output", str(target))
+    code, out, _ = run(capsys, "predict", *good, "--model", bundle, "--format", "csv", "-o", str(target))
     assert code == 0 and out == ""
     table = pd.read_csv(target)
     assert list(table.columns[:5]) == ["path", "duration", "n_segments", "genre_1", "probability_1"]

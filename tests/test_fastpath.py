@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -290,6 +291,19 @@ def test_cli_export_command(tiny, tmp_path, capsys):  # noqa: F811
     assert (bundle / "litert.json").is_file()
     assert main(["-q", "export", "--model", str(tmp_path / "nowhere")]) == 1
     assert "model bundle not found" in capsys.readouterr().err
+
+    # without --model: models/bundle here, never the shipped model (an export rewrites files in the bundle)
+    from genre_se.inference import SHIPPED_BUNDLE
+
+    before = {p.name: p.stat().st_mtime_ns for p in SHIPPED_BUNDLE.iterdir()}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["-q", "export"]) == 1
+    finally:
+        os.chdir(cwd)
+    assert "models/bundle" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in SHIPPED_BUNDLE.iterdir()} == before
 
 
 def test_an_export_from_another_model_is_refused(exported, tmp_path):
