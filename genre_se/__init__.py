@@ -3,7 +3,7 @@
 Importing the package is cheap: TensorFlow and librosa are imported only by the modules that need them.
 """
 
-from .errors import AudioError, ConfigError, DatasetError, GenreSEError, ModelError
+from .errors import AudioError, ConfigError, DatasetError, GenreSEError, ModelError, OutputError
 
 __version__ = "0.1.0"
 
@@ -14,6 +14,7 @@ __all__ = [
     "GenreClassifier",
     "GenreSEError",
     "ModelError",
+    "OutputError",
     "__version__",
 ]
 

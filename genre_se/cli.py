@@ -17,6 +17,8 @@ from . import __version__
 from .errors import ConfigError, GenreSEError
 
 EXIT_ERROR = 1
+#: Exit status of a command whose reader closed the pipe (128 + SIGPIPE, what the shell reports for C tools).
+EXIT_BROKEN_PIPE = 141
 
 
 def _progress(quiet: bool):
@@ -714,9 +716,26 @@ def main(argv: list[str] | None = None) -> int:
     except GenreSEError as exc:
         _err(f"error: {exc}")
         return EXIT_ERROR
+    except BrokenPipeError:  # `genre-se predict music/ | head`: the reader left; stop quietly, as a C tool would
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # an I/O failure outside the checked paths (disk full while writing, ...): no traceback
+        _err(f"error: {exc}")
+        return EXIT_ERROR
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (captured, replaced)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

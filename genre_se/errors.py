@@ -24,3 +24,7 @@ class DatasetError(GenreSEError):
 
 class ModelError(GenreSEError):
     """A model bundle is missing, corrupt or of an unsupported format version."""
+
+
+class OutputError(GenreSEError):
+    """An output cannot be written: its folder cannot be made, the path is a folder, no permission, disk full."""

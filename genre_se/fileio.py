@@ -14,21 +14,40 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import OutputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary file path next to ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary file path next to ``path``; on success it replaces ``path``, on error it is removed.
+
+    Raises :class:`~genre_se.errors.OutputError` (naming ``path``) when the file cannot be placed there: its
+    folder cannot be made or written, or ``path`` is a folder. Errors of the caller's own writing pass through.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
+    with _as_output_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
-        os.replace(tmp, path)
+        with _as_output_error(path):
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _as_output_error(path: Path) -> Iterator[None]:
+    """OSError of placing an output -> OutputError that names the output (not a temporary sibling)."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from exc
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -52,8 +71,9 @@ def write_csv(path: str | Path, frame) -> Path:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it takes the place of ``path`` (old one removed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    with _as_output_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     os.chmod(tmp, 0o777 & ~umask())
     try:
         yield tmp

@@ -213,6 +213,36 @@ def test_real_process_exit_code_and_no_traceback(bundle, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "corrupt.wav" in proc.stderr
 
 
+def test_unwritable_outputs_are_one_line_errors(capsys, bundle, folder, tmp_path):
+    good = str(folder / "a_low.wav")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for command, target, message in (
+        ("predict", tmp_path, "is a folder; give a file name"),
+        ("predict", blocker / "out.json", "cannot write here"),
+        ("embed", blocker / "emb.npz", "cannot write here"),
+        ("robustness", blocker / "report.txt", "cannot write here"),
+    ):
+        code, out, err = run(capsys, command, good, "--model", bundle, "-o", str(target))
+        assert code == 1 and out == "", command
+        lines = error_lines(err)
+        assert len(lines) == 1 and lines[0].startswith(f"genre-se: error: {target}: ")  # names the output
+        assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "music"]  # nothing half written
+
+
+def test_a_closed_pipe_ends_quietly_with_141(bundle, folder):
+    """`genre-se predict music/ | head -1`: the reader leaves after one line; no BrokenPipeError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    files = [str(folder / "a_low.wav")] * 200  # far more output than a pipe buffer holds
+    proc = subprocess.Popen([sys.executable, "-m", "genre_se", "-q", "predict", *files, "--model", bundle,
+                             "--timeline"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout.readline().startswith(files[0].encode())
+    proc.stdout.close()  # the reader is gone
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "BrokenPipe" not in err
+
+
 # --------------------------------------------------------------------------------------------------
 # embed
 
