@@ -399,7 +399,10 @@ def cmd_embed(args) -> int:
     from .inference import GenreClassifier
     from .outputs import embedding_format
 
-    embedding_format(args.output, args.format)  # a bad --output/--format fails before any work
+    from .fileio import check_writable
+
+    target, fmt = embedding_format(args.output, args.format)  # a bad --output/--format fails before any work
+    check_writable(target, folder=fmt == "npy")  # and so does a place it cannot be written
     _say_which_model(args)
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
                                       batch_size=args.batch_size)
@@ -440,8 +443,11 @@ def _embed_files(args, classifier, files: list[str], n_empty: int, shown) -> int
 
 
 def cmd_robustness(args) -> int:
+    from .fileio import check_writable
     from .inference import GenreClassifier
 
+    if args.output not in (None, "-"):
+        check_writable(args.output)  # before minutes of transforms, not after
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
                                       batch_size=args.batch_size)
     inputs = _Inputs(args.paths)

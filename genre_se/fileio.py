@@ -50,6 +50,25 @@ def _as_output_error(path: Path) -> Iterator[None]:
         raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from exc
 
 
+def check_writable(path: str | Path, folder: bool = False) -> Path:
+    """Fail early, before hours of work, where :func:`atomic_path` (or, ``folder``, :func:`atomic_dir` and
+    files inside it) will not be able to place ``path``: the path is a folder (a file is wanted) or a file (a
+    folder is wanted), or its nearest existing ancestor is not a writable folder. Creates nothing."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
+    if folder and path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: exists and is not a folder")
+    ancestor = path if folder and path.is_dir() else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{path}: cannot write here ({ancestor} is not a folder)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write here (no permission in {ancestor})")
+    return path
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

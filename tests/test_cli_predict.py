@@ -213,7 +213,15 @@ def test_real_process_exit_code_and_no_traceback(bundle, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "corrupt.wav" in proc.stderr
 
 
-def test_unwritable_outputs_are_one_line_errors(capsys, bundle, folder, tmp_path):
+def test_unwritable_outputs_are_one_line_errors(capsys, bundle, folder, tmp_path, monkeypatch):
+    from genre_se import inference, robustness
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("worked before checking where the output goes")
+
+    # embed and robustness write at the end: they check the place before any work
+    monkeypatch.setattr(inference.GenreClassifier, "embed_many", no_work)
+    monkeypatch.setattr(robustness, "iter_robustness", no_work)
     good = str(folder / "a_low.wav")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -221,9 +229,11 @@ def test_unwritable_outputs_are_one_line_errors(capsys, bundle, folder, tmp_path
         ("predict", tmp_path, "is a folder; give a file name"),
         ("predict", blocker / "out.json", "cannot write here"),
         ("embed", blocker / "emb.npz", "cannot write here"),
+        ("embed", blocker, "exists and is not a folder"),  # --format npy: a folder is wanted
         ("robustness", blocker / "report.txt", "cannot write here"),
     ):
-        code, out, err = run(capsys, command, good, "--model", bundle, "-o", str(target))
+        extra = ["--format", "npy"] if message.startswith("exists") else []
+        code, out, err = run(capsys, command, good, "--model", bundle, "-o", str(target), *extra)
         assert code == 1 and out == "", command
         lines = error_lines(err)
         assert len(lines) == 1 and lines[0].startswith(f"genre-se: error: {target}: ")  # names the output
