@@ -656,7 +656,7 @@ class GenreClassifier:
         return _single(self.predict_many([path], on_progress=on_progress))
 
     def predict_array(self, y: np.ndarray, sr: int) -> Prediction:
-        """Genre distribution of a signal: 1-D, or (frames, channels) averaged to mono; resampled here."""
+        """Genre distribution of a signal: 1-D, or 2-D (either channel layout) averaged to mono; resampled here."""
         return _single(self._predict_sources([self._array_source(y, sr)], None))
 
     def predict_many(
@@ -711,7 +711,7 @@ class GenreClassifier:
         return _single(self.embed_many([path], on_progress=on_progress))
 
     def embed_array(self, y: np.ndarray, sr: int) -> Embedding:
-        """Embeddings of a signal (1-D or (frames, channels)) at sample rate ``sr``."""
+        """Embeddings of a signal (1-D, or 2-D in either channel layout) at sample rate ``sr``."""
         return _single(self._embed_sources([self._array_source(y, sr)], None))
 
     def embed_many(
@@ -789,8 +789,9 @@ class GenreClassifier:
         from .audio import resample
 
         mono = _as_mono(y)
-        if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
-            raise AudioError(f"array input: sr must be a positive integer, got {sr!r}")
+        whole = isinstance(sr, (int, np.integer)) or (isinstance(sr, (float, np.floating)) and float(sr).is_integer())
+        if isinstance(sr, bool) or not whole or sr <= 0:  # 22050.0 is a rate; 22050.5 is not
+            raise AudioError(f"array input: sr must be a positive whole number of Hz, got {sr!r}")
         return _Source(None, resample(mono, int(sr), self.feature_config.sample_rate), len(mono) / int(sr))
 
 
@@ -841,14 +842,23 @@ def _duration(n_frames: int, hint: float | None, cfg: FeatureConfig) -> float:
 
 
 def _as_mono(y) -> np.ndarray:
-    """1-D float32 from a 1-D or (frames, channels) array; integer PCM is scaled to [-1, 1)."""
+    """1-D float32 from a 1-D or 2-D array; integer PCM is scaled to [-1, 1).
+
+    A 2-D signal is (frames, channels) as soundfile reads it or (channels, frames) as ``librosa.load(...,
+    mono=False)`` returns it: the shorter axis is the channels (a signal has far more frames than channels).
+    """
     array = np.asarray(y)
     if array.ndim not in (1, 2):
-        raise AudioError(f"array input: expected a 1-D or (frames, channels) signal, got shape {array.shape}")
+        raise AudioError(f"array input: expected a 1-D, (frames, channels) or (channels, frames) signal, got "
+                         f"shape {array.shape}")
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise AudioError(f"array input: expected real sample values, got dtype {array.dtype}")
     scale = float(np.iinfo(array.dtype).max + 1) if np.issubdtype(array.dtype, np.integer) else 1.0
-    signal = array.mean(axis=1, dtype=np.float32) if array.ndim == 2 else array.astype(np.float32, copy=False)
+    if array.ndim == 2:
+        channel_axis = 1 if array.shape[1] <= array.shape[0] else 0
+        signal = array.mean(axis=channel_axis, dtype=np.float32)
+    else:
+        signal = array.astype(np.float32, copy=False)
     if scale != 1.0:
         signal = signal / np.float32(scale)
     if signal.size == 0:

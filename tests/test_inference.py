@@ -152,6 +152,11 @@ def test_predict_array_equals_the_file(clf, tmp_path):
 
     stereo = np.stack([y, y], axis=1)  # (frames, channels) is averaged to mono
     np.testing.assert_allclose(clf.predict_array(stereo, 8000).probabilities, from_file.probabilities, atol=1e-6)
+    # (channels, frames), librosa's mono=False layout, is the same signal (not 2 frames of 20000 channels)
+    channels_first = clf.predict_array(stereo.T, 8000)
+    assert channels_first.duration == 2.5
+    np.testing.assert_allclose(channels_first.probabilities, from_file.probabilities, atol=1e-6)
+    assert clf.predict_array(y, 8000.0).duration == 2.5  # a whole-number float rate is a rate
     pcm16 = np.round(y * 32767).astype(np.int16)  # integer PCM is scaled to [-1, 1)
     np.testing.assert_allclose(clf.predict_array(pcm16, 8000).probabilities, from_file.probabilities, atol=1e-3)
     y16k = tone(BAND_HZ["high"], 2.5, sr=16000)
@@ -169,6 +174,7 @@ def test_predict_array_equals_the_file(clf, tmp_path):
         (np.array([0.0, np.nan] * 100, np.float32), 8000, "non-finite"),
         (np.zeros((2, 2, 2), np.float32), 8000, "1-D"),
         (np.zeros(100, np.float32), 0, "sr must be"),
+        (np.zeros(100, np.float32), 8000.5, "whole number"),
         (np.array(["a"] * 10), 8000, "real sample values"),
     ],
 )
