@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 
 import yaml
@@ -290,9 +291,7 @@ class _Inputs:
         return files, len(empty_folders)
 
     def __exit__(self, *exc_info) -> bool:
-        if self.spool is not None:
-            import os
-
+        if self.spool is not None and os.path.exists(self.spool):
             os.unlink(self.spool)
         return False
 
@@ -309,7 +308,6 @@ class _Inputs:
 
 def _spool_stdin() -> str:
     """Copy standard input to a temporary file in blocks; the caller removes it."""
-    import os
     import shutil
     import tempfile
 
@@ -396,10 +394,9 @@ def _predict_files(args, classifier, files: list[str], n_empty: int, shown) -> i
 
 
 def cmd_embed(args) -> int:
+    from .fileio import check_writable
     from .inference import GenreClassifier
     from .outputs import embedding_format
-
-    from .fileio import check_writable
 
     target, fmt = embedding_format(args.output, args.format)  # a bad --output/--format fails before any work
     check_writable(target, folder=fmt == "npy")  # and so does a place it cannot be written
@@ -735,8 +732,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
