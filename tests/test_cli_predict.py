@@ -241,6 +241,17 @@ def test_unwritable_outputs_are_one_line_errors(capsys, bundle, folder, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "music"]  # nothing half written
 
 
+def test_an_unexpected_io_failure_is_one_line_not_a_traceback(capsys, bundle, folder, monkeypatch):
+    from genre_se import outputs
+
+    def disk_full(self, prediction):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.PredictionFormatter, "add", disk_full)
+    code, out, err = run(capsys, "predict", str(folder / "a_low.wav"), "--model", bundle)
+    assert code == 1 and error_lines(err) == ["genre-se: error: [Errno 28] No space left on device"]
+
+
 def test_a_closed_pipe_ends_quietly_with_141(bundle, folder):
     """`genre-se predict music/ | head -1`: the reader leaves after one line; no BrokenPipeError traceback."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
