@@ -54,11 +54,11 @@ def detectable_difference(paired_sd: float, n_pairs: int, alpha: float = 0.05, p
     (t[1 - alpha/2] + t[power]) * sd / sqrt(n), t with n - 1 degrees of freedom (the usual approximation; with
     few pairs the t quantiles, not the normal ones, carry the uncertainty of sd itself). It says how far apart
     two variants must be before a study of this size can tell them apart; on 71 clips the fold-to-fold spread,
-    not the model, sets it. NaN without at least two pairs.
+    not the model, sets it. NaN under three pairs (the spread of two differences says nothing).
     """
     from scipy.stats import t
 
-    if n_pairs < 2 or not np.isfinite(paired_sd):
+    if n_pairs < 3 or not np.isfinite(paired_sd):
         return float("nan")
     df = n_pairs - 1
     return float((t.ppf(1 - alpha / 2, df) + t.ppf(power, df)) * paired_sd / np.sqrt(n_pairs))
@@ -69,7 +69,7 @@ def pairs_needed(paired_sd: float, effect: float, alpha: float = 0.05, power: fl
     :func:`detectable_difference` is at most ``effect``."""
     if effect <= 0 or not np.isfinite(paired_sd):
         raise ValueError(f"effect must be > 0 and paired_sd finite, got {effect!r}, {paired_sd!r}")
-    n = 2
+    n = 3
     while detectable_difference(paired_sd, n, alpha, power) > effect:
         n = n * 2 if detectable_difference(paired_sd, n * 2, alpha, power) > effect else n + 1
     return n

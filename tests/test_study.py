@@ -109,10 +109,10 @@ def test_detectable_difference_and_pairs_needed_invert_each_other():
     n = tables.pairs_needed(0.164, 0.05)
     assert tables.detectable_difference(0.164, n) <= 0.05 < tables.detectable_difference(0.164, n - 1)
     assert tables.detectable_difference(0.08, 20, power=0.9) > tables.detectable_difference(0.08, 20)
-    assert np.isnan(tables.detectable_difference(0.08, 1)) and np.isnan(tables.detectable_difference(np.nan, 5))
+    assert np.isnan(tables.detectable_difference(0.08, 2)) and np.isnan(tables.detectable_difference(np.nan, 5))
     with pytest.raises(ValueError, match="effect"):
         tables.pairs_needed(0.08, 0.0)
-    assert tables.pairs_needed(0.08, 10.0) == 2  # a huge effect: the fewest pairs a test can have
+    assert tables.pairs_needed(0.08, 10.0) == 3  # a huge effect: the fewest pairs whose spread means anything
     # in the summary: per variant, from its own paired fold differences against the reference
     results = pd.DataFrame({"variant": ["r"] * 4 + ["v"] * 4, "seed": 1, "fold": [0, 1, 2, 3] * 2,
                             "clip_accuracy": [0.5, 0.6, 0.7, 0.8, 0.6, 0.6, 0.9, 0.8], "clip_macro_f1": 0.5,
@@ -566,7 +566,8 @@ def test_prepare_stores_the_waveform_copies_any_variant_asks_for(tmp_path):
     assert set(results["variant"]) == {"plain", "copies"} and len(results) == 6
 
 
-@pytest.mark.parametrize("path", sorted((compare.Path(__file__).resolve().parents[1] / "study").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted(p for p in (compare.Path(__file__).resolve().parents[1] / "study").glob("*.yaml")
+                                        if p.name != "what_helped.yaml"),  # the contrasts, tested below
                          ids=lambda p: p.name)
 def test_every_study_file_of_the_repository_is_valid(path, monkeypatch):
     """The study files a reader is told to run load, and every CNN variant is a valid params.yaml."""
@@ -593,3 +594,44 @@ def test_a_variant_runs_only_on_a_store_built_with_its_features(tiny_study, tmp_
     assert compare._feature_key(FeatureConfig()) == ()
     assert compare._feature_key(dataclasses.replace(FeatureConfig(), workers=1)) == ()
     assert compare._feature_key(dataclasses.replace(FeatureConfig(), fmax=8000.0)) == (("features", {"fmax": 8000.0}),)
+
+
+def test_what_helped_pairs_each_change_with_its_reference_on_the_same_folds(tmp_path):
+    from study import what_helped
+
+    def runs(variant, accuracies, seed=1):
+        return pd.DataFrame({"variant": variant, "seed": seed, "fold": range(len(accuracies)),
+                             "clip_accuracy": accuracies, "clip_macro_f1": 0.5, "params": 1, "train_seconds": 1.0,
+                             "epochs_run": 1, "best_epoch": 1, "n_test_clips": 14, "config_key": "k"})
+
+    (tmp_path / "results").mkdir()
+    pd.concat([runs("base", [0.5, 0.6, 0.7, 0.8]), runs("new", [0.6, 0.6, 0.9, 0.8, 0.9])]).to_csv(
+        tmp_path / "results" / "a.csv", index=False)
+    runs("base", [0.4, 0.6, 0.7, 0.8]).to_csv(tmp_path / "results" / "b.csv", index=False)  # listed last: wins
+    spec = tmp_path / "what.yaml"
+    spec.write_text("results: [results/a.csv, results/b.csv, results/missing.csv]\n"
+                    "contrasts:\n  - {change: more, variant: new, reference: base, verdict: kept}\n")
+    csvs, contrasts = what_helped.load_contrasts(spec)
+    pooled = what_helped.pooled_results(csvs)
+    assert len(pooled) == 9  # the shared base runs once each
+    c = what_helped.contrast(pooled, "new", "base")
+    diffs = np.array([0.2, 0.0, 0.2, 0.0])  # fold 4 of "new" has no partner
+    assert c["folds"] == 4 and c["delta"] == pytest.approx(diffs.mean()) and (c["won"], c["tied"], c["lost"]) == (2, 2, 0)
+    assert c["detectable"] == pytest.approx(tables.detectable_difference(diffs.std(ddof=1), 4))
+    out = tmp_path / "what.md"
+    assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 0
+    assert "| more | `new` vs `base` | 0.725 vs 0.625 | +0.100 | 2/2/0 | 4 (1) |" in out.read_text()
+    spec.write_text("results: [results/a.csv]\ncontrasts:\n  - {change: x, variant: nope, reference: base, verdict: y}\n")
+    assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 1
+    spec.write_text("results: [results/a.csv]\ncontrasts:\n  - {change: x, variant: new}\n")
+    with pytest.raises(ConfigError, match="exactly the keys"):
+        what_helped.load_contrasts(spec)
+
+
+def test_the_repository_what_helped_names_measured_variants():
+    from study import what_helped
+
+    csvs, contrasts = what_helped.load_contrasts(what_helped.HERE / "what_helped.yaml")
+    pooled = what_helped.pooled_results(csvs)
+    for row in contrasts:
+        assert what_helped.contrast(pooled, row["variant"], row["reference"])["folds"] >= 2, row["change"]

@@ -1,0 +1,100 @@
+"""What helped, and by how much: every measured change of the gtzan-mini studies in one table (issue 7).
+
+Each row of ``study/what_helped.yaml`` names a change, the study variant that has it and the reference that
+does not; the numbers come from the studies' result CSVs, paired by (seed, fold) on the same clip folds:
+mean difference in clip accuracy, folds won/tied/lost, and the smallest difference those folds could detect
+(``summary.detectable_difference``). The verdict (kept or not) is the file's, a record of the decision; the
+numbers are recomputed every time, so the table cannot drift from the CSVs.
+
+Run: ``python -m study.what_helped`` (writes ``study/results/what_helped.md`` and prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from genre_se.errors import ConfigError, GenreSEError
+from genre_se.fileio import write_text
+from study.compare import read_results
+from study.summary import detectable_difference
+
+HERE = Path(__file__).resolve().parent
+CONTRAST_KEYS = {"change", "variant", "reference", "verdict"}
+
+
+def load_contrasts(path: str | Path) -> tuple[list[Path], list[dict]]:
+    """The result CSVs (relative to the file) and the contrasts of a what-helped file, checked."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict) or not isinstance(raw.get("results"), list) or not isinstance(raw.get("contrasts"), list):
+        raise ConfigError(f"{path}: expected 'results' (a list of CSVs) and 'contrasts' (a list of rows)")
+    for i, row in enumerate(raw["contrasts"]):
+        if not isinstance(row, dict) or set(row) != CONTRAST_KEYS:
+            raise ConfigError(f"{path}: contrasts[{i}] must have exactly the keys {sorted(CONTRAST_KEYS)}")
+    return [path.parent / p for p in raw["results"]], raw["contrasts"]
+
+
+def pooled_results(csvs: list[Path]) -> pd.DataFrame:
+    """One row per (variant, seed, fold) over all CSVs; a run present in several (a variant shared by two
+    studies) counts once, from the last CSV listed."""
+    frames = [read_results(p) for p in csvs if p.is_file()]
+    if not frames:
+        raise ConfigError(f"none of the result CSVs exists: {', '.join(map(str, csvs))}")
+    rows = pd.concat(frames, ignore_index=True)
+    return rows.drop_duplicates(["variant", "seed", "fold"], keep="last").reset_index(drop=True)
+
+
+def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
+    """Paired clip-accuracy difference ``variant - reference`` over the (seed, fold) runs both have."""
+    runs = {name: results[results["variant"] == name].set_index(["seed", "fold"])["clip_accuracy"]
+            for name in (variant, reference)}
+    for name, values in runs.items():
+        if values.empty:
+            raise ConfigError(f"no results for variant {name!r}")
+    diffs = (runs[variant] - runs[reference]).dropna()
+    seeds = diffs.index.get_level_values("seed").nunique() if len(diffs) else 0
+    return {
+        "folds": len(diffs), "seeds": seeds, "delta": diffs.mean() if len(diffs) else np.nan,
+        "won": int((diffs > 1e-9).sum()), "tied": int((diffs.abs() <= 1e-9).sum()), "lost": int((diffs < -1e-9).sum()),
+        "detectable": detectable_difference(diffs.std(ddof=1) if len(diffs) > 1 else np.nan, len(diffs)),
+        "variant_mean": runs[variant].loc[diffs.index].mean(), "reference_mean": runs[reference].loc[diffs.index].mean(),
+    }
+
+
+def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict]) -> str:
+    lines = ["| change | variant vs reference | clip acc. (paired folds) | Δ | W/T/L | folds (seeds) "
+             "| detectable Δ | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for row in contrasts:
+        c = contrast(results, row["variant"], row["reference"])
+        detectable = "" if np.isnan(c["detectable"]) else f"{c['detectable']:.3f}"
+        lines.append(
+            f"| {row['change']} | `{row['variant']}` vs `{row['reference']}` "
+            f"| {c['variant_mean']:.3f} vs {c['reference_mean']:.3f} | {c['delta']:+.3f} "
+            f"| {c['won']}/{c['tied']}/{c['lost']} | {c['folds']} ({c['seeds']}) | {detectable} | {row['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.what_helped", description=__doc__.split("\n")[0])
+    parser.add_argument("--contrasts", default=str(HERE / "what_helped.yaml"), help="the contrasts file")
+    parser.add_argument("--out", default=str(HERE / "results" / "what_helped.md"), help="Markdown to write")
+    args = parser.parse_args(argv)
+    try:
+        csvs, contrasts = load_contrasts(args.contrasts)
+        table = what_helped_markdown(pooled_results(csvs), contrasts)
+    except GenreSEError as error:
+        print(f"what_helped: error: {error}", file=sys.stderr)
+        return 1
+    write_text(args.out, table)
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
