@@ -11,6 +11,7 @@ import argparse
 import functools
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -343,11 +344,25 @@ def _inference_needs_tf(args) -> bool:
 
 def _say_which_model(args) -> None:
     """Without --model the bundle comes from the pipeline or the package: say which (stderr; not with -q)."""
-    from .inference import BUNDLE_SOURCES, locate_bundle
+    from .inference import BUNDLE_SOURCES, SHIPPED_BUNDLE, locate_bundle
 
     if args.model is None and not args.quiet:
         path, source = locate_bundle(None)
         _err(f"using {BUNDLE_SOURCES[source]}: {path}")
+        if source == "pipeline" and _trained_on_builtin_corpus(path):
+            _err(f"note: that model was trained on the built-in synthetic corpus (the pipeline's demo data), not on "
+                 f"music; for real songs use --model {SHIPPED_BUNDLE} (MODEL.md) or train on GTZAN (README)")
+
+
+def _trained_on_builtin_corpus(bundle_dir) -> bool:
+    """What the train stage recorded in the bundle (read as JSON: no TensorFlow); False when unknown."""
+    import json
+
+    try:
+        meta = json.loads((Path(bundle_dir) / "bundle.json").read_text(encoding="utf-8"))
+        return bool(meta["extra"]["training_data"]["builtin_corpus"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def cmd_predict(args) -> int:

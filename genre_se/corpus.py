@@ -917,6 +917,12 @@ def _check_replaceable(target: Path) -> None:
         )
 
 
+def is_builtin_corpus(root: str | Path) -> bool:
+    """Whether ``root`` is a corpus `genre-se corpus` generated (synthetic pieces, not music to learn genre
+    from): a model trained on it is a pipeline demo, and predict says so."""
+    return (Path(root) / MARKER).is_file()
+
+
 def _marker_text(cfg: CorpusConfig, seed: int) -> str:
     settings = {"seed": int(seed), **dataclasses.asdict(cfg)}
     return json.dumps(settings, sort_keys=True) + "\n"

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .config import ModelConfig, Params, TrainConfig, from_dict
+from .corpus import is_builtin_corpus
 from .errors import DatasetError
 from .feature_store import FeatureStore
 from .features import floor_db
@@ -702,6 +703,7 @@ def run_train(
         "train_clips": int(store.table.iloc[train_rows]["clip_id"].nunique()),
         "seed": params.seed,
         "train_config": dataclasses.asdict(train_cfg),  # the recipe, for provenance (MODEL.md, predict --format json)
+        "training_data": {"root": str(params.data.root), "builtin_corpus": is_builtin_corpus(params.data.root)},
         "calibration": calibration_record(result.model, store, valid_rows, train_cfg.calibrate,
                                           params.predict.uncertain_below, log),
     }

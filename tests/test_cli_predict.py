@@ -181,6 +181,16 @@ def test_default_model_and_quiet_flag_in_a_pipeline_checkout(capsys, tiny, folde
     code, out, _ = run(capsys, "-q", "predict", str(folder / "a_low.wav"), "-q", "--format", "json")
     assert code == 0
     assert json.loads(out)["model"]["bundle"]["path"] == str((tmp_path / "models" / "bundle").resolve())
+    code, _, err = run(capsys, "predict", str(folder / "a_low.wav"))
+    assert code == 0 and "using the pipeline's latest model" in err and "synthetic corpus" not in err
+    # a pipeline model trained on the built-in corpus (the README's first run) is a demo: predict says so
+    meta_path = tmp_path / "models" / "bundle" / "bundle.json"
+    meta = json.loads(meta_path.read_text())
+    meta["extra"]["training_data"] = {"root": "data/corpus", "builtin_corpus": True}
+    meta_path.write_text(json.dumps(meta))
+    code, _, err = run(capsys, "predict", str(folder / "a_low.wav"))
+    assert code == 0 and "trained on the built-in synthetic corpus" in err and "--model" in err
+    assert "synthetic" not in run(capsys, "-q", "predict", str(folder / "a_low.wav"))[2]  # -q: quiet
 
 
 def test_progress_bar_goes_to_stderr_never_into_json(capsys, bundle, folder, monkeypatch):

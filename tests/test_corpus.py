@@ -13,6 +13,7 @@ from genre_se.corpus import (
     TEMPO_BPM,
     clip_rng,
     generate_corpus,
+    is_builtin_corpus,
     run_corpus,
     synthesize_clip,
 )
@@ -88,7 +89,7 @@ def test_generate_corpus_writes_gtzan_named_16bit_wavs_and_a_matching_table(tmp_
         low, high = TEMPO_BPM[row.label]
         assert low <= row.tempo_bpm <= high
         assert row.key.split()[1] in ("major", "minor")
-    assert (out / MARKER).is_file()
+    assert (out / MARKER).is_file() and is_builtin_corpus(out) and not is_builtin_corpus(out.parent)
     assert leftovers(out.parent, out.name) == []
 
 

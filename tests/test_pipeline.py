@@ -38,6 +38,8 @@ def test_stages_end_to_end(workdir):
     bundle = load_bundle(workdir / "models/bundle")
     assert bundle.labels == ["high", "low", "mid"]
     assert bundle.feature_config.sample_rate == 8000
+    # where the model learned, for predict's note (tones, not the built-in corpus)
+    assert bundle.extra["training_data"]["builtin_corpus"] is False
 
     metrics = json.loads((workdir / "reports/metrics.json").read_text())
     for level in ("clip", "segment"):
