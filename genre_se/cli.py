@@ -301,6 +301,8 @@ class _Inputs:
         if self.spool is None or result.path != self.spool:
             return result
         result.path = STDIN_SHOWN
+        for row in getattr(result, "rows", None) or []:  # a robustness report names the file in every row
+            row["path"] = STDIN_SHOWN
         error = getattr(result, "error", None)
         if error is not None:
             result.error = type(error)(str(error).replace(self.spool, STDIN_SHOWN))

@@ -135,6 +135,10 @@ def test_dash_reads_one_file_from_standard_input(capsys, bundle, folder, tmp_pat
     with np.load(tmp_path / "piped.npz") as z:
         assert code == 0 and list(z["path"]) == ["<stdin>"] and z["embeddings"].shape == (1, 8)
 
+    monkeypatch.setattr(sys, "stdin", _Stdin(flac.read_bytes()))
+    code, out, _ = run(capsys, "robustness", "-", "--model", bundle, "--per-file", "--format", "csv")
+    assert code == 0 and set(pd.read_csv(io.StringIO(out))["path"]) == {"<stdin>"}
+
     code, _, err = run(capsys, "predict", "-", "-", "--model", bundle)
     assert code == 1 and "can be read once" in err
     monkeypatch.setattr(sys, "stdin", _Stdin(b"", tty=True))
