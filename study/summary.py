@@ -75,6 +75,21 @@ def pairs_needed(paired_sd: float, effect: float, alpha: float = 0.05, power: fl
     return n
 
 
+def paired_folds(results: pd.DataFrame, variant: str, reference: str) -> pd.Series:
+    """Clip accuracy of ``variant`` minus ``reference`` on each (seed, fold) both have: the same test clips."""
+    runs = [results[results["variant"] == name].set_index(["seed", "fold"])["clip_accuracy"]
+            for name in (variant, reference)]
+    return (runs[0] - runs[1]).dropna()
+
+
+def paired_record(diffs: pd.Series) -> dict:
+    """Mean paired difference, folds won/tied/lost (ties within float rounding) and the detectable difference."""
+    tied = diffs.abs() <= 1e-9
+    return {"delta": diffs.mean() if len(diffs) else np.nan, "won": int((~tied & (diffs > 0)).sum()),
+            "tied": int(tied.sum()), "lost": int((~tied & (diffs < 0)).sum()),
+            "detectable": detectable_difference(diffs.std(ddof=1) if len(diffs) > 1 else np.nan, len(diffs))}
+
+
 def pooled_calibration(clips: pd.DataFrame, results: pd.DataFrame, variant: str) -> dict:
     """The clip ECE of a variant's answers pooled over every fold and seed that kept a confidence (``clip_ece``,
     over ``clip_ece_n`` clips): 71 clips per seed instead of one fold's 14, so the estimate is usable. Empty
@@ -162,7 +177,6 @@ def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: 
     given the per-clip predictions ``clips``, the clip-level paired test (``paired_clips``)."""
     rows = []
     names = order or list(pd.unique(results["variant"]))
-    ref = results[results["variant"] == reference].set_index(["seed", "fold"]) if reference else None
     for name in names:
         runs = results[results["variant"] == name]
         if runs.empty:
@@ -185,13 +199,12 @@ def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: 
             values = runs[column].dropna() if column in runs else pd.Series(dtype=float)
             row[f"{column}_mean"] = values.mean() if len(values) else np.nan
             row[f"{column}_std"] = values.std(ddof=1) if len(values) > 1 else (0.0 if len(values) else np.nan)
-        if ref is not None and name != reference:
-            paired = runs.set_index(["seed", "fold"])["clip_accuracy"].sub(ref["clip_accuracy"]).dropna()
-            row["delta_vs_reference"] = paired.mean() if len(paired) else np.nan
-            row["wins_ties_losses"] = (f"{(paired > 0).sum()}/{(paired == 0).sum()}/{(paired < 0).sum()}"
-                                       if len(paired) else "")
-            row["detectable_delta"] = detectable_difference(
-                paired.std(ddof=1) if len(paired) > 1 else np.nan, len(paired))
+        if reference and name != reference:
+            paired = paired_folds(results, name, reference)
+            record = paired_record(paired)
+            row["delta_vs_reference"] = record["delta"]
+            row["wins_ties_losses"] = f"{record['won']}/{record['tied']}/{record['lost']}" if len(paired) else ""
+            row["detectable_delta"] = record["detectable"]
             if clips is not None and not clips.empty:
                 row.update(paired_clips(clips, results, name, reference))
         if clips is not None and not clips.empty:

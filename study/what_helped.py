@@ -22,7 +22,7 @@ import yaml
 from genre_se.errors import ConfigError, GenreSEError
 from genre_se.fileio import write_text
 from study.compare import read_results
-from study.summary import detectable_difference
+from study.summary import paired_folds, paired_record
 
 HERE = Path(__file__).resolve().parent
 CONTRAST_KEYS = {"change", "variant", "reference", "verdict"}
@@ -51,20 +51,16 @@ def pooled_results(csvs: list[Path]) -> pd.DataFrame:
 
 
 def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
-    """Paired clip-accuracy difference ``variant - reference`` over the (seed, fold) runs both have."""
-    runs = {name: results[results["variant"] == name].set_index(["seed", "fold"])["clip_accuracy"]
-            for name in (variant, reference)}
-    for name, values in runs.items():
-        if values.empty:
+    """Paired clip-accuracy difference ``variant - reference`` over the (seed, fold) runs both have
+    (``summary.paired_record``), with the two means over those runs and the folds and seeds paired."""
+    for name in (variant, reference):
+        if not (results["variant"] == name).any():
             raise ConfigError(f"no results for variant {name!r}")
-    diffs = (runs[variant] - runs[reference]).dropna()
-    seeds = diffs.index.get_level_values("seed").nunique() if len(diffs) else 0
-    return {
-        "folds": len(diffs), "seeds": seeds, "delta": diffs.mean() if len(diffs) else np.nan,
-        "won": int((diffs > 1e-9).sum()), "tied": int((diffs.abs() <= 1e-9).sum()), "lost": int((diffs < -1e-9).sum()),
-        "detectable": detectable_difference(diffs.std(ddof=1) if len(diffs) > 1 else np.nan, len(diffs)),
-        "variant_mean": runs[variant].loc[diffs.index].mean(), "reference_mean": runs[reference].loc[diffs.index].mean(),
-    }
+    diffs = paired_folds(results, variant, reference)
+    means = {name: results[results["variant"] == name].set_index(["seed", "fold"])["clip_accuracy"].loc[diffs.index]
+             .mean() for name in (variant, reference)}
+    return {**paired_record(diffs), "folds": len(diffs), "seeds": diffs.index.get_level_values("seed").nunique(),
+            "variant_mean": means[variant], "reference_mean": means[reference]}
 
 
 def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict]) -> str:
