@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "MODEL.md", "study/README.md", "bench/README.md"]
+DOCS = ["README.md", "MODEL.md", "study/README.md", "bench/README.md", "docs/tuning.md"]
 SHELL = {"bash", "sh", "shell", "console"}
 ASSIGNMENT = re.compile(r"([A-Za-z_]\w*)=(\"[^\"]*\"|'[^']*')")
 
