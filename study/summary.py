@@ -30,9 +30,13 @@ def paired_clips(clips: pd.DataFrame, results: pd.DataFrame, variant: str, refer
     71 clips x seeds instead of 5 fold means x seeds: the stronger test of "clearly better". Only predictions
     made with the configuration of the CSV's row count (``config_key``).
     """
+    return _paired_clips_of(current_rows(clips, results), variant, reference)
+
+
+def _paired_clips_of(current: pd.DataFrame, variant: str, reference: str) -> dict:
+    """:func:`paired_clips` on predictions already reduced to the current rows."""
     from scipy.stats import binomtest
 
-    current = current_rows(clips, results)
     right = {}
     for name in (variant, reference):
         rows = current[current["variant"] == name]
@@ -94,9 +98,13 @@ def pooled_calibration(clips: pd.DataFrame, results: pd.DataFrame, variant: str)
     """The clip ECE of a variant's answers pooled over every fold and seed that kept a confidence (``clip_ece``,
     over ``clip_ece_n`` clips): 71 clips per seed instead of one fold's 14, so the estimate is usable. Empty
     when none has one (the SVM; rows from before session 7)."""
+    return _calibration_of(current_rows(clips, results), variant)
+
+
+def _calibration_of(current: pd.DataFrame, variant: str) -> dict:
+    """:func:`pooled_calibration` on predictions already reduced to the current rows."""
     from genre_se.calibration import calibration_error
 
-    current = current_rows(clips, results)
     rows = current[(current["variant"] == variant) & current["confidence"].notna()]
     if rows.empty:
         return {}
@@ -177,6 +185,8 @@ def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: 
     given the per-clip predictions ``clips``, the clip-level paired test (``paired_clips``)."""
     rows = []
     names = order or list(pd.unique(results["variant"]))
+    # the clip table reduced to the results' current rows once, not once per variant and test
+    current = current_rows(clips, results) if clips is not None and not clips.empty else None
     for name in names:
         runs = results[results["variant"] == name]
         if runs.empty:
@@ -205,10 +215,10 @@ def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: 
             row["delta_vs_reference"] = record["delta"]
             row["wins_ties_losses"] = f"{record['won']}/{record['tied']}/{record['lost']}" if len(paired) else ""
             row["detectable_delta"] = record["detectable"]
-            if clips is not None and not clips.empty:
-                row.update(paired_clips(clips, results, name, reference))
-        if clips is not None and not clips.empty:
-            row.update(pooled_calibration(clips, results, name))
+            if current is not None:
+                row.update(_paired_clips_of(current, name, reference))
+        if current is not None:
+            row.update(_calibration_of(current, name))
         rows.append(row)
     return pd.DataFrame(rows)
 
