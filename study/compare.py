@@ -67,6 +67,15 @@ CLIP_COLUMNS = ["variant", "seed", "fold", "clip_id", "actual", "predicted", "co
 ANSWER_COLUMNS = CLIP_COLUMNS + ["confidence"]
 # the robustness report of each fold model per transform (mean over its test clips), in <out>_robustness.csv
 ROBUSTNESS_COLUMNS = ["variant", "seed", "fold", "transform", "top1_agree", "tv_distance", "config_key"]
+# every answer's whole distribution (since session 9), in <out>_probs.csv: one row per CNN segment (the SVM: per
+# clip), ``set`` "test" (the fold's test clips) or "external", then one probability column per genre. A clip's
+# distribution is the mean of its rows; ensembles and out-of-fold temperature fits are computed from it
+# (study/ensemble.py) without training again.
+PROB_ID_COLUMNS = ["variant", "seed", "fold", "set", "clip_id", "actual", "config_key"]
+#: A variant key that is not a params key: added to the training seed of every fold (default 0), so that
+#: variants with the same settings and different offsets are independently initialised members of an ensemble
+#: trained on the same folds.
+INIT_OFFSET = "study.init_offset"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,10 +184,23 @@ def load_external(folder: str | Path, labels: list[str], features: dict) -> Exte
 def external_scores(model, external: ExternalSet, label_names: list) -> dict:
     """Top-1 accuracy per file (mean of segment probabilities, as ``predict`` does) and per song, and each
     file's answer (``external_files``: clip_id ``<genre>/<file name>``, actual, predicted)."""
-    probs = np.stack([np.asarray(model.predict(x, verbose=0)).mean(axis=0) for x in external.segments])
+    segment_probs = [np.asarray(model.predict(x, verbose=0)) for x in external.segments]
+    probs = np.stack([p.mean(axis=0) for p in segment_probs])
     result = _external_result(probs, np.arange(probs.shape[1]), external, label_names)
     result["external_files"]["confidence"] = probs.max(axis=1)
+    ids = result["external_files"]["clip_id"].to_numpy()
+    names = np.asarray(label_names, dtype=object)[external.labels]
+    result["external_probs"] = probability_frame(np.repeat(ids, [len(p) for p in segment_probs]),
+                                                 np.repeat(names, [len(p) for p in segment_probs]),
+                                                 np.concatenate(segment_probs), label_names, "external")
     return result
+
+
+def probability_frame(clip_ids, actual, probs: np.ndarray, label_names: list, which: str) -> pd.DataFrame:
+    """Rows of ``<out>_probs.csv`` (without the run's variant/seed/fold/key): one per segment or clip."""
+    frame = pd.DataFrame({"set": which, "clip_id": np.asarray(clip_ids, dtype=object),
+                          "actual": np.asarray(actual, dtype=object)})
+    return pd.concat([frame, pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=list(label_names))], axis=1)
 
 
 def _external_result(scores: np.ndarray, classes: np.ndarray, external: ExternalSet, label_names: list) -> dict:
@@ -203,9 +225,19 @@ def variant_params(study: Study, variant: str, extra: dict | None = None,
     ``model.reduction_ratios: tuned`` takes the ratios from ``best_params.json`` (the tune stage's output).
     """
     overrides = {**study.overrides, **(extra or {}), **study.variants[variant]}
+    overrides.pop(INIT_OFFSET, None)
     if overrides.get("model.reduction_ratios") == TUNED:
         overrides["model.reduction_ratios"] = tuned_ratios(best_params_path, variant)
     return load_params(study.params_path, overrides)
+
+
+def init_offset(study: Study, variant: str) -> int:
+    """The variant's ``study.init_offset`` (0 when it has none): added to every fold's training seed."""
+    spec = study.variants[variant]
+    offset = spec.get(INIT_OFFSET, 0) if isinstance(spec, dict) else 0
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ConfigError(f"variants.{variant}: {INIT_OFFSET}: must be an int >= 0, got {offset!r}")
+    return offset
 
 
 def tuned_ratios(best_params_path: str | Path | None, variant: str = "tuned"):
@@ -272,8 +304,12 @@ def fold_robustness(model, store, params: Params, paths: list[str]) -> dict:
 
 def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k: int, seed: int,
                  state_dir: Path, log: Callable[[str], None] | None = None, bundle_dir: Path | None = None,
-                 external: ExternalSet | None = None, robustness_paths: list[str] | None = None) -> dict:
+                 external: ExternalSet | None = None, robustness_paths: list[str] | None = None,
+                 init_offset: int = 0) -> dict:
     """Train the variant on the fold's train rows (early stopping on the next fold), score the test fold.
+
+    The training seed is ``seed + init_offset + fold``: the repeat seed alone deals the folds, so an offset gives
+    another independently initialised model on exactly the same folds (an ensemble member).
 
     With ``train.fit_all`` (how the final model is trained) the early-stopping fold trains too and no epoch is
     chosen on held-out clips: the CV then measures exactly the recipe of the shipped bundle.
@@ -284,14 +320,17 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
     import keras
 
     from genre_se.evaluate import cv_fold_rows, evaluate_rows
-    from genre_se.train import train_model
+    from genre_se.train import predict_rows, train_model
 
     train, valid, test = cv_fold_rows(folds_of_rows, fold, k, params.train.fit_all)
     start = time.perf_counter()
     result = train_model(store, params.model, params.train, train_rows=train, valid_rows=valid,
-                         seed=seed + fold, state_dir=state_dir, log=log)
+                         seed=seed + init_offset + fold, state_dir=state_dir, log=log)
     seconds = time.perf_counter() - start
     metrics, predictions = evaluate_rows(result.model, store, test)
+    table = store.table.iloc[test]
+    test_probs = probability_frame(table["clip_id"].to_numpy(), table["label"].to_numpy(),
+                                   predict_rows(result.model, store, test), store.labels, "test")
     if bundle_dir is not None:
         from genre_se.bundle import save_bundle
 
@@ -306,9 +345,11 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
         "best_epoch": int(result.best_epoch),
         "n_test_clips": int(metrics["n_clips"]),
         "clips": predictions[["clip_id", "actual", "predicted", "confidence"]],
+        "probs": test_probs,
     }
     if external is not None:
         row.update(external_scores(result.model, external, store.labels))
+        row["probs"] = pd.concat([test_probs, row.pop("external_probs")], ignore_index=True)
     if robustness_paths:
         row.update(fold_robustness(result.model, store, params, robustness_paths))
     keras.backend.clear_session()  # free the graph before the next fold
@@ -368,11 +409,18 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
     pred = clf.predict(features[test])
     ids, names = np.asarray(clip_ids, dtype=object), np.asarray(label_names, dtype=object)
     clips = pd.DataFrame({"clip_id": ids[test], "actual": names[labels[test]], "predicted": names[pred]})
+    # Platt-scaled probabilities for ensembles (study/ensemble.py), from a second, calibrated fit: the answers
+    # above stay the decision function's, so the scores are what they were before
+    platt = platt_classifier(seed, labels[train]).fit(features[train], labels[train])
+    probs = [probability_frame(ids[test], names[labels[test]], _full_proba(platt, features[test], label_names),
+                               label_names, "test")]
     scores = {}
     if external is not None:
         ext_features, ext = external
         decision = np.asarray(clf.decision_function(ext_features))  # (files, classes), one-vs-rest shape
         scores = _external_result(decision, clf.classes_, ext, label_names)
+        probs.append(probability_frame(scores["external_files"]["clip_id"], names[ext.labels],
+                                       _full_proba(platt, ext_features, label_names), label_names, "external"))
     return {
         **scores,
         "clip_accuracy": float(accuracy_score(labels[test], pred)),
@@ -384,7 +432,26 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
         "best_epoch": 0,
         "n_test_clips": int(test.sum()),
         "clips": clips,
+        "probs": pd.concat(probs, ignore_index=True),
     }
+
+
+def platt_classifier(seed: int, train_labels: np.ndarray):
+    """The baseline with Platt-scaled probabilities (sigmoid on its decision values, fitted by internal
+    stratified CV on the training clips, up to 5 splits as the smallest class allows; one SVM on all of them)."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    from genre_se.baseline import make_classifier
+
+    splits = int(max(2, min(5, np.bincount(train_labels).min(initial=5) if len(train_labels) else 2)))
+    return CalibratedClassifierCV(make_classifier(seed), method="sigmoid", cv=splits, ensemble=False)
+
+
+def _full_proba(clf, features: np.ndarray, label_names: list) -> np.ndarray:
+    """``predict_proba`` with one column per label (a class absent from the training folds gets 0)."""
+    out = np.zeros((len(features), len(label_names)))
+    out[:, np.asarray(clf.classes_, dtype=int)] = clf.predict_proba(features)
+    return out
 
 
 def svm_parameter_count(pipeline) -> int:
@@ -416,6 +483,21 @@ def clip_predictions_path(out_csv: str | Path) -> Path:
 def external_predictions_path(out_csv: str | Path) -> Path:
     """Where each fold model's answers on the study's external files live: ``<stem>_external.csv``."""
     return _beside(out_csv, "external")
+
+
+def probabilities_path(out_csv: str | Path) -> Path:
+    """Where every answer's distribution lives: ``<stem>_probs.csv`` (``PROB_ID_COLUMNS`` + one per genre)."""
+    return _beside(out_csv, "probs")
+
+
+def read_probabilities(path: Path, labels: list | None = None) -> pd.DataFrame:
+    """The per-segment (SVM: per-clip) distributions already computed; empty when the file does not exist.
+    ``labels``: the genre columns it must have (the store's labels)."""
+    if not path.is_file():
+        return pd.DataFrame(columns=PROB_ID_COLUMNS + list(labels or []))
+    frame = _read_csv(path, PROB_ID_COLUMNS + list(labels or []), "probabilities",
+                      dtype={"clip_id": str, "actual": str, "set": str})
+    return frame
 
 
 def robustness_path(out_csv: str | Path) -> Path:
@@ -528,6 +610,9 @@ def run_study(
     external_rows = read_clip_predictions(external_csv)
     robustness_csv = robustness_path(out_csv)
     robustness_rows = read_robustness(robustness_csv)
+    probs_csv = probabilities_path(out_csv)
+    prob_rows = read_probabilities(probs_csv, list(store.labels))
+    prob_columns = PROB_ID_COLUMNS + list(store.labels)
     done = {(r.variant, int(r.seed), int(r.fold)): r.config_key for r in results.itertuples()}
     features = labels = ext = None
     external = load_external(study.external, store.labels, store.features) if study.external else None
@@ -537,11 +622,13 @@ def run_study(
         for variant in chosen:
             is_baseline = study.variants[variant] == BASELINE
             params = None if is_baseline else variant_params(study, variant, extra, best_params_path)
+            offset = init_offset(study, variant)
             if params is not None:
                 check_store_features(variant, params.features, store.features, store_dir)
             what = (("svm", fold_key) + (("external", config_key(external.paths)) if external else ())
                     if is_baseline else (_changed(params.model), _changed(params.train), fold_key)
-                    + (("robustness",) if study.robustness else ()) + _feature_key(store.features))
+                    + (("robustness",) if study.robustness else ()) + _feature_key(store.features)
+                    + ((("init_offset", offset),) if offset else ()))
             key = config_key(*what)
             for fold in range(k):
                 if done.get((variant, seed, fold)) == key:
@@ -564,7 +651,7 @@ def run_study(
                         test_clips = pd.unique(store.table["clip_id"].to_numpy()[folds_of_rows == fold])
                         robust = index.set_index("clip_id").loc[test_clips, "path"].tolist()
                     scores = run_cnn_fold(store, params, folds_of_rows, fold, k, seed, state_dir, fold_log, keep,
-                                          external, robust)
+                                          external, robust, offset)
                     _remove_tree(state_dir)
                 # first, so that a row in the CSV has its per-clip and per-file answers beside it
                 run = {"variant": variant, "seed": seed, "fold": fold}
@@ -573,6 +660,7 @@ def run_study(
                                                 external_csv)
                 robustness_rows = _record_answers(robustness_rows, scores.pop("robustness_transforms", None), run,
                                                   key, robustness_csv, ROBUSTNESS_COLUMNS)
+                prob_rows = _record_answers(prob_rows, scores.pop("probs", None), run, key, probs_csv, prob_columns)
                 row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
                 results = _replace_run(results, variant, seed, fold,
                                        pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS))

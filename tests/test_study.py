@@ -208,6 +208,13 @@ def test_study_scores_fold_models_on_an_external_folder(tiny_study, tmp_path):
     by_genre = tables.external_by_genre(files, results, ["svm", "se"])
     assert "| `svm` | 0.00 (mid) | 1.00 (low) |  | 12 |" in by_genre  # the SVM keeps no confidence
     assert files.loc[files.variant == "se", "confidence"].between(1 / 3, 1).all()
+    # every answer's distribution too: a CNN file's is the mean of its segments', the SVM's one row per file
+    probs = compare.read_probabilities(compare.probabilities_path(tmp_path / "s.csv"), ["low", "mid", "high"])
+    outside = probs[probs["set"] == "external"]
+    per_file = outside.groupby(["variant", "fold", "clip_id"])[["low", "mid", "high"]].mean()
+    assert len(per_file) == 2 * 3 * 4 and outside[outside.variant == "svm"].groupby(["fold", "clip_id"]).size().eq(1).all()
+    cnn_files = files[files.variant == "se"].set_index(["variant", "fold", "clip_id"])
+    assert per_file.loc[cnn_files.index].max(axis=1).to_numpy() == pytest.approx(cnn_files["confidence"].to_numpy())
     table = tables.summary_markdown(tables.summarize(results, ["svm", "se"], "svm"), "svm")
     assert "external top-1 (songs)" in table
     with pytest.raises(compare.DatasetError, match="not found"):
@@ -259,7 +266,7 @@ def test_a_changed_variant_is_recomputed(tiny_study, tmp_path, monkeypatch):
     calls = []
 
     def fake_fold(store, params, folds_of_rows, fold, k, seed, state_dir, log=None, bundle_dir=None, external=None,
-                  robustness_paths=None):
+                  robustness_paths=None, init_offset=0):
         calls.append(params.model.reduction_ratios)
         return {"clip_accuracy": 0.5, "clip_macro_f1": 0.5, "params": 1, "train_seconds": 0.1, "epochs_run": 1,
                 "best_epoch": 1, "n_test_clips": 6}
@@ -635,3 +642,35 @@ def test_the_repository_what_helped_names_measured_variants():
     pooled = what_helped.pooled_results(csvs)
     for row in contrasts:
         assert what_helped.contrast(pooled, row["variant"], row["reference"])["folds"] >= 2, row["change"]
+
+
+def test_probabilities_of_every_answer_are_kept_and_an_init_offset_trains_another_member(tiny_study, tmp_path):
+    """<out>_probs.csv holds each answer's whole distribution: a CNN clip's mean over its segment rows is the
+    distribution behind its recorded answer and confidence; ``study.init_offset`` re-initialises on the same folds."""
+    study, work = tiny_study
+    members = compare.Study({"svm": "baseline", "se": {"model.reduction_ratios": 2},
+                             "se_b": {"model.reduction_ratios": 2, compare.INIT_OFFSET: 1000}},
+                            study.seeds, study.overrides, study.params_path)
+    out = tmp_path / "members.csv"
+    results = compare.run_study(members, work / "features", work / "index.csv", out, state_root=tmp_path / "state",
+                                quick=True)
+    labels = list(FeatureStore.open(work / "features").labels)
+    probs = compare.read_probabilities(compare.probabilities_path(out), labels)
+    assert list(probs.columns) == compare.PROB_ID_COLUMNS + labels and set(probs["set"]) == {"test"}
+    assert probs[labels].sum(axis=1).to_numpy() == pytest.approx(1.0, abs=1e-5)
+    clip_probs = probs.groupby(["variant", "fold", "clip_id"])[labels].mean()
+    assert clip_probs.groupby("variant").size().to_dict() == {"svm": 18, "se": 18, "se_b": 18}
+    answers = compare.read_clip_predictions(compare.clip_predictions_path(out)).set_index(
+        ["variant", "fold", "clip_id"])
+    cnn = answers[answers.index.get_level_values("variant") != "svm"]
+    mean = clip_probs.loc[cnn.index]
+    assert (mean.idxmax(axis=1) == cnn["predicted"]).all()
+    assert mean.max(axis=1).to_numpy() == pytest.approx(cnn["confidence"].to_numpy(), abs=1e-6)
+    assert probs[probs.variant == "svm"].groupby(["fold", "clip_id"]).size().eq(1).all()  # one row per SVM clip
+    # same folds, other initial weights: other distributions, and its own configuration key
+    a, b = (clip_probs.loc[v].sort_index() for v in ("se", "se_b"))
+    assert (a.index == b.index).all() and not np.allclose(a.to_numpy(), b.to_numpy(), atol=1e-4)
+    keys = results.groupby("variant")["config_key"].first()
+    assert keys["se"] != keys["se_b"]
+    with pytest.raises(ConfigError, match=r"variants.bad: study.init_offset: must be an int >= 0, got -1"):
+        compare.init_offset(compare.Study({"bad": {compare.INIT_OFFSET: -1}}, [42]), "bad")
