@@ -249,13 +249,18 @@ def fit_temperature(segment_probs: np.ndarray, clip_index: np.ndarray, clip_labe
 
 def calibrate(segment_probs: np.ndarray, clip_index: np.ndarray, clip_labels: np.ndarray, *,
               uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, fit: bool = True, fit_on: str = "val",
-              n_bins: int = 15) -> Calibration:
+              n_bins: int = 15, temperature: float | None = None) -> Calibration:
     """Fit ``T`` (when ``fit``) on some clips and score the clip distributions before and after.
 
     With ``fit=False`` the temperature stays 1 and the scores only describe the model (``fit_on`` None).
+    ``temperature``: a ``T`` fitted elsewhere (e.g. on a cross-validation's out-of-fold clips), scored on these
+    clips and recorded with ``fit_on`` "fixed"; ``fit`` is then ignored.
     """
     labels = np.asarray(clip_labels, dtype=np.intp)
-    temperature = fit_temperature(segment_probs, clip_index, labels) if fit else 1.0
+    if temperature is not None:
+        temperature, fit, fit_on = check_temperature(temperature, "calibration temperature"), True, "fixed"
+    else:
+        temperature = fit_temperature(segment_probs, clip_index, labels) if fit else 1.0
     before = clip_distributions(segment_probs, clip_index, len(labels))
     after = clip_distributions(segment_probs, clip_index, len(labels), temperature)
     return Calibration(

@@ -8,6 +8,7 @@ types and out-of-range values with a :class:`~genre_se.errors.ConfigError` that 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -224,7 +225,9 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
     lr_decay_patience: int = 3         # plateau: halve the rate after this many epochs without improvement
     fit_all: bool = False              # train stage only: fit every clip (no valid/test), see run_train
-    calibrate: bool = True             # train stage: fit a temperature on the valid split (false: T = 1)
+    # train stage: true fits a temperature on the valid split, false keeps T = 1, a number is the temperature
+    # itself (e.g. the recipe's out-of-fold T from the cross-validation, study/ensemble.py)
+    calibrate: bool | float = True
     # Recording conditions, applied to the log-mel segments in this order (after gain_db), all off by default:
     eq_tilt_db: float = 0.0            # random linear EQ tilt over the mel bands, ends at -t .. +t dB, |t| <= this
     compression: bool | float = False  # above-median dB pulled toward the median by up to this fraction (true: 0.5)
@@ -251,6 +254,11 @@ class TrainConfig:
             isinstance(self.compression, bool) or 0 <= self.compression <= 1,
             f"{p}.compression",
             f"must be true/false or an amount in [0, 1], got {self.compression!r}",
+        )
+        _require(
+            isinstance(self.calibrate, bool) or (math.isfinite(self.calibrate) and 0.05 <= self.calibrate <= 20),
+            f"{p}.calibrate",
+            f"must be true/false or a temperature in [0.05, 20], got {self.calibrate!r}",
         )
         if self.noise_snr_db is not None:
             _require_pair(self.noise_snr_db, f"{p}.noise_snr_db", "dB", -20, 100)

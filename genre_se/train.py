@@ -634,18 +634,26 @@ def resolve_train_config(params: Params, best_params_path: str | Path | None) ->
     return from_dict(TrainConfig, cfg, "train")
 
 
-def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: bool, uncertain_below: float,
+def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: bool | float, uncertain_below: float,
                        log: Callable[[str], None] | None = None) -> dict:
     """The bundle's ``extra["calibration"]``: a temperature fitted on the validation clips (clip-level NLL of
     the mean of temperature-scaled segment probabilities, as prediction computes it) with the clip ECE
-    before and after. Without validation clips (``train.fit_all``) or with ``fit`` false, ``T = 1``."""
+    before and after. Without validation clips (``train.fit_all``) or with ``fit`` false, ``T = 1``.
+
+    ``fit`` a number (``train.calibrate: 1.6``): that temperature, fitted elsewhere (the recipe's out-of-fold
+    clips, ``study/ensemble.py``), recorded with ``fit_on: "fixed"``; the ECE before and after still describe the
+    validation clips where there are some.
+    """
     import pandas as pd
 
     from .calibration import T_MAX, T_MIN, Calibration, calibrate
 
+    fixed = None if isinstance(fit, bool) else float(fit)
     if len(valid_rows) == 0:
-        record = Calibration(uncertain_below=uncertain_below)  # nothing held out: T = 1, fit_on null
-        if log is not None and fit:
+        # nothing held out: T = 1 (fit_on null), or the given one
+        record = Calibration(uncertain_below=uncertain_below) if fixed is None else \
+            Calibration(temperature=fixed, uncertain_below=uncertain_below, fit_on="fixed")
+        if log is not None and fit is True:
             log("calibration: no validation clips (train.fit_all), temperature 1")
         return record.to_dict()
     probs = predict_rows(model, store, valid_rows)
@@ -653,11 +661,13 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
     first = np.zeros(len(uniques), dtype=np.intp)
     first[codes[::-1]] = np.arange(len(codes))[::-1]
     labels = store.table["label_index"].to_numpy()[valid_rows][first]
-    record = calibrate(probs, codes, labels, uncertain_below=uncertain_below, fit=fit, fit_on="val")
+    record = calibrate(probs, codes, labels, uncertain_below=uncertain_below, fit=fit is True, fit_on="val",
+                       temperature=fixed)
     if log is not None:
-        log(f"calibration on {record.n_clips} validation clips: temperature {record.temperature:.3f}, "
+        how = "given" if fixed is not None else "fitted"
+        log(f"calibration on {record.n_clips} validation clips: temperature {record.temperature:.3f} ({how}), "
             f"clip ECE {record.ece_before:.3f} -> {record.ece_after:.3f}")
-        if not T_MIN * 1.001 < record.temperature < T_MAX / 1.001:
+        if fixed is None and not T_MIN * 1.001 < record.temperature < T_MAX / 1.001:
             log("calibration: the temperature is at the edge of its search range; the validation split is "
                 "probably too small to calibrate on")
     return record.to_dict()

@@ -288,6 +288,44 @@ def test_no_validation_clips_or_calibrate_off_keep_temperature_one(trained):
 
 
 @pytest.mark.slow
+def test_a_given_temperature_is_stored_and_scored_on_the_validation_clips(trained):
+    """train.calibrate: <number> (a T fitted elsewhere, e.g. out of fold): stored as is, with the validation
+    clips' ECE under it; with no validation clips it is still stored."""
+    from genre_se.bundle import load_bundle
+    from genre_se.calibration import apply_temperature, clip_distributions, expected_calibration_error
+    from genre_se.train import calibration_record, predict_rows
+
+    store, model = trained["store"], load_bundle(trained["bundle"]).model
+    rows = store.rows("valid")
+    lines = []
+    record = calibration_record(model, store, rows, 2.5, 0.4, lines.append)
+    assert record["temperature"] == 2.5 and record["fit_on"] == "fixed" and record["n_clips"] == 6
+    codes, _ = pd.factorize(store.table["clip_id"].to_numpy()[rows])
+    labels = pd.Series(store.table["label_index"].to_numpy()[rows]).groupby(codes).first().to_numpy()
+    probs = predict_rows(model, store, rows)
+    assert record["ece_after"] == pytest.approx(expected_calibration_error(
+        clip_distributions(probs, codes, 6, 2.5), labels))
+    assert record["ece_before"] == pytest.approx(expected_calibration_error(clip_distributions(probs, codes, 6),
+                                                                            labels))
+    assert not np.allclose(apply_temperature(probs, 2.5), probs)
+    assert lines == [f"calibration on 6 validation clips: temperature 2.500 (given), clip ECE "
+                     f"{record['ece_before']:.3f} -> {record['ece_after']:.3f}"]
+    held_out_none = calibration_record(None, store, np.zeros(0, dtype=np.int64), 0.8, 0.4)  # train.fit_all
+    assert held_out_none["temperature"] == 0.8 and held_out_none["fit_on"] == "fixed"
+
+
+def test_params_accept_a_temperature_for_calibrate(tmp_path):
+    from genre_se.config import load_params
+    from genre_se.errors import ConfigError
+    from tests.conftest import write_params
+
+    assert load_params(write_params(tmp_path / "p.yaml", {"train.calibrate": 1.6})).train.calibrate == 1.6
+    for bad in (0.0, 50, "yes"):
+        with pytest.raises(ConfigError, match="train.calibrate"):
+            load_params(write_params(tmp_path / "p.yaml", {"train.calibrate": bad}))
+
+
+@pytest.mark.slow
 def test_evaluate_reports_raw_and_calibrated_ece(trained):
     from genre_se.bundle import load_bundle
     from genre_se.evaluate import run_evaluate
