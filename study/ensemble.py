@@ -15,7 +15,7 @@ combined without training again:
 Usage (from the repository root)::
 
     python -m study.ensemble --study study/ensemble.yaml --out study/results/ensemble.csv \\
-        --report study/results/ensemble.md
+        --report study/results/ensemble.md --scores study/results/ensemble_combined.csv
 """
 
 from __future__ import annotations
@@ -150,6 +150,30 @@ def compare_runs(scores: pd.DataFrame, variant: str, other: str) -> pd.Series:
     return (a - b).dropna()
 
 
+def combined_results(clips: pd.DataFrame, results: pd.DataFrame, members: list[str], svm: str | None,
+                     labels: list[str]) -> pd.DataFrame:
+    """The combinations' fold scores as rows of a study results CSV (``compare.CSV_COLUMNS``), so that
+    ``study.what_helped`` can pair them with single models: parameters and training time are the sums over the
+    parts (an ensemble of two costs two trainings), the configuration key a hash of the parts' keys."""
+    scores = fold_scores(clips, labels).set_index(["variant", "seed", "fold"])
+    runs = results.set_index(["variant", "seed", "fold"])
+    rows = []
+    for name, parts in combinations(members, svm):
+        singles = [m for p in parts for m in p.split("+")]
+        if len(singles) < 2:
+            continue
+        for (variant, seed, fold), score in scores.loc[scores.index.get_level_values(0) == name].iterrows():
+            own = runs.loc[[(m, seed, fold) for m in singles]]
+            rows.append({"variant": name, "seed": seed, "fold": fold, "clip_accuracy": score.clip_accuracy,
+                         "clip_macro_f1": score.clip_macro_f1, "params": int(own["params"].sum()),
+                         "train_seconds": float(own["train_seconds"].sum()),
+                         "epochs_run": int(own["epochs_run"].max()), "best_epoch": int(own["best_epoch"].max()),
+                         "n_test_clips": int(own["n_test_clips"].iloc[0]),
+                         "config_key": compare.config_key("ensemble", own["config_key"].tolist()),
+                         "external_top1": score.external_top1})
+    return pd.DataFrame(rows, columns=compare.CSV_COLUMNS + ["external_top1"])
+
+
 # --------------------------------------------------------------------------------------------------
 # Out-of-fold temperature
 
@@ -257,9 +281,10 @@ def shipped_temperature(path: Path = SHIPPED_BUNDLE) -> float | None:
 # Command line
 
 
-def report(study: compare.Study, out_csv: Path, members: list[str] | None = None, reference: str | None = None
-           ) -> str:
-    """The whole Markdown report of a study's kept distributions."""
+def report(study: compare.Study, out_csv: Path, members: list[str] | None = None, reference: str | None = None,
+           scores_csv: Path | None = None) -> str:
+    """The whole Markdown report of a study's kept distributions; ``scores_csv``: also write the combinations'
+    fold scores there (:func:`combined_results`)."""
     svm = next((n for n, s in study.variants.items() if s == compare.BASELINE), None)
     members = members or study.cnn_variants()
     reference = reference or members[0]
@@ -275,6 +300,10 @@ def report(study: compare.Study, out_csv: Path, members: list[str] | None = None
         raise GenreSEError(f"{path}: no distributions of {', '.join(missing)} yet")
     clips = combined_clips(clip_table(probs, labels), members, svm, labels)
     shipped_t = shipped_temperature()
+    if scores_csv is not None:
+        from genre_se.fileio import write_csv
+
+        write_csv(scores_csv, combined_results(clips, results, members, svm, labels))
     folds = fold_scores(clips, labels)
     done = folds[folds["variant"] == "+".join(members)] if len(members) > 1 else folds
     text = [f"# Ensembles, fusion with the SVM, out-of-fold temperature ({out_csv.name})\n",
@@ -301,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", default="study/results/ensemble.md", help="Markdown report to write")
     parser.add_argument("--members", help="comma-separated CNN variants to combine (default: every CNN variant)")
     parser.add_argument("--reference", help="the single model differences are taken against (default: the first)")
+    parser.add_argument("--scores", help="also write the combinations' fold scores as a results CSV "
+                                         "(for study.what_helped)")
     args = parser.parse_args(argv)
     try:
         study = compare.load_study(args.study)
@@ -308,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [m for m in members or [] if m not in study.cnn_variants()]
         if unknown:
             raise GenreSEError(f"--members: {unknown[0]!r} is not a CNN variant of {args.study}")
-        text = report(study, Path(args.out), members, args.reference)
+        text = report(study, Path(args.out), members, args.reference, Path(args.scores) if args.scores else None)
     except GenreSEError as exc:
         print(f"ensemble: error: {exc}", file=sys.stderr)
         return 1

@@ -90,6 +90,17 @@ def test_report_reads_a_study_and_refuses_missing_members(tmp_path, capsys):
     assert "| `m1+m2` | 2 CNN |" in text and "| `(m1+m2)+svm` | 2 CNN + SVM |" in text
     pair = [line for line in text.splitlines() if line.startswith("| `m1+m2` |")][0]
     assert pair.split(" | ")[4] == "3"  # folds
+    # the combinations' fold scores as a results CSV: an ensemble costs its members' trainings
+    assert ensemble.main(["--study", str(study), "--out", str(out), "--report", str(tmp_path / "r.md"),
+                          "--scores", str(tmp_path / "combined.csv")]) == 0
+    combined = compare.read_results(tmp_path / "combined.csv")
+    assert set(combined["variant"]) == {"m1+m2", "m1+svm", "(m1+m2)+svm"}
+    assert len(combined[combined.variant == "m1+m2"]) == 3 and (combined["train_seconds"] == 2.0).sum() == 3 + 4
+    assert (combined.loc[combined.variant == "(m1+m2)+svm", "train_seconds"] == 3.0).all()
+    from study.what_helped import contrast
+
+    c = contrast(pd.concat([results, combined]), "m1+m2", "m1")
+    assert c["folds"] == 3 and np.isfinite(c["delta"])
     assert ensemble.main(["--study", str(study), "--out", str(out), "--members", "m1,m3"]) == 1
     assert "'m3' is not a CNN variant" in capsys.readouterr().err
     compare.probabilities_path(out).unlink()
