@@ -159,7 +159,13 @@ def test_external_scores_per_file_and_per_song():
     external = compare.ExternalSet(segments, np.array([0, 0, 0, 1]), ["g/a", "g/a", "g/a", "h/b"], paths)
     scores = compare.external_scores(FixedModel({k: np.array(v) for k, v in probs.items()}), external, ["g", "h"])
     files = scores.pop("external_files")
+    kept = scores.pop("external_probs")  # every segment's whole distribution, one row per segment
     assert scores == {"external_top1": pytest.approx(2 / 4), "external_song_top1": pytest.approx(1 / 2)}
+    assert kept["clip_id"].tolist() == ["g/a-1of3.mp3"] + ["g/a-2of3.mp3"] * 2 + ["g/a-3of3.mp3"] * 3 + [
+        "h/b-1of1.mp3"] * 4
+    assert set(kept["set"]) == {"external"} and kept["actual"].tolist() == ["g"] * 6 + ["h"] * 4
+    assert kept[["g", "h"]].to_numpy().tolist() == [[0.6, 0.4]] + [[0.0, 1.0]] * 2 + [[0.9, 0.1]] * 3 + [
+        [0.7, 0.3]] * 4
     assert files["clip_id"].tolist() == ["g/a-1of3.mp3", "g/a-2of3.mp3", "g/a-3of3.mp3", "h/b-1of1.mp3"]
     assert files["actual"].tolist() == ["g", "g", "g", "h"] and files["predicted"].tolist() == ["g", "h", "g", "g"]
     assert files["confidence"].tolist() == pytest.approx([0.6, 1.0, 0.9, 0.7])  # each file's top probability
@@ -528,6 +534,9 @@ def test_fit_all_in_cv_trains_on_every_fold_but_the_test_one(tiny_study, tmp_pat
         def count_params(self):
             return 7
 
+        def __call__(self, x, training=False):  # a uniform softmax: run_cnn_fold keeps every distribution
+            return np.full((len(x), len(store.labels)), 1 / len(store.labels), "float32")
+
     def fake_train(store, model_cfg, train_cfg, *, train_rows, valid_rows, seed, state_dir, log=None):
         seen.update(train=train_rows, valid=valid_rows)
         return genre_se.train.TrainResult(Model(), 0.0, 1.0, 1, 0.0, 1, 0)
@@ -539,8 +548,9 @@ def test_fit_all_in_cv_trains_on_every_fold_but_the_test_one(tiny_study, tmp_pat
                                                                   "confidence": []})))
     for fit_all, train_folds, valid_folds in ((False, {2}, {1}), (True, {1, 2}, set())):
         params = load_params(study.params_path, {"train.fit_all": fit_all})
-        compare.run_cnn_fold(store, params, folds, 0, 3, 42, tmp_path / "s")
+        row = compare.run_cnn_fold(store, params, folds, 0, 3, 42, tmp_path / "s")
         assert set(folds[seen["train"]]) == train_folds and set(folds[seen["valid"]]) == valid_folds
+        assert len(row["probs"]) == int(np.sum(folds == 0))  # one distribution per test segment
 
 
 def test_step_timing_compares_variants_under_equal_conditions(tiny_study, capsys):
