@@ -106,3 +106,22 @@ def test_report_reads_a_study_and_refuses_missing_members(tmp_path, capsys):
     compare.probabilities_path(out).unlink()
     assert ensemble.main(["--study", str(study), "--out", str(out), "--report", str(tmp_path / "r.md")]) == 1
     assert "no kept distributions" in capsys.readouterr().err
+
+
+def test_the_svm_is_scored_by_its_own_answers_not_by_its_top_platt_probability():
+    # the Platt probabilities say "b" on x, the SVM itself answered "a" (right): alone it is scored by its answer,
+    # in a fusion its probabilities count
+    rows = _rows("svm", 0, "x", "a", [[0.4, 0.6]]) + _rows("svm", 0, "y", "b", [[0.3, 0.7]]) \
+        + _rows("m1", 0, "x", "a", [[0.9, 0.1]]) + _rows("m1", 0, "y", "b", [[0.2, 0.8]])
+    clips = ensemble.combined_clips(ensemble.clip_table(pd.DataFrame(rows), LABELS), ["m1"], "svm", LABELS)
+    recorded = pd.DataFrame({"variant": "svm", "seed": 1, "fold": 0, "set": "test", "clip_id": ["x", "y"],
+                             "predicted": ["a", "b"]})
+    own = ensemble.fold_scores(clips, LABELS, recorded).set_index("variant")["clip_accuracy"]
+    platt = ensemble.fold_scores(clips, LABELS).set_index("variant")["clip_accuracy"]
+    assert own["svm"] == 1.0 and platt["svm"] == 0.5
+    assert own["m1+svm"] == platt["m1+svm"] == 1.0  # (0.65, 0.35) on x: the fusion uses the probabilities
+    table = ensemble.comparison_table(clips, ["m1"], "svm", LABELS, "m1", recorded)
+    assert "| `svm` | SVM | 1.000 ± nan |" in table
+    # a recorded variant without a recorded answer for a clip is not scored there (no silent fallback)
+    partial = ensemble.answers(clips, LABELS, recorded.iloc[:1])
+    assert partial[partial["variant"] == "svm"]["clip_id"].tolist() == ["x"]
