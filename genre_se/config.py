@@ -378,9 +378,15 @@ class PredictConfig:
     """Serving-time settings the train stage stores in the bundle (``genre-se predict`` reads the bundle)."""
 
     uncertain_below: float = 0.4       # a file whose top probability is below this is marked uncertain
+    # a file farther from the training embeddings than this quantile of the validation clips is unfamiliar
+    # (genre_se.familiarity); null: no familiarity statistics in the bundle
+    unfamiliar_quantile: float | None = 0.95
 
     def validate(self, p: str) -> None:
         _require(0.0 <= self.uncertain_below <= 1.0, f"{p}.uncertain_below", "must be in [0, 1]")
+        q = self.unfamiliar_quantile
+        _require(q is None or (not isinstance(q, bool) and isinstance(q, (int, float)) and 0 < q <= 1),
+                 f"{p}.unfamiliar_quantile", f"must be in (0, 1] or null, got {q!r}")
 
 
 @dataclass(frozen=True)

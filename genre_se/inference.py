@@ -181,8 +181,8 @@ class Prediction:
         Seconds of audio (exact for arrays and most formats; within one hop for MP3).
     aggregate : str
     uncertain : bool
-        The top probability is below the classifier's ``uncertain_below``, or the audio is ``short`` or
-        ``all_silent`` (the answer is a guess; the top-k still says what the model leans to).
+        The top probability is below the classifier's ``uncertain_below``, or the audio is ``short``,
+        ``all_silent`` or ``unfamiliar`` (the answer is a guess; the top-k still says what the model leans to).
     short : bool
         The audio is shorter than one segment, so its single segment is mostly padding: the model never
         saw such input in training, and its confidence on it means little (a 0.1-s blip can score 0.95).
@@ -191,6 +191,12 @@ class Prediction:
         ``probabilities`` unless every segment is silent (``all_silent``, then all of them are used).
     n_segments_in_file : int, optional
         Segments the whole file has; more than ``n_segments`` when ``max_segments`` chose a spread of them.
+    distance : float, optional
+        How far the file's embeddings lie from the training data (:mod:`genre_se.familiarity`); None when the
+        bundle has no familiarity statistics.
+    unfamiliar : bool
+        ``distance`` is beyond the bundle's threshold (a quantile of held-out GTZAN clips' distances): the
+        recording is unlike the training data, so the answer is marked ``uncertain`` too.
     """
 
     path: str | None
@@ -206,6 +212,8 @@ class Prediction:
     segment_silent: np.ndarray | None = None
     all_silent: bool = False
     n_segments_in_file: int | None = None
+    distance: float | None = None
+    unfamiliar: bool = False
 
     @property
     def n_segments(self) -> int:
@@ -264,6 +272,9 @@ class Prediction:
         }
         if self.n_segments_in_file is not None and self.n_segments_in_file != self.n_segments:
             record["segments_in_file"] = int(self.n_segments_in_file)
+        if self.distance is not None:
+            record["unfamiliar"] = bool(self.unfamiliar)
+            record["distance"] = round(float(self.distance), 3)
         if timeline:
             record["timeline"] = self.timeline()
         return record
@@ -531,7 +542,7 @@ class GenreClassifier:
 
     def __init__(self, bundle, *, batch_size: int = 64, aggregate: str = "mean", block_seconds: float = 30.0,
                  prefetch: int = 4, uncertain_below: float | None = None, max_segments: int | None = 0,
-                 silence_db: float | None = DEFAULT_SILENCE_DB):
+                 silence_db: float | None = DEFAULT_SILENCE_DB, familiarity: bool = True):
         from .calibration import Calibration, check_threshold
 
         if aggregate not in AGGREGATIONS:
@@ -557,7 +568,22 @@ class GenreClassifier:
         self.uncertain_below = (self.calibration.uncertain_below if uncertain_below is None
                                 else check_threshold(uncertain_below, "uncertain_below"))
         self._embedding_model = None
+        self._genre_and_embedding = None
+        self.familiarity = self._load_familiarity() if familiarity else None
         self._check_input_shape()
+
+    def _load_familiarity(self):
+        """The bundle's :class:`~genre_se.familiarity.Familiarity` (None without one), checked against its model."""
+        from .familiarity import FAMILIARITY_FILE, file_sha1, load_familiarity
+
+        root = getattr(self.bundle, "path", None)
+        if root is None or not (Path(root) / FAMILIARITY_FILE).is_file():
+            return None
+        model_sha1 = getattr(self.bundle, "model_sha1", None)  # a LiteRT bundle checked it on load
+        model_file = Path(root) / "model.keras"
+        if model_sha1 is None and model_file.is_file():
+            model_sha1 = file_sha1(model_file)
+        return load_familiarity(root, model_sha1)
 
     @classmethod
     def load(
@@ -641,6 +667,7 @@ class GenreClassifier:
             "silence_db": self.silence_db,
             "calibration": {"temperature": self.temperature, "fit_on": self.calibration.fit_on,
                             "uncertain_below": self.uncertain_below},
+            "familiarity": None if self.familiarity is None else self.familiarity.record(),
         }
 
     # ------------------------------------------------------------------ prediction
@@ -670,18 +697,47 @@ class GenreClassifier:
         return self._predict_sources([_Source(os.fspath(p)) for p in paths], on_progress)
 
     def _predict_sources(self, sources, on_progress) -> Iterator[Prediction | Failure]:
-        for result in self._run(sources, self.bundle.model, on_progress, max_segments=self.max_segments):
+        model = self.bundle.model if self.familiarity is None else self._genre_and_embedding_model()
+        for result in self._run(sources, model, on_progress, max_segments=self.max_segments):
             yield result if isinstance(result, Failure) else self._to_prediction(result)
+
+    def _genre_and_embedding_model(self):
+        """One pass for both outputs: the softmax and the embedding side by side, ``(n, classes + dim)``."""
+        if self._genre_and_embedding is None:
+            if hasattr(self.bundle.model, "run"):  # LiteRT: the export computes both in one call
+                from .litert import EMBEDDING_OUTPUT, GENRE_OUTPUT
+
+                run = self.bundle.model.run
+
+                def both(x, training=False):
+                    out = run(x)
+                    return np.concatenate([out[GENRE_OUTPUT], out[EMBEDDING_OUTPUT]], axis=1)
+            else:
+                from .litert import EMBEDDING_OUTPUT, GENRE_OUTPUT, _two_output_model
+
+                two = _two_output_model(self.bundle.model)
+
+                def both(x, training=False):
+                    out = two(x, training=False)
+                    return np.concatenate([np.asarray(out[GENRE_OUTPUT]), np.asarray(out[EMBEDDING_OUTPUT])], axis=1)
+            self._genre_and_embedding = both
+        return self._genre_and_embedding
 
     def _to_prediction(self, raw: _FileOutputs) -> Prediction:
         from .calibration import apply_temperature
 
-        probs = apply_temperature(raw.outputs, self.temperature)  # calibrated segments, then aggregated
+        n_classes = len(self.labels)
+        outputs, embeddings = raw.outputs[:, :n_classes], raw.outputs[:, n_classes:]
+        probs = apply_temperature(outputs, self.temperature)  # calibrated segments, then aggregated
         starts, ends, duration = self._times(raw)
         silent = self._silent(raw)
         all_silent = bool(silent.all())
         clip = aggregate_segments(probs if all_silent else probs[~silent], self.aggregate)  # silence left out
         short = bool(duration < self.feature_config.segment_seconds)  # one segment, mostly padding
+        distance, unfamiliar = None, False
+        if self.familiarity is not None:
+            distance = self.familiarity.distance(embeddings if all_silent else embeddings[~silent])
+            unfamiliar = distance > self.familiarity.threshold
         return Prediction(
             path=raw.path,
             labels=self.labels,
@@ -691,11 +747,13 @@ class GenreClassifier:
             segment_ends=ends,
             duration=duration,
             aggregate=self.aggregate,
-            uncertain=bool(clip.max() < self.uncertain_below) or short or all_silent,  # no music: a guess
+            uncertain=bool(clip.max() < self.uncertain_below) or short or all_silent or unfamiliar,  # a guess
             short=short,
             segment_silent=silent,
             all_silent=all_silent,
             n_segments_in_file=raw.n_segments_in_file if raw.n_segments_in_file is not None else len(probs),
+            distance=distance,
+            unfamiliar=bool(unfamiliar),
         )
 
     def _silent(self, raw: _FileOutputs) -> np.ndarray:

@@ -63,7 +63,8 @@ class PredictionFormatter:
         if self.timeline:
             return _csv_line(["path", "segment", "start", "end", "genre", "probability"])
         ranks = [[f"genre_{r}", f"probability_{r}"] for r in range(1, self.top_k + 1)]
-        return _csv_line(["path", "duration", "n_segments", *[c for pair in ranks for c in pair], "uncertain"])
+        return _csv_line(["path", "duration", "n_segments", *[c for pair in ranks for c in pair], "uncertain",
+                          "unfamiliar"])
 
     def add(self, prediction: Prediction) -> str:
         """Text for one prediction (empty for JSON, which is written by :meth:`end`)."""
@@ -96,7 +97,8 @@ class PredictionFormatter:
         cells = [_shown(prediction.path), f"{prediction.duration:.3f}", prediction.n_segments]
         for genre, probability in prediction.top(self.top_k):
             cells += [genre, f"{probability:.6f}"]
-        return _csv_line([*cells, "true" if prediction.uncertain else "false"])
+        unfamiliar = "" if prediction.distance is None else ("true" if prediction.unfamiliar else "false")
+        return _csv_line([*cells, "true" if prediction.uncertain else "false", unfamiliar])  # "": not measured
 
     def _table(self, prediction: Prediction) -> str:
         top = prediction.top(self.top_k)
@@ -104,7 +106,7 @@ class PredictionFormatter:
         lines = [f"{_shown(prediction.path)}  ({prediction.duration:.1f} s, {_segments_note(prediction)})"]
         lines += [f"  {rank}. {genre:<{width}}  {p:.3f}" for rank, (genre, p) in enumerate(top, start=1)]
         if prediction.uncertain:  # the answer is a guess: said on the top line, the top-k stays
-            lines[1] += "  (uncertain)"
+            lines[1] += "  (uncertain: unlike the training recordings)" if prediction.unfamiliar else "  (uncertain)"
         if self.timeline:
             lines.append("  timeline:")
             lines += [

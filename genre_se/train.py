@@ -673,6 +673,37 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
     return record.to_dict()
 
 
+def embed_rows(model, store: FeatureStore, rows: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Embeddings (the classifier's input) of the given store rows, in order."""
+    from .model import embedding_model
+
+    embed = embedding_model(model)
+    out = [np.asarray(embed(np.asarray(store.segments[rows[i : i + batch_size]], dtype=np.float32), training=False))
+           for i in range(0, len(rows), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def familiarity_of(model, store: FeatureStore, train_rows: np.ndarray, valid_rows: np.ndarray,
+                   quantile: float | None, log: Callable[[str], None] | None = None):
+    """The bundle's familiarity statistics (:mod:`genre_se.familiarity`): the training segments' embeddings,
+    the threshold from the validation clips. None when ``quantile`` is None or nothing is held out
+    (``train.fit_all``: no clip the model has not seen to say how far new in-domain clips lie)."""
+    from .familiarity import fit_familiarity
+
+    if quantile is None or len(valid_rows) == 0:
+        if log is not None and quantile is not None:
+            log("familiarity: no validation clips (train.fit_all), no unfamiliar flag in the bundle")
+        return None
+    clip_ids = store.table["clip_id"].to_numpy()[valid_rows]
+    valid = embed_rows(model, store, valid_rows)
+    reference = [valid[clip_ids == clip] for clip in dict.fromkeys(clip_ids)]
+    stats = fit_familiarity(embed_rows(model, store, train_rows), reference, quantile)
+    if log is not None:
+        log(f"familiarity: {stats.n_segments} training segments; a file is unfamiliar beyond distance "
+            f"{stats.threshold:.1f} (the {quantile:.2f} quantile of {stats.n_reference} validation clips)")
+    return stats
+
+
 def run_train(
     params: Params,
     store_dir: str | Path = "data/features",
@@ -717,7 +748,16 @@ def run_train(
         "calibration": calibration_record(result.model, store, valid_rows, train_cfg.calibrate,
                                           params.predict.uncertain_below, log),
     }
+    familiarity = familiarity_of(result.model, store, train_rows, valid_rows, params.predict.unfamiliar_quantile,
+                                 log)
+    if familiarity is not None:
+        extra["familiarity"] = familiarity.record()
     save_bundle(bundle_dir, result.model, store.labels, store.features, model_cfg, extra=extra)
+    if familiarity is not None:  # tied to the model.keras just written
+        from .familiarity import file_sha1, save_familiarity
+
+        save_familiarity(bundle_dir, dataclasses.replace(familiarity,
+                                                         model_sha1=file_sha1(Path(bundle_dir) / "model.keras")))
     # the LiteRT export makes `genre-se predict` start without TensorFlow; before the state is removed, so
     # a failed export is retried by a rerun without training again
     export = export_litert(bundle_dir)

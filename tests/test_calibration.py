@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -358,9 +359,15 @@ def test_predict_applies_the_temperature_and_flags_uncertain_answers(trained, tm
     from genre_se.inference import GenreClassifier
     from tests.test_inference import BAND_HZ, tone, write
 
-    # between two bands, so the answer is not saturated at probability 1
+    # between two bands, so the answer is not saturated at probability 1; such a mixture is unlike every
+    # training tone, so this test reads a copy of the bundle without its familiarity statistics: here only the
+    # probability threshold decides (test_familiarity.py tests the other flag)
     between = 0.5 * tone(BAND_HZ["low"] * 2, 2.0) + 0.5 * tone(BAND_HZ["mid"], 2.0, seed=1)
     path = write(tmp_path / "between.wav", between)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"], bundle)
+    (bundle / "familiarity.npz").unlink()
+    trained = {**trained, "bundle": bundle}
     clf = GenreClassifier.load(trained["bundle"])
     t = json.loads((trained["bundle"] / "bundle.json").read_text())["extra"]["calibration"]["temperature"]
     assert clf.runtime == "litert" and clf.temperature == t and clf.uncertain_below == 0.35
@@ -389,8 +396,8 @@ def test_predict_applies_the_temperature_and_flags_uncertain_answers(trained, tm
     predict("--format", "csv", "--uncertain-below", "1", "--output", str(csv_path))
     table = pd.read_csv(csv_path)
     assert list(table.columns) == ["path", "duration", "n_segments", "genre_1", "probability_1", "genre_2",
-                                   "probability_2", "genre_3", "probability_3", "uncertain"]
-    assert table["uncertain"].tolist() == [True]
+                                   "probability_2", "genre_3", "probability_3", "uncertain", "unfamiliar"]
+    assert table["uncertain"].tolist() == [True] and table["unfamiliar"].isna().all()  # not measured
     with pytest.raises(SystemExit) as usage:
         main(["predict", str(path), "--model", str(trained["bundle"]), "--uncertain-below", "1.5"])
     assert usage.value.code == 2

@@ -84,7 +84,7 @@ def test_top_k_beyond_the_genres_lists_every_genre_once(capsys, bundle, folder):
     code, out, _ = run(capsys, "predict", good, "--model", bundle, "--format", "csv", "--top-k", "5")
     assert code == 0
     header, row = [line.split(",") for line in out.splitlines()]
-    assert len(header) == len(row) and header[-3:] == ["genre_3", "probability_3", "uncertain"]
+    assert len(header) == len(row) and header[-4:] == ["genre_3", "probability_3", "uncertain", "unfamiliar"]
     code, out, _ = run(capsys, "predict", good, "--model", bundle, "--format", "json", "--top-k", "5")
     assert sorted(t["genre"] for t in json.loads(out)["predictions"][0]["top"]) == ["high", "low", "mid"]
 
