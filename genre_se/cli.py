@@ -505,6 +505,14 @@ def cmd_install_model(args) -> int:
     return 0
 
 
+def cmd_familiarity(args) -> int:
+    from .train import add_familiarity
+
+    add_familiarity(args.model, args.features, args.quantile, log=_log(args))
+    print(f"familiarity statistics -> {args.model}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args) -> int:
     from .inference import resolve_bundle_path
     from .litert import export_litert
@@ -694,6 +702,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="none (default): float32, equal to Keras within rounding; int8: dynamic-range int8 "
                         "weights, several times faster, probabilities within ~1e-2")
     p.set_defaults(func=cmd_export, needs_tf=True)
+
+    p = sub.add_parser("familiarity", help="add familiarity statistics (the unfamiliar flag of predict) to a bundle "
+                                            "trained before the train stage wrote them")
+    p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
+    p.add_argument("--features", default="data/features",
+                   help="the feature store it was trained on: train split = statistics, valid = threshold "
+                        "(default: %(default)s)")
+    p.add_argument("--quantile", type=_probability, default=0.95,
+                   help="share of validation clips that stay familiar (default: %(default)s)")
+    p.set_defaults(func=cmd_familiarity, needs_tf=True)
 
     p = sub.add_parser("install-model", help="make a trained bundle (with its LiteRT export) the package's "
                                               "shipped default model (maintainers; MODEL.md)")

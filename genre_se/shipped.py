@@ -17,6 +17,8 @@ from .fileio import atomic_dir
 
 #: what a shipped bundle holds: the Keras model (embeddings, analysis, --backend keras) and its LiteRT export
 SHIPPED_FILES = ("bundle.json", "model.keras", "model.tflite", "frontend.npz", "litert.json")
+#: shipped when the bundle has them: the familiarity statistics (predict's unfamiliar flag)
+OPTIONAL_FILES = ("familiarity.npz",)
 
 
 def install_shipped(bundle_dir: str | Path, target: str | Path | None = None, quantize: str = "int8") -> Path:
@@ -44,7 +46,7 @@ def install_shipped(bundle_dir: str | Path, target: str | Path | None = None, qu
     if "calibration" not in bundle.extra:
         raise ModelError(f"{source}: has no calibration record; train it with train.calibrate: true")
     with atomic_dir(target) as tmp:
-        for name in SHIPPED_FILES:
+        for name in SHIPPED_FILES + tuple(n for n in OPTIONAL_FILES if (source / n).is_file()):
             shutil.copy2(source / name, tmp / name)
         if quantize != "none":
             from .litert import export_litert

@@ -704,6 +704,37 @@ def familiarity_of(model, store: FeatureStore, train_rows: np.ndarray, valid_row
     return stats
 
 
+def add_familiarity(bundle_dir: str | Path, store_dir: str | Path, quantile: float = 0.95,
+                    log: Callable[[str], None] | None = None) -> Path:
+    """Fit familiarity statistics for an existing bundle from the feature store it was trained on (its train
+    and valid splits, as the train stage uses them) and store them in the bundle: ``genre-se familiarity``,
+    for bundles trained before the train stage wrote them. The store must be the bundle's own (same features).
+    """
+    from .bundle import META_FILE, MODEL_FILE, load_bundle, read_bundle_meta
+    from .errors import ModelError
+    from .familiarity import file_sha1, save_familiarity
+    from .fileio import write_text
+
+    bundle_dir = Path(bundle_dir)
+    bundle = load_bundle(bundle_dir)
+    store = FeatureStore.open(store_dir)
+    ours = {k: v for k, v in dataclasses.asdict(store.features).items() if k != "workers"}  # workers: speed only
+    theirs = {k: v for k, v in bundle.features.items() if k != "workers"}
+    if ours != theirs:
+        raise ModelError(f"{store_dir}: its features {ours} are not the bundle's {theirs}")
+    if list(store.labels) != list(bundle.labels):
+        raise ModelError(f"{store_dir}: its labels {list(store.labels)} are not the bundle's {bundle.labels}")
+    stats = familiarity_of(bundle.model, store, store.rows("train"), store.rows("valid"), quantile, log)
+    if stats is None:
+        raise ModelError(f"{store_dir}: no validation clips to set the threshold on")
+    stats = dataclasses.replace(stats, model_sha1=file_sha1(bundle_dir / MODEL_FILE))
+    save_familiarity(bundle_dir, stats)
+    meta = read_bundle_meta(bundle_dir)
+    meta.setdefault("extra", {})["familiarity"] = stats.record()
+    write_text(bundle_dir / META_FILE, json.dumps(meta, indent=2, allow_nan=False) + "\n")
+    return bundle_dir
+
+
 def run_train(
     params: Params,
     store_dir: str | Path = "data/features",

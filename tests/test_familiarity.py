@@ -161,3 +161,25 @@ def test_statistics_of_another_model_stop_predict_with_a_clear_message(trained, 
     assert main(["predict", str(tmp_path / "x.wav"), "--model", str(bundle)]) != 0
     err = capsys.readouterr().err
     assert "another model.keras" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_the_familiarity_command_adds_the_statistics_to_an_older_bundle(trained, tmp_path, capsys):  # noqa: F811
+    from genre_se.cli import main
+
+    older = tmp_path / "older"
+    shutil.copytree(trained["bundle"], older)
+    (older / FAMILIARITY_FILE).unlink()
+    meta = json.loads((older / "bundle.json").read_text())
+    del meta["extra"]["familiarity"]
+    (older / "bundle.json").write_text(json.dumps(meta))
+    assert main(["familiarity", "--model", str(older), "--features", str(trained["store"].root)]) == 0
+    added, original = load_familiarity(older), load_familiarity(trained["bundle"])
+    # the same model and store: the statistics the train stage wrote
+    assert added.threshold == pytest.approx(original.threshold, rel=1e-6) and added.model_sha1 == original.model_sha1
+    np.testing.assert_allclose(added.precision, original.precision, rtol=1e-6, atol=1e-9)
+    assert json.loads((older / "bundle.json").read_text())["extra"]["familiarity"] == added.record()
+    # a store of other features is refused by name, not scored
+    other = trained["root"] / "bundle.json"  # any path that is not a store
+    assert main(["familiarity", "--model", str(older), "--features", str(other.parent / "nowhere")]) != 0
+    assert "Traceback" not in capsys.readouterr().err

@@ -24,10 +24,10 @@ GTZAN_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "met
 
 
 def test_the_package_ships_a_complete_bundle():
-    from genre_se.shipped import SHIPPED_FILES
+    from genre_se.shipped import OPTIONAL_FILES, SHIPPED_FILES
 
     assert SHIPPED_BUNDLE.is_dir(), "genre_se/pretrained/gtzan-mini is missing: run scripts/train_shipped_model.sh"
-    assert sorted(p.name for p in SHIPPED_BUNDLE.iterdir()) == sorted(SHIPPED_FILES)  # no state, no pickles
+    assert sorted(p.name for p in SHIPPED_BUNDLE.iterdir()) == sorted(SHIPPED_FILES + OPTIONAL_FILES)  # no state
     assert sum(p.stat().st_size for p in SHIPPED_BUNDLE.iterdir()) < 16 * 2**20
     assert '"pretrained/*/*"' in (ROOT / "pyproject.toml").read_text()  # package data, so pip installs it
 
@@ -57,6 +57,7 @@ def test_model_card_describes_this_very_model():
     # the card names the checksum of the model it describes: retrain without updating it and this fails
     assert file_sha1(SHIPPED_BUNDLE / "model.keras")[:12] in card
     assert f"T = {meta['extra']['calibration']['temperature']:.2f}" in card
+    assert f"distance {meta['extra']['familiarity']['threshold']:.1f}" in card  # the unfamiliar threshold
     for section in ("Training data", "k-fold", "real-clips", "Calibration", "Known limits"):
         assert section.lower() in card.lower(), section
 
@@ -77,6 +78,9 @@ def test_fresh_install_predicts_with_the_shipped_model(tmp_path):
     (first,) = result["predictions"]
     assert set(first["probabilities"]) == set(GTZAN_GENRES) and first["genre"] in GTZAN_GENRES
     assert abs(sum(first["probabilities"].values()) - 1) < 1e-4 and isinstance(first["uncertain"], bool)
+    # the shipped model carries familiarity statistics: every answer says whether the recording is unlike its data
+    assert result["model"]["familiarity"]["n_reference"] == 10 and isinstance(first["unfamiliar"], bool)
+    assert first["distance"] > 0 and first["uncertain"] >= first["unfamiliar"]
 
 
 def test_install_model_checks_the_bundle_then_copies_it_atomically(tmp_path):
