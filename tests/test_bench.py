@@ -115,3 +115,16 @@ def test_machine_description_names_cpu_cores_and_versions():
     assert f"{common.usable_cores()} usable cores" in line
     assert "no-such-package-xyz absent" in line
     assert re.search(r"numpy \d+\.\d+", line)
+
+
+def test_familiarity_bench_smoke_prints_both_runtimes_with_and_without_the_flag():
+    done = subprocess.run([sys.executable, str(BENCH / "bench_familiarity.py"), "--smoke"], cwd=ROOT, check=False,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _table_rows(done.stdout, "method ")
+    assert list(rows) == [f"{b}, {w} familiarity" for b in ("litert", "keras") for w in ("with", "without")]
+    for label, (rate, _, seconds, ratio) in rows.items():
+        assert float(rate) > 0 and float(seconds) > 0, label
+        assert float(ratio.rstrip("x")) > 0, label
+    # each is compared with its own runtime without the flag
+    assert rows["litert, without familiarity"][3] == rows["keras, without familiarity"][3] == "1.00x"
