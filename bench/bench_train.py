@@ -7,6 +7,7 @@
   a generated store of ``--segments`` segments (many batches, so the store is read, not held). One untimed
   epoch (tracing, first reads), then ``--repeats`` timed epochs. It runs in a child process that reports
   its own peak resident memory (``VmHWM``), next to the size of the store on disk.
+  Run twice, in two children: without and with TensorFlow's op determinism (``train.deterministic``).
 * ``SE overhead``: the same architecture with and without SE blocks (``model.se``): parameters, forward
   FLOPs per segment (TensorFlow's profiler, ``float_operation``, on the traced inference graph), and
   milliseconds per batch of ``train.batch_size`` for inference and for one training step, the four
@@ -90,13 +91,17 @@ def make_store(root: Path, n_segments: int, shape: tuple[int, int, int], feature
     return FeatureStore(root, store_segments, table, labels, features)
 
 
-def train_child(smoke: bool, n_segments: int, repeats: int, scratch: Path) -> dict:
-    """Fit the default model on a generated store; epoch seconds, peak memory (run in a fresh process)."""
+def train_child(smoke: bool, n_segments: int, repeats: int, scratch: Path, deterministic: bool = False) -> dict:
+    """Fit the default model on a generated store; epoch seconds, peak memory (run in a fresh process).
+    ``deterministic``: with TensorFlow's op determinism on (``train.deterministic``, the default)."""
     import keras
     import numpy as np
 
     from genre_se.model import build_model
-    from genre_se.train import make_dataset
+    from genre_se.train import enable_determinism, make_dataset
+
+    if deterministic:
+        enable_determinism()
 
     params = load_settings(smoke)
     feats = params.features
@@ -121,12 +126,13 @@ def train_child(smoke: bool, n_segments: int, repeats: int, scratch: Path) -> di
     store_bytes = (scratch / "store" / "segments.npy").stat().st_size
     return {"epoch_seconds": seconds[1:], "warmup_seconds": seconds[0], "peak_kib": peak_kib(),
             "store_bytes": store_bytes, "batch_size": params.train.batch_size, "segments": n_segments,
-            "params": int(model.count_params())}
+            "params": int(model.count_params()), "deterministic": deterministic}
 
 
-def run_train_child(args, scratch: Path) -> dict:
+def run_train_child(args, scratch: Path, deterministic: bool = False) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--train-child", "--segments", str(args.segments),
-               "--repeats", str(args.repeats), "--scratch", str(scratch)] + (["--smoke"] if args.smoke else [])
+               "--repeats", str(args.repeats), "--scratch", str(scratch)] + (["--smoke"] if args.smoke else []) \
+        + (["--deterministic"] if deterministic else [])
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600, check=False)
     if done.returncode != 0:
@@ -185,14 +191,20 @@ def se_overhead(smoke: bool, repeats: int) -> tuple[dict, dict]:
 # Tables
 
 
-def training_table(result: dict) -> str:
-    timings = Timings("train", result["epoch_seconds"])
-    median, low, high = timings.rate(result["segments"])
-    return markdown_table(
-        ["training", "store", "batch", "segments/s", "min-max", "peak RSS MiB", "store on disk MiB"],
-        [["SE-CNN (model params)", f"{result['segments']} segments", result["batch_size"], f"{median:.1f}",
-          fmt_range(low, high, 1), f"{result['peak_kib'] / 1024:.0f}", f"{result['store_bytes'] / 2**20:.1f}"]],
-    )
+def training_table(results: list[dict]) -> str:
+    """One row per training child: without op determinism, then with it (``vs free``: its segments/s over the
+    first row's)."""
+    rows, base = [], None
+    for result in results:
+        timings = Timings("train", result["epoch_seconds"])
+        median, low, high = timings.rate(result["segments"])
+        base = base or median
+        name = "SE-CNN, op determinism" if result.get("deterministic") else "SE-CNN (model params)"
+        rows.append([name, f"{result['segments']} segments", result["batch_size"], f"{median:.1f}",
+                     fmt_range(low, high, 1), f"{median / base:.2f}x", f"{result['peak_kib'] / 1024:.0f}",
+                     f"{result['store_bytes'] / 2**20:.1f}"])
+    return markdown_table(["training", "store", "batch", "segments/s", "min-max", "vs free", "peak RSS MiB",
+                           "store on disk MiB"], rows)
 
 
 def se_table(facts: dict, timings: dict, batch: int) -> str:
@@ -226,6 +238,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tiny model and store, one round, all in this process (CI)")
     parser.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke and not args.train_child:
         args.segments, args.repeats = 40, 1
@@ -236,15 +249,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.train_child:
-        print(json.dumps(train_child(args.smoke, args.segments, args.repeats, args.scratch)))
+        print(json.dumps(train_child(args.smoke, args.segments, args.repeats, args.scratch, args.deterministic)))
         return 0
     params = load_settings(args.smoke)
     if args.segments <= params.train.batch_size:
         raise SystemExit(f"--segments {args.segments}: must exceed train.batch_size ({params.train.batch_size})")
     with tempfile.TemporaryDirectory(prefix="bench_train_") as scratch:
-        # smoke: in this process (the child's TensorFlow start costs more than the tiny run it measures)
-        training = (train_child(True, args.segments, args.repeats, Path(scratch)) if args.smoke
-                    else run_train_child(args, Path(scratch)))
+        # smoke: in this process (the child's TensorFlow start costs more than the tiny run it measures); op
+        # determinism cannot be switched off once on, so the free run comes first
+        trainings = [train_child(True, args.segments, args.repeats, Path(scratch) / name, deterministic=det)
+                     if args.smoke else run_train_child(args, Path(scratch) / name, deterministic=det)
+                     for name, det in (("free", False), ("deterministic", True))]
+        training = trainings[0]
     facts, timings = se_overhead(args.smoke, args.repeats)
     feats = params.features
     print(f"Model: {'tiny smoke model' if args.smoke else 'params.yaml model'} {list(params.model.filters)} "
@@ -252,7 +268,7 @@ def main(argv=None) -> int:
           f"{feats.segment_frames} frames; batch {params.train.batch_size}; random float16 store "
           f"({training['segments']} segments, {training['segments'] // params.train.batch_size} batches per epoch)")
     print()
-    print(training_table(training))
+    print(training_table(trainings))
     print()
     print(se_table(facts, timings, params.train.batch_size))
     print()

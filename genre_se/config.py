@@ -228,6 +228,9 @@ class TrainConfig:
     # train stage: true fits a temperature on the valid split, false keeps T = 1, a number is the temperature
     # itself (e.g. the recipe's out-of-fold T from the cross-validation, study/ensemble.py)
     calibrate: bool | float = True
+    # true: TensorFlow's op determinism for the process (tf.config.experimental.enable_op_determinism), so the same
+    # seed gives the same weights; without it parallel input pipelines and kernels reorder float sums
+    deterministic: bool = True
     # Recording conditions, applied to the log-mel segments in this order (after gain_db), all off by default:
     eq_tilt_db: float = 0.0            # random linear EQ tilt over the mel bands, ends at -t .. +t dB, |t| <= this
     compression: bool | float = False  # above-median dB pulled toward the median by up to this fraction (true: 0.5)
@@ -255,6 +258,8 @@ class TrainConfig:
             f"{p}.compression",
             f"must be true/false or an amount in [0, 1], got {self.compression!r}",
         )
+        _require(isinstance(self.deterministic, bool), f"{p}.deterministic",
+                 f"must be true or false, got {self.deterministic!r}")
         _require(
             isinstance(self.calibrate, bool) or (math.isfinite(self.calibrate) and 0.05 <= self.calibrate <= 20),
             f"{p}.calibrate",

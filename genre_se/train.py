@@ -477,6 +477,14 @@ def _state_key(model_cfg: ModelConfig, train_cfg: TrainConfig, store: FeatureSto
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def enable_determinism() -> None:
+    """Same seed, same weights: TensorFlow's deterministic kernels and input pipelines for this process (it
+    cannot be switched off again; ``train.deterministic: false`` only leaves it off where nothing turned it on)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+
+
 def train_model(
     store: FeatureStore,
     model_cfg: ModelConfig,
@@ -515,6 +523,8 @@ def train_model(
     state = _load_state(state_dir, key)
 
     keras.utils.set_random_seed(seed)
+    if train_cfg.deterministic:
+        enable_determinism()
     if state is not None:
         model = keras.saving.load_model(state_dir / LAST_MODEL, safe_mode=True, compile=True)
         mean, std = state["mean"], state["std"]

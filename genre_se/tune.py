@@ -314,6 +314,10 @@ class SETuner(keras_tuner.BayesianOptimization):
             seed = self.base_seed + EXECUTION_SEED_STRIDE * execution
             keras.backend.clear_session()
             keras.utils.set_random_seed(seed)
+            if self.hypermodel.train_cfg.deterministic:
+                from .train import enable_determinism
+
+                enable_determinism()
             model = build()
             runs.append(self.hypermodel.fit(None, model, seed=seed, **fit_data))
         metrics = {name: float(np.mean([run[name] for run in runs])) for name in runs[0]}

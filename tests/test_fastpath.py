@@ -394,8 +394,9 @@ def test_bench_predict_smoke(capsys):
 
 def test_bench_train_smoke(capsys):
     out = _bench("bench_train.py", capsys)
-    (training,) = _rows(out, "training")
-    assert training[0] == "SE-CNN (model params)" and float(training[3]) > 0 and float(training[5]) > 0
+    free, deterministic = _rows(out, "training")
+    assert (free[0], deterministic[0]) == ("SE-CNN (model params)", "SE-CNN, op determinism")
+    assert float(free[3]) > 0 and float(free[6]) > 0 and free[5] == "1.00x" and float(deterministic[5][:-1]) > 0
     se, plain = _rows(out, "model ")
     assert (se[0], plain[0]) == ("with SE", "without SE")
     assert int(se[1].replace(",", "")) > int(plain[1].replace(",", ""))  # SE blocks add parameters
