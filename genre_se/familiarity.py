@@ -14,7 +14,6 @@ the ``model.keras`` whose embeddings it describes, so statistics of another mode
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -108,14 +107,6 @@ def fit_familiarity(train_embeddings: np.ndarray, reference_clips: list[np.ndarr
     distances = [stats.distance(clip) for clip in reference_clips]
     return Familiarity(stats.mean, stats.precision, float(np.quantile(distances, quantile)), float(quantile),
                        len(x), len(reference_clips), model_sha1)
-
-
-def file_sha1(path: str | Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_familiarity(bundle_dir: str | Path, stats: Familiarity) -> Path:

@@ -7,6 +7,7 @@ Every file or directory genre-se produces goes through here: write to a temporar
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -131,3 +132,12 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def file_sha1(path: str | Path) -> str:
+    """Hex SHA-1 of a file, read in 1 MiB pieces (what ties an export or statistics to its ``model.keras``)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

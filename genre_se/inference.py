@@ -22,7 +22,6 @@ Turning results into text and files (the CLI's table/JSON/CSV, embedding files) 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import queue
 import threading
@@ -34,6 +33,7 @@ import numpy as np
 
 from .config import FeatureConfig
 from .errors import AudioError, GenreSEError, ModelError
+from .fileio import file_sha1
 
 __all__ = [
     "AGGREGATIONS",
@@ -574,7 +574,7 @@ class GenreClassifier:
 
     def _load_familiarity(self):
         """The bundle's :class:`~genre_se.familiarity.Familiarity` (None without one), checked against its model."""
-        from .familiarity import FAMILIARITY_FILE, file_sha1, load_familiarity
+        from .familiarity import FAMILIARITY_FILE, load_familiarity
 
         root = getattr(self.bundle, "path", None)
         if root is None or not (Path(root) / FAMILIARITY_FILE).is_file():
@@ -643,7 +643,7 @@ class GenreClassifier:
         model_file = None if self.bundle.path is None else Path(self.bundle.path) / "model.keras"
         model_sha1 = getattr(self.bundle, "model_sha1", None)  # a LiteRT bundle checked it on load
         if model_sha1 is None and model_file is not None and model_file.is_file():
-            model_sha1 = _file_sha1(model_file)
+            model_sha1 = file_sha1(model_file)
         runtime = {"name": self.runtime}
         export = getattr(self.bundle, "export", None)
         if export is not None:
@@ -934,9 +934,3 @@ def _single(results: Iterator):
     return result
 
 
-def _file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

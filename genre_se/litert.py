@@ -17,7 +17,6 @@ whose ``model.keras`` has since been replaced is refused, never silently served.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -32,6 +31,7 @@ import numpy as np
 from .bundle import BundleRecord
 from .config import FeatureConfig, from_dict
 from .errors import ModelError
+from .fileio import file_sha1
 from .quiet import native_stderr_silenced
 
 __all__ = [
@@ -61,15 +61,6 @@ EMBEDDING_OUTPUT = "embedding"
 
 # --------------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def file_sha1(path: str | Path) -> str:
-    """Hex SHA-1 of a file, read in 1 MiB pieces."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def usable_cores() -> int:

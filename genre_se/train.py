@@ -722,8 +722,8 @@ def add_familiarity(bundle_dir: str | Path, store_dir: str | Path, quantile: flo
     """
     from .bundle import META_FILE, MODEL_FILE, load_bundle, read_bundle_meta
     from .errors import ModelError
-    from .familiarity import file_sha1, save_familiarity
-    from .fileio import write_text
+    from .familiarity import save_familiarity
+    from .fileio import file_sha1, write_text
 
     bundle_dir = Path(bundle_dir)
     bundle = load_bundle(bundle_dir)
@@ -795,7 +795,8 @@ def run_train(
         extra["familiarity"] = familiarity.record()
     save_bundle(bundle_dir, result.model, store.labels, store.features, model_cfg, extra=extra)
     if familiarity is not None:  # tied to the model.keras just written
-        from .familiarity import file_sha1, save_familiarity
+        from .familiarity import save_familiarity
+        from .fileio import file_sha1
 
         save_familiarity(bundle_dir, dataclasses.replace(familiarity,
                                                          model_sha1=file_sha1(Path(bundle_dir) / "model.keras")))

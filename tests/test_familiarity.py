@@ -97,7 +97,7 @@ from tests.test_calibration import trained  # noqa: E402,F401  (a module-scoped 
 @pytest.mark.slow
 def test_train_stage_stores_statistics_whose_threshold_comes_from_the_validation_clips(trained):  # noqa: F811
     from genre_se.bundle import load_bundle
-    from genre_se.familiarity import file_sha1
+    from genre_se.fileio import file_sha1
     from genre_se.model import embedding_model
 
     bundle_dir, store = trained["bundle"], trained["store"]
