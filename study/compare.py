@@ -528,8 +528,10 @@ def read_robustness(path: Path) -> pd.DataFrame:
     return _read_csv(path, ROBUSTNESS_COLUMNS, "robustness", dtype={"transform": str})[ROBUSTNESS_COLUMNS]
 
 
-def _read_csv(path: Path, required: list[str], what: str, **kwargs) -> pd.DataFrame:
-    frame = pd.read_csv(path, keep_default_na=False, **kwargs)
+def _read_csv(path: Path, required: list[str], what: str, dtype: dict | None = None, **kwargs) -> pd.DataFrame:
+    # a configuration key is a hex string: one made only of digits must not become a number (then it no longer
+    # matches the same key read from another file)
+    frame = pd.read_csv(path, keep_default_na=False, dtype={"config_key": str, **(dtype or {})}, **kwargs)
     missing = set(required) - set(frame.columns)
     if missing:
         raise DatasetError(f"{path}: not a {what} CSV (lacks {', '.join(sorted(missing))}); move it away")

@@ -684,3 +684,17 @@ def test_probabilities_of_every_answer_are_kept_and_an_init_offset_trains_anothe
     assert keys["se"] != keys["se_b"]
     with pytest.raises(ConfigError, match=r"variants.bad: study.init_offset: must be an int >= 0, got -1"):
         compare.init_offset(compare.Study({"bad": {compare.INIT_OFFSET: -1}}, [42]), "bad")
+
+
+def test_a_configuration_key_of_digits_only_stays_a_string_in_every_csv(tmp_path):
+    """Hex keys are sometimes all digits ("123456789012"): read as numbers they stopped matching the same key of
+    another file, and the summary failed on merging int64 with object (a CI failure, depending on the hash)."""
+    from study.summary import current_rows
+
+    run = {"variant": "svm", "seed": 1, "fold": 0, "config_key": "012345678912"}
+    results = {c: 0 for c in compare.CSV_COLUMNS} | run
+    pd.DataFrame([results]).to_csv(tmp_path / "r.csv", index=False)
+    pd.DataFrame([run | {"clip_id": "a", "actual": "x", "predicted": "x"}]).to_csv(tmp_path / "c.csv", index=False)
+    read, clips = compare.read_results(tmp_path / "r.csv"), compare.read_clip_predictions(tmp_path / "c.csv")
+    assert read["config_key"].tolist() == clips["config_key"].tolist() == ["012345678912"]  # leading zero kept
+    assert len(current_rows(clips, read)) == 1
