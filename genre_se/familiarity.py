@@ -14,9 +14,8 @@ the ``model.keras`` whose embeddings it describes, so statistics of another mode
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
+from .fileio import atomic_path
 
 FAMILIARITY_FILE = "familiarity.npz"
 FORMAT = 1
@@ -102,11 +102,10 @@ def fit_familiarity(train_embeddings: np.ndarray, reference_clips: list[np.ndarr
     if not reference_clips:
         raise ModelError("familiarity: need at least one reference (validation) clip for the threshold")
     estimate = LedoitWolf().fit(x)
-    stats = Familiarity(estimate.location_, estimate.precision_, 0.0, float(quantile), len(x), len(reference_clips),
+    stats = Familiarity(estimate.location_, estimate.precision_, np.inf, float(quantile), len(x), len(reference_clips),
                         model_sha1)
-    distances = [stats.distance(clip) for clip in reference_clips]
-    return Familiarity(stats.mean, stats.precision, float(np.quantile(distances, quantile)), float(quantile),
-                       len(x), len(reference_clips), model_sha1)
+    threshold = np.quantile([stats.distance(clip) for clip in reference_clips], quantile)
+    return dataclasses.replace(stats, threshold=float(threshold))
 
 
 def save_familiarity(bundle_dir: str | Path, stats: Familiarity) -> Path:
@@ -115,14 +114,8 @@ def save_familiarity(bundle_dir: str | Path, stats: Familiarity) -> Path:
     meta = json.dumps({"format": FORMAT, "threshold": stats.threshold, "quantile": stats.quantile,
                        "n_segments": stats.n_segments, "n_reference": stats.n_reference,
                        "model_sha1": stats.model_sha1})
-    fd, tmp = tempfile.mkstemp(prefix=".familiarity-", suffix=".npz", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, mean=stats.mean, precision=stats.precision, meta=np.array(meta))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:  # a handle: savez would append ".npz" to a name
+        np.savez(handle, mean=stats.mean, precision=stats.precision, meta=np.array(meta))
     return target
 
 

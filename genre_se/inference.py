@@ -579,11 +579,17 @@ class GenreClassifier:
         root = getattr(self.bundle, "path", None)
         if root is None or not (Path(root) / FAMILIARITY_FILE).is_file():
             return None
-        model_sha1 = getattr(self.bundle, "model_sha1", None)  # a LiteRT bundle checked it on load
-        model_file = Path(root) / "model.keras"
-        if model_sha1 is None and model_file.is_file():
-            model_sha1 = file_sha1(model_file)
-        return load_familiarity(root, model_sha1)
+        return load_familiarity(root, self._model_sha1())
+
+    def _model_sha1(self) -> str | None:
+        """SHA-1 of the bundle's ``model.keras`` (None without one), hashed once per classifier."""
+        if not hasattr(self, "_model_sha1_cache"):
+            sha1 = getattr(self.bundle, "model_sha1", None)  # a LiteRT bundle checked it on load
+            model_file = None if self.bundle.path is None else Path(self.bundle.path) / "model.keras"
+            if sha1 is None and model_file is not None and model_file.is_file():
+                sha1 = file_sha1(model_file)
+            self._model_sha1_cache = sha1
+        return self._model_sha1_cache
 
     @classmethod
     def load(
@@ -640,10 +646,7 @@ class GenreClassifier:
         feature parameters."""
         from . import __version__
 
-        model_file = None if self.bundle.path is None else Path(self.bundle.path) / "model.keras"
-        model_sha1 = getattr(self.bundle, "model_sha1", None)  # a LiteRT bundle checked it on load
-        if model_sha1 is None and model_file is not None and model_file.is_file():
-            model_sha1 = file_sha1(model_file)
+        model_sha1 = self._model_sha1()
         runtime = {"name": self.runtime}
         export = getattr(self.bundle, "export", None)
         if export is not None:

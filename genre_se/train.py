@@ -401,7 +401,8 @@ def _mixup(x, y, alpha: float, seed: int):
 
 
 def predict_rows(model, store: FeatureStore, rows: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Softmax outputs for the given store rows, in the order given, read in batches."""
+    """``model``'s outputs (the softmax; the embedding for :func:`genre_se.model.embedding_model`) for the given
+    store rows, in the order given, read in batches."""
     out = []
     for i in range(0, len(rows), batch_size):
         x = np.asarray(store.segments[rows[i : i + batch_size]], dtype=np.float32)
@@ -683,35 +684,36 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
     return record.to_dict()
 
 
-def embed_rows(model, store: FeatureStore, rows: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Embeddings (the classifier's input) of the given store rows, in order."""
-    from .model import embedding_model
-
-    embed = embedding_model(model)
-    out = [np.asarray(embed(np.asarray(store.segments[rows[i : i + batch_size]], dtype=np.float32), training=False))
-           for i in range(0, len(rows), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
 def familiarity_of(model, store: FeatureStore, train_rows: np.ndarray, valid_rows: np.ndarray,
                    quantile: float | None, log: Callable[[str], None] | None = None):
     """The bundle's familiarity statistics (:mod:`genre_se.familiarity`): the training segments' embeddings,
     the threshold from the validation clips. None when ``quantile`` is None or nothing is held out
     (``train.fit_all``: no clip the model has not seen to say how far new in-domain clips lie)."""
     from .familiarity import fit_familiarity
+    from .model import embedding_model
 
     if quantile is None or len(valid_rows) == 0:
         if log is not None and quantile is not None:
             log("familiarity: no validation clips (train.fit_all), no unfamiliar flag in the bundle")
         return None
+    embed = embedding_model(model)
     clip_ids = store.table["clip_id"].to_numpy()[valid_rows]
-    valid = embed_rows(model, store, valid_rows)
+    valid = predict_rows(embed, store, valid_rows)
     reference = [valid[clip_ids == clip] for clip in dict.fromkeys(clip_ids)]
-    stats = fit_familiarity(embed_rows(model, store, train_rows), reference, quantile)
+    stats = fit_familiarity(predict_rows(embed, store, train_rows), reference, quantile)
     if log is not None:
         log(f"familiarity: {stats.n_segments} training segments; a file is unfamiliar beyond distance "
             f"{stats.threshold:.1f} (the {quantile:.2f} quantile of {stats.n_reference} validation clips)")
     return stats
+
+
+def save_bundle_familiarity(bundle_dir: str | Path, stats) -> None:
+    """Store ``stats`` in the bundle, tied to its ``model.keras`` (predict refuses them for another model)."""
+    from .bundle import MODEL_FILE
+    from .familiarity import save_familiarity
+    from .fileio import file_sha1
+
+    save_familiarity(bundle_dir, dataclasses.replace(stats, model_sha1=file_sha1(Path(bundle_dir) / MODEL_FILE)))
 
 
 def add_familiarity(bundle_dir: str | Path, store_dir: str | Path, quantile: float = 0.95,
@@ -720,10 +722,9 @@ def add_familiarity(bundle_dir: str | Path, store_dir: str | Path, quantile: flo
     and valid splits, as the train stage uses them) and store them in the bundle: ``genre-se familiarity``,
     for bundles trained before the train stage wrote them. The store must be the bundle's own (same features).
     """
-    from .bundle import META_FILE, MODEL_FILE, load_bundle, read_bundle_meta
+    from .bundle import META_FILE, load_bundle, read_bundle_meta
     from .errors import ModelError
-    from .familiarity import save_familiarity
-    from .fileio import file_sha1, write_text
+    from .fileio import write_text
 
     bundle_dir = Path(bundle_dir)
     bundle = load_bundle(bundle_dir)
@@ -737,8 +738,7 @@ def add_familiarity(bundle_dir: str | Path, store_dir: str | Path, quantile: flo
     stats = familiarity_of(bundle.model, store, store.rows("train"), store.rows("valid"), quantile, log)
     if stats is None:
         raise ModelError(f"{store_dir}: no validation clips to set the threshold on")
-    stats = dataclasses.replace(stats, model_sha1=file_sha1(bundle_dir / MODEL_FILE))
-    save_familiarity(bundle_dir, stats)
+    save_bundle_familiarity(bundle_dir, stats)
     meta = read_bundle_meta(bundle_dir)
     meta.setdefault("extra", {})["familiarity"] = stats.record()
     write_text(bundle_dir / META_FILE, json.dumps(meta, indent=2, allow_nan=False) + "\n")
@@ -795,11 +795,7 @@ def run_train(
         extra["familiarity"] = familiarity.record()
     save_bundle(bundle_dir, result.model, store.labels, store.features, model_cfg, extra=extra)
     if familiarity is not None:  # tied to the model.keras just written
-        from .familiarity import save_familiarity
-        from .fileio import file_sha1
-
-        save_familiarity(bundle_dir, dataclasses.replace(familiarity,
-                                                         model_sha1=file_sha1(Path(bundle_dir) / "model.keras")))
+        save_bundle_familiarity(bundle_dir, familiarity)
     # the LiteRT export makes `genre-se predict` start without TensorFlow; before the state is removed, so
     # a failed export is retried by a rerun without training again
     export = export_litert(bundle_dir)
