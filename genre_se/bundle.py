@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
 from .config import FeatureConfig, ModelConfig, from_dict
@@ -162,6 +162,7 @@ def save_bundle(
     features: FeatureConfig | dict,
     model_config: ModelConfig | dict,
     extra: dict | None = None,
+    write_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a bundle directory atomically and return its path.
 
@@ -177,6 +178,9 @@ def save_bundle(
         The parameters the model was trained with; validated before anything is written.
     extra : dict, optional
         JSON-serialisable extras (training metrics, split sizes, ...).
+    write_files : callable, optional
+        Writes further files (e.g. the fusion SVM's ``svm.npz``) into the staging directory it is given, so
+        they appear together with the model or not at all.
     """
     target = Path(bundle_dir)
     meta = {
@@ -199,6 +203,8 @@ def save_bundle(
         with atomic_dir(target) as staging:
             _save_keras_model(model, staging / MODEL_FILE)
             (staging / META_FILE).write_text(meta_text, encoding="utf-8")
+            if write_files is not None:
+                write_files(staging)
     except OSError as exc:
         raise ModelError(f"{target}: cannot write the model bundle ({exc})") from exc
     return target

@@ -377,7 +377,7 @@ def cmd_predict(args) -> int:
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
                                       batch_size=args.batch_size, aggregate=args.aggregate,
                                       uncertain_below=args.uncertain_below, max_segments=max_segments,
-                                      silence_db=args.silence_db)
+                                      silence_db=args.silence_db, fusion=args.fusion)
     inputs = _Inputs(args.paths)
     with inputs as (files, n_empty):
         return _predict_files(args, classifier, files, n_empty, inputs.shown)
@@ -674,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--silence-db", type=_decibels_or_off, default=DEFAULT_SILENCE_DB, metavar="DB",
                    help="leave segments whose loudest frame is below DB (re full scale) out of the file's "
                         "genre, unless all are; 'off': keep all (default: %(default)s)")
+    p.add_argument("--no-fusion", dest="fusion", action="store_false",
+                   help="a bundle trained with model.fusion: svm answers with its CNN alone (default: the mean "
+                        "of the CNN's and the SVM's distributions, as it was evaluated)")
     p.set_defaults(func=cmd_predict, needs_tf=_inference_needs_tf)
 
     p = sub.add_parser("embed", help="embeddings (the layer before the classifier) of audio files")

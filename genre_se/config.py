@@ -165,6 +165,10 @@ class ModelConfig:
     loudness_norm: Literal["none", "rms", "r128"] = "none"
     loudness_target_db: float = -23.0
     pcen: bool = False
+    # Late fusion (genre_se.fusion): "svm" averages the clip distribution with an MFCC + spectral statistics
+    # SVM's, trained on the same clips and stored in the bundle as plain arrays. Best in the gtzan-mini
+    # cross-validation, worse on real songs, so off by default.
+    fusion: Literal["none", "svm"] = "none"
 
     def validate(self, p: str) -> None:
         _require(len(self.filters) >= 1, f"{p}.filters", "needs at least one block")

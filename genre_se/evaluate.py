@@ -20,11 +20,16 @@ from .fileio import atomic_path, write_csv, write_json
 from .metrics import aggregate_clips, classification_scores
 
 
-def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: float = 1.0) -> tuple[dict, pd.DataFrame]:
+def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: float = 1.0,
+                  svm=None) -> tuple[dict, pd.DataFrame]:
     """Scores of ``model`` on some store rows, and the per-clip predictions table.
 
     ``temperature`` is the bundle's calibration: accuracies do not depend on it, the clip ECE is reported
     without (``ece``) and with it (``ece_calibrated``), and the table has both confidences.
+
+    ``svm`` (a :class:`genre_se.fusion.SvmScorer`, ``model.fusion: svm``): the clip answer is the fused
+    distribution, as ``predict`` gives it (the temperature then scales the fused distribution); the CNN's and
+    the SVM's own clip scores are reported beside it (``clip_cnn``, ``clip_svm``).
     """
     from .calibration import apply_temperature, expected_calibration_error
     from .train import predict_rows
@@ -36,13 +41,27 @@ def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: flo
     seg_true = table["label_index"].to_numpy()
     clips = aggregate_clips(table["clip_id"].to_numpy(), probs, seg_true)
     seg = classification_scores(seg_true, probs.argmax(axis=1), store.labels)
+    extra_scores = {}
+    if svm is None:
+        calibrated = aggregate_clips(table["clip_id"].to_numpy(), apply_temperature(probs, temperature), seg_true)
+        clip_probs, calibrated_probs = np.stack(clips["probs"]), np.stack(calibrated["probs"])
+    else:
+        from .fusion import fuse, svm_clip_distributions
+
+        cnn_probs = np.stack(clips["probs"])
+        svm_probs = svm_clip_distributions(svm, store, [str(c) for c in clips.index])
+        clip_probs = fuse(cnn_probs, svm_probs)
+        calibrated_probs = apply_temperature(clip_probs, temperature)
+        for name, part in (("clip_cnn", cnn_probs), ("clip_svm", svm_probs)):
+            scores = classification_scores(clips["label"].to_numpy(), part.argmax(axis=1), store.labels)
+            extra_scores[name] = {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+        clips["pred"] = clip_probs.argmax(axis=1)
     clip = classification_scores(clips["label"].to_numpy(), clips["pred"].to_numpy(), store.labels)
-    calibrated = aggregate_clips(table["clip_id"].to_numpy(), apply_temperature(probs, temperature), seg_true)
-    clip_probs, calibrated_probs = np.stack(clips["probs"]), np.stack(calibrated["probs"])
     metrics = {
         "clip": {"accuracy": clip["accuracy"], "macro_f1": clip["macro_f1"],
                  "ece": expected_calibration_error(clip_probs, clips["label"].to_numpy()),
                  "ece_calibrated": expected_calibration_error(calibrated_probs, clips["label"].to_numpy())},
+        **extra_scores,
         "temperature": float(temperature),
         "segment": {"accuracy": seg["accuracy"], "macro_f1": seg["macro_f1"]},
         "n_clips": int(len(clips)),
@@ -166,7 +185,12 @@ def cross_validate(
             seed=params.seed + f, state_dir=Path(state_root) / f"fold{f}",
             log=(lambda line, f=f: log(f"fold {f + 1}/{k} {line}")) if log else None,
         )
-        metrics, _ = evaluate_rows(result.model, store, test_rows)
+        svm = None
+        if model_cfg.fusion == "svm":
+            from .fusion import fit_store_svm
+
+            svm = fit_store_svm(store, train_rows, params.seed + f)  # the CNN's training clips
+        metrics, _ = evaluate_rows(result.model, store, test_rows, svm=svm)
         folds.append({"fold": f, "clip_accuracy": metrics["clip"]["accuracy"],
                       "clip_macro_f1": metrics["clip"]["macro_f1"],
                       "segment_accuracy": metrics["segment"]["accuracy"], "n_clips": metrics["n_clips"]})
@@ -203,8 +227,11 @@ def run_evaluate(
         raise DatasetError(f"{bundle_dir}: the bundle was trained on other features than {store_dir} holds")
     from .calibration import Calibration
 
+    from .fusion import load_svm
+
     calibration = Calibration.from_dict(bundle.extra.get("calibration"), str(bundle_dir))
-    metrics, predictions = evaluate_rows(bundle.model, store, store.rows("test"), calibration.temperature)
+    metrics, predictions = evaluate_rows(bundle.model, store, store.rows("test"), calibration.temperature,
+                                         svm=load_svm(bundle_dir, bundle.labels))
     reports = Path(reports_dir)
     if params.evaluate.folds > 1:
         from .config import ModelConfig, from_dict

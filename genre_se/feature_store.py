@@ -6,6 +6,8 @@ Layout of ``data/features/``::
     segments.csv   one row per segment: segment, clip_id, label, label_index, split, [fold], start_frame, pad_frames
     augmented.csv  (only with ``train.waveform_augment``) one row per segment of the clips' augmented copies,
                    stored after the originals in segments.npy: segment, clip_id, augment, amount, label_index, ...
+    clip_stats.npz (only with ``model.fusion: svm``) the baseline's statistics of every clip's windows
+                   (``stats``, ``clip_id``), for the fusion SVM (:mod:`genre_se.fusion`)
     meta.json      store version, the FeatureConfig, the label order, shape
 
 ``table`` lists the original segments only, so everything that scores, splits or calibrates sees the
@@ -37,6 +39,7 @@ from .fileio import atomic_dir
 
 STORE_VERSION = 1
 STORE_DTYPE = np.float16
+CLIP_STATS_FILE = "clip_stats.npz"
 
 
 def features_key(cfg: FeatureConfig) -> str:
@@ -57,9 +60,14 @@ def _compute_shard(task: tuple) -> tuple[str, str, int, str | None]:
     """
     from .features import extract_segments
 
-    clip_id, path, shard, cfg_dict, augment, amount = task
+    clip_id, path, shard, cfg_dict, augment, amount, with_stats = task
     cfg = FeatureConfig(**cfg_dict)
+    stats = {}
     try:
+        if with_stats:  # model.fusion: the SVM's statistics of the clip's windows, kept in the same shard
+            from .fusion import window_statistics
+
+            stats["window_stats"] = window_statistics(path)
         if augment:
             from .audio import load_audio
             from .waveform_augment import augment_waveform
@@ -80,6 +88,7 @@ def _compute_shard(task: tuple) -> tuple[str, str, int, str | None]:
         data=segs.data.astype(STORE_DTYPE),
         start_frames=segs.start_frames,
         pad_frames=segs.pad_frames,
+        **stats,
     )
     os.replace(tmp, shard)
     return clip_id, augment, len(segs), None
@@ -140,6 +149,25 @@ class FeatureStore:
             mask &= self.augmented["augment"].isin(list(kinds)).to_numpy()
         return self.augmented["segment"].to_numpy(dtype=np.int64)[mask]
 
+    def clip_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """The baseline's statistics of every clip's windows and the clip each row belongs to (a store built
+        with ``clip_stats``, i.e. ``model.fusion: svm``).
+
+        Raises
+        ------
+        DatasetError
+            The store has none, or the file is damaged.
+        """
+        path = self.root / CLIP_STATS_FILE
+        if not path.is_file():
+            raise DatasetError(f"{self.root}: no clip statistics for the SVM of model.fusion: svm (run "
+                               "`genre-se features` again with model.fusion: svm)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return z["stats"].astype(np.float64), z["clip_id"].astype(str)
+        except (OSError, KeyError, ValueError) as exc:
+            raise DatasetError(f"{path}: corrupt clip statistics ({exc})") from None
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.segments.shape[1:])
@@ -166,6 +194,7 @@ def build_store(
     progress: Callable | None = None,
     augment: list | tuple = (),
     seed: int = 0,
+    clip_stats: bool = False,
 ) -> tuple[FeatureStore, pd.DataFrame]:
     """Compute (or resume) every usable clip's segments and assemble the store.
 
@@ -179,6 +208,9 @@ def build_store(
         a clip trains in some fold of a cross-validation; only training ever reads them.
     progress : callable, optional
         Wraps an iterable for a progress bar (e.g. ``functools.partial(tqdm, total=n)``).
+    clip_stats : bool
+        Also store the baseline's statistics of every clip's windows (``clip_stats.npz``), which the SVM of
+        ``model.fusion: svm`` trains on (:mod:`genre_se.fusion`).
 
     Returns
     -------
@@ -201,11 +233,11 @@ def build_store(
             copy_tasks[(row.clip_id, kind)] = (str(cache / _shard_name(row.clip_id, row.path, kind, amount)), amount)
     paths = dict(zip(usable["clip_id"], usable["path"]))
     todo = [
-        (row.clip_id, row.path, shards[row.clip_id], cfg.to_dict(), "", 0.0)
+        (row.clip_id, row.path, shards[row.clip_id], cfg.to_dict(), "", 0.0, clip_stats)
         for row in usable.itertuples()
-        if not Path(shards[row.clip_id]).exists()
+        if not Path(shards[row.clip_id]).exists() or (clip_stats and not _has_stats(shards[row.clip_id]))
     ] + [
-        (clip_id, paths[clip_id], shard, cfg.to_dict(), kind, amount)
+        (clip_id, paths[clip_id], shard, cfg.to_dict(), kind, amount, False)
         for (clip_id, kind), (shard, amount) in copy_tasks.items()
         if not Path(shard).exists()
     ]
@@ -246,14 +278,24 @@ def build_store(
         for (clip_id, kind), (shard, amount) in copy_tasks.items()
         if clip_id not in errors and (clip_id, kind) not in copy_errors
     ]
-    _assemble(ok, shards, labels, cfg, out_dir, copies)
+    _assemble(ok, shards, labels, cfg, out_dir, copies, clip_stats)
     failures = pd.concat([failures, copy_failures], ignore_index=True) if len(copy_failures) else failures
     shutil.rmtree(cache, ignore_errors=True)
     return FeatureStore.open(out_dir), failures.reset_index(drop=True)
 
 
+def _has_stats(shard: str) -> bool:
+    """Whether a cached shard holds the clip's window statistics (an older one, or one of a run without
+    ``model.fusion``, does not: it is computed again)."""
+    try:
+        with np.load(shard) as z:
+            return "window_stats" in z.files
+    except (OSError, ValueError):
+        return False
+
+
 def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: FeatureConfig, out_dir,
-              copies: list | None = None) -> None:
+              copies: list | None = None, clip_stats: bool = False) -> None:
     """Concatenate shards into segments.npy (memory-mapped, written in place) plus the tables; the
     augmented ``copies`` (clip_id, kind, amount, shard) go after the originals, listed in augmented.csv."""
     if clips.empty:
@@ -306,6 +348,14 @@ def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: Feature
         pd.DataFrame(rows).to_csv(tmp / "segments.csv", index=False)
         if copies:
             pd.DataFrame(copy_rows).to_csv(tmp / "augmented.csv", index=False)
+        if clip_stats:
+            stats, owners = [], []
+            for clip_id in clips["clip_id"]:
+                with np.load(shards[clip_id]) as z:
+                    stats.append(z["window_stats"])
+                owners += [clip_id] * len(stats[-1])
+            with open(tmp / CLIP_STATS_FILE, "wb") as handle:
+                np.savez(handle, stats=np.concatenate(stats), clip_id=np.array(owners, dtype=str))
         meta = {
             "store_version": STORE_VERSION,
             "features": cfg.to_dict(),
@@ -315,6 +365,7 @@ def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: Feature
             "dtype": np.dtype(STORE_DTYPE).name,
             "n_clips": int(len(clips)),
             "n_augmented_segments": len(copy_rows),
+            "clip_stats": bool(clip_stats),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -338,6 +389,7 @@ def run_features(
     if missing:
         raise DatasetError(f"{index_path}: index lacks columns {sorted(missing)}")
     store, failures = build_store(index, params.features, out_dir, cache_dir, progress=progress,
-                                  augment=params.train.waveform_augment, seed=params.seed)
+                                  augment=params.train.waveform_augment, seed=params.seed,
+                                  clip_stats=params.model.fusion == "svm")
     write_csv(errors_path, failures)
     return store, failures

@@ -536,13 +536,19 @@ class GenreClassifier:
         distribution (still listed, ``Prediction.segment_silent``); if every segment is, all are used
         (``Prediction.all_silent``). None: no segment is left out.
 
+    fusion : bool
+        Use the bundle's fusion SVM (``svm.npz``, ``model.fusion: svm``) when it has one: the file's answer is
+        then the mean of the CNN's distribution and the SVM's (over up to 8 windows of 30 s), as the
+        evaluate stage scores it. False: the CNN alone.
+
     The bundle's calibration temperature (``extra.calibration.temperature``, fitted on the validation split;
-    1 for bundles without one) scales every segment's probabilities before aggregation.
+    1 for bundles without one) scales every segment's probabilities before aggregation; with the fusion SVM it
+    scales the fused distribution instead (the segment probabilities are then the CNN's own).
     """
 
     def __init__(self, bundle, *, batch_size: int = 64, aggregate: str = "mean", block_seconds: float = 30.0,
                  prefetch: int = 4, uncertain_below: float | None = None, max_segments: int | None = 0,
-                 silence_db: float | None = DEFAULT_SILENCE_DB, familiarity: bool = True):
+                 silence_db: float | None = DEFAULT_SILENCE_DB, familiarity: bool = True, fusion: bool = True):
         from .calibration import Calibration, check_threshold
 
         if aggregate not in AGGREGATIONS:
@@ -570,7 +576,17 @@ class GenreClassifier:
         self._embedding_model = None
         self._genre_and_embedding = None
         self.familiarity = self._load_familiarity() if familiarity else None
+        self.svm = self._load_svm() if fusion else None
         self._check_input_shape()
+
+    def _load_svm(self):
+        """The bundle's fusion SVM (:mod:`genre_se.fusion`; ``model.fusion: svm``), None without one."""
+        from .fusion import FUSION_FILE, load_svm
+
+        root = getattr(self.bundle, "path", None)
+        if root is None or not (Path(root) / FUSION_FILE).is_file():
+            return None
+        return load_svm(root, self.labels)
 
     def _load_familiarity(self):
         """The bundle's :class:`~genre_se.familiarity.Familiarity` (None without one), checked against its model."""
@@ -671,6 +687,8 @@ class GenreClassifier:
             "calibration": {"temperature": self.temperature, "fit_on": self.calibration.fit_on,
                             "uncertain_below": self.uncertain_below},
             "familiarity": None if self.familiarity is None else self.familiarity.record(),
+            "fusion": None if self.svm is None else {"kind": "svm", "n_parameters": self.svm.n_parameters,
+                                                     "max_windows": self.svm.max_windows},
         }
 
     # ------------------------------------------------------------------ prediction
@@ -701,8 +719,19 @@ class GenreClassifier:
 
     def _predict_sources(self, sources, on_progress) -> Iterator[Prediction | Failure]:
         model = self.bundle.model if self.familiarity is None else self._genre_and_embedding_model()
-        for result in self._run(sources, model, on_progress, max_segments=self.max_segments):
-            yield result if isinstance(result, Failure) else self._to_prediction(result)
+        for source, result in zip(sources, self._run(sources, model, on_progress, max_segments=self.max_segments)):
+            if isinstance(result, Failure) or self.svm is None:
+                yield result if isinstance(result, Failure) else self._to_prediction(result)
+                continue
+            from .fusion import window_statistics
+
+            try:  # the SVM reads its own windows of the file (or of the array)
+                stats = window_statistics(source.path if source.path is not None else source.signal,
+                                          self.feature_config.sample_rate, max_windows=self.svm.max_windows)
+            except GenreSEError as exc:
+                yield Failure(source.path, exc)
+                continue
+            yield self._to_prediction(result, self.svm.distribution(stats))
 
     def _genre_and_embedding_model(self):
         """One pass for both outputs: the softmax and the embedding side by side, ``(n, classes + dim)``."""
@@ -726,16 +755,21 @@ class GenreClassifier:
             self._genre_and_embedding = both
         return self._genre_and_embedding
 
-    def _to_prediction(self, raw: _FileOutputs) -> Prediction:
+    def _to_prediction(self, raw: _FileOutputs, svm_distribution: np.ndarray | None = None) -> Prediction:
         from .calibration import apply_temperature
 
         n_classes = len(self.labels)
         outputs, embeddings = raw.outputs[:, :n_classes], raw.outputs[:, n_classes:]
-        probs = apply_temperature(outputs, self.temperature)  # calibrated segments, then aggregated
+        fused = svm_distribution is not None
+        probs = apply_temperature(outputs, 1.0 if fused else self.temperature)  # calibrated segments, aggregated
         starts, ends, duration = self._times(raw)
         silent = self._silent(raw)
         all_silent = bool(silent.all())
         clip = aggregate_segments(probs if all_silent else probs[~silent], self.aggregate)  # silence left out
+        if fused:  # model.fusion: the mean with the SVM's distribution, then the temperature (fitted so)
+            from .fusion import fuse
+
+            clip = apply_temperature(fuse(clip, svm_distribution)[None, :], self.temperature)[0]
         short = bool(duration < self.feature_config.segment_seconds)  # one segment, mostly padding
         distance, unfamiliar = None, False
         if self.familiarity is not None:

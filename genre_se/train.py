@@ -467,10 +467,11 @@ def _state_key(model_cfg: ModelConfig, train_cfg: TrainConfig, store: FeatureSto
     ``calibrate`` (it only acts after training)."""
     resumable = ("patience",) if train_cfg.lr_schedule == "cosine" else ("epochs", "patience")  # cosine spans epochs
     resumable += ("calibrate",)
+    model_fields = {k: v for k, v in model_cfg.__dict__.items() if k != "fusion"}  # the SVM is fitted afterwards
     loop = {k: v for k, v in train_cfg.__dict__.items()
             if k not in resumable and not (k in LATE_TRAIN_FIELDS and v == LATE_TRAIN_FIELDS[k])}
     blob = json.dumps(
-        [model_cfg.__dict__, loop, store.features.to_dict(), len(store.segments),
+        [model_fields, loop, store.features.to_dict(), len(store.segments),
          np.asarray(rows).tolist()[:50], len(rows), seed],
         sort_keys=True,
         default=str,
@@ -646,7 +647,7 @@ def resolve_train_config(params: Params, best_params_path: str | Path | None) ->
 
 
 def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: bool | float, uncertain_below: float,
-                       log: Callable[[str], None] | None = None) -> dict:
+                       log: Callable[[str], None] | None = None, svm=None) -> dict:
     """The bundle's ``extra["calibration"]``: a temperature fitted on the validation clips (clip-level NLL of
     the mean of temperature-scaled segment probabilities, as prediction computes it) with the clip ECE
     before and after. Without validation clips (``train.fit_all``) or with ``fit`` false, ``T = 1``.
@@ -654,6 +655,9 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
     ``fit`` a number (``train.calibrate: 1.6``): that temperature, fitted elsewhere (the recipe's out-of-fold
     clips, ``study/ensemble.py``), recorded with ``fit_on: "fixed"``; the ECE before and after still describe the
     validation clips where there are some.
+
+    ``svm`` (``model.fusion: svm``): the temperature scales the fused clip distribution (the mean of the CNN's,
+    untempered, and the SVM's), so it is fitted on the validation clips' fused distributions.
     """
     import pandas as pd
 
@@ -672,6 +676,13 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
     first = np.zeros(len(uniques), dtype=np.intp)
     first[codes[::-1]] = np.arange(len(codes))[::-1]
     labels = store.table["label_index"].to_numpy()[valid_rows][first]
+    if svm is not None:  # one "segment" per clip: the fused distribution
+        from .calibration import clip_distributions
+        from .fusion import fuse, svm_clip_distributions
+
+        probs = fuse(clip_distributions(probs, codes, len(uniques)),
+                     svm_clip_distributions(svm, store, [str(c) for c in uniques]))
+        codes = np.arange(len(uniques))
     record = calibrate(probs, codes, labels, uncertain_below=uncertain_below, fit=fit is True, fit_on="val",
                        temperature=fixed)
     if log is not None:
@@ -778,6 +789,14 @@ def run_train(
             store, model_cfg, train_cfg, train_rows=train_rows, valid_rows=valid_rows,
             seed=params.seed, state_dir=state_dir, live=live, log=log,
         )
+    svm = None
+    if model_cfg.fusion == "svm":
+        from .fusion import fit_store_svm
+
+        svm = fit_store_svm(store, train_rows, params.seed)
+        if log is not None:
+            log(f"fusion: SVM on {len(svm.support_vectors)} support vectors of "
+                f"{int(store.table.iloc[train_rows]['clip_id'].nunique())} training clips")
     extra = {
         "best_epoch": result.best_epoch,
         "monitor": params.train.monitor,
@@ -787,13 +806,22 @@ def run_train(
         "train_config": dataclasses.asdict(train_cfg),  # the recipe, for provenance (MODEL.md, predict --format json)
         "training_data": {"root": str(params.data.root), "builtin_corpus": is_builtin_corpus(params.data.root)},
         "calibration": calibration_record(result.model, store, valid_rows, train_cfg.calibrate,
-                                          params.predict.uncertain_below, log),
+                                          params.predict.uncertain_below, log, svm=svm),
     }
+    if svm is not None:
+        extra["fusion"] = {"kind": "svm", "rule": "mean of the CNN's clip distribution and the SVM's, then T",
+                           "n_parameters": svm.n_parameters, "n_support_vectors": int(len(svm.support_vectors))}
     familiarity = familiarity_of(result.model, store, train_rows, valid_rows, params.predict.unfamiliar_quantile,
                                  log)
     if familiarity is not None:
         extra["familiarity"] = familiarity.record()
-    save_bundle(bundle_dir, result.model, store.labels, store.features, model_cfg, extra=extra)
+    write_svm = None
+    if svm is not None:
+        from .fusion import save_svm
+
+        def write_svm(staging):
+            save_svm(staging, svm)
+    save_bundle(bundle_dir, result.model, store.labels, store.features, model_cfg, extra=extra, write_files=write_svm)
     if familiarity is not None:  # tied to the model.keras just written
         save_bundle_familiarity(bundle_dir, familiarity)
     # the LiteRT export makes `genre-se predict` start without TensorFlow; before the state is removed, so

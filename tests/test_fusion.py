@@ -1,0 +1,277 @@
+"""genre_se.fusion: the MFCC + SVM baseline as plain arrays, its windows, and late fusion in train/evaluate/predict."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from genre_se.errors import DatasetError, ModelError
+from genre_se.fusion import (FUSION_FILE, SvmScorer, fit_svm, fuse, load_svm, save_svm, window_starts,
+                             window_statistics)
+
+
+def _blobs(n_per=12, n_classes=5, dim=7, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), n_per)
+    x = rng.normal(size=(len(y), dim))
+    x[:, :n_classes] += 1.5 * np.eye(n_classes)[y]
+    return x, y
+
+
+def test_the_numpy_svm_gives_exactly_what_scikit_learn_gives():
+    from sklearn.calibration import CalibratedClassifierCV
+
+    from genre_se.baseline import make_classifier
+
+    x, y = _blobs()
+    y = np.where(y == 4, 5, y)  # label 4 never trained on: its probability is 0, the others keep their columns
+    names = list("abcdef")
+    scorer = fit_svm(x, y, names, seed=3)
+    reference = CalibratedClassifierCV(make_classifier(3), method="sigmoid", cv=5, ensemble=False).fit(x, y)
+    new = np.random.default_rng(1).normal(size=(25, 7)) * 2
+    svc_pipeline = reference.calibrated_classifiers_[0].estimator
+    np.testing.assert_allclose(scorer.decision(new), svc_pipeline.decision_function(new), atol=1e-10)
+    probs = scorer.probabilities(new)
+    np.testing.assert_allclose(probs[:, [0, 1, 2, 3, 5]], reference.predict_proba(new), atol=1e-10)
+    assert (probs[:, 4] == 0).all() and np.allclose(probs.sum(1), 1)
+    # the one-vs-one values are libsvm's, as scikit-learn reports them
+    svc_pipeline[-1].decision_function_shape = "ovo"
+    np.testing.assert_allclose(scorer.ovo_decision(new), svc_pipeline.decision_function(new), atol=1e-10)
+    assert scorer.distribution(new[:3]) == pytest.approx(probs[:3].mean(0))
+
+
+def test_too_little_to_fit_is_a_clear_error():
+    x, y = _blobs(n_per=1, n_classes=4)
+    with pytest.raises(ModelError, match="3 genres with 2 training clips"):
+        fit_svm(x, y, list("abcd"))
+    with pytest.raises(ModelError, match="finite"):
+        fit_svm(np.full((10, 3), np.nan), np.arange(10) % 3, list("abc"))
+
+
+def test_saved_svm_loads_back_without_pickle_and_refuses_damage_or_other_genres(tmp_path):
+    x, y = _blobs()
+    scorer = fit_svm(x, y, list("abcde"))
+    assert load_svm(tmp_path) is None  # none stored: the CNN alone
+    save_svm(tmp_path, scorer)
+    assert [p.name for p in tmp_path.iterdir()] == [FUSION_FILE]  # no temporary file left behind
+    back = load_svm(tmp_path, list("abcde"))
+    np.testing.assert_array_equal(back.probabilities(x), scorer.probabilities(x))
+    assert back.n_parameters == scorer.n_parameters > 0
+    with pytest.raises(ModelError, match="not the model's"):
+        load_svm(tmp_path, list("edcba"))
+    (tmp_path / FUSION_FILE).write_bytes(b"not an npz")
+    with pytest.raises(ModelError, match="cannot read the fusion SVM"):
+        load_svm(tmp_path)
+    fields = {name: getattr(scorer, name) for name in ("mean", "scale", "support_vectors", "n_support", "dual_coef",
+                                                       "intercept", "classes", "platt_a", "platt_b")}
+    np.savez(tmp_path / FUSION_FILE, meta=np.array("{}"), **{**fields, "mean": np.array([object()], dtype=object)})
+    with pytest.raises(ModelError, match="cannot read"):  # an object array (a pickle) is never unpickled
+        load_svm(tmp_path)
+    broken = SvmScorer(**{**fields, "dual_coef": scorer.dual_coef[:, :-1]}, gamma=scorer.gamma,
+                       labels=scorer.labels, sample_rate=scorer.sample_rate)
+    save_svm(tmp_path, broken)
+    with pytest.raises(ModelError, match="do not fit together"):
+        load_svm(tmp_path)
+
+
+def test_windows_cover_a_short_file_whole_and_spread_over_a_long_one():
+    sr = 100
+    assert window_starts(30 * sr, sr) == [(0, 3000)]
+    assert window_starts(59 * sr, sr) == [(0, 5900)]  # under two windows: one, the whole file
+    spread = window_starts(3600 * sr, sr, max_windows=8)
+    assert len(spread) == 8 and spread[0] == (0, 3000) and spread[-1] == (3600 * sr - 3000, 3600 * sr)
+    assert all(b - a == 3000 for a, b in spread) and np.all(np.diff([a for a, _ in spread]) > 0)
+    assert len(window_starts(95 * sr, sr, max_windows=8)) == 3  # never more windows than fit
+    with pytest.raises(ModelError, match="max_windows"):
+        window_starts(100, sr, max_windows=0)
+
+
+def _music(seconds, sr, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.1 * np.sin(t))) + 0.05 * rng.standard_normal(len(t))
+            ).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_window_statistics_are_the_baselines_of_the_windows_read_by_seek_or_by_stream(tmp_path, monkeypatch):
+    import genre_se.audio as audio
+    from genre_se.audio import load_audio
+    from genre_se.baseline import SAMPLE_RATE, clip_features
+
+    short = tmp_path / "short.wav"
+    sf.write(short, _music(4.0, 16000), 16000, subtype="FLOAT")
+    np.testing.assert_allclose(window_statistics(short)[0], clip_features(load_audio(short, SAMPLE_RATE)),
+                               rtol=1e-4, atol=1e-6)
+    long = tmp_path / "long.wav"  # 95 s: three windows of 30 s, from the start to the end
+    sf.write(long, _music(95.0, 8000, seed=1), 8000, subtype="FLOAT")
+    whole = load_audio(long, SAMPLE_RATE)
+    expected = np.stack([clip_features(whole[a:b]) for a, b in window_starts(len(whole), SAMPLE_RATE)])
+    seek = window_statistics(long)
+    assert seek.shape == (3, expected.shape[1])
+    # equal within resampling rounding (spectral contrast's quantiles feel it most), and not other windows'
+    np.testing.assert_allclose(seek, expected, rtol=0.02, atol=1e-3)
+    assert not np.allclose(seek[1], clip_features(whole[SAMPLE_RATE * 20 : SAMPLE_RATE * 50]), rtol=0.02, atol=1e-3)
+
+    class _NoSeek:  # a format that can only be streamed: the same windows, kept while streaming
+        def __init__(self, *a):
+            pass
+
+        def __enter__(self):
+            return None
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(audio, "open_windows", _NoSeek)
+    np.testing.assert_allclose(window_statistics(long), expected, rtol=0.02, atol=1e-3)
+    # an array at another rate is resampled to the baseline's rate first
+    np.testing.assert_allclose(window_statistics(load_audio(short, 16000), 16000), window_statistics(short),
+                               rtol=1e-3, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# The stages and predict on a tiny tone store
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    """Features with clip statistics, then run_train with model.fusion: svm (train/valid/test tone clips)."""
+    from genre_se.config import load_params
+    from genre_se.feature_store import build_store
+    from genre_se.train import run_train
+    from tests.conftest import TINY_PARAMS, make_tone_dataset, write_params
+    from tests.test_inference import FEATURES
+
+    root = tmp_path_factory.mktemp("fusion")
+    files = sorted(make_tone_dataset(root / "tones", per_label=5, seconds=1.5, seed=4).rglob("*.wav"))
+    split = {"0": "valid", "1": "valid", "4": "test"}
+    index = pd.DataFrame({"clip_id": [f.stem for f in files], "path": [str(f) for f in files],
+                          "label": [f.parent.name for f in files], "status": "ok",
+                          "split": [split.get(f.stem[-1], "train") for f in files]})
+    store, failures = build_store(index, FEATURES, root / "features", root / "cache", workers=1, clip_stats=True)
+    assert failures.empty
+    params = load_params(write_params(root / "params.yaml", {**TINY_PARAMS, "train.epochs": 2,
+                                                            "model.fusion": "svm"}))
+    lines: list[str] = []
+    run_train(params, store_dir=store.root, bundle_dir=root / "bundle", state_dir=root / "state",
+              live_dir=root / "live", best_params_path=None, log=lines.append)
+    return {"root": root, "store": store, "bundle": root / "bundle", "params": params, "log": lines,
+            "index": index}
+
+
+@pytest.mark.slow
+def test_the_store_holds_each_clips_window_statistics_and_the_train_stage_fits_the_svm_on_training_clips(fused):
+    from genre_se.baseline import clip_features
+    from genre_se.fusion import fit_svm, store_clips
+
+    store, index = fused["store"], fused["index"]
+    stats, owners = store.clip_stats()
+    assert sorted(owners) == sorted(index["clip_id"])  # 1.5-s clips: one window each
+    first = index.iloc[0]
+    from genre_se.audio import load_audio
+
+    np.testing.assert_allclose(stats[list(owners).index(first.clip_id)], clip_features(load_audio(first.path)),
+                               rtol=1e-4, atol=1e-6)
+    svm = load_svm(fused["bundle"], store.labels)
+    clips, labels = store_clips(store, store.rows("train"))
+    x = stats[[list(owners).index(c) for c in clips]]
+    np.testing.assert_allclose(svm.probabilities(x), fit_svm(x, labels, store.labels, seed=fused["params"].seed)
+                               .probabilities(x), atol=1e-12)
+    meta = json.loads((fused["bundle"] / "bundle.json").read_text())
+    assert meta["model_config"]["fusion"] == "svm" and meta["extra"]["fusion"]["n_parameters"] == svm.n_parameters
+    assert any(line.startswith("fusion: SVM") for line in fused["log"])
+
+
+@pytest.mark.slow
+def test_a_store_without_statistics_says_how_to_get_them(fused, tmp_path):
+    from genre_se.feature_store import FeatureStore
+    from genre_se.fusion import fit_store_svm
+
+    plain = tmp_path / "features"
+    shutil.copytree(fused["store"].root, plain)
+    (plain / "clip_stats.npz").unlink()
+    with pytest.raises(DatasetError, match="model.fusion: svm"):
+        fit_store_svm(FeatureStore.open(plain), np.arange(5))
+
+
+def _cnn_clip(model, store, rows):
+    out = np.asarray(model(np.asarray(store.segments[rows], dtype=np.float32), training=False), dtype=np.float64)
+    frame = pd.DataFrame(out).groupby(store.table["clip_id"].to_numpy()[rows], sort=False).mean()
+    return frame
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_answer_with_the_fused_distribution_the_temperature_fitted_on_it(fused, tmp_path):
+    from genre_se.bundle import load_bundle
+    from genre_se.calibration import apply_temperature, fit_temperature
+    from genre_se.evaluate import evaluate_rows
+    from genre_se.fusion import svm_clip_distributions
+    from genre_se.inference import GenreClassifier
+
+    store, bundle_dir = fused["store"], fused["bundle"]
+    bundle, svm = load_bundle(bundle_dir), load_svm(bundle_dir)
+    temperature = bundle.extra["calibration"]["temperature"]
+    # the temperature is the one that fits the validation clips' fused distributions
+    valid = _cnn_clip(bundle.model, store, store.rows("valid"))
+    fused_valid = fuse(valid.to_numpy(), svm_clip_distributions(svm, store, list(valid.index)))
+    labels = store.table.groupby("clip_id")["label_index"].first().loc[valid.index].to_numpy()
+    assert temperature == pytest.approx(fit_temperature(fused_valid, np.arange(len(labels)), labels), rel=1e-6)
+
+    test_rows = store.rows("test")
+    metrics, predictions = evaluate_rows(bundle.model, store, test_rows, temperature, svm=svm)
+    cnn = _cnn_clip(bundle.model, store, test_rows)
+    by_hand = fuse(cnn.to_numpy(), svm_clip_distributions(svm, store, list(cnn.index)))
+    truth = store.table.groupby("clip_id")["label_index"].first().loc[cnn.index].to_numpy()
+    assert metrics["clip"]["accuracy"] == pytest.approx((by_hand.argmax(1) == truth).mean())
+    assert metrics["clip_cnn"]["accuracy"] == pytest.approx((cnn.to_numpy().argmax(1) == truth).mean())
+    assert set(metrics["clip_svm"]) == {"accuracy", "macro_f1"}
+    np.testing.assert_allclose(predictions["confidence_calibrated"],
+                               apply_temperature(by_hand, temperature).max(1), atol=1e-6)
+
+    clip_id = cnn.index[0]  # a test clip, predicted from its file as a user would
+    wav = fused["index"].set_index("clip_id").loc[clip_id, "path"]
+    clf = GenreClassifier.load(bundle_dir, backend="keras", silence_db=None)
+    answer = clf.predict(wav)
+    expected = apply_temperature(fuse(cnn.loc[clip_id].to_numpy(), svm.distribution(window_statistics(wav)))[None],
+                                 temperature)[0]
+    np.testing.assert_allclose(answer.probabilities, expected, atol=1e-3)  # the store holds float16
+    assert clf.provenance()["fusion"]["kind"] == "svm"
+    alone = GenreClassifier.load(bundle_dir, backend="keras", silence_db=None, fusion=False).predict(wav)
+    np.testing.assert_allclose(alone.probabilities, np.asarray(apply_temperature(
+        np.asarray(bundle.model(np.asarray(store.segments[test_rows[store.table["clip_id"].to_numpy()[test_rows]
+                                                                    == clip_id]], np.float32), training=False)),
+        temperature)).mean(0), atol=1e-3)
+    assert np.abs(alone.probabilities - answer.probabilities).max() > 1e-3  # the SVM changed the answer
+    # the LiteRT export serves the same fusion
+    quick = GenreClassifier.load(bundle_dir, backend="litert", silence_db=None).predict(wav)
+    np.testing.assert_allclose(quick.probabilities, answer.probabilities, atol=0.02)
+
+
+@pytest.mark.slow
+def test_the_evaluate_stage_reports_the_fused_cnn_and_svm_scores(fused, tmp_path):
+    from genre_se.evaluate import run_evaluate
+
+    metrics = run_evaluate(fused["params"], store_dir=fused["store"].root, bundle_dir=fused["bundle"],
+                           reports_dir=tmp_path / "reports", cv_state_dir=tmp_path / "cv")
+    written = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert written["clip_cnn"] == metrics["clip_cnn"] and written["clip_svm"] == metrics["clip_svm"]
+    assert written["clip"]["accuracy"] == metrics["clip"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_predict_says_it_fused_and_no_fusion_answers_with_the_cnn_alone(fused, capsys):
+    from genre_se.cli import main
+
+    wav = fused["index"]["path"].iloc[-1]
+    args = ["predict", wav, "--model", str(fused["bundle"]), "--format", "json", "--backend", "keras"]
+    assert main(args) == 0
+    with_svm = json.loads(capsys.readouterr().out)
+    assert with_svm["model"]["fusion"]["kind"] == "svm"
+    assert main(args + ["--no-fusion"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["model"]["fusion"] is None
+    assert with_svm["predictions"][0]["top"] != alone["predictions"][0]["top"]
