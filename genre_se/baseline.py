@@ -24,20 +24,24 @@ def clip_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     min_len = 16 * 512  # enough frames for the 9-frame delta window
     if len(y) < min_len:
         y = np.pad(y, (0, min_len - len(y)))
-    mfcc = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20)
+    # one STFT and one log-mel spectrogram serve every feature (each would otherwise compute its own: 2x the
+    # time); the values are those of librosa's defaults from y (n_fft 2048, hop 512, Hann, centred)
+    magnitude = np.abs(librosa.stft(y))
+    log_mel = librosa.power_to_db(librosa.feature.melspectrogram(S=magnitude**2, sr=sr))
+    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=20)
     frames = [
         mfcc,
         librosa.feature.delta(mfcc),
-        librosa.feature.spectral_centroid(y=y, sr=sr),
-        librosa.feature.spectral_bandwidth(y=y, sr=sr),
-        librosa.feature.spectral_rolloff(y=y, sr=sr),
-        librosa.feature.spectral_flatness(y=y),
-        librosa.feature.spectral_contrast(y=y, sr=sr),
+        librosa.feature.spectral_centroid(S=magnitude, sr=sr),
+        librosa.feature.spectral_bandwidth(S=magnitude, sr=sr),
+        librosa.feature.spectral_rolloff(S=magnitude, sr=sr),
+        librosa.feature.spectral_flatness(S=magnitude),
+        librosa.feature.spectral_contrast(S=magnitude, sr=sr),
         librosa.feature.zero_crossing_rate(y),
         librosa.feature.rms(y=y),
     ]
     stacked = np.concatenate(frames, axis=0)
-    onset = librosa.onset.onset_strength(y=y, sr=sr)
+    onset = librosa.onset.onset_strength(S=log_mel, sr=sr)
     tempo = float(np.atleast_1d(librosa.feature.tempo(onset_envelope=onset, sr=sr))[0])
     return np.concatenate([stacked.mean(axis=1), stacked.std(axis=1), [tempo]]).astype(np.float64)
 

@@ -26,3 +26,22 @@ def test_cross_validation_separates_tones_and_tests_each_clip_once():
     scores = cross_validate(np.stack(feats), np.array(labels), folds)
     assert scores["n_clips"].sum() == 12 and len(scores) == 3
     assert scores["clip_accuracy"].mean() > 0.9
+
+
+def test_features_equal_librosas_defaults_computed_from_the_signal_feature_by_feature():
+    """One shared STFT and log-mel spectrogram must give what every librosa feature gives from ``y`` itself."""
+    import librosa
+
+    rng = np.random.default_rng(2)
+    t = np.arange(22050 * 4) / 22050
+    y = (0.3 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 2 * t)) + 0.05 * rng.standard_normal(len(t))
+         ).astype(np.float32)
+    sr = 22050
+    mfcc = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20)
+    frames = np.concatenate([mfcc, librosa.feature.delta(mfcc), librosa.feature.spectral_centroid(y=y, sr=sr),
+                             librosa.feature.spectral_bandwidth(y=y, sr=sr), librosa.feature.spectral_rolloff(y=y, sr=sr),
+                             librosa.feature.spectral_flatness(y=y), librosa.feature.spectral_contrast(y=y, sr=sr),
+                             librosa.feature.zero_crossing_rate(y), librosa.feature.rms(y=y)])
+    tempo = librosa.feature.tempo(onset_envelope=librosa.onset.onset_strength(y=y, sr=sr), sr=sr)[0]
+    expected = np.concatenate([frames.mean(1), frames.std(1), [tempo]])
+    np.testing.assert_allclose(clip_features(y), expected, rtol=1e-5, atol=1e-6)
