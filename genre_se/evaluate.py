@@ -191,19 +191,18 @@ def cross_validate(
 
             svm = fit_store_svm(store, train_rows, params.seed + f)  # the CNN's training clips
         metrics, _ = evaluate_rows(result.model, store, test_rows, svm=svm)
+        parts = {f"{part}_clip_accuracy": metrics[f"clip_{part}"]["accuracy"]
+                 for part in ("cnn", "svm") if f"clip_{part}" in metrics}  # model.fusion: each part on its own
         folds.append({"fold": f, "clip_accuracy": metrics["clip"]["accuracy"],
-                      "clip_macro_f1": metrics["clip"]["macro_f1"],
+                      "clip_macro_f1": metrics["clip"]["macro_f1"], **parts,
                       "segment_accuracy": metrics["segment"]["accuracy"], "n_clips": metrics["n_clips"]})
-    acc = np.array([f["clip_accuracy"] for f in folds])
-    f1 = np.array([f["clip_macro_f1"] for f in folds])
-    return {
-        "folds": k,
-        "clip_accuracy_mean": float(acc.mean()),
-        "clip_accuracy_std": float(acc.std(ddof=1)) if k > 1 else 0.0,
-        "clip_macro_f1_mean": float(f1.mean()),
-        "clip_macro_f1_std": float(f1.std(ddof=1)) if k > 1 else 0.0,
-        "per_fold": folds,
-    }
+    summary = {"folds": k}
+    for name in ("clip_accuracy", "clip_macro_f1", "cnn_clip_accuracy", "svm_clip_accuracy"):
+        values = np.array([f[name] for f in folds if name in f])
+        if len(values):
+            summary[f"{name}_mean"] = float(values.mean())
+            summary[f"{name}_std"] = float(values.std(ddof=1)) if k > 1 else 0.0
+    return {**summary, "per_fold": folds}
 
 
 def run_evaluate(

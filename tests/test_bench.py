@@ -128,3 +128,14 @@ def test_familiarity_bench_smoke_prints_both_runtimes_with_and_without_the_flag(
         assert float(ratio.rstrip("x")) > 0, label
     # each is compared with its own runtime without the flag
     assert rows["litert, without familiarity"][3] == rows["keras, without familiarity"][3] == "1.00x"
+
+
+def test_fusion_bench_smoke_prints_clips_and_a_long_song_with_and_without_the_svm():
+    done = subprocess.run([sys.executable, str(BENCH / "bench_fusion.py"), "--smoke"], cwd=ROOT, check=False,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _table_rows(done.stdout, "method ")
+    assert list(rows) == [f"{what}, {w} fusion" for w in ("with", "without") for what in ("3 clips", "one 90-s song")]
+    for label, (rate, _, seconds, ratio) in rows.items():
+        assert float(rate) > 0 and float(seconds) > 0 and float(ratio.rstrip("x")) > 0, label
+    assert rows["3 clips, without fusion"][3] == "1.00x"

@@ -113,3 +113,17 @@ def test_bad_data_root_is_a_clear_error(workdir, capsys):
     assert main(["prepare"]) == 1
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err
+
+
+def test_kfold_with_fusion_scores_the_fused_answer_and_each_part(workdir):
+    write_params(workdir / "params.yaml", {**TINY_PARAMS, "data.root": str(workdir / "tones"), "tune.enabled": False,
+                                           "evaluate.folds": 3, "train.epochs": 1, "model.fusion": "svm"})
+    for stage in ("prepare", "features", "tune", "train", "evaluate"):
+        run(stage)
+    assert (workdir / "data/features/clip_stats.npz").is_file() and (workdir / "models/bundle/svm.npz").is_file()
+    metrics = json.loads((workdir / "reports/metrics.json").read_text())
+    assert {"clip_cnn", "clip_svm"} <= set(metrics)
+    folds = pd.read_csv(workdir / "reports/cv_folds.csv")
+    assert {"cnn_clip_accuracy", "svm_clip_accuracy"} <= set(folds.columns) and folds["n_clips"].sum() == 18
+    assert metrics["cv"]["svm_clip_accuracy_mean"] == pytest.approx(folds["svm_clip_accuracy"].mean())
+    assert metrics["cv"]["clip_accuracy_mean"] == pytest.approx(folds["clip_accuracy"].mean())
