@@ -401,6 +401,7 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
     from sklearn.metrics import accuracy_score, f1_score
 
     from genre_se.baseline import make_classifier
+    from genre_se.fusion import fit_svm
 
     test, train = clip_folds == fold, (clip_folds != fold) & (clip_folds >= 0)
     start = time.perf_counter()
@@ -411,8 +412,8 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
     clips = pd.DataFrame({"clip_id": ids[test], "actual": names[labels[test]], "predicted": names[pred]})
     # Platt-scaled probabilities for ensembles (study/ensemble.py), from a second, calibrated fit: the answers
     # above stay the decision function's, so the scores are what they were before
-    platt = platt_classifier(seed, labels[train]).fit(features[train], labels[train])
-    probs = [probability_frame(ids[test], names[labels[test]], _full_proba(platt, features[test], label_names),
+    platt = fit_svm(features[train], labels[train], list(label_names), seed=seed)  # the pipeline's fusion SVM
+    probs = [probability_frame(ids[test], names[labels[test]], platt.probabilities(features[test]),
                                label_names, "test")]
     scores = {}
     if external is not None:
@@ -420,7 +421,7 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
         decision = np.asarray(clf.decision_function(ext_features))  # (files, classes), one-vs-rest shape
         scores = _external_result(decision, clf.classes_, ext, label_names)
         probs.append(probability_frame(scores["external_files"]["clip_id"], names[ext.labels],
-                                       _full_proba(platt, ext_features, label_names), label_names, "external"))
+                                       platt.probabilities(ext_features), label_names, "external"))
     return {
         **scores,
         "clip_accuracy": float(accuracy_score(labels[test], pred)),
@@ -434,24 +435,6 @@ def run_baseline_fold(features: np.ndarray, labels: np.ndarray, clip_folds: np.n
         "clips": clips,
         "probs": pd.concat(probs, ignore_index=True),
     }
-
-
-def platt_classifier(seed: int, train_labels: np.ndarray):
-    """The baseline with Platt-scaled probabilities (sigmoid on its decision values, fitted by internal
-    stratified CV on the training clips, up to 5 splits as the smallest class allows; one SVM on all of them)."""
-    from sklearn.calibration import CalibratedClassifierCV
-
-    from genre_se.baseline import make_classifier
-
-    splits = int(max(2, min(5, np.bincount(train_labels).min(initial=5) if len(train_labels) else 2)))
-    return CalibratedClassifierCV(make_classifier(seed), method="sigmoid", cv=splits, ensemble=False)
-
-
-def _full_proba(clf, features: np.ndarray, label_names: list) -> np.ndarray:
-    """``predict_proba`` with one column per label (a class absent from the training folds gets 0)."""
-    out = np.zeros((len(features), len(label_names)))
-    out[:, np.asarray(clf.classes_, dtype=int)] = clf.predict_proba(features)
-    return out
 
 
 def svm_parameter_count(pipeline) -> int:
