@@ -463,7 +463,7 @@ def cmd_robustness(args) -> int:
     if args.output not in (None, "-"):
         check_writable(args.output)  # before minutes of transforms, not after
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
-                                      batch_size=args.batch_size)
+                                      batch_size=args.batch_size, fusion=args.fusion)
     inputs = _Inputs(args.paths)
     with inputs as (files, n_empty):
         return _robustness_files(args, classifier, files, n_empty, inputs.shown)
@@ -600,6 +600,12 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
 
 
+def _add_fusion_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-fusion", dest="fusion", action="store_false",
+                   help="a bundle trained with model.fusion: svm answers with its CNN alone (default: the mean "
+                        "of the CNN's and the SVM's distributions, as it was evaluated)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genre-se",
@@ -674,9 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--silence-db", type=_decibels_or_off, default=DEFAULT_SILENCE_DB, metavar="DB",
                    help="leave segments whose loudest frame is below DB (re full scale) out of the file's "
                         "genre, unless all are; 'off': keep all (default: %(default)s)")
-    p.add_argument("--no-fusion", dest="fusion", action="store_false",
-                   help="a bundle trained with model.fusion: svm answers with its CNN alone (default: the mean "
-                        "of the CNN's and the SVM's distributions, as it was evaluated)")
+    _add_fusion_arg(p)
     p.set_defaults(func=cmd_predict, needs_tf=_inference_needs_tf)
 
     p = sub.add_parser("embed", help="embeddings (the layer before the classifier) of audio files")
@@ -696,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-file rows and errors")
     p.add_argument("--per-file", action="store_true", help="table/csv: one row per file and transform instead")
     p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
+    _add_fusion_arg(p)
     p.set_defaults(func=cmd_robustness, needs_tf=_inference_needs_tf)
 
     p = sub.add_parser("export", help="add a LiteRT export to a bundle, so predict/embed start without TensorFlow")

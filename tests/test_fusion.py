@@ -275,3 +275,16 @@ def test_predict_says_it_fused_and_no_fusion_answers_with_the_cnn_alone(fused, c
     alone = json.loads(capsys.readouterr().out)
     assert alone["model"]["fusion"] is None
     assert with_svm["predictions"][0]["top"] != alone["predictions"][0]["top"]
+
+
+@pytest.mark.slow
+def test_the_robustness_report_runs_the_fused_answer_and_the_cnn_alone(fused, capsys):
+    from genre_se.cli import main
+
+    wav = fused["index"]["path"].iloc[0]
+    reports = {}
+    for extra in ([], ["--no-fusion"]):
+        assert main(["-q", "robustness", wav, "--model", str(fused["bundle"]), "--format", "json", *extra]) == 0
+        reports[bool(extra)] = json.loads(capsys.readouterr().out)
+    rows = {flag: {r["transform"]: r["tv_distance"] for r in report["files"]} for flag, report in reports.items()}
+    assert set(rows[True]) == set(rows[False]) and rows[True] != rows[False]  # two classifiers, same transforms
