@@ -35,6 +35,7 @@ Without ``--work`` the pipeline's own outputs are read (``data/features``, ``dat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -542,7 +543,33 @@ def _record_answers(frame: pd.DataFrame, answers: pd.DataFrame | None, run: dict
     return frame
 
 
-def run_study(
+@contextlib.contextmanager
+def exclusive(out_csv: str | Path):
+    """One run at a time per results CSV: a run keeps the rows in memory and rewrites its CSVs whole after every
+    fold, so a second run on the same CSV would silently drop the first one's rows (run seeds one after another,
+    or give each its own ``--out``)."""
+    import fcntl
+
+    lock_path = Path(f"{out_csv}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{out_csv}: another study.compare run is writing these results; wait for it to "
+                              "finish, or give this one another --out") from None
+        yield  # the (empty) lock file stays: removing it would let two runs lock two different files
+
+
+def run_study(study: Study, store_dir: str | Path, index_path: str | Path, out_csv: str | Path,
+              **options) -> pd.DataFrame:
+    """Run every (variant, seed, fold) not yet in ``out_csv`` (:func:`_run_study`, where ``options`` are
+    documented), holding the results CSV's lock (:func:`exclusive`)."""
+    with exclusive(out_csv):
+        return _run_study(study, store_dir, index_path, out_csv, **options)
+
+
+def _run_study(
     study: Study,
     store_dir: str | Path,
     index_path: str | Path,

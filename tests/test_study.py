@@ -698,3 +698,16 @@ def test_a_configuration_key_of_digits_only_stays_a_string_in_every_csv(tmp_path
     read, clips = compare.read_results(tmp_path / "r.csv"), compare.read_clip_predictions(tmp_path / "c.csv")
     assert read["config_key"].tolist() == clips["config_key"].tolist() == ["012345678912"]  # leading zero kept
     assert len(current_rows(clips, read)) == 1
+
+
+def test_a_second_run_on_the_same_results_csv_is_refused_while_the_first_holds_it(tmp_path):
+    """Each run rewrites its CSVs whole from memory: two at once would drop each other's rows."""
+    out = tmp_path / "results.csv"
+    with compare.exclusive(out):
+        with pytest.raises(ConfigError, match="another study.compare run"):
+            with compare.exclusive(out):
+                pass
+        with compare.exclusive(tmp_path / "other.csv"):  # another CSV is another lock
+            pass
+    with compare.exclusive(out):  # released: the next run goes ahead
+        pass
