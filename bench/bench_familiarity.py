@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt_range, machine_description, markdown_table, time_rounds  # noqa: E402
+from common import machine_description, time_rounds, with_without_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "gtzan-mini" / "genres"
@@ -76,14 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         for run in methods.values():  # warm-up: graph tracing, interpreter allocation, page cache
             run()
         timings = time_rounds(methods, repeats)
-    rows = []
-    for name, t in timings.items():
-        median, low, high = t.rate(len(files))
-        base = timings[name.replace("with familiarity", "without familiarity")]
-        rows.append([name, f"{median:.2f}", fmt_range(low, high, 2), f"{t.median:.2f}",
-                     f"{base.median / t.median:.2f}x"])
     print(f"{len(files)} files, {repeats} round(s), model {model}\n")
-    print(markdown_table(["method", "files/s", "range", "s per pass", "vs without"], rows))
+    print(with_without_table(timings, "familiarity", lambda name: len(files)))
     print("\n" + machine_description(("numpy", "tensorflow-cpu", "keras", "ai-edge-litert")))
     return 0
 

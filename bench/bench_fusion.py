@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_familiarity import generated_clips  # noqa: E402
-from common import fmt_range, machine_description, markdown_table, time_rounds  # noqa: E402
+from common import machine_description, time_rounds, with_without_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "gtzan-mini" / "genres"
@@ -95,15 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         for run in methods.values():  # warm-up: interpreter allocation, librosa's first calls, page cache
             run()
         timings = time_rounds(methods, repeats)
-    rows = []
-    for name, t in timings.items():
-        n = len(files) if "clips" in name else 1
-        median, low, high = t.rate(n)
-        base = timings[name.replace("with fusion", "without fusion")]
-        rows.append([name, f"{median:.2f}", fmt_range(low, high, 2), f"{t.median:.2f}",
-                     f"{base.median / t.median:.2f}x"])
     print(f"{len(files)} files + 1 song, {repeats} round(s), model {model}, LiteRT\n")
-    print(markdown_table(["method", "files/s", "range", "s per pass", "vs without"], rows))
+    print(with_without_table(timings, "fusion", lambda name: len(files) if "clips" in name else 1))
     print("\n" + machine_description(("numpy", "librosa", "scikit-learn", "ai-edge-litert")))
     return 0
 

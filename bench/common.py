@@ -136,3 +136,16 @@ def machine_description(packages: Sequence[str] = ("numpy",)) -> str:
     parts += [f"{name} {package_version(name)}" for name in packages]
     parts.append(platform.system() + " " + platform.release())
     return "Machine: " + "; ".join(parts)
+
+
+def with_without_table(timings: dict[str, Timings], flag: str, items: Callable[[str], int]) -> str:
+    """The Markdown table of methods named "... with FLAG" and "... without FLAG": items per second (median and
+    range), seconds per pass, and ``without / with`` median seconds (1.00x: the flag is free).
+    ``items(name)``: how many items (files) one pass of that method handles."""
+    rows = []
+    for name, t in timings.items():
+        median, low, high = t.rate(items(name))
+        base = timings[name.replace(f"with {flag}", f"without {flag}")]
+        rows.append([name, f"{median:.2f}", fmt_range(low, high, 2), f"{t.median:.2f}",
+                     f"{base.median / t.median:.2f}x"])
+    return markdown_table(["method", "files/s", "range", "s per pass", "vs without"], rows)

@@ -55,6 +55,24 @@ def make_tone_dataset(root: Path, labels=("low", "mid", "high"), per_label=6, se
     return root
 
 
+def split_tone_store(root: Path, seed: int, **store_options):
+    """A feature store of 15 tone clips (3 labels) with train, valid (clips 0, 1) and test (clip 4) splits, as
+    the train stage sees one; returns the store and its index. ``store_options`` go to ``build_store``."""
+    import pandas as pd
+
+    from genre_se.feature_store import build_store
+    from tests.test_inference import FEATURES
+
+    files = sorted(make_tone_dataset(root / "tones", per_label=5, seconds=1.5, seed=seed).rglob("*.wav"))
+    split = {"0": "valid", "1": "valid", "4": "test"}
+    index = pd.DataFrame({"clip_id": [f.stem for f in files], "path": [str(f) for f in files],
+                          "label": [f.parent.name for f in files], "status": "ok",
+                          "split": [split.get(f.stem[-1], "train") for f in files]})
+    store, failures = build_store(index, FEATURES, root / "features", root / "cache", workers=1, **store_options)
+    assert failures.empty
+    return store, index
+
+
 @pytest.fixture
 def tone_dataset(tmp_path):
     return make_tone_dataset(tmp_path / "tones")

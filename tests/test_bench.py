@@ -117,11 +117,16 @@ def test_machine_description_names_cpu_cores_and_versions():
     assert re.search(r"numpy \d+\.\d+", line)
 
 
-def test_familiarity_bench_smoke_prints_both_runtimes_with_and_without_the_flag():
-    done = subprocess.run([sys.executable, str(BENCH / "bench_familiarity.py"), "--smoke"], cwd=ROOT, check=False,
+def _smoke_rows(script: str) -> dict:
+    """The table rows a bench script prints with ``--smoke`` (it must exit 0)."""
+    done = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], cwd=ROOT, check=False,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = _table_rows(done.stdout, "method ")
+    return _table_rows(done.stdout, "method ")
+
+
+def test_familiarity_bench_smoke_prints_both_runtimes_with_and_without_the_flag():
+    rows = _smoke_rows("bench_familiarity.py")
     assert list(rows) == [f"{b}, {w} familiarity" for b in ("litert", "keras") for w in ("with", "without")]
     for label, (rate, _, seconds, ratio) in rows.items():
         assert float(rate) > 0 and float(seconds) > 0, label
@@ -131,10 +136,7 @@ def test_familiarity_bench_smoke_prints_both_runtimes_with_and_without_the_flag(
 
 
 def test_fusion_bench_smoke_prints_clips_and_a_long_song_with_and_without_the_svm():
-    done = subprocess.run([sys.executable, str(BENCH / "bench_fusion.py"), "--smoke"], cwd=ROOT, check=False,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = _table_rows(done.stdout, "method ")
+    rows = _smoke_rows("bench_fusion.py")
     assert list(rows) == [f"{what}, {w} fusion" for w in ("with", "without") for what in ("3 clips", "one 90-s song")]
     for label, (rate, _, seconds, ratio) in rows.items():
         assert float(rate) > 0 and float(seconds) > 0 and float(ratio.rstrip("x")) > 0, label

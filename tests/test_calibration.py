@@ -213,19 +213,11 @@ def test_params_validate_the_threshold(tmp_path):
 def trained(tmp_path_factory):
     """run_train on a tone store with train/valid/test clips, as the train stage runs it."""
     from genre_se.config import load_params
-    from genre_se.feature_store import build_store
     from genre_se.train import run_train
-    from tests.conftest import TINY_PARAMS, make_tone_dataset, write_params
-    from tests.test_inference import FEATURES
+    from tests.conftest import TINY_PARAMS, split_tone_store, write_params
 
     root = tmp_path_factory.mktemp("calib")
-    files = sorted(make_tone_dataset(root / "tones", per_label=5, seconds=1.5, seed=3).rglob("*.wav"))
-    split = {"0": "valid", "1": "valid", "4": "test"}
-    index = pd.DataFrame({"clip_id": [f.stem for f in files], "path": [str(f) for f in files],
-                          "label": [f.parent.name for f in files], "status": "ok",
-                          "split": [split.get(f.stem[-1], "train") for f in files]})
-    store, failures = build_store(index, FEATURES, root / "features", root / "cache", workers=1)
-    assert failures.empty
+    store, _ = split_tone_store(root, seed=3)
     params = load_params(write_params(root / "params.yaml", {**TINY_PARAMS, "train.epochs": 2,
                                                             "predict.uncertain_below": 0.35}))
     lines: list[str] = []

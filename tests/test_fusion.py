@@ -141,19 +141,11 @@ def test_window_statistics_are_the_baselines_of_the_windows_read_by_seek_or_by_s
 def fused(tmp_path_factory):
     """Features with clip statistics, then run_train with model.fusion: svm (train/valid/test tone clips)."""
     from genre_se.config import load_params
-    from genre_se.feature_store import build_store
     from genre_se.train import run_train
-    from tests.conftest import TINY_PARAMS, make_tone_dataset, write_params
-    from tests.test_inference import FEATURES
+    from tests.conftest import TINY_PARAMS, split_tone_store, write_params
 
     root = tmp_path_factory.mktemp("fusion")
-    files = sorted(make_tone_dataset(root / "tones", per_label=5, seconds=1.5, seed=4).rglob("*.wav"))
-    split = {"0": "valid", "1": "valid", "4": "test"}
-    index = pd.DataFrame({"clip_id": [f.stem for f in files], "path": [str(f) for f in files],
-                          "label": [f.parent.name for f in files], "status": "ok",
-                          "split": [split.get(f.stem[-1], "train") for f in files]})
-    store, failures = build_store(index, FEATURES, root / "features", root / "cache", workers=1, clip_stats=True)
-    assert failures.empty
+    store, index = split_tone_store(root, seed=4, clip_stats=True)
     params = load_params(write_params(root / "params.yaml", {**TINY_PARAMS, "train.epochs": 2,
                                                             "model.fusion": "svm"}))
     lines: list[str] = []
