@@ -23,6 +23,7 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -34,6 +35,8 @@ FORMAT = 1
 WINDOW_SECONDS = 30.0
 MAX_WINDOWS = 8
 FUSION_CHOICES = ("none", "svm")
+SILENCE_DB = -60.0  # dB re full scale: leading and trailing audio below it is not music (predict's silence_db)
+MIN_SOUND_SECONDS = 1.0  # a window with less sound than this is left out, unless every window is
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,7 +62,9 @@ def window_statistics(source, source_sr: int | None = None, max_windows: int = M
     """The baseline's feature vector of every window of a file (or of a mono signal at ``source_sr``).
 
     The statistics are always those of the audio at the baseline's own rate (``baseline.SAMPLE_RATE``,
-    22,050 Hz), whatever rate the CNN's features use. Returns ``(n_windows, dim)`` float64. Memory stays
+    22,050 Hz), whatever rate the CNN's features use, and of each window without its leading and trailing
+    near-silence (below :data:`SILENCE_DB`; none of the 71 gtzan-mini clips has any, a song's intro or 5 s of
+    digital silence would otherwise move every statistic). Returns ``(n_windows, dim)`` float64. Memory stays
     bounded by one window (plus the decoder's block) however long the file is: windows are read by seeking
     where the format allows it, else the file is streamed once and only the chosen windows are kept.
 
@@ -69,25 +74,31 @@ def window_statistics(source, source_sr: int | None = None, max_windows: int = M
         The file cannot be decoded.
     """
     from .baseline import SAMPLE_RATE as sr
-    from .baseline import clip_features
 
+    return _statistics(list(_windows(source, source_sr, sr, max_windows)), sr)
+
+
+def _windows(source, source_sr: int | None, sr: int, max_windows: int) -> Iterator[np.ndarray]:
+    """The signal of every window :func:`window_starts` chooses, at ``sr``, one at a time."""
     if not isinstance(source, (str, Path)):
         from .audio import resample
 
         signal = resample(np.asarray(source, dtype=np.float32), int(source_sr or sr), sr)
-        return np.stack([clip_features(signal[a:b], sr) for a, b in window_starts(len(signal), sr, max_windows)])
+        yield from (signal[a:b] for a, b in window_starts(len(signal), sr, max_windows))
+        return
     from .audio import audio_info, iter_audio_blocks, load_audio, open_windows
 
     with open_windows(source, sr) as reader:
         if reader is not None:
-            return np.stack([clip_features(reader.read(a, b), sr)
-                             for a, b in window_starts(reader.n_samples, sr, max_windows)])
+            yield from (reader.read(a, b) for a, b in window_starts(reader.n_samples, sr, max_windows))
+            return
     info = audio_info(source)  # a stream only (e.g. mp3 through audioread): the header's length picks windows
     n_est = int(round(info.duration * sr)) if info.duration and math.isfinite(info.duration) else 0
     if n_est < 2 * round(WINDOW_SECONDS * sr):
-        return clip_features(load_audio(source, sr), sr)[None, :]
+        yield load_audio(source, sr)
+        return
     wanted = window_starts(n_est, sr, max_windows)
-    out, pos, buffer = [], 0, []
+    pos, buffer, found = 0, [], 0
     for block in iter_audio_blocks(source, sr, block_seconds=WINDOW_SECONDS / 4):
         buffer.append((pos, block))
         pos += len(block)
@@ -95,14 +106,28 @@ def window_statistics(source, source_sr: int | None = None, max_windows: int = M
             a, b = wanted.pop(0)
             window = np.concatenate([blk for p, blk in buffer if p + len(blk) > a and p < b])
             first = next(p for p, blk in buffer if p + len(blk) > a)
-            out.append(clip_features(window[a - first : b - first], sr))
+            found += 1
+            yield window[a - first : b - first]
         buffer = [(p, blk) for p, blk in buffer if not wanted or p + len(blk) > wanted[0][0]]
     if wanted and buffer:  # the header overstated the length: the last window ends at the file's end
-        tail = np.concatenate([blk for _, blk in buffer])[-int(round(WINDOW_SECONDS * sr)):]
-        out.append(clip_features(tail, sr))
-    if not out:
-        return clip_features(load_audio(source, sr), sr)[None, :]
-    return np.stack(out)
+        found += 1
+        yield np.concatenate([blk for _, blk in buffer])[-int(round(WINDOW_SECONDS * sr)):]
+    if not found:
+        yield load_audio(source, sr)
+
+
+def _statistics(windows: list[np.ndarray], sr: int) -> np.ndarray:
+    """The baseline's vector of each window, its leading and trailing near-silence trimmed; windows with less
+    than :data:`MIN_SOUND_SECONDS` of sound are left out unless every window is that quiet."""
+    from .baseline import clip_features
+
+    trimmed, sound = [], []
+    for y in windows:  # sample-exact: from the first to the last sample above the level (frames would keep an edge)
+        audible = np.flatnonzero(np.abs(y) > 10.0 ** (SILENCE_DB / 20.0))
+        trimmed.append(y[audible[0] : audible[-1] + 1] if len(audible) else y)
+        sound.append(audible[-1] + 1 - audible[0] if len(audible) else 0)
+    loud = [y for y, n in zip(trimmed, sound) if n >= MIN_SOUND_SECONDS * sr] or trimmed
+    return np.stack([clip_features(y, sr) for y in loud])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -280,3 +280,18 @@ def test_the_robustness_report_runs_the_fused_answer_and_the_cnn_alone(fused, ca
         reports[bool(extra)] = json.loads(capsys.readouterr().out)
     rows = {flag: {r["transform"]: r["tv_distance"] for r in report["files"]} for flag, report in reports.items()}
     assert set(rows[True]) == set(rows[False]) and rows[True] != rows[False]  # two classifiers, same transforms
+
+
+def test_leading_and_trailing_silence_do_not_move_the_statistics_and_a_silent_window_is_left_out():
+    from genre_se.baseline import SAMPLE_RATE as sr
+    from genre_se.baseline import clip_features
+
+    music = _music(6.0, sr, seed=3)
+    padded = np.concatenate([np.zeros(5 * sr, np.float32), music, np.zeros(2 * sr, np.float32)])
+    np.testing.assert_allclose(window_statistics(padded, sr)[0], window_statistics(music, sr)[0], rtol=0.02, atol=1e-3)
+    assert not np.allclose(clip_features(padded), clip_features(music), rtol=0.02, atol=1e-3)  # untrimmed they differ
+    # a 95-s signal whose first 35 s are silent: the silent window is left out, the other two remain
+    long = np.concatenate([np.zeros(35 * sr, np.float32), _music(60.0, sr, seed=4)])
+    assert window_statistics(long, sr).shape[0] == 2
+    silent = window_statistics(np.zeros(3 * sr, np.float32), sr)  # nothing but silence: still one finite vector
+    assert silent.shape[0] == 1 and np.isfinite(silent).all()
