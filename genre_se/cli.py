@@ -513,6 +513,14 @@ def cmd_familiarity(args) -> int:
     return 0
 
 
+def cmd_fusion(args) -> int:
+    from .train import add_fusion
+
+    add_fusion(args.model, args.features, args.seed, log=_log(args))
+    print(f"fusion SVM -> {args.model}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args) -> int:
     from .inference import resolve_bundle_path
     from .litert import export_litert
@@ -720,6 +728,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantile", type=_probability, default=0.95,
                    help="share of validation clips that stay familiar (default: %(default)s)")
     p.set_defaults(func=cmd_familiarity, needs_tf=True)
+
+    p = sub.add_parser("fusion", help="give a trained bundle the fusion SVM (model.fusion: svm) without training its "
+                                       "CNN again; the temperature is refitted on the fused answers")
+    p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
+    p.add_argument("--features", default="data/features",
+                   help="the feature store it was trained on, built with model.fusion: svm (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="the SVM's seed (default: the bundle's training seed)")
+    p.set_defaults(func=cmd_fusion, needs_tf=True)
 
     p = sub.add_parser("install-model", help="make a trained bundle (with its LiteRT export) the package's "
                                               "shipped default model (maintainers; MODEL.md)")

@@ -65,9 +65,9 @@ def _compute_shard(task: tuple) -> tuple[str, str, int, str | None]:
     stats = {}
     try:
         if with_stats:  # model.fusion: the SVM's statistics of the clip's windows, kept in the same shard
-            from .fusion import window_statistics
+            from .fusion import STATS_KEY, window_statistics
 
-            stats["window_stats"] = window_statistics(path)
+            stats[STATS_KEY] = window_statistics(path)
         if augment:
             from .audio import load_audio
             from .waveform_augment import augment_waveform
@@ -149,9 +149,10 @@ class FeatureStore:
             mask &= self.augmented["augment"].isin(list(kinds)).to_numpy()
         return self.augmented["segment"].to_numpy(dtype=np.int64)[mask]
 
-    def clip_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """The baseline's statistics of every clip's windows and the clip each row belongs to (a store built
-        with ``clip_stats``, i.e. ``model.fusion: svm``).
+    def clip_stats(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The baseline's statistics of every clip's windows, the clip each row belongs to and the version of
+        their definition (``genre_se.fusion.STATS_VERSION``; 1 before it was recorded), for a store built with
+        ``clip_stats``, i.e. ``model.fusion: svm``.
 
         Raises
         ------
@@ -164,7 +165,8 @@ class FeatureStore:
                                "`genre-se features` again with model.fusion: svm)")
         try:
             with np.load(path, allow_pickle=False) as z:
-                return z["stats"].astype(np.float64), z["clip_id"].astype(str)
+                version = int(z["version"]) if "version" in z.files else 1
+                return z["stats"].astype(np.float64), z["clip_id"].astype(str), version
         except (OSError, KeyError, ValueError) as exc:
             raise DatasetError(f"{path}: corrupt clip statistics ({exc})") from None
 
@@ -287,9 +289,11 @@ def build_store(
 def _has_stats(shard: str) -> bool:
     """Whether a cached shard holds the clip's window statistics (an older one, or one of a run without
     ``model.fusion``, does not: it is computed again)."""
+    from .fusion import STATS_KEY
+
     try:
         with np.load(shard) as z:
-            return "window_stats" in z.files
+            return STATS_KEY in z.files
     except (OSError, ValueError):
         return False
 
@@ -349,13 +353,16 @@ def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: Feature
         if copies:
             pd.DataFrame(copy_rows).to_csv(tmp / "augmented.csv", index=False)
         if clip_stats:
+            from .fusion import STATS_KEY, STATS_VERSION
+
             stats, owners = [], []
             for clip_id in clips["clip_id"]:
                 with np.load(shards[clip_id]) as z:
-                    stats.append(z["window_stats"])
+                    stats.append(z[STATS_KEY])
                 owners += [clip_id] * len(stats[-1])
             with open(tmp / CLIP_STATS_FILE, "wb") as handle:
-                np.savez(handle, stats=np.concatenate(stats), clip_id=np.array(owners, dtype=str))
+                np.savez(handle, stats=np.concatenate(stats), clip_id=np.array(owners, dtype=str),
+                         version=np.array(STATS_VERSION))
         meta = {
             "store_version": STORE_VERSION,
             "features": cfg.to_dict(),

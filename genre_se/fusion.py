@@ -36,6 +36,9 @@ WINDOW_SECONDS = 30.0
 MAX_WINDOWS = 8
 FUSION_CHOICES = ("none", "svm")
 SILENCE_DB = -60.0  # dB re full scale: leading and trailing audio below it is not music (predict's silence_db)
+LEVEL_DB = -20.0  # every window is brought to this RMS level first: the SVM is as blind to gain as the CNN
+STATS_VERSION = 2  # of the window statistics' definition; a store holding another version must be rebuilt
+STATS_KEY = f"window_stats_v{STATS_VERSION}"  # their name in a features-cache shard: an older shard lacks it
 MIN_SOUND_SECONDS = 1.0  # a window with less sound than this is left out, unless every window is
 
 
@@ -62,9 +65,11 @@ def window_statistics(source, source_sr: int | None = None, max_windows: int = M
     """The baseline's feature vector of every window of a file (or of a mono signal at ``source_sr``).
 
     The statistics are always those of the audio at the baseline's own rate (``baseline.SAMPLE_RATE``,
-    22,050 Hz), whatever rate the CNN's features use, and of each window without its leading and trailing
+    22,050 Hz), whatever rate the CNN's features use, of each window without its leading and trailing
     near-silence (below :data:`SILENCE_DB`; none of the 71 gtzan-mini clips has any, a song's intro or 5 s of
-    digital silence would otherwise move every statistic). Returns ``(n_windows, dim)`` float64. Memory stays
+    digital silence would otherwise move every statistic), brought to an RMS of :data:`LEVEL_DB` (the CNN
+    standardises each segment, so the recording's level never named the genre for it; the SVM's MFCC 0 and RMS
+    would hear it: study/results/fusion_level.md). Returns ``(n_windows, dim)`` float64. Memory stays
     bounded by one window (plus the decoder's block) however long the file is: windows are read by seeking
     where the format allows it, else the file is streamed once and only the chosen windows are kept.
 
@@ -127,7 +132,13 @@ def _statistics(windows: list[np.ndarray], sr: int) -> np.ndarray:
         trimmed.append(y[audible[0] : audible[-1] + 1] if len(audible) else y)
         sound.append(audible[-1] + 1 - audible[0] if len(audible) else 0)
     loud = [y for y, n in zip(trimmed, sound) if n >= MIN_SOUND_SECONDS * sr] or trimmed
-    return np.stack([clip_features(y, sr) for y in loud])
+    return np.stack([clip_features(at_level(y), sr) for y in loud])
+
+
+def at_level(y: np.ndarray, level_db: float = LEVEL_DB) -> np.ndarray:
+    """``y`` scaled to an RMS of ``level_db`` dB re full scale (digital silence stays silence)."""
+    rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) if len(y) else 0.0
+    return y if rms < 1e-8 else (y * (10.0 ** (level_db / 20.0) / rms)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,7 +336,10 @@ def clip_windows(store, clip_ids) -> tuple[np.ndarray, np.ndarray]:
     """
     from .errors import DatasetError
 
-    stats, owners = store.clip_stats()
+    stats, owners, version = store.clip_stats()
+    if version != STATS_VERSION:
+        raise DatasetError(f"{store.root}: its clip statistics are of an older definition (version {version}, "
+                           f"this is {STATS_VERSION}); run `genre-se features` again")
     where = {str(c): i for i, c in enumerate(clip_ids)}
     keep = np.array([o in where for o in owners], dtype=bool)
     position = np.array([where[o] for o in owners[keep]], dtype=np.int64)

@@ -727,17 +727,11 @@ def save_bundle_familiarity(bundle_dir: str | Path, stats) -> None:
     save_familiarity(bundle_dir, dataclasses.replace(stats, model_sha1=file_sha1(Path(bundle_dir) / MODEL_FILE)))
 
 
-def add_familiarity(bundle_dir: str | Path, store_dir: str | Path, quantile: float = 0.95,
-                    log: Callable[[str], None] | None = None) -> Path:
-    """Fit familiarity statistics for an existing bundle from the feature store it was trained on (its train
-    and valid splits, as the train stage uses them) and store them in the bundle: ``genre-se familiarity``,
-    for bundles trained before the train stage wrote them. The store must be the bundle's own (same features).
-    """
-    from .bundle import META_FILE, load_bundle, read_bundle_meta
+def _bundle_and_its_store(bundle_dir: Path, store_dir: str | Path):
+    """The bundle (Keras) and the feature store it was trained on, refused unless features and labels match."""
+    from .bundle import load_bundle
     from .errors import ModelError
-    from .fileio import write_text
 
-    bundle_dir = Path(bundle_dir)
     bundle = load_bundle(bundle_dir)
     store = FeatureStore.open(store_dir)
     ours = {k: v for k, v in dataclasses.asdict(store.features).items() if k != "workers"}  # workers: speed only
@@ -746,6 +740,57 @@ def add_familiarity(bundle_dir: str | Path, store_dir: str | Path, quantile: flo
         raise ModelError(f"{store_dir}: its features {ours} are not the bundle's {theirs}")
     if list(store.labels) != list(bundle.labels):
         raise ModelError(f"{store_dir}: its labels {list(store.labels)} are not the bundle's {bundle.labels}")
+    return bundle, store
+
+
+def add_fusion(bundle_dir: str | Path, store_dir: str | Path, seed: int | None = None,
+               log: Callable[[str], None] | None = None) -> Path:
+    """Give a trained bundle the fusion SVM (``model.fusion: svm``) without training its CNN again: the SVM on
+    the clip statistics of the store's training clips (every clip for a ``train.fit_all`` bundle), the
+    temperature refitted on the fused validation distributions, as the train stage would have done
+    (``genre-se fusion``). The store must be the bundle's own, built with ``model.fusion: svm``.
+    """
+    from .bundle import META_FILE, read_bundle_meta
+    from .fileio import write_text
+    from .fusion import fit_store_svm, save_svm
+
+    bundle_dir = Path(bundle_dir)
+    bundle, store = _bundle_and_its_store(bundle_dir, store_dir)
+    recipe = bundle.extra.get("train_config") or {}
+    if recipe.get("fit_all"):
+        train_rows, valid_rows = np.arange(len(store.table)), np.zeros(0, dtype=np.int64)
+    else:
+        train_rows, valid_rows = store.rows("train"), store.rows("valid")
+    seed = int(bundle.extra.get("seed", 0) if seed is None else seed)
+    svm = fit_store_svm(store, train_rows, seed)
+    old = bundle.extra.get("calibration") or {}
+    calibration = calibration_record(bundle.model, store, valid_rows, recipe.get("calibrate", True),
+                                     old.get("uncertain_below", 0.4), log, svm=svm)
+    save_svm(bundle_dir, svm)
+    meta = read_bundle_meta(bundle_dir)
+    meta["model_config"]["fusion"] = "svm"
+    meta.setdefault("extra", {}).update(calibration=calibration, fusion=_fusion_record(svm))
+    write_text(bundle_dir / META_FILE, json.dumps(meta, indent=2, allow_nan=False) + "\n")
+    return bundle_dir
+
+
+def _fusion_record(svm) -> dict:
+    return {"kind": "svm", "rule": "mean of the CNN's clip distribution and the SVM's, then T",
+            "n_parameters": svm.n_parameters, "n_support_vectors": int(len(svm.support_vectors))}
+
+
+def add_familiarity(bundle_dir: str | Path, store_dir: str | Path, quantile: float = 0.95,
+                    log: Callable[[str], None] | None = None) -> Path:
+    """Fit familiarity statistics for an existing bundle from the feature store it was trained on (its train
+    and valid splits, as the train stage uses them) and store them in the bundle: ``genre-se familiarity``,
+    for bundles trained before the train stage wrote them. The store must be the bundle's own (same features).
+    """
+    from .bundle import META_FILE, read_bundle_meta
+    from .errors import ModelError
+    from .fileio import write_text
+
+    bundle_dir = Path(bundle_dir)
+    bundle, store = _bundle_and_its_store(bundle_dir, store_dir)
     stats = familiarity_of(bundle.model, store, store.rows("train"), store.rows("valid"), quantile, log)
     if stats is None:
         raise ModelError(f"{store_dir}: no validation clips to set the threshold on")
@@ -809,8 +854,7 @@ def run_train(
                                           params.predict.uncertain_below, log, svm=svm),
     }
     if svm is not None:
-        extra["fusion"] = {"kind": "svm", "rule": "mean of the CNN's clip distribution and the SVM's, then T",
-                           "n_parameters": svm.n_parameters, "n_support_vectors": int(len(svm.support_vectors))}
+        extra["fusion"] = _fusion_record(svm)
     familiarity = familiarity_of(result.model, store, train_rows, valid_rows, params.predict.unfamiliar_quantile,
                                  log)
     if familiarity is not None:
