@@ -157,12 +157,13 @@ def search_key(params: Params, space: SearchSpace, store: FeatureStore) -> str:
     """A short hash of everything a trial's result depends on: the keras-tuner project name.
 
     Left out: ``tune.max_trials`` (raising it extends a search), ``tune.enabled``, the train stage's own
-    epochs/patience/monitor, and the model settings the search overrides.
+    epochs/patience/monitor, the model settings the search overrides, and ``model.fusion`` (the SVM is fitted
+    after training; trials never see it, and searches made before it existed keep their key).
     """
     tune = {k: v for k, v in dataclasses.asdict(params.tune).items()
             if k in ("objective", "epochs", "patience", "executions_per_trial", "initial_points")}
     model = {k: v for k, v in dataclasses.asdict(params.model).items()
-             if k != "reduction_ratios" and not (k == "dropout" and space.dropout is not None)}
+             if k not in ("reduction_ratios", "fusion") and not (k == "dropout" and space.dropout is not None)}
     # trials train on train.* augmentations and loss too; those added later count only when switched on, so
     # searches made before they existed keep their key
     defaults = dataclasses.asdict(TrainConfig())

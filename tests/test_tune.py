@@ -324,3 +324,23 @@ def test_distributed_chief_and_two_workers_run_every_trial_once(workdir, shared_
     # the random start of the search does not depend on who runs the trials
     assert table["r"].tolist()[:3] == pytest.approx(shared_run[0].table["r"].tolist()[:3])
     assert (out / "objective.png").stat().st_size > 5000
+
+
+def test_the_search_key_ignores_the_fusion_switch_but_not_the_cnn(tmp_path):
+    """model.fusion only acts after training: switching it must not restart (or orphan) a search."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from genre_se.config import FeatureConfig
+    from genre_se.tune import SearchSpace, search_key
+
+    (tmp_path / "segments.csv").write_text("segment,clip_id\n0,a\n")
+    store = SimpleNamespace(root=tmp_path, features=FeatureConfig(), segments=np.zeros((1, 4, 4, 1)))
+
+    def key(**overrides):
+        params = params_for(tmp_path, **overrides)
+        return search_key(params, SearchSpace.from_params(params), store)
+
+    assert key(**{"model.fusion": "svm"}) == key(**{"model.fusion": "none"})
+    assert key(**{"model.filters": [8, 16, 32, 64, 32]}) != key()
