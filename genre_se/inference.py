@@ -197,6 +197,9 @@ class Prediction:
     unfamiliar : bool
         ``distance`` is beyond the bundle's threshold (a quantile of held-out GTZAN clips' distances): the
         recording is unlike the training data, so the answer is marked ``uncertain`` too.
+    parts : dict, optional
+        With a fusion bundle (``model.fusion: svm``): the two distributions ``probabilities`` fuses, ``"cnn"``
+        (the segments' aggregate, untempered) and ``"svm"`` (the mean over the SVM's windows); None otherwise.
     """
 
     path: str | None
@@ -214,6 +217,7 @@ class Prediction:
     n_segments_in_file: int | None = None
     distance: float | None = None
     unfamiliar: bool = False
+    parts: dict | None = None
 
     @property
     def n_segments(self) -> int:
@@ -233,8 +237,7 @@ class Prediction:
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable genres with their probabilities, most probable first."""
-        order = np.argsort(-self.probabilities, kind="stable")[: max(1, k)]
-        return [(self.labels[i], float(self.probabilities[i])) for i in order]
+        return [(g["genre"], g["probability"]) for g in _top_k(self.labels, self.probabilities, k)]
 
     def distribution(self) -> dict[str, float]:
         """Every genre's probability, in label order."""
@@ -275,9 +278,17 @@ class Prediction:
         if self.distance is not None:
             record["unfamiliar"] = bool(self.unfamiliar)
             record["distance"] = round(float(self.distance), 3)
+        if self.parts is not None:  # a fused answer: what each part said
+            record["parts"] = {name: _top_k(self.labels, dist, top_k) for name, dist in self.parts.items()}
         if timeline:
             record["timeline"] = self.timeline()
         return record
+
+
+def _top_k(labels: list[str], probabilities: np.ndarray, k: int) -> list[dict]:
+    """``[{"genre", "probability"}, ...]``: the ``k`` most probable, most probable first (ties: label order)."""
+    order = np.argsort(-np.asarray(probabilities), kind="stable")[: max(1, k)]
+    return [{"genre": labels[i], "probability": float(probabilities[i])} for i in order]
 
 
 @dataclass
@@ -761,6 +772,7 @@ class GenreClassifier:
         n_classes = len(self.labels)
         outputs, embeddings = raw.outputs[:, :n_classes], raw.outputs[:, n_classes:]
         fused = svm_distribution is not None
+        parts = None
         probs = apply_temperature(outputs, 1.0 if fused else self.temperature)  # calibrated segments, aggregated
         starts, ends, duration = self._times(raw)
         silent = self._silent(raw)
@@ -769,6 +781,7 @@ class GenreClassifier:
         if fused:  # model.fusion: the mean with the SVM's distribution, then the temperature (fitted so)
             from .fusion import fuse
 
+            parts = {"cnn": clip, "svm": np.asarray(svm_distribution, dtype=np.float64)}
             clip = apply_temperature(fuse(clip, svm_distribution)[None, :], self.temperature)[0]
         short = bool(duration < self.feature_config.segment_seconds)  # one segment, mostly padding
         distance, unfamiliar = None, False
@@ -791,6 +804,7 @@ class GenreClassifier:
             n_segments_in_file=raw.n_segments_in_file if raw.n_segments_in_file is not None else len(probs),
             distance=distance,
             unfamiliar=bool(unfamiliar),
+            parts=parts,
         )
 
     def _silent(self, raw: _FileOutputs) -> np.ndarray:

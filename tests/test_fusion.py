@@ -262,6 +262,7 @@ def test_the_evaluate_stage_reports_the_fused_cnn_and_svm_scores(fused, tmp_path
 @pytest.mark.slow
 def test_predict_says_it_fused_and_no_fusion_answers_with_the_cnn_alone(fused, capsys):
     from genre_se.cli import main
+    from genre_se.inference import GenreClassifier
 
     wav = fused["index"]["path"].iloc[-1]
     args = ["predict", wav, "--model", str(fused["bundle"]), "--format", "json", "--backend", "keras"]
@@ -270,7 +271,13 @@ def test_predict_says_it_fused_and_no_fusion_answers_with_the_cnn_alone(fused, c
     assert with_svm["model"]["fusion"]["kind"] == "svm"
     assert main(args + ["--no-fusion"]) == 0
     alone = json.loads(capsys.readouterr().out)
-    assert alone["model"]["fusion"] is None
+    assert alone["model"]["fusion"] is None and "parts" not in alone["predictions"][0]
+    # the fused answer shows both parts; the CNN part is the CNN alone without the temperature
+    parts = with_svm["predictions"][0]["parts"]
+    assert set(parts) == {"cnn", "svm"} and len(parts["svm"]) == 3
+    untempered = GenreClassifier.load(fused["bundle"], backend="keras", fusion=False)
+    untempered.temperature = 1.0
+    assert parts["cnn"][0]["probability"] == pytest.approx(untempered.predict(wav).top(1)[0][1], abs=1e-3)
     assert with_svm["predictions"][0]["top"] != alone["predictions"][0]["top"]
 
 
