@@ -179,15 +179,21 @@ def cmd_analyze(args) -> int:
 def cmd_model_summary(args) -> int:
     from .model import build_model, summary_text
 
+    fusion = None
     if args.model:
         from .bundle import load_bundle
+        from .fusion import load_svm
 
-        model = load_bundle(args.model).model
+        bundle = load_bundle(args.model)
+        model, fusion = bundle.model, load_svm(args.model, bundle.labels)
     else:
         params = _params(args)
         feats = params.features
         model = build_model(params.model, (feats.n_mels, feats.segment_frames, 1), args.classes, features=feats)
-    print(summary_text(model))
+    print(summary_text(model), end="")
+    if fusion is not None:
+        print(f"Fused with an MFCC + spectral-statistics SVM (model.fusion: svm): {len(fusion.support_vectors)} "
+              f"support vectors, {fusion.n_parameters:,} numbers; the answer is the mean of both distributions")
     return 0
 
 

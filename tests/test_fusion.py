@@ -347,3 +347,13 @@ def test_the_fusion_command_gives_a_cnn_bundle_the_svm_the_train_stage_would_hav
     (bare / "clip_stats.npz").unlink()
     assert main(["-q", "fusion", "--model", str(plain), "--features", str(bare)]) != 0
     assert "model.fusion: svm" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_model_summary_of_a_fusion_bundle_names_its_svm(fused, capsys):
+    from genre_se.cli import main
+
+    assert main(["model", "summary", "--model", str(fused["bundle"])]) == 0
+    out = capsys.readouterr().out
+    svm = load_svm(fused["bundle"])
+    assert f"Fused with an MFCC + spectral-statistics SVM (model.fusion: svm): {len(svm.support_vectors)} support" in out
