@@ -2,7 +2,7 @@
 
 On gtzan-mini the mean of the SE-CNN's clip distribution and the Platt probabilities of the Tzanetakis & Cook
 SVM (:mod:`genre_se.baseline`) was the best configuration the cross-validation found (issue 7,
-``study/results/ensemble.md``: 0.839 vs 0.754 for the SE-CNN and 0.791 for the SVM over 2 seeds x 5 folds), and
+``study/results/ensemble.md``: 0.828 vs 0.765 for the SE-CNN and 0.790 for the SVM over 4 seeds x 5 folds), and
 worse than the SE-CNN on real songs (issue 10). So it is a switch (``model.fusion: svm``), off by default.
 
 The SVM travels in the bundle as plain arrays (``svm.npz``, read with ``allow_pickle=False``): the scaler, the
