@@ -34,7 +34,6 @@ FUSION_FILE = "svm.npz"
 FORMAT = 1
 WINDOW_SECONDS = 30.0
 MAX_WINDOWS = 8
-FUSION_CHOICES = ("none", "svm")
 SILENCE_DB = -60.0  # dB re full scale: leading and trailing audio below it is not music (predict's silence_db)
 LEVEL_DB = -20.0  # every window is brought to this RMS level first: the SVM is as blind to gain as the CNN
 STATS_VERSION = 2  # of the window statistics' definition; a store holding another version must be rebuilt
@@ -80,7 +79,7 @@ def window_statistics(source, source_sr: int | None = None, max_windows: int = M
     """
     from .baseline import SAMPLE_RATE as sr
 
-    return _statistics(list(_windows(source, source_sr, sr, max_windows)), sr)
+    return _statistics(_windows(source, source_sr, sr, max_windows), sr)
 
 
 def _windows(source, source_sr: int | None, sr: int, max_windows: int) -> Iterator[np.ndarray]:
@@ -121,18 +120,19 @@ def _windows(source, source_sr: int | None, sr: int, max_windows: int) -> Iterat
         yield load_audio(source, sr)
 
 
-def _statistics(windows: list[np.ndarray], sr: int) -> np.ndarray:
+def _statistics(windows: Iterator[np.ndarray], sr: int) -> np.ndarray:
     """The baseline's vector of each window, its leading and trailing near-silence trimmed; windows with less
-    than :data:`MIN_SOUND_SECONDS` of sound are left out unless every window is that quiet."""
+    than :data:`MIN_SOUND_SECONDS` of sound are left out unless every window is that quiet. Each window is
+    reduced to its vector as it comes, so only one is held at a time."""
     from .baseline import clip_features
 
-    trimmed, sound = [], []
+    vectors, sound = [], []
     for y in windows:  # sample-exact: from the first to the last sample above the level (frames would keep an edge)
         audible = np.flatnonzero(np.abs(y) > 10.0 ** (SILENCE_DB / 20.0))
-        trimmed.append(y[audible[0] : audible[-1] + 1] if len(audible) else y)
+        vectors.append(clip_features(at_level(y[audible[0] : audible[-1] + 1] if len(audible) else y), sr))
         sound.append(audible[-1] + 1 - audible[0] if len(audible) else 0)
-    loud = [y for y, n in zip(trimmed, sound) if n >= MIN_SOUND_SECONDS * sr] or trimmed
-    return np.stack([clip_features(at_level(y), sr) for y in loud])
+    loud = [v for v, n in zip(vectors, sound) if n >= MIN_SOUND_SECONDS * sr] or vectors
+    return np.stack(loud)
 
 
 def at_level(y: np.ndarray, level_db: float = LEVEL_DB) -> np.ndarray:
