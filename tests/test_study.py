@@ -711,3 +711,43 @@ def test_a_second_run_on_the_same_results_csv_is_refused_while_the_first_holds_i
             pass
     with compare.exclusive(out):  # released: the next run goes ahead
         pass
+
+
+def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softmax(tiny_study, tmp_path, capsys):
+    import dataclasses
+
+    from study import embedding_head
+
+    study, work = tiny_study
+    tones = compare.Path(study.params_path).parent / "tones"
+    study = dataclasses.replace(study, external=str(tones))  # the tones as "external files": every genre known
+    out, state = tmp_path / "s.csv", tmp_path / "st"
+    compare.run_study(study, work / "features", work / "index.csv", out, state_root=state, variants=["se"],
+                      quick=True, keep_models=["se"])
+    scores = embedding_head.score_kept_models(study, work / "features", state, out, ["se"], log=None)
+    assert len(scores) == 3 * 2 and set(scores["head"]) == {"softmax", "embsvm"}
+    recorded = compare.read_results(out).set_index("fold")["clip_accuracy"]
+    soft = scores[scores["head"] == "softmax"].set_index("fold")
+    assert soft["clip_accuracy"].to_numpy() == pytest.approx(recorded.loc[soft.index].to_numpy())
+    assert scores[["clip_accuracy", "clip_macro_f1", "external_top1"]].stack().between(0, 1).all()
+    # tones are easy once embedded: the SVM head, fitted on the other folds' clips, answers the external files
+    # (the same tones) better than chance (3 genres)
+    assert scores.loc[scores["head"] == "embsvm", "external_top1"].mean() > 0.5
+    rows = embedding_head.results_rows(scores, out)
+    assert set(rows["variant"]) == {"se_embsvm"} and len(rows) == 3
+    # a model that is not the one the study scored is refused
+    results = compare.read_results(out)
+    results.loc[results.fold == 1, "clip_accuracy"] = 2.0
+    results.to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(embedding_head.GenreSEError, match="not the model the study scored"):
+        embedding_head.score_kept_models(study, work / "features", state, tmp_path / "other.csv", ["se"], log=None)
+    assert embedding_head.main(["--study", str(compare.Path(study.params_path).parent / "study.yaml"),
+                                "--work", str(work), "--state", str(state), "--results", str(out),
+                                "--variants", "no_se"]) == 1
+    assert "no kept fold models of 'no_se'" in capsys.readouterr().err
+    report = tmp_path / "head.md"
+    assert embedding_head.main(["--study", str(compare.Path(study.params_path).parent / "study.yaml"),
+                                "--work", str(work), "--state", str(state), "--results", str(out), "--variants",
+                                "se", "--scores", str(tmp_path / "head.csv"), "--report", str(report)]) == 0
+    assert "| `se` | 3 (1) |" in report.read_text()
+    assert len(compare.read_results(tmp_path / "head.csv")) == 3
