@@ -716,7 +716,7 @@ def test_a_second_run_on_the_same_results_csv_is_refused_while_the_first_holds_i
 def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softmax(tiny_study, tmp_path, capsys):
     import dataclasses
 
-    from study import embedding_head
+    from study import fold_embeddings
 
     study, work = tiny_study
     tones = compare.Path(study.params_path).parent / "tones"
@@ -724,7 +724,10 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
     out, state = tmp_path / "s.csv", tmp_path / "st"
     compare.run_study(study, work / "features", work / "index.csv", out, state_root=state, variants=["se"],
                       quick=True, keep_models=["se"])
-    scores = embedding_head.score_kept_models(study, work / "features", state, out, ["se"], log=None)
+    scores, familiar = fold_embeddings.score_kept_models(study, work / "features", state, out, ["se"], log=None)
+    # the familiarity flag, cross-fitted on each fold's test clips: every clip of the study checked once
+    assert len(familiar) == 3 and familiar["checked"].sum() == 18
+    assert (familiar["false_alarms"] <= familiar["checked"]).all() and familiar["external_flagged"].between(0, 1).all()
     assert len(scores) == 3 * 2 and set(scores["head"]) == {"softmax", "embsvm"}
     recorded = compare.read_results(out).set_index("fold")["clip_accuracy"]
     soft = scores[scores["head"] == "softmax"].set_index("fold")
@@ -733,21 +736,42 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
     # tones are easy once embedded: the SVM head, fitted on the other folds' clips, answers the external files
     # (the same tones) better than chance (3 genres)
     assert scores.loc[scores["head"] == "embsvm", "external_top1"].mean() > 0.5
-    rows = embedding_head.results_rows(scores, out)
+    rows = fold_embeddings.results_rows(scores, out)
     assert set(rows["variant"]) == {"se_embsvm"} and len(rows) == 3
     # a model that is not the one the study scored is refused
     results = compare.read_results(out)
     results.loc[results.fold == 1, "clip_accuracy"] = 2.0
     results.to_csv(tmp_path / "other.csv", index=False)
-    with pytest.raises(embedding_head.GenreSEError, match="not the model the study scored"):
-        embedding_head.score_kept_models(study, work / "features", state, tmp_path / "other.csv", ["se"], log=None)
-    assert embedding_head.main(["--study", str(compare.Path(study.params_path).parent / "study.yaml"),
+    with pytest.raises(fold_embeddings.GenreSEError, match="not the model the study scored"):
+        fold_embeddings.score_kept_models(study, work / "features", state, tmp_path / "other.csv", ["se"], log=None)
+    assert fold_embeddings.main(["--study", str(compare.Path(study.params_path).parent / "study.yaml"),
                                 "--work", str(work), "--state", str(state), "--results", str(out),
                                 "--variants", "no_se"]) == 1
     assert "no kept fold models of 'no_se'" in capsys.readouterr().err
     report = tmp_path / "head.md"
-    assert embedding_head.main(["--study", str(compare.Path(study.params_path).parent / "study.yaml"),
+    assert fold_embeddings.main(["--study", str(compare.Path(study.params_path).parent / "study.yaml"),
                                 "--work", str(work), "--state", str(state), "--results", str(out), "--variants",
                                 "se", "--scores", str(tmp_path / "head.csv"), "--report", str(report)]) == 0
     assert "| `se` | 3 (1) |" in report.read_text()
     assert len(compare.read_results(tmp_path / "head.csv")) == 3
+
+
+def test_familiarity_is_cross_fitted_on_the_test_clips_and_flags_far_files():
+    from types import SimpleNamespace
+
+    from study import fold_embeddings
+
+    rng = np.random.default_rng(0)
+    clip_ids = np.repeat([f"c{i}" for i in range(30)], 10)       # 30 clips x 10 segments, 4-dim embeddings
+    store = SimpleNamespace(table=pd.DataFrame({"clip_id": clip_ids}))
+    seen = {"embeddings": rng.normal(size=(300, 4)),
+            "external_embeddings": [rng.normal(loc=8.0, size=(10, 4)) for _ in range(3)]}  # far from training
+    test = [f"c{i}" for i in range(20, 30)]
+    got = fold_embeddings.familiarity_scores(seen, store, test, seed=1)
+    assert got["checked"] == 10 and got["false_alarms"] <= 2 and got["external_flagged"] == 1.0
+    # the threshold comes from held-out clips only: a test clip far away raises a false alarm or the threshold
+    seen["embeddings"][clip_ids == "c29"] += 8.0
+    shifted = fold_embeddings.familiarity_scores(seen, store, test, seed=1)
+    assert shifted["false_alarms"] > got["false_alarms"] or shifted["threshold"] > got["threshold"] + 1
+    with pytest.raises(fold_embeddings.GenreSEError, match="at least 2 test clips"):
+        fold_embeddings.familiarity_scores(seen, store, ["c0"], seed=1)

@@ -1,0 +1,252 @@
+"""What the kept fold models' embeddings say: an SVM head on them (issue 7) and the familiarity flag (issue 10).
+
+``study.compare run --keep-models VARIANT`` keeps every fold model as a bundle
+(``STATE/bundles/VARIANT/seed<s>/fold<f>``, its test clips in ``extra``). For each one this script embeds every
+segment of the study's feature store (``genre_se.model.embedding_model``, the layer ``genre-se embed`` returns)
+and the study's external files, then measures two things without training the network (seconds per fold):
+
+- **SVM head.** On small data the field often keeps a trained network's penultimate layer and fits a classic
+  classifier on it. The classic baseline's classifier (``baseline.make_classifier``: standardisation + RBF SVM)
+  is fitted on the mean clip embeddings of the clips the fold model was trained on (every clip but its test
+  clips; with ``train.fit_all`` exactly its training clips) and answers the test clips and the external files;
+  the fold model's own answers (the mean of its segment probabilities) on the same clips are the reference,
+  checked against the accuracy the study recorded, so both heads are compared on the same model and folds.
+- **Familiarity false alarms.** The bundle's ``unfamiliar`` flag (``genre_se.familiarity``: Mahalanobis
+  distance from the training segments' embeddings, threshold the 0.95 quantile of held-out clips' distances) was
+  checked on one model's 10 test clips. Here, per fold model, cross-fitted on its held-out test clips: the
+  threshold from one half, the share of the other half flagged (a false alarm: an in-domain GTZAN clip), and
+  the reverse; with the share of external files flagged under the same thresholds. Pooled over the folds, every
+  clip of the study is checked once.
+
+The SVM head's fold scores are written as rows of a study results CSV (variant ``<variant>_embsvm``) for
+``study.what_helped``::
+
+    python -m study.fold_embeddings --study study/small_data.yaml --work study/work/gtzan \\
+        --results study/results/small_data.csv --variants e30_no_specaugment \\
+        --scores study/results/fold_embeddings.csv --report study/results/fold_embeddings.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genre_se.errors import GenreSEError
+from study import compare
+from study.summary import paired_record
+
+
+def clip_means(values: np.ndarray, clip_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique clip ids in first-seen order, the mean of ``values``' rows per clip)."""
+    codes, uniques = pd.factorize(pd.Series(clip_ids), sort=False)
+    sums = np.zeros((len(uniques), values.shape[1]), dtype=np.float64)
+    np.add.at(sums, codes, values)
+    return np.asarray(uniques, dtype=object), sums / np.bincount(codes)[:, None]
+
+
+def fold_embeddings(bundle, store, external) -> dict:
+    """The fold model's segment embeddings and probabilities for every store row and external file."""
+    from genre_se.model import embedding_model
+    from genre_se.train import predict_rows
+
+    rows = np.arange(len(store.table))
+    embedder = embedding_model(bundle.model)
+    out = {"embeddings": predict_rows(embedder, store, rows), "probs": predict_rows(bundle.model, store, rows)}
+    if external is not None:
+        out["external_embeddings"] = [np.asarray(embedder(x, training=False)) for x in external.segments]
+        out["external_probs"] = [np.asarray(bundle.model(x, training=False)) for x in external.segments]
+    return out
+
+
+def head_scores(seen: dict, store, test_clips, external, seed: int) -> dict:
+    """Clip accuracy / macro-F1 of the fold model's softmax and of the SVM on its mean clip embeddings, on its
+    test clips, and top-1 of both on the external files (``external``: a ``compare.ExternalSet`` or None)."""
+    from sklearn.metrics import f1_score
+
+    from genre_se.baseline import make_classifier
+
+    ids_of_rows = store.table["clip_id"].to_numpy()
+    ids, embeddings = clip_means(seen["embeddings"], ids_of_rows)
+    _, probs = clip_means(seen["probs"], ids_of_rows)
+    label_of = dict(zip(store.table["clip_id"], store.table["label_index"]))
+    labels = np.array([label_of[c] for c in ids])
+    test = np.isin(ids, list(test_clips))
+    if not test.any() or test.all():
+        raise GenreSEError("the bundle's test clips must be some, not all, of the store's clips")
+    svm = make_classifier(seed).fit(embeddings[~test], labels[~test])
+    answers = {"softmax": probs.argmax(axis=1), "embsvm": svm.predict(embeddings)}
+    out = {}
+    for head, answer in answers.items():
+        out[head] = {"clip_accuracy": float((answer[test] == labels[test]).mean()),
+                     "clip_macro_f1": float(f1_score(labels[test], answer[test], labels=np.unique(labels),
+                                                     average="macro", zero_division=0))}
+    if external is not None:
+        ext_embeddings = np.stack([e.mean(axis=0) for e in seen["external_embeddings"]])
+        ext_probs = np.stack([p.mean(axis=0) for p in seen["external_probs"]])
+        out["softmax"]["external_top1"] = float((ext_probs.argmax(axis=1) == external.labels).mean())
+        out["embsvm"]["external_top1"] = float((svm.predict(ext_embeddings) == external.labels).mean())
+    return out
+
+
+def familiarity_scores(seen: dict, store, test_clips, seed: int, quantile: float = 0.95) -> dict:
+    """The familiarity flag of the fold model, cross-fitted on its test clips: statistics of its training
+    segments (every store row not of a test clip), the threshold from one half of the test clips, false alarms
+    counted on the other half, and the reverse. ``external_flagged``: the share of external files beyond the
+    threshold, averaged over the two halves' thresholds."""
+    from genre_se.familiarity import fit_familiarity
+
+    ids_of_rows = store.table["clip_id"].to_numpy()
+    in_test = np.isin(ids_of_rows, list(test_clips))
+    clips = [c for c in pd.unique(ids_of_rows[in_test])]
+    if len(clips) < 2:
+        raise GenreSEError("familiarity needs at least 2 test clips (one per half)")
+    segments = {c: seen["embeddings"][ids_of_rows == c] for c in clips}
+    order = np.random.default_rng(seed).permutation(len(clips))
+    halves = [[clips[i] for i in order[: len(clips) // 2]], [clips[i] for i in order[len(clips) // 2:]]]
+    false_alarms, checked, external_flagged, thresholds = 0, 0, [], []
+    for reference, held in (halves, halves[::-1]):
+        stats = fit_familiarity(seen["embeddings"][~in_test], [segments[c] for c in reference], quantile)
+        false_alarms += sum(stats.distance(segments[c]) > stats.threshold for c in held)
+        checked += len(held)
+        thresholds.append(stats.threshold)
+        if "external_embeddings" in seen:
+            external_flagged.append(np.mean([stats.distance(e) > stats.threshold
+                                             for e in seen["external_embeddings"]]))
+    return {"false_alarms": int(false_alarms), "checked": checked, "threshold": float(np.mean(thresholds)),
+            "external_flagged": float(np.mean(external_flagged)) if external_flagged else np.nan}
+
+
+def score_kept_models(study: compare.Study, features: Path, state: Path, results_csv: Path, variants: list[str],
+                      seeds: list[int] | None = None, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per variant, seed, fold and head; one familiarity row per variant, seed and fold) over the fold
+    bundles of ``variants`` kept under ``state/bundles`` (``study.compare run --state STATE --keep-models``),
+    on the store ``features``."""
+    from genre_se.bundle import load_bundle
+    from genre_se.feature_store import FeatureStore
+
+    store = FeatureStore.open(features)
+    results = compare.read_results(results_csv).set_index(["variant", "seed", "fold"])
+    external = compare.load_external(study.external, list(store.labels), store.features.to_dict()) \
+        if study.external and Path(study.external).is_dir() else None
+    rows, familiar = [], []
+    for variant in variants:
+        folders = sorted((state / "bundles" / variant).glob("seed*/fold*"))
+        folders = [f for f in folders if seeds is None or int(f.parent.name[4:]) in seeds]
+        if not folders:
+            raise GenreSEError(f"no kept fold models of {variant!r} under {state / 'bundles'} "
+                               f"(run `study.compare run --keep-models {variant}`)")
+        for folder in folders:
+            seed, fold = int(folder.parent.name[4:]), int(folder.name[4:])
+            bundle = load_bundle(folder)
+            seen = fold_embeddings(bundle, store, external)
+            test_clips = bundle.extra["test_clips"]
+            scores = head_scores(seen, store, test_clips, external, seed)
+            recorded = results["clip_accuracy"].get((variant, seed, fold))
+            if recorded is None or abs(recorded - scores["softmax"]["clip_accuracy"]) > 1e-9:
+                raise GenreSEError(f"{folder}: its softmax gives clip accuracy "
+                                   f"{scores['softmax']['clip_accuracy']:.4f}, {results_csv} records "
+                                   f"{recorded}: not the model the study scored")
+            for head, score in scores.items():
+                rows.append({"variant": variant, "seed": seed, "fold": fold, "head": head, **score})
+            familiar.append({"variant": variant, "seed": seed, "fold": fold,
+                             **familiarity_scores(seen, store, test_clips, seed + fold)})
+            if log:
+                log(f"{variant} seed {seed} fold {fold}: softmax {scores['softmax']['clip_accuracy']:.3f}, "
+                    f"SVM on embeddings {scores['embsvm']['clip_accuracy']:.3f}; "
+                    f"familiarity false alarms {familiar[-1]['false_alarms']}/{familiar[-1]['checked']}")
+    return pd.DataFrame(rows), pd.DataFrame(familiar)
+
+
+def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
+    """The SVM head's scores as rows of a study results CSV: variant ``<variant>_embsvm``, the fold model's
+    parameters and training time (the SVM's fit is seconds)."""
+    runs = compare.read_results(results_csv).set_index(["variant", "seed", "fold"])
+    rows = []
+    for score in scores[scores["head"] == "embsvm"].itertuples(index=False):
+        own = runs.loc[(score.variant, score.seed, score.fold)]
+        rows.append({"variant": f"{score.variant}_embsvm", "seed": score.seed, "fold": score.fold,
+                     "clip_accuracy": score.clip_accuracy, "clip_macro_f1": score.clip_macro_f1,
+                     "params": int(own["params"]), "train_seconds": float(own["train_seconds"]),
+                     "epochs_run": int(own["epochs_run"]), "best_epoch": int(own["best_epoch"]),
+                     "n_test_clips": int(own["n_test_clips"]),
+                     "config_key": compare.config_key("embedding_svm", own["config_key"]),
+                     "external_top1": getattr(score, "external_top1", np.nan)})
+    return pd.DataFrame(rows, columns=compare.CSV_COLUMNS + ["external_top1"])
+
+
+def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame) -> str:
+    lines = ["# What the kept fold models' embeddings say (study/fold_embeddings.py)\n",
+             "## An SVM head on the SE-CNN's embeddings\n",
+             "Per kept fold model: its own softmax (mean of segment probabilities) against the classic baseline's "
+             "SVM (standardisation + RBF) fitted on its mean clip embeddings of the clips it was trained on; both "
+             "answer the fold's test clips and the external files. Δ and W/T/L: SVM head minus softmax on the same "
+             "folds; `detectable`: the smallest mean difference these paired folds detect (paired t, 80 % power).\n",
+             "| variant | folds (seeds) | softmax clip acc. | SVM head clip acc. | Δ | W/T/L | detectable | "
+             "macro-F1 softmax / SVM | real-clips top-1 softmax / SVM |", "|---|---|---|---|---|---|---|---|---|"]
+    for variant, own in scores.groupby("variant", sort=False):
+        heads = {head: rows.set_index(["seed", "fold"]) for head, rows in own.groupby("head")}
+        soft, svm = heads["softmax"], heads["embsvm"]
+        record = paired_record(svm["clip_accuracy"] - soft["clip_accuracy"])
+        detectable = "" if np.isnan(record["detectable"]) else f"{record['detectable']:.3f}"
+        ext = (f"{soft['external_top1'].mean():.3f} / {svm['external_top1'].mean():.3f}"
+               if "external_top1" in soft else "")
+        lines.append(f"| `{variant}` | {len(soft)} ({soft.index.get_level_values('seed').nunique()}) "
+                     f"| {soft['clip_accuracy'].mean():.3f} | {svm['clip_accuracy'].mean():.3f} "
+                     f"| {record['delta']:+.3f} | {record['won']}/{record['tied']}/{record['lost']} | {detectable} "
+                     f"| {soft['clip_macro_f1'].mean():.3f} / {svm['clip_macro_f1'].mean():.3f} | {ext} |")
+    lines += ["\n## Familiarity false alarms\n",
+              "The `unfamiliar` flag of each fold model (training segments' embedding statistics, threshold the 0.95 "
+              "quantile of held-out clips' distances), cross-fitted on the fold's test clips: threshold from one "
+              "half, false alarms (held-out GTZAN clips flagged) counted on the other half, and the reverse; "
+              "external files flagged under the same thresholds.\n",
+              "| variant | folds | GTZAN clips checked | false alarms | false-alarm rate | mean threshold | "
+              "real-clips flagged |", "|---|---|---|---|---|---|---|"]
+    for variant, own in familiar.groupby("variant", sort=False):
+        checked, alarms = int(own["checked"].sum()), int(own["false_alarms"].sum())
+        lines.append(f"| `{variant}` | {len(own)} | {checked} | {alarms} | {alarms / checked:.3f} "
+                     f"| {own['threshold'].mean():.1f} | {own['external_flagged'].mean():.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.fold_embeddings", description=__doc__.split("\n")[0])
+    parser.add_argument("--study", default="study/small_data.yaml", help="study file (its external files)")
+    parser.add_argument("--work", default="study/work/gtzan", help="the study's work folder (features, state)")
+    parser.add_argument("--features", help="feature store (default: WORK/features)")
+    parser.add_argument("--state", help="training state root holding bundles/ (default: WORK/state)")
+    parser.add_argument("--results", default="study/results/small_data.csv", help="the study's results CSV")
+    parser.add_argument("--variants", required=True, help="comma-separated variants with kept fold models")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: every kept one)")
+    parser.add_argument("--scores", default="study/results/fold_embeddings.csv",
+                        help="results CSV of the SVM head, for study.what_helped")
+    parser.add_argument("--familiarity", default="study/results/fold_embeddings_familiarity.csv",
+                        help="the familiarity check per fold model (CSV)")
+    parser.add_argument("--report", default="study/results/fold_embeddings.md", help="Markdown report to write")
+    args = parser.parse_args(argv)
+    try:
+        study = compare.load_study(args.study)
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        work = Path(args.work)
+        scores, familiar = score_kept_models(study, Path(args.features or work / "features"),
+                                             Path(args.state or work / "state"), Path(args.results),
+                                             args.variants.split(","), seeds)
+        rows = results_rows(scores, Path(args.results))
+    except GenreSEError as exc:
+        print(f"fold_embeddings: error: {exc}", file=sys.stderr)
+        return 1
+    from genre_se.fileio import write_csv, write_text
+
+    text = report_markdown(scores, familiar)
+    write_csv(args.scores, rows)
+    write_csv(args.familiarity, familiar)
+    write_text(args.report, text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
