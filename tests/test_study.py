@@ -751,8 +751,10 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
     report = tmp_path / "head.md"
     assert fold_embeddings.main(["--study", str(compare.Path(study.params_path).parent / "study.yaml"),
                                 "--work", str(work), "--state", str(state), "--results", str(out), "--variants",
-                                "se", "--scores", str(tmp_path / "head.csv"), "--report", str(report)]) == 0
-    assert "| `se` | 3 (1) |" in report.read_text()
+                                "se", "--scores", str(tmp_path / "head.csv"), "--report", str(report),
+                                "--familiarity", str(tmp_path / "fam.csv")]) == 0
+    assert "| `se` | 3 (1) |" in report.read_text() and "| `se` | 3 | 18 |" in report.read_text()
+    assert len(pd.read_csv(tmp_path / "fam.csv")) == 3
     assert len(compare.read_results(tmp_path / "head.csv")) == 3
 
 
