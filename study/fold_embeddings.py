@@ -41,11 +41,11 @@ from study.summary import paired_record
 
 
 def clip_means(values: np.ndarray, clip_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(unique clip ids in first-seen order, the mean of ``values``' rows per clip)."""
+    """(unique clip ids in first-seen order, the mean of ``values``' rows per clip: the pipeline's clip rule)."""
+    from genre_se.metrics import mean_per_clip
+
     codes, uniques = pd.factorize(pd.Series(clip_ids), sort=False)
-    sums = np.zeros((len(uniques), values.shape[1]), dtype=np.float64)
-    np.add.at(sums, codes, values)
-    return np.asarray(uniques, dtype=object), sums / np.bincount(codes)[:, None]
+    return np.asarray(uniques, dtype=object), mean_per_clip(codes, values, len(uniques))[0]
 
 
 def fold_embeddings(bundle, store, external) -> dict:
