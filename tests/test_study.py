@@ -771,6 +771,7 @@ def test_familiarity_is_cross_fitted_on_the_test_clips_and_flags_far_files():
     test = [f"c{i}" for i in range(20, 30)]
     got = fold_embeddings.familiarity_scores(seen, store, test, seed=1)
     assert got["checked"] == 10 and got["false_alarms"] <= 2 and got["external_flagged"] == 1.0
+    assert got["auc"] == 1.0  # every far file lies beyond every held-out clip
     # the threshold comes from held-out clips only: a test clip far away raises a false alarm or the threshold
     seen["embeddings"][clip_ids == "c29"] += 8.0
     shifted = fold_embeddings.familiarity_scores(seen, store, test, seed=1)
