@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -455,6 +456,9 @@ class TrainResult:
     best_score: float
     epochs_run: int
     resumed_from: int
+    # seconds spent fitting over every session of this run (an interrupted run's earlier epochs included; states
+    # written before this was recorded count from their resume)
+    train_seconds: float = 0.0
 
 
 #: train.* settings added after resumable states were first written: left out of the state key at their default,
@@ -543,12 +547,16 @@ def train_model(
         state = {"key": key, "epoch": 0, "best": None, "best_key": None, "best_epoch": 0, "wait": 0,
                  "mean": mean, "std": std}
     state.setdefault("lr", train_cfg.learning_rate)
-    resumed_from = state["epoch"]
+    state.setdefault("train_seconds", 0.0)
+    resumed_from, seconds_before = state["epoch"], state["train_seconds"]
     train_ds = training_dataset(store, train_rows, train_cfg, seed=seed, n_classes=n_classes)
     has_valid = len(valid_rows) > 0
 
     class Loop(keras.callbacks.Callback):
         """Validation clip metrics, learning-rate schedule, logging, checkpoints and early stopping, in one place."""
+
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
 
         def on_epoch_begin(self, epoch, logs=None):
             self.rate = scheduled_learning_rate(train_cfg, epoch, state["lr"])
@@ -560,6 +568,7 @@ def train_model(
             score = _score(val, logs, monitor_max)
             improved = state["best_key"] is None or score > tuple(state["best_key"])
             state["epoch"] = epoch + 1
+            state["train_seconds"] = seconds_before + time.perf_counter() - self.started
             if improved:
                 state.update(best=_reported(val, logs, monitor_max), best_key=list(score), best_epoch=epoch + 1,
                              wait=0)
@@ -591,7 +600,8 @@ def train_model(
         model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=state["epoch"], callbacks=[Loop()], shuffle=False,
                   verbose=0)
     model.load_weights(state_dir / BEST_WEIGHTS)
-    return TrainResult(model, mean, std, state["best_epoch"], state["best"], state["epoch"], resumed_from)
+    return TrainResult(model, mean, std, state["best_epoch"], state["best"], state["epoch"], resumed_from,
+                       float(state["train_seconds"]))
 
 
 def _score(val: dict, logs: dict, monitor_max: bool) -> tuple[float, float]:

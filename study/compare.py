@@ -327,7 +327,8 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
     start = time.perf_counter()
     result = train_model(store, params.model, params.train, train_rows=train, valid_rows=valid,
                          seed=seed + init_offset + fold, state_dir=state_dir, log=log)
-    seconds = time.perf_counter() - start
+    # a resumed fold: its fitting time over every session (this call alone saw only the epochs after the resume)
+    seconds = result.train_seconds if result.resumed_from else time.perf_counter() - start
     metrics, predictions = evaluate_rows(result.model, store, test)
     table = store.table.iloc[test]
     test_probs = probability_frame(table["clip_id"].to_numpy(), table["label"].to_numpy(),

@@ -85,3 +85,38 @@ def test_the_same_seed_trains_the_same_weights(tmp_path, monkeypatch):
     train_model(store, params.model, dataclasses.replace(off, deterministic=True), train_rows=store.rows("train"),
                 valid_rows=store.rows("valid"), seed=1, state_dir=tmp_path / "e")
     assert calls == [1]
+
+
+def test_the_training_time_of_a_resumed_run_counts_its_earlier_epochs(tmp_path):
+    """An interrupted run resumes; the time it reports is its fitting time over both sessions, not only the
+    resumed epochs (the study's training time per model would otherwise shrink whenever a run was resumed)."""
+    import json
+
+    from genre_se.config import ModelConfig, TrainConfig
+    from genre_se.feature_store import build_store
+    from genre_se.train import STATE_FILE, train_model
+    from tests.conftest import make_tone_dataset
+    from tests.test_inference import FEATURES
+
+    files = sorted(make_tone_dataset(tmp_path / "tones", per_label=3, seconds=1.5, seed=5).rglob("*.wav"))
+    index = pd.DataFrame({"clip_id": [f.stem for f in files], "path": [str(f) for f in files],
+                          "label": [f.parent.name for f in files], "status": "ok", "split": "train"})
+    store, _ = build_store(index, FEATURES, tmp_path / "features", tmp_path / "cache", workers=1)
+    model, rows, state = ModelConfig(filters=[4], dropout=0.0, reduction_ratios=2), store.rows("train"), tmp_path / "s"
+    first = train_model(store, model, TrainConfig(epochs=2, patience=5), train_rows=rows, valid_rows=rows[:0],
+                        seed=1, state_dir=state)
+    saved = json.loads((state / STATE_FILE).read_text())
+    assert first.resumed_from == 0 and first.train_seconds == saved["train_seconds"] > 0
+    # the session before took much longer than this one will (as if interrupted after a long epoch)
+    (state / STATE_FILE).write_text(json.dumps({**saved, "train_seconds": 1000.0}))
+    resumed = train_model(store, model, TrainConfig(epochs=3, patience=5), train_rows=rows, valid_rows=rows[:0],
+                          seed=1, state_dir=state)
+    assert resumed.resumed_from == 2 and resumed.epochs_run == 3
+    assert 1000.0 < resumed.train_seconds < 1000.0 + 600
+    # a state written before the time was recorded resumes too, counting from its resume
+    old = json.loads((state / STATE_FILE).read_text())
+    del old["train_seconds"]
+    (state / STATE_FILE).write_text(json.dumps(old))
+    again = train_model(store, model, TrainConfig(epochs=4, patience=5), train_rows=rows, valid_rows=rows[:0],
+                        seed=1, state_dir=state)
+    assert again.resumed_from == 3 and 0 < again.train_seconds < 600
