@@ -30,7 +30,7 @@ import pandas as pd
 
 from genre_se.errors import GenreSEError
 from study import compare
-from study.summary import current_rows, paired_record
+from study.summary import paired_record
 
 #: The rules scored; ``mean`` is the pipeline's and the reference of the others.
 RULES = ("mean", "vote", "geometric")
@@ -131,13 +131,10 @@ def report_markdown(scores: pd.DataFrame, source: str) -> str:
 
 def score_study(out_csv: Path, members: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-rule fold scores, their results-CSV rows) of ``members`` from the study's kept distributions."""
-    results = compare.read_results(out_csv)
+    from study.ensemble import kept_distributions
+
+    results, probs, labels = kept_distributions(out_csv)
     path = compare.probabilities_path(out_csv)
-    if not path.is_file():
-        raise GenreSEError(f"{path}: no kept distributions (run `python -m study.compare run` first)")
-    header = pd.read_csv(path, nrows=0).columns.tolist()
-    labels = [c for c in header if c not in compare.PROB_ID_COLUMNS]
-    probs = current_rows(compare.read_probabilities(path, labels), results)
     probs = probs[probs["variant"].isin(members)]
     missing = [m for m in members if m not in set(probs["variant"])]
     if missing:

@@ -322,6 +322,17 @@ def shipped_temperature(path: Path = SHIPPED_BUNDLE) -> float | None:
 # Command line
 
 
+def kept_distributions(out_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(the study's results, the kept distributions of its current rows, the genre labels) of a results CSV."""
+    results = compare.read_results(out_csv)
+    path = compare.probabilities_path(out_csv)
+    if not path.is_file():
+        raise GenreSEError(f"{path}: no kept distributions (run `python -m study.compare run` first)")
+    header = pd.read_csv(path, nrows=0).columns.tolist()
+    labels = [c for c in header if c not in compare.PROB_ID_COLUMNS]
+    return results, current_rows(compare.read_probabilities(path, labels), results), labels
+
+
 def report(study: compare.Study, out_csv: Path, members: list[str] | None = None, reference: str | None = None,
            scores_csv: Path | None = None) -> str:
     """The whole Markdown report of a study's kept distributions; ``scores_csv``: also write the combinations'
@@ -329,13 +340,8 @@ def report(study: compare.Study, out_csv: Path, members: list[str] | None = None
     svm = next((n for n, s in study.variants.items() if s == compare.BASELINE), None)
     members = members or study.cnn_variants()
     reference = reference or members[0]
-    results = compare.read_results(out_csv)
+    results, probs, labels = kept_distributions(out_csv)
     path = compare.probabilities_path(out_csv)
-    if not path.is_file():
-        raise GenreSEError(f"{path}: no kept distributions (run `python -m study.compare run` first)")
-    header = pd.read_csv(path, nrows=0).columns.tolist()
-    labels = [c for c in header if c not in compare.PROB_ID_COLUMNS]
-    probs = current_rows(compare.read_probabilities(path, labels), results)
     missing = [m for m in members + ([svm] if svm else []) if m not in set(probs["variant"])]
     if missing:
         raise GenreSEError(f"{path}: no distributions of {', '.join(missing)} yet")
