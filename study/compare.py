@@ -324,11 +324,9 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
     from genre_se.train import predict_rows, train_model
 
     train, valid, test = cv_fold_rows(folds_of_rows, fold, k, params.train.fit_all)
-    start = time.perf_counter()
     result = train_model(store, params.model, params.train, train_rows=train, valid_rows=valid,
                          seed=seed + init_offset + fold, state_dir=state_dir, log=log)
-    # a resumed fold: its fitting time over every session (this call alone saw only the epochs after the resume)
-    seconds = result.train_seconds if result.resumed_from else time.perf_counter() - start
+    seconds = result.train_seconds  # fitting time over every session of the fold (a resumed one too)
     metrics, predictions = evaluate_rows(result.model, store, test)
     table = store.table.iloc[test]
     test_probs = probability_frame(table["clip_id"].to_numpy(), table["label"].to_numpy(),

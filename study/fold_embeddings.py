@@ -104,25 +104,25 @@ def familiarity_scores(seen: dict, store, test_clips, seed: int, quantile: float
     clips = [c for c in pd.unique(ids_of_rows[in_test])]
     if len(clips) < 2:
         raise GenreSEError("familiarity needs at least 2 test clips (one per half)")
-    segments = {c: seen["embeddings"][ids_of_rows == c] for c in clips}
+    # the statistics (fitted once: they do not depend on the reference clips) and every distance, computed once
+    stats = fit_familiarity(seen["embeddings"][~in_test], [seen["embeddings"][ids_of_rows == clips[0]]], quantile)
+    distance = {c: stats.distance(seen["embeddings"][ids_of_rows == c]) for c in clips}
+    ext = [stats.distance(e) for e in seen.get("external_embeddings", [])]
     order = np.random.default_rng(seed).permutation(len(clips))
     halves = [[clips[i] for i in order[: len(clips) // 2]], [clips[i] for i in order[len(clips) // 2:]]]
     false_alarms, checked, external_flagged, thresholds = 0, 0, [], []
     for reference, held in (halves, halves[::-1]):
-        stats = fit_familiarity(seen["embeddings"][~in_test], [segments[c] for c in reference], quantile)
-        false_alarms += sum(stats.distance(segments[c]) > stats.threshold for c in held)
+        threshold = float(np.quantile([distance[c] for c in reference], quantile))  # fit_familiarity's rule
+        false_alarms += sum(distance[c] > threshold for c in held)
         checked += len(held)
-        thresholds.append(stats.threshold)
-        if "external_embeddings" in seen:
-            external_flagged.append(np.mean([stats.distance(e) > stats.threshold
-                                             for e in seen["external_embeddings"]]))
+        thresholds.append(threshold)
+        if ext:
+            external_flagged.append(np.mean([d > threshold for d in ext]))
     auc = np.nan
-    if "external_embeddings" in seen:  # threshold-free (the statistics are the same in both halves' fits)
+    if ext:  # threshold-free: how well the distance alone tells the external files from held-out GTZAN clips
         from sklearn.metrics import roc_auc_score
 
-        distances = [stats.distance(segments[c]) for c in clips]
-        ext = [stats.distance(e) for e in seen["external_embeddings"]]
-        auc = float(roc_auc_score([0] * len(distances) + [1] * len(ext), distances + ext))
+        auc = float(roc_auc_score([0] * len(clips) + [1] * len(ext), [distance[c] for c in clips] + ext))
     return {"false_alarms": int(false_alarms), "checked": checked, "threshold": float(np.mean(thresholds)),
             "external_flagged": float(np.mean(external_flagged)) if external_flagged else np.nan, "auc": auc}
 
