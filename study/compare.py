@@ -513,8 +513,10 @@ def read_robustness(path: Path) -> pd.DataFrame:
 
 def _read_csv(path: Path, required: list[str], what: str, dtype: dict | None = None, **kwargs) -> pd.DataFrame:
     # a configuration key is a hex string: one made only of digits must not become a number (then it no longer
-    # matches the same key read from another file)
-    frame = pd.read_csv(path, keep_default_na=False, dtype={"config_key": str, **(dtype or {})}, **kwargs)
+    # matches the same key read from another file); round-trip floats so that rewriting the file leaves the rows
+    # already there unchanged (pandas' fast parser can lose the last digit)
+    frame = pd.read_csv(path, keep_default_na=False, dtype={"config_key": str, **(dtype or {})},
+                        float_precision="round_trip", **kwargs)
     missing = set(required) - set(frame.columns)
     if missing:
         raise DatasetError(f"{path}: not a {what} CSV (lacks {', '.join(sorted(missing))}); move it away")

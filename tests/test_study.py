@@ -778,3 +778,18 @@ def test_familiarity_is_cross_fitted_on_the_test_clips_and_flags_far_files():
     assert shifted["false_alarms"] > got["false_alarms"] or shifted["threshold"] > got["threshold"] + 1
     with pytest.raises(fold_embeddings.GenreSEError, match="at least 2 test clips"):
         fold_embeddings.familiarity_scores(seen, store, ["c0"], seed=1)
+
+
+def test_rewriting_a_results_csv_leaves_its_rows_unchanged(tmp_path):
+    # every finished fold rewrites the whole CSV: the rows already there must come back byte for byte, or a
+    # study in progress churns every earlier row's last digit
+    from genre_se.fileio import write_csv
+    path = tmp_path / "results.csv"
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({column: rng.random(4) for column in compare.CSV_COLUMNS})
+    rows["variant"], rows["config_key"] = "v", "0123"
+    rows.loc[0, "clip_accuracy"] = 0.16666666666666666       # the fast parser reads it back as ...6666
+    write_csv(path, rows)
+    before = path.read_bytes()
+    write_csv(path, compare.read_results(path)[compare.CSV_COLUMNS])
+    assert path.read_bytes() == before
