@@ -179,13 +179,15 @@ def cmd_analyze(args) -> int:
 def cmd_model_summary(args) -> int:
     from .model import build_model, summary_text
 
-    fusion = None
+    fusion = head = None
     if args.model:
         from .bundle import load_bundle
+        from .embedding_svm import load_embedding_svm
         from .fusion import load_svm
 
         bundle = load_bundle(args.model)
         model, fusion = bundle.model, load_svm(args.model, bundle.labels)
+        head = load_embedding_svm(args.model, bundle.labels)
     else:
         params = _params(args)
         feats = params.features
@@ -194,6 +196,9 @@ def cmd_model_summary(args) -> int:
     if fusion is not None:
         print(f"Fused with an MFCC + spectral-statistics SVM (model.fusion: svm): {len(fusion.support_vectors)} "
               f"support vectors, {fusion.n_parameters:,} numbers; the answer is the mean of both distributions")
+    if head is not None:
+        print(f"Classifier: an SVM on the mean embedding (model.classifier: svm): {len(head.support_vectors)} "
+              f"support vectors, {head.n_parameters:,} numbers; it answers instead of the softmax")
     return 0
 
 
@@ -383,7 +388,8 @@ def cmd_predict(args) -> int:
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
                                       batch_size=args.batch_size, aggregate=args.aggregate,
                                       uncertain_below=args.uncertain_below, max_segments=max_segments,
-                                      silence_db=args.silence_db, fusion=args.fusion)
+                                      silence_db=args.silence_db, fusion=args.fusion,
+                                      embedding_svm=args.embedding_svm)
     inputs = _Inputs(args.paths)
     with inputs as (files, n_empty):
         return _predict_files(args, classifier, files, n_empty, inputs.shown)
@@ -469,7 +475,8 @@ def cmd_robustness(args) -> int:
     if args.output not in (None, "-"):
         check_writable(args.output)  # before minutes of transforms, not after
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
-                                      batch_size=args.batch_size, fusion=args.fusion)
+                                      batch_size=args.batch_size, fusion=args.fusion,
+                                      embedding_svm=args.embedding_svm)
     inputs = _Inputs(args.paths)
     with inputs as (files, n_empty):
         return _robustness_files(args, classifier, files, n_empty, inputs.shown)
@@ -524,6 +531,14 @@ def cmd_fusion(args) -> int:
 
     add_fusion(args.model, args.features, args.seed, log=_log(args))
     print(f"fusion SVM -> {args.model}", file=sys.stderr)
+    return 0
+
+
+def cmd_classifier(args) -> int:
+    from .train import add_embedding_svm
+
+    add_embedding_svm(args.model, args.features, args.seed, log=_log(args))
+    print(f"embedding SVM (model.classifier: svm) -> {args.model}", file=sys.stderr)
     return 0
 
 
@@ -618,6 +633,9 @@ def _add_fusion_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fusion", dest="fusion", action="store_false",
                    help="a bundle trained with model.fusion: svm answers with its CNN alone (default: the mean "
                         "of the CNN's and the SVM's distributions, as it was evaluated)")
+    p.add_argument("--softmax", dest="embedding_svm", action="store_false",
+                   help="a bundle trained with model.classifier: svm answers with the network's softmax "
+                        "(default: the SVM on the mean embedding, as it was evaluated)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -742,6 +760,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the feature store it was trained on, built with model.fusion: svm (default: %(default)s)")
     p.add_argument("--seed", type=int, help="the SVM's seed (default: the bundle's training seed)")
     p.set_defaults(func=cmd_fusion, needs_tf=True)
+
+    p = sub.add_parser("classifier", help="give a trained bundle the SVM head on its embeddings (model.classifier: "
+                                           "svm) without training the network again; the temperature is refitted")
+    p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
+    p.add_argument("--features", default="data/features",
+                   help="the feature store it was trained on (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="the SVM's seed (default: the bundle's training seed)")
+    p.set_defaults(func=cmd_classifier, needs_tf=True)
 
     p = sub.add_parser("install-model", help="make a trained bundle (with its LiteRT export) the package's "
                                               "shipped default model (maintainers; MODEL.md)")

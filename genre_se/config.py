@@ -169,9 +169,15 @@ class ModelConfig:
     # SVM's, trained on the same clips and stored in the bundle as plain arrays. Best in the gtzan-mini
     # cross-validation, worse on real songs, so off by default.
     fusion: Literal["none", "svm"] = "none"
+    # The clip answer's classifier (genre_se.embedding_svm): the network's softmax, or "svm", an SVM fitted after
+    # training on each training clip's mean embedding and stored in the bundle as plain arrays. Ahead of the
+    # softmax in the gtzan-mini cross-validation, behind it on real songs, so off by default.
+    classifier: Literal["softmax", "svm"] = "softmax"
 
     def validate(self, p: str) -> None:
         _require(len(self.filters) >= 1, f"{p}.filters", "needs at least one block")
+        _require(self.fusion == "none" or self.classifier == "softmax", f"{p}.classifier",
+                 "the embedding SVM (classifier: svm) and late fusion (fusion: svm) are either-or; choose one")
         _require(
             isinstance(self.loudness_target_db, (int, float)) and not isinstance(self.loudness_target_db, bool)
             and -80.0 <= self.loudness_target_db <= 0.0,

@@ -21,7 +21,7 @@ from .metrics import aggregate_clips, classification_scores
 
 
 def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: float = 1.0,
-                  svm=None) -> tuple[dict, pd.DataFrame]:
+                  svm=None, embedding_svm=None) -> tuple[dict, pd.DataFrame]:
     """Scores of ``model`` on some store rows, and the per-clip predictions table.
 
     ``temperature`` is the bundle's calibration: accuracies do not depend on it, the clip ECE is reported
@@ -30,6 +30,10 @@ def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: flo
     ``svm`` (a :class:`genre_se.fusion.SvmScorer`, ``model.fusion: svm``): the clip answer is the fused
     distribution, as ``predict`` gives it (the temperature then scales the fused distribution); the CNN's and
     the SVM's own clip scores are reported beside it (``clip_cnn``, ``clip_svm``).
+
+    ``embedding_svm`` (``model.classifier: svm``): the clip answer is the SVM head's distribution of the
+    clip's mean embedding (the temperature scales it); the softmax's clip scores are reported beside it
+    (``clip_cnn``).
     """
     from .calibration import apply_temperature, expected_calibration_error
     from .train import predict_rows
@@ -42,7 +46,18 @@ def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: flo
     clips = aggregate_clips(table["clip_id"].to_numpy(), probs, seg_true)
     seg = classification_scores(seg_true, probs.argmax(axis=1), store.labels)
     extra_scores = {}
-    if svm is None:
+    if embedding_svm is not None:
+        from .embedding_svm import embedding_svm_distributions
+
+        ids, clip_probs = embedding_svm_distributions(embedding_svm, model, store, rows)
+        if [str(c) for c in clips.index] != ids:  # both in first-seen order of the rows
+            raise DatasetError("the embedding SVM's clips are not in the evaluation's order")
+        calibrated_probs = apply_temperature(clip_probs, temperature)
+        scores = classification_scores(clips["label"].to_numpy(), np.stack(clips["probs"]).argmax(axis=1),
+                                       store.labels)
+        extra_scores["clip_cnn"] = {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+        clips["pred"] = clip_probs.argmax(axis=1)
+    elif svm is None:
         calibrated = aggregate_clips(table["clip_id"].to_numpy(), apply_temperature(probs, temperature), seg_true)
         clip_probs, calibrated_probs = np.stack(clips["probs"]), np.stack(calibrated["probs"])
     else:
@@ -185,12 +200,16 @@ def cross_validate(
             seed=params.seed + f, state_dir=Path(state_root) / f"fold{f}",
             log=(lambda line, f=f: log(f"fold {f + 1}/{k} {line}")) if log else None,
         )
-        svm = None
+        svm = head = None
         if model_cfg.fusion == "svm":
             from .fusion import fit_store_svm
 
             svm = fit_store_svm(store, train_rows, params.seed + f)  # the CNN's training clips
-        metrics, _ = evaluate_rows(result.model, store, test_rows, svm=svm)
+        if model_cfg.classifier == "svm":
+            from .embedding_svm import fit_embedding_svm
+
+            head = fit_embedding_svm(result.model, store, train_rows, params.seed + f)
+        metrics, _ = evaluate_rows(result.model, store, test_rows, svm=svm, embedding_svm=head)
         parts = {f"{part}_clip_accuracy": metrics[f"clip_{part}"]["accuracy"]
                  for part in ("cnn", "svm") if f"clip_{part}" in metrics}  # model.fusion: each part on its own
         folds.append({"fold": f, "clip_accuracy": metrics["clip"]["accuracy"],
@@ -226,11 +245,13 @@ def run_evaluate(
         raise DatasetError(f"{bundle_dir}: the bundle was trained on other features than {store_dir} holds")
     from .calibration import Calibration
 
+    from .embedding_svm import load_embedding_svm
     from .fusion import load_svm
 
     calibration = Calibration.from_dict(bundle.extra.get("calibration"), str(bundle_dir))
     metrics, predictions = evaluate_rows(bundle.model, store, store.rows("test"), calibration.temperature,
-                                         svm=load_svm(bundle_dir, bundle.labels))
+                                         svm=load_svm(bundle_dir, bundle.labels),
+                                         embedding_svm=load_embedding_svm(bundle_dir, bundle.labels))
     reports = Path(reports_dir)
     if params.evaluate.folds > 1:
         from .config import ModelConfig, from_dict

@@ -270,9 +270,9 @@ def fit_svm(features: np.ndarray, labels: np.ndarray, label_names: list, *, seed
 _ARRAYS = ("mean", "scale", "support_vectors", "n_support", "dual_coef", "intercept", "classes", "platt_a", "platt_b")
 
 
-def save_svm(bundle_dir: str | Path, scorer: SvmScorer) -> Path:
-    """Write ``svm.npz`` into the bundle atomically (temporary file, then rename)."""
-    target = Path(bundle_dir) / FUSION_FILE
+def save_svm(bundle_dir: str | Path, scorer: SvmScorer, file: str = FUSION_FILE) -> Path:
+    """Write ``file`` (the fusion SVM's ``svm.npz``) into the bundle atomically (temporary file, then rename)."""
+    target = Path(bundle_dir) / file
     meta = json.dumps({"format": FORMAT, "gamma": scorer.gamma, "labels": list(scorer.labels),
                        "sample_rate": scorer.sample_rate, "max_windows": scorer.max_windows,
                        "window_seconds": WINDOW_SECONDS})
@@ -281,15 +281,15 @@ def save_svm(bundle_dir: str | Path, scorer: SvmScorer) -> Path:
     return target
 
 
-def load_svm(bundle_dir: str | Path, labels: list | None = None) -> SvmScorer | None:
-    """The bundle's SVM, or None when it has none.
+def load_svm(bundle_dir: str | Path, labels: list | None = None, file: str = FUSION_FILE) -> SvmScorer | None:
+    """The bundle's SVM stored as ``file`` (the fusion SVM's ``svm.npz``), or None when it has none.
 
     Raises
     ------
     ModelError
         The file is damaged, or names other genres (or another order) than ``labels``.
     """
-    path = Path(bundle_dir) / FUSION_FILE
+    path = Path(bundle_dir) / file
     if not path.is_file():
         return None
     try:
@@ -310,10 +310,10 @@ def load_svm(bundle_dir: str | Path, labels: list | None = None) -> SvmScorer | 
                 or (n and (scorer.classes.min() < 0 or scorer.classes.max() >= len(scorer.labels)))):
             raise ValueError("its arrays do not fit together")
     except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"{path}: cannot read the fusion SVM ({type(exc).__name__}: {exc})") from None
+        raise ModelError(f"{path}: cannot read the SVM ({type(exc).__name__}: {exc})") from None
     if labels is not None and list(labels) != scorer.labels:
         raise ModelError(f"{path}: the SVM's genres {scorer.labels} are not the model's {list(labels)}; retrain, or "
-                         f"delete {FUSION_FILE} to predict with the CNN alone")
+                         f"delete {file} to predict with the CNN's softmax alone")
     return scorer
 
 

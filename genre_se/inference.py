@@ -199,7 +199,9 @@ class Prediction:
         recording is unlike the training data, so the answer is marked ``uncertain`` too.
     parts : dict, optional
         With a fusion bundle (``model.fusion: svm``): the two distributions ``probabilities`` fuses, ``"cnn"``
-        (the segments' aggregate, untempered) and ``"svm"`` (the mean over the SVM's windows); None otherwise.
+        (the segments' aggregate, untempered) and ``"svm"`` (the mean over the SVM's windows); with an embedding
+        SVM (``model.classifier: svm``) the softmax's aggregate (``"cnn"``) and the head's (``"svm"``), both
+        untempered; None otherwise.
     """
 
     path: str | None
@@ -551,15 +553,22 @@ class GenreClassifier:
         Use the bundle's fusion SVM (``svm.npz``, ``model.fusion: svm``) when it has one: the file's answer is
         then the mean of the CNN's distribution and the SVM's (over up to 8 windows of 30 s), as the
         evaluate stage scores it. False: the CNN alone.
+    embedding_svm : bool
+        Use the bundle's SVM head on the embeddings (``embedding_svm.npz``, ``model.classifier: svm``) when it
+        has one: the file's answer is then the head's distribution of the mean embedding of its segments (the
+        near-silent ones left out), as the evaluate stage scores it; the segment probabilities (the timeline)
+        stay the network's softmax. False: the softmax alone.
 
     The bundle's calibration temperature (``extra.calibration.temperature``, fitted on the validation split;
     1 for bundles without one) scales every segment's probabilities before aggregation; with the fusion SVM it
-    scales the fused distribution instead (the segment probabilities are then the CNN's own).
+    scales the fused distribution instead (the segment probabilities are then the CNN's own), and with the
+    embedding SVM the head's distribution.
     """
 
     def __init__(self, bundle, *, batch_size: int = 64, aggregate: str = "mean", block_seconds: float = 30.0,
                  prefetch: int = 4, uncertain_below: float | None = None, max_segments: int | None = 0,
-                 silence_db: float | None = DEFAULT_SILENCE_DB, familiarity: bool = True, fusion: bool = True):
+                 silence_db: float | None = DEFAULT_SILENCE_DB, familiarity: bool = True, fusion: bool = True,
+                 embedding_svm: bool = True):
         from .calibration import Calibration, check_threshold
 
         if aggregate not in AGGREGATIONS:
@@ -588,7 +597,17 @@ class GenreClassifier:
         self._genre_and_embedding = None
         self.familiarity = self._load_familiarity() if familiarity else None
         self.svm = self._load_svm() if fusion else None
+        self.head = self._load_head() if embedding_svm else None
         self._check_input_shape()
+
+    def _load_head(self):
+        """The bundle's SVM head on the embeddings (:mod:`genre_se.embedding_svm`), None without one."""
+        from .embedding_svm import EMBEDDING_SVM_FILE, load_embedding_svm
+
+        root = getattr(self.bundle, "path", None)
+        if root is None or not (Path(root) / EMBEDDING_SVM_FILE).is_file():
+            return None
+        return load_embedding_svm(root, self.labels)
 
     def _load_svm(self):
         """The bundle's fusion SVM (:mod:`genre_se.fusion`; ``model.fusion: svm``), None without one."""
@@ -700,6 +719,7 @@ class GenreClassifier:
             "familiarity": None if self.familiarity is None else self.familiarity.record(),
             "fusion": None if self.svm is None else {"kind": "svm", "n_parameters": self.svm.n_parameters,
                                                      "max_windows": self.svm.max_windows},
+            "classifier": "softmax" if self.head is None else {"kind": "svm", "n_parameters": self.head.n_parameters},
         }
 
     # ------------------------------------------------------------------ prediction
@@ -729,7 +749,8 @@ class GenreClassifier:
         return self._predict_sources([_Source(os.fspath(p)) for p in paths], on_progress)
 
     def _predict_sources(self, sources, on_progress) -> Iterator[Prediction | Failure]:
-        model = self.bundle.model if self.familiarity is None else self._genre_and_embedding_model()
+        model = (self.bundle.model if self.familiarity is None and self.head is None
+                 else self._genre_and_embedding_model())
         for source, result in zip(sources, self._run(sources, model, on_progress, max_segments=self.max_segments)):
             if isinstance(result, Failure) or self.svm is None:
                 yield result if isinstance(result, Failure) else self._to_prediction(result)
@@ -773,12 +794,21 @@ class GenreClassifier:
         outputs, embeddings = raw.outputs[:, :n_classes], raw.outputs[:, n_classes:]
         fused = svm_distribution is not None
         parts = None
-        probs = apply_temperature(outputs, 1.0 if fused else self.temperature)  # calibrated segments, aggregated
+        # the temperature calibrates segments, aggregated; or the distribution of a clip head, the segment
+        # probabilities then the network's own
+        probs = apply_temperature(outputs, 1.0 if fused or self.head is not None else self.temperature)
         starts, ends, duration = self._times(raw)
         silent = self._silent(raw)
         all_silent = bool(silent.all())
         clip = aggregate_segments(probs if all_silent else probs[~silent], self.aggregate)  # silence left out
-        if fused:  # model.fusion: the mean with the SVM's distribution, then the temperature (fitted so)
+        if self.head is not None:  # model.classifier: the SVM of the mean embedding of the same segments
+            if embeddings.shape[1] != self.head.dim:
+                raise ModelError(f"{self.bundle.path}: the embedding SVM expects embeddings of size "
+                                 f"{self.head.dim}, the model gives {embeddings.shape[1]}; retrain")
+            mean = (embeddings if all_silent else embeddings[~silent]).mean(axis=0, dtype=np.float64)
+            parts = {"cnn": clip, "svm": self.head.probabilities(mean[None, :])[0]}
+            clip = apply_temperature(parts["svm"][None, :], self.temperature)[0]
+        elif fused:  # model.fusion: the mean with the SVM's distribution, then the temperature (fitted so)
             from .fusion import fuse
 
             parts = {"cnn": clip, "svm": np.asarray(svm_distribution, dtype=np.float64)}

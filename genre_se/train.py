@@ -471,7 +471,8 @@ def _state_key(model_cfg: ModelConfig, train_cfg: TrainConfig, store: FeatureSto
     ``calibrate`` (it only acts after training)."""
     resumable = ("patience",) if train_cfg.lr_schedule == "cosine" else ("epochs", "patience")  # cosine spans epochs
     resumable += ("calibrate",)
-    model_fields = {k: v for k, v in model_cfg.__dict__.items() if k != "fusion"}  # the SVM is fitted afterwards
+    model_fields = {k: v for k, v in model_cfg.__dict__.items()
+                    if k not in ("fusion", "classifier")}  # the SVMs are fitted afterwards
     loop = {k: v for k, v in train_cfg.__dict__.items()
             if k not in resumable and not (k in LATE_TRAIN_FIELDS and v == LATE_TRAIN_FIELDS[k])}
     blob = json.dumps(
@@ -657,7 +658,7 @@ def resolve_train_config(params: Params, best_params_path: str | Path | None) ->
 
 
 def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: bool | float, uncertain_below: float,
-                       log: Callable[[str], None] | None = None, svm=None) -> dict:
+                       log: Callable[[str], None] | None = None, svm=None, embedding_svm=None) -> dict:
     """The bundle's ``extra["calibration"]``: a temperature fitted on the validation clips (clip-level NLL of
     the mean of temperature-scaled segment probabilities, as prediction computes it) with the clip ECE
     before and after. Without validation clips (``train.fit_all``) or with ``fit`` false, ``T = 1``.
@@ -668,6 +669,8 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
 
     ``svm`` (``model.fusion: svm``): the temperature scales the fused clip distribution (the mean of the CNN's,
     untempered, and the SVM's), so it is fitted on the validation clips' fused distributions.
+
+    ``embedding_svm`` (``model.classifier: svm``): the temperature scales the head's clip distributions.
     """
     import pandas as pd
 
@@ -692,6 +695,11 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
 
         probs = fuse(clip_distributions(probs, codes, len(uniques)),
                      svm_clip_distributions(svm, store, [str(c) for c in uniques]))
+        codes = np.arange(len(uniques))
+    elif embedding_svm is not None:  # one "segment" per clip: the head's distribution (same clip order)
+        from .embedding_svm import embedding_svm_distributions
+
+        _, probs = embedding_svm_distributions(embedding_svm, model, store, valid_rows)
         codes = np.arange(len(uniques))
     record = calibrate(probs, codes, labels, uncertain_below=uncertain_below, fit=fit is True, fit_on="val",
                        temperature=fixed)
@@ -760,28 +768,60 @@ def add_fusion(bundle_dir: str | Path, store_dir: str | Path, seed: int | None =
     temperature refitted on the fused validation distributions, as the train stage would have done
     (``genre-se fusion``). The store must be the bundle's own, built with ``model.fusion: svm``.
     """
+    return _add_svm(bundle_dir, store_dir, seed, log, "fusion")
+
+
+def add_embedding_svm(bundle_dir: str | Path, store_dir: str | Path, seed: int | None = None,
+                      log: Callable[[str], None] | None = None) -> Path:
+    """Give a trained bundle the SVM head on its embeddings (``model.classifier: svm``) without training its
+    network again: fitted on the mean embeddings of the store's training clips (every clip for a
+    ``train.fit_all`` bundle), the temperature refitted on the head's validation distributions, as the train
+    stage would have done (``genre-se classifier``). The store must be the bundle's own.
+    """
+    return _add_svm(bundle_dir, store_dir, seed, log, "classifier")
+
+
+def _add_svm(bundle_dir: str | Path, store_dir: str | Path, seed: int | None, log, kind: str) -> Path:
     from .bundle import META_FILE, read_bundle_meta
+    from .errors import ModelError
     from .fileio import write_text
-    from .fusion import fit_store_svm, save_svm
 
     bundle_dir = Path(bundle_dir)
     bundle, store = _bundle_and_its_store(bundle_dir, store_dir)
+    other = "classifier" if kind == "fusion" else "fusion"
+    if bundle.model_config.get(other, "none") not in ("none", "softmax"):
+        raise ModelError(f"{bundle_dir}: the bundle has {other}: svm; the embedding SVM and late fusion are "
+                         "either-or")
     recipe = bundle.extra.get("train_config") or {}
     if recipe.get("fit_all"):
         train_rows, valid_rows = np.arange(len(store.table)), np.zeros(0, dtype=np.int64)
     else:
         train_rows, valid_rows = store.rows("train"), store.rows("valid")
     seed = int(bundle.extra.get("seed", 0) if seed is None else seed)
-    svm = fit_store_svm(store, train_rows, seed)
     old = bundle.extra.get("calibration") or {}
+    if kind == "fusion":
+        from .fusion import fit_store_svm, save_svm
+
+        svm = fit_store_svm(store, train_rows, seed)
+        heads, record = {"svm": svm}, _fusion_record(svm)
+    else:
+        from .embedding_svm import fit_embedding_svm, save_embedding_svm as save_svm
+
+        svm = fit_embedding_svm(bundle.model, store, train_rows, seed)
+        heads, record = {"embedding_svm": svm}, _classifier_record(svm)
     calibration = calibration_record(bundle.model, store, valid_rows, recipe.get("calibrate", True),
-                                     old.get("uncertain_below", 0.4), log, svm=svm)
+                                     old.get("uncertain_below", 0.4), log, **heads)
     save_svm(bundle_dir, svm)
     meta = read_bundle_meta(bundle_dir)
-    meta["model_config"]["fusion"] = "svm"
-    meta.setdefault("extra", {}).update(calibration=calibration, fusion=_fusion_record(svm))
+    meta["model_config"][kind] = "svm"
+    meta.setdefault("extra", {}).update({"calibration": calibration, kind: record})
     write_text(bundle_dir / META_FILE, json.dumps(meta, indent=2, allow_nan=False) + "\n")
     return bundle_dir
+
+
+def _classifier_record(svm) -> dict:
+    return {"kind": "svm", "rule": "SVM of the clip's mean embedding, then T",
+            "n_parameters": svm.n_parameters, "n_support_vectors": int(len(svm.support_vectors))}
 
 
 def _fusion_record(svm) -> dict:
@@ -852,6 +892,14 @@ def run_train(
         if log is not None:
             log(f"fusion: SVM on {len(svm.support_vectors)} support vectors of "
                 f"{int(store.table.iloc[train_rows]['clip_id'].nunique())} training clips")
+    head = None
+    if model_cfg.classifier == "svm":
+        from .embedding_svm import fit_embedding_svm
+
+        head = fit_embedding_svm(result.model, store, train_rows, params.seed)
+        if log is not None:
+            log(f"classifier: SVM on the mean embeddings of {int(store.table.iloc[train_rows]['clip_id'].nunique())} "
+                f"training clips, {len(head.support_vectors)} support vectors")
     extra = {
         "best_epoch": result.best_epoch,
         "monitor": params.train.monitor,
@@ -861,20 +909,26 @@ def run_train(
         "train_config": dataclasses.asdict(train_cfg),  # the recipe, for provenance (MODEL.md, predict --format json)
         "training_data": {"root": str(params.data.root), "builtin_corpus": is_builtin_corpus(params.data.root)},
         "calibration": calibration_record(result.model, store, valid_rows, train_cfg.calibrate,
-                                          params.predict.uncertain_below, log, svm=svm),
+                                          params.predict.uncertain_below, log, svm=svm, embedding_svm=head),
     }
     if svm is not None:
         extra["fusion"] = _fusion_record(svm)
+    if head is not None:
+        extra["classifier"] = _classifier_record(head)
     familiarity = familiarity_of(result.model, store, train_rows, valid_rows, params.predict.unfamiliar_quantile,
                                  log)
     if familiarity is not None:
         extra["familiarity"] = familiarity.record()
     write_svm = None
-    if svm is not None:
+    if svm is not None or head is not None:
+        from .embedding_svm import save_embedding_svm
         from .fusion import save_svm
 
         def write_svm(staging):
-            save_svm(staging, svm)
+            if svm is not None:
+                save_svm(staging, svm)
+            if head is not None:
+                save_embedding_svm(staging, head)
     save_bundle(bundle_dir, result.model, store.labels, store.features, model_cfg, extra=extra, write_files=write_svm)
     if familiarity is not None:  # tied to the model.keras just written
         save_bundle_familiarity(bundle_dir, familiarity)

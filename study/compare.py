@@ -323,6 +323,10 @@ def run_cnn_fold(store, params: Params, folds_of_rows: np.ndarray, fold: int, k:
     from genre_se.evaluate import cv_fold_rows, evaluate_rows
     from genre_se.train import predict_rows, train_model
 
+    if params.model.classifier != "softmax" or params.model.fusion != "none":
+        # every row and kept distribution here is the network's softmax; a clip head would silently not be measured
+        raise DatasetError("study.compare scores the network's softmax: measure model.classifier: svm with "
+                           "study.fold_embeddings on kept fold models, model.fusion: svm with study.ensemble")
     train, valid, test = cv_fold_rows(folds_of_rows, fold, k, params.train.fit_all)
     result = train_model(store, params.model, params.train, train_rows=train, valid_rows=valid,
                          seed=seed + init_offset + fold, state_dir=state_dir, log=log)

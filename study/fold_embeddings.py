@@ -6,8 +6,8 @@ segment of the study's feature store (``genre_se.model.embedding_model``, the la
 and the study's external files, then measures two things without training the network (seconds per fold):
 
 - **SVM head.** On small data the field often keeps a trained network's penultimate layer and fits a classic
-  classifier on it. The classic baseline's classifier (``baseline.make_classifier``: standardisation + RBF SVM)
-  is fitted on the mean clip embeddings of the clips the fold model was trained on (every clip but its test
+  classifier on it. The pipeline's head (``model.classifier: svm``, ``genre_se.embedding_svm``: the baseline's
+  standardisation + RBF SVM with Platt probabilities, the answer their argmax) is fitted on the mean clip embeddings of the clips the fold model was trained on (every clip but its test
   clips; with ``train.fit_all`` exactly its training clips) and answers the test clips and the external files;
   the fold model's own answers (the mean of its segment probabilities) on the same clips are the reference,
   checked against the accuracy the study recorded, so both heads are compared on the same model and folds.
@@ -67,7 +67,7 @@ def head_scores(seen: dict, store, test_clips, external, seed: int) -> dict:
     test clips, and top-1 of both on the external files (``external``: a ``compare.ExternalSet`` or None)."""
     from sklearn.metrics import f1_score
 
-    from genre_se.baseline import make_classifier
+    from genre_se.fusion import fit_svm
 
     ids_of_rows = store.table["clip_id"].to_numpy()
     ids, embeddings = clip_means(seen["embeddings"], ids_of_rows)
@@ -77,8 +77,9 @@ def head_scores(seen: dict, store, test_clips, external, seed: int) -> dict:
     test = np.isin(ids, list(test_clips))
     if not test.any() or test.all():
         raise GenreSEError("the bundle's test clips must be some, not all, of the store's clips")
-    svm = make_classifier(seed).fit(embeddings[~test], labels[~test])
-    answers = {"softmax": probs.argmax(axis=1), "embsvm": svm.predict(embeddings)}
+    # the pipeline's head (model.classifier: svm, genre_se.embedding_svm): the same fit on the same clip means
+    svm = fit_svm(embeddings[~test], labels[~test], list(store.labels), seed=seed, max_windows=1)
+    answers = {"softmax": probs.argmax(axis=1), "embsvm": svm.probabilities(embeddings).argmax(axis=1)}
     out = {}
     for head, answer in answers.items():
         out[head] = {"clip_accuracy": float((answer[test] == labels[test]).mean()),
@@ -88,7 +89,8 @@ def head_scores(seen: dict, store, test_clips, external, seed: int) -> dict:
         ext_embeddings = np.stack([e.mean(axis=0) for e in seen["external_embeddings"]])
         ext_probs = np.stack([p.mean(axis=0) for p in seen["external_probs"]])
         out["softmax"]["external_top1"] = float((ext_probs.argmax(axis=1) == external.labels).mean())
-        out["embsvm"]["external_top1"] = float((svm.predict(ext_embeddings) == external.labels).mean())
+        out["embsvm"]["external_top1"] = float((svm.probabilities(ext_embeddings).argmax(axis=1)
+                                                 == external.labels).mean())
     return out
 
 
@@ -188,8 +190,9 @@ def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
 def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame) -> str:
     lines = ["# What the kept fold models' embeddings say (study/fold_embeddings.py)\n",
              "## An SVM head on the SE-CNN's embeddings\n",
-             "Per kept fold model: its own softmax (mean of segment probabilities) against the classic baseline's "
-             "SVM (standardisation + RBF) fitted on its mean clip embeddings of the clips it was trained on; both "
+             "Per kept fold model: its own softmax (mean of segment probabilities) against the pipeline's head "
+             "(`model.classifier: svm`: the classic baseline's standardisation + RBF SVM with Platt probabilities, "
+             "their argmax) fitted on its mean clip embeddings of the clips it was trained on; both "
              "answer the fold's test clips and the external files. Δ and W/T/L: SVM head minus softmax on the same "
              "folds; `detectable`: the smallest mean difference these paired folds detect (paired t, 80 % power).\n",
              "| variant | folds (seeds) | softmax clip acc. | SVM head clip acc. | Δ | W/T/L | detectable | "

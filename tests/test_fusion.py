@@ -63,7 +63,7 @@ def test_saved_svm_loads_back_without_pickle_and_refuses_damage_or_other_genres(
     with pytest.raises(ModelError, match="not the model's"):
         load_svm(tmp_path, list("edcba"))
     (tmp_path / FUSION_FILE).write_bytes(b"not an npz")
-    with pytest.raises(ModelError, match="cannot read the fusion SVM"):
+    with pytest.raises(ModelError, match="cannot read the SVM"):
         load_svm(tmp_path)
     fields = {name: getattr(scorer, name) for name in ("mean", "scale", "support_vectors", "n_support", "dual_coef",
                                                        "intercept", "classes", "platt_a", "platt_b")}

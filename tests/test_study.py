@@ -793,3 +793,12 @@ def test_rewriting_a_results_csv_leaves_its_rows_unchanged(tmp_path):
     before = path.read_bytes()
     write_csv(path, compare.read_results(path)[compare.CSV_COLUMNS])
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("switch", [{"model.classifier": "svm"}, {"model.fusion": "svm"}])
+def test_a_study_refuses_to_score_a_clip_head_it_would_not_measure(tmp_path, switch):
+    from genre_se.errors import DatasetError
+
+    params = load_params(write_params(tmp_path / "params.yaml", {**TINY_PARAMS, **switch}))
+    with pytest.raises(DatasetError, match="study.fold_embeddings|study.ensemble"):
+        compare.run_cnn_fold(None, params, np.zeros(4, dtype=int), 0, 2, 0, tmp_path / "state")

@@ -1,0 +1,173 @@
+"""genre_se.embedding_svm: the SVM head on the network's mean clip embeddings (model.classifier: svm), one rule for
+train, evaluate and predict."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_se.embedding_svm import EMBEDDING_SVM_FILE, load_embedding_svm
+from genre_se.errors import ModelError
+
+
+@pytest.fixture(scope="module")
+def headed(tmp_path_factory):
+    """run_train with model.classifier: svm on train/valid/test tone clips."""
+    from genre_se.config import load_params
+    from genre_se.train import run_train
+    from tests.conftest import TINY_PARAMS, split_tone_store, write_params
+
+    root = tmp_path_factory.mktemp("embsvm")
+    store, index = split_tone_store(root, seed=4)
+    params = load_params(write_params(root / "params.yaml", {**TINY_PARAMS, "train.epochs": 2,
+                                                            "model.classifier": "svm"}))
+    lines: list[str] = []
+    run_train(params, store_dir=store.root, bundle_dir=root / "bundle", state_dir=root / "state",
+              live_dir=root / "live", best_params_path=None, log=lines.append)
+    return {"root": root, "store": store, "bundle": root / "bundle", "params": params, "log": lines,
+            "index": index}
+
+
+def _mean_embeddings(model, store, rows):
+    """Each clip's mean embedding, computed here without the module under test."""
+    from genre_se.model import embedding_model
+
+    out = np.asarray(embedding_model(model)(np.asarray(store.segments[rows], dtype=np.float32), training=False),
+                     dtype=np.float64)
+    return pd.DataFrame(out).groupby(store.table["clip_id"].to_numpy()[rows], sort=False).mean()
+
+
+def _labels(store, clips):
+    return store.table.groupby("clip_id")["label_index"].first().loc[clips].to_numpy()
+
+
+def test_fusion_and_the_embedding_svm_are_either_or(tmp_path):
+    from genre_se.config import ConfigError, load_params
+    from tests.conftest import TINY_PARAMS, write_params
+
+    with pytest.raises(ConfigError, match="either-or"):
+        load_params(write_params(tmp_path / "p.yaml", {**TINY_PARAMS, "model.classifier": "svm",
+                                                      "model.fusion": "svm"}))
+    with pytest.raises(ConfigError, match="classifier"):
+        load_params(write_params(tmp_path / "q.yaml", {**TINY_PARAMS, "model.classifier": "knn"}))
+
+
+@pytest.mark.slow
+def test_the_train_stage_fits_the_head_on_the_training_clips_mean_embeddings(headed):
+    from genre_se.bundle import load_bundle
+    from genre_se.fusion import fit_svm
+
+    store, bundle_dir = headed["store"], headed["bundle"]
+    bundle, head = load_bundle(bundle_dir), load_embedding_svm(bundle_dir, headed["store"].labels)
+    train = _mean_embeddings(bundle.model, store, store.rows("train"))
+    by_hand = fit_svm(train.to_numpy(), _labels(store, train.index), store.labels, seed=headed["params"].seed)
+    np.testing.assert_allclose(head.probabilities(train.to_numpy()), by_hand.probabilities(train.to_numpy()),
+                               atol=1e-6)  # embeddings through another graph: float32 rounding
+    assert head.dim == train.shape[1] and len(head.support_vectors) <= len(train)
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    assert meta["model_config"]["classifier"] == "svm"
+    assert meta["extra"]["classifier"]["n_parameters"] == head.n_parameters
+    assert any(line.startswith("classifier: SVM") for line in headed["log"])
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_answer_with_the_heads_distribution_the_temperature_fitted_on_it(headed):
+    from genre_se.bundle import load_bundle
+    from genre_se.calibration import apply_temperature, fit_temperature
+    from genre_se.evaluate import evaluate_rows
+    from genre_se.inference import GenreClassifier
+
+    store, bundle_dir = headed["store"], headed["bundle"]
+    bundle, head = load_bundle(bundle_dir), load_embedding_svm(bundle_dir)
+    temperature = bundle.extra["calibration"]["temperature"]
+    valid = _mean_embeddings(bundle.model, store, store.rows("valid"))
+    valid_probs = head.probabilities(valid.to_numpy())
+    labels = _labels(store, valid.index)
+    assert temperature == pytest.approx(fit_temperature(valid_probs, np.arange(len(labels)), labels), rel=1e-4)
+
+    test_rows = store.rows("test")
+    test = _mean_embeddings(bundle.model, store, test_rows)
+    by_hand = head.probabilities(test.to_numpy())
+    truth = _labels(store, test.index)
+    metrics, predictions = evaluate_rows(bundle.model, store, test_rows, temperature, embedding_svm=head)
+    assert metrics["clip"]["accuracy"] == pytest.approx((by_hand.argmax(1) == truth).mean())
+    assert set(metrics["clip_cnn"]) == {"accuracy", "macro_f1"}
+    np.testing.assert_allclose(predictions["confidence_calibrated"],
+                               apply_temperature(by_hand, temperature).max(1), atol=1e-6)
+
+    clip_id = test.index[0]  # a test clip, predicted from its file as a user would
+    wav = headed["index"].set_index("clip_id").loc[clip_id, "path"]
+    clf = GenreClassifier.load(bundle_dir, backend="keras", silence_db=None)
+    answer = clf.predict(wav)
+    expected = apply_temperature(head.probabilities(test.loc[[clip_id]].to_numpy()), temperature)[0]
+    np.testing.assert_allclose(answer.probabilities, expected, atol=2e-3)  # the store holds float16
+    assert set(answer.parts) == {"cnn", "svm"} and clf.provenance()["classifier"]["kind"] == "svm"
+    softmax = GenreClassifier.load(bundle_dir, backend="keras", silence_db=None, embedding_svm=False).predict(wav)
+    assert softmax.parts is None
+    np.testing.assert_allclose(softmax.segment_probabilities, apply_temperature(answer.segment_probabilities,
+                                                                               temperature), atol=1e-5)
+    # the LiteRT export gives the same embeddings, so the same answer
+    quick = GenreClassifier.load(bundle_dir, backend="litert", silence_db=None).predict(wav)
+    np.testing.assert_allclose(quick.probabilities, answer.probabilities, atol=0.02)
+
+
+@pytest.mark.slow
+def test_the_cli_says_which_classifier_answered_and_softmax_switches_the_head_off(headed, capsys):
+    from genre_se.cli import main
+
+    wav = headed["index"]["path"].iloc[-1]
+    args = ["predict", wav, "--model", str(headed["bundle"]), "--format", "json", "--backend", "keras"]
+    assert main(args) == 0
+    with_head = json.loads(capsys.readouterr().out)
+    assert with_head["model"]["classifier"]["kind"] == "svm" and set(with_head["predictions"][0]["parts"]) == {
+        "cnn", "svm"}
+    assert main(args + ["--softmax"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["model"]["classifier"] == "softmax" and "parts" not in alone["predictions"][0]
+    assert main(["model", "summary", "--model", str(headed["bundle"])]) == 0
+    assert "Classifier: an SVM on the mean embedding (model.classifier: svm)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_classifier_command_gives_a_bundle_the_head_the_train_stage_would_have(headed, tmp_path, capsys):
+    from genre_se.cli import main
+
+    plain = tmp_path / "plain"
+    shutil.copytree(headed["bundle"], plain)
+    (plain / EMBEDDING_SVM_FILE).unlink()
+    meta = json.loads((plain / "bundle.json").read_text())
+    meta["model_config"]["classifier"] = "softmax"
+    del meta["extra"]["classifier"]
+    meta["extra"]["calibration"]["temperature"] = 1.0
+    (plain / "bundle.json").write_text(json.dumps(meta))
+    assert main(["-q", "classifier", "--model", str(plain), "--features", str(headed["store"].root)]) == 0
+    added, original = load_embedding_svm(plain), load_embedding_svm(headed["bundle"])
+    x = np.random.default_rng(0).normal(size=(4, original.dim)) * original.scale + original.mean
+    np.testing.assert_allclose(added.probabilities(x), original.probabilities(x), atol=1e-9)
+    after = json.loads((plain / "bundle.json").read_text())
+    before = json.loads((headed["bundle"] / "bundle.json").read_text())
+    assert after["model_config"]["classifier"] == "svm" and after["extra"]["classifier"] == before["extra"]["classifier"]
+    assert after["extra"]["calibration"]["temperature"] == pytest.approx(before["extra"]["calibration"]["temperature"])
+    # a bundle with late fusion is refused by name
+    meta["model_config"]["fusion"] = "svm"
+    (plain / "bundle.json").write_text(json.dumps(meta))
+    assert main(["-q", "classifier", "--model", str(plain), "--features", str(headed["store"].root)]) != 0
+    assert "either-or" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_head_for_other_genres_or_another_embedding_size_is_refused(headed, tmp_path):
+    from genre_se.fusion import save_svm
+
+    copy = tmp_path / "copy"
+    shutil.copytree(headed["bundle"], copy)
+    head = load_embedding_svm(copy)
+    with pytest.raises(ModelError, match="embeddings of size"):
+        load_embedding_svm(copy, dim=head.dim + 1)
+    import dataclasses
+
+    save_svm(copy, dataclasses.replace(head, labels=list(reversed(head.labels))), EMBEDDING_SVM_FILE)
+    with pytest.raises(ModelError, match="genres"):
+        load_embedding_svm(copy, list(head.labels))
