@@ -753,21 +753,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of validation clips that stay familiar (default: %(default)s)")
     p.set_defaults(func=cmd_familiarity, needs_tf=True)
 
-    p = sub.add_parser("fusion", help="give a trained bundle the fusion SVM (model.fusion: svm) without training its "
-                                       "CNN again; the temperature is refitted on the fused answers")
-    p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
-    p.add_argument("--features", default="data/features",
-                   help="the feature store it was trained on, built with model.fusion: svm (default: %(default)s)")
-    p.add_argument("--seed", type=int, help="the SVM's seed (default: the bundle's training seed)")
-    p.set_defaults(func=cmd_fusion, needs_tf=True)
-
-    p = sub.add_parser("classifier", help="give a trained bundle the SVM head on its embeddings (model.classifier: "
-                                           "svm) without training the network again; the temperature is refitted")
-    p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
-    p.add_argument("--features", default="data/features",
-                   help="the feature store it was trained on (default: %(default)s)")
-    p.add_argument("--seed", type=int, help="the SVM's seed (default: the bundle's training seed)")
-    p.set_defaults(func=cmd_classifier, needs_tf=True)
+    for name, what, store_note, func in (
+            ("fusion", "the fusion SVM (model.fusion: svm) without training its CNN again; the temperature is "
+                       "refitted on the fused answers", ", built with model.fusion: svm", cmd_fusion),
+            ("classifier", "the SVM head on its embeddings (model.classifier: svm) without training the network "
+                           "again; the temperature is refitted", "", cmd_classifier)):
+        p = sub.add_parser(name, help=f"give a trained bundle {what}")
+        p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
+        p.add_argument("--features", default="data/features",
+                       help=f"the feature store it was trained on{store_note} (default: %(default)s)")
+        p.add_argument("--seed", type=int, help="the SVM's seed (default: the bundle's training seed)")
+        p.set_defaults(func=func, needs_tf=True)
 
     p = sub.add_parser("install-model", help="make a trained bundle (with its LiteRT export) the package's "
                                               "shipped default model (maintainers; MODEL.md)")
