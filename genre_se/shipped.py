@@ -17,8 +17,9 @@ from .fileio import atomic_dir
 
 #: what a shipped bundle holds: the Keras model (embeddings, analysis, --backend keras) and its LiteRT export
 SHIPPED_FILES = ("bundle.json", "model.keras", "model.tflite", "frontend.npz", "litert.json")
-#: shipped when the bundle has them: the familiarity statistics (predict's unfamiliar flag)
-OPTIONAL_FILES = ("familiarity.npz", "svm.npz")
+#: shipped when the bundle has them: the familiarity statistics (predict's unfamiliar flag), the fusion SVM
+#: (model.fusion) and the SVM head on the embeddings (model.classifier)
+OPTIONAL_FILES = ("familiarity.npz", "svm.npz", "embedding_svm.npz")
 
 
 def install_shipped(bundle_dir: str | Path, target: str | Path | None = None, quantize: str = "int8") -> Path:

@@ -111,6 +111,18 @@ def test_evaluate_and_predict_answer_with_the_heads_distribution_the_temperature
     # the LiteRT export gives the same embeddings, so the same answer
     quick = GenreClassifier.load(bundle_dir, backend="litert", silence_db=None).predict(wav)
     np.testing.assert_allclose(quick.probabilities, answer.probabilities, atol=0.02)
+    np.testing.assert_allclose(quick.parts["svm"], answer.parts["svm"], atol=0.02)
+
+
+@pytest.mark.slow
+def test_an_installed_bundle_keeps_its_head(headed, tmp_path):
+    from genre_se.inference import GenreClassifier
+    from genre_se.shipped import install_shipped
+
+    target = install_shipped(headed["bundle"], tmp_path / "shipped", quantize="none")
+    assert (target / EMBEDDING_SVM_FILE).read_bytes() == (headed["bundle"] / EMBEDDING_SVM_FILE).read_bytes()
+    wav = headed["index"]["path"].iloc[0]
+    assert GenreClassifier.load(target, silence_db=None).predict(wav).parts is not None
 
 
 @pytest.mark.slow
