@@ -79,18 +79,22 @@ def head_scores(seen: dict, store, test_clips, external, seed: int) -> dict:
         raise GenreSEError("the bundle's test clips must be some, not all, of the store's clips")
     # the pipeline's head (model.classifier: svm, genre_se.embedding_svm): the same fit on the same clip means
     svm = fit_svm(embeddings[~test], labels[~test], list(store.labels), seed=seed, max_windows=1)
-    answers = {"softmax": probs.argmax(axis=1), "embsvm": svm.probabilities(embeddings).argmax(axis=1)}
+    distributions = {"softmax": probs, "embsvm": svm.probabilities(embeddings)}
     out = {}
-    for head, answer in answers.items():
+    for head, dist in distributions.items():
+        answer = dist.argmax(axis=1)
         out[head] = {"clip_accuracy": float((answer[test] == labels[test]).mean()),
                      "clip_macro_f1": float(f1_score(labels[test], answer[test], labels=np.unique(labels),
-                                                     average="macro", zero_division=0))}
+                                                     average="macro", zero_division=0)),
+                     # each test clip's top probability and whether it was right: the pooled ECE (report)
+                     "test_confidence": dist[test].max(axis=1).tolist(),
+                     "test_correct": (answer[test] == labels[test]).tolist()}
     if external is not None:
-        ext_embeddings = np.stack([e.mean(axis=0) for e in seen["external_embeddings"]])
-        ext_probs = np.stack([p.mean(axis=0) for p in seen["external_probs"]])
-        out["softmax"]["external_top1"] = float((ext_probs.argmax(axis=1) == external.labels).mean())
-        out["embsvm"]["external_top1"] = float((svm.probabilities(ext_embeddings).argmax(axis=1)
-                                                 == external.labels).mean())
+        ext = {"softmax": np.stack([p.mean(axis=0) for p in seen["external_probs"]]),
+               "embsvm": svm.probabilities(np.stack([e.mean(axis=0) for e in seen["external_embeddings"]]))}
+        for head, dist in ext.items():
+            out[head]["external_top1"] = float((dist.argmax(axis=1) == external.labels).mean())
+            out[head]["external_confidence"] = float(dist.max(axis=1).mean())
     return out
 
 
@@ -187,6 +191,14 @@ def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=compare.CSV_COLUMNS + ["external_top1"])
 
 
+def pooled_ece(rows: pd.DataFrame) -> float:
+    """The clip ECE of the test clips of every fold in ``rows`` (one head's score rows) taken together."""
+    from genre_se.calibration import calibration_error
+
+    return calibration_error(np.concatenate(rows["test_confidence"].tolist()),
+                             np.concatenate(rows["test_correct"].tolist()))
+
+
 def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame) -> str:
     lines = ["# What the kept fold models' embeddings say (study/fold_embeddings.py)\n",
              "## An SVM head on the SE-CNN's embeddings\n",
@@ -194,20 +206,28 @@ def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame) -> str:
              "(`model.classifier: svm`: the classic baseline's standardisation + RBF SVM with Platt probabilities, "
              "their argmax) fitted on its mean clip embeddings of the clips it was trained on; both "
              "answer the fold's test clips and the external files. Δ and W/T/L: SVM head minus softmax on the same "
-             "folds; `detectable`: the smallest mean difference these paired folds detect (paired t, 80 % power).\n",
+             "folds; `detectable`: the smallest mean difference these paired folds detect (paired t, 80 % power). "
+             "ECE: the clip-level expected calibration error of the test clips pooled over the folds (15 bins, no "
+             "temperature: the fold models have none); real-clips confidence: the mean top probability on the "
+             "external files (most of them answered wrongly).\n",
              "| variant | folds (seeds) | softmax clip acc. | SVM head clip acc. | Δ | W/T/L | detectable | "
-             "macro-F1 softmax / SVM | real-clips top-1 softmax / SVM |", "|---|---|---|---|---|---|---|---|---|"]
+             "macro-F1 softmax / SVM | ECE softmax / SVM | real-clips top-1 softmax / SVM | "
+             "real-clips confidence softmax / SVM |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant, own in scores.groupby("variant", sort=False):
         heads = {head: rows.set_index(["seed", "fold"]) for head, rows in own.groupby("head")}
         soft, svm = heads["softmax"], heads["embsvm"]
         record = paired_record(svm["clip_accuracy"] - soft["clip_accuracy"])
         detectable = "" if np.isnan(record["detectable"]) else f"{record['detectable']:.3f}"
-        ext = (f"{soft['external_top1'].mean():.3f} / {svm['external_top1'].mean():.3f}"
-               if "external_top1" in soft else "")
+        ext = conf = ""
+        if "external_top1" in soft:
+            ext = f"{soft['external_top1'].mean():.3f} / {svm['external_top1'].mean():.3f}"
+            conf = f"{soft['external_confidence'].mean():.2f} / {svm['external_confidence'].mean():.2f}"
+        ece = " / ".join(f"{pooled_ece(head):.3f}" for head in (soft, svm))
         lines.append(f"| `{variant}` | {len(soft)} ({soft.index.get_level_values('seed').nunique()}) "
                      f"| {soft['clip_accuracy'].mean():.3f} | {svm['clip_accuracy'].mean():.3f} "
                      f"| {record['delta']:+.3f} | {record['won']}/{record['tied']}/{record['lost']} | {detectable} "
-                     f"| {soft['clip_macro_f1'].mean():.3f} / {svm['clip_macro_f1'].mean():.3f} | {ext} |")
+                     f"| {soft['clip_macro_f1'].mean():.3f} / {svm['clip_macro_f1'].mean():.3f} | {ece} | {ext} "
+                     f"| {conf} |")
     lines += ["\n## Familiarity false alarms\n",
               "The `unfamiliar` flag of each fold model (training segments' embedding statistics, threshold the 0.95 "
               "quantile of held-out clips' distances), cross-fitted on the fold's test clips: threshold from one "

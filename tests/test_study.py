@@ -736,6 +736,9 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
     # tones are easy once embedded: the SVM head, fitted on the other folds' clips, answers the external files
     # (the same tones) better than chance (3 genres)
     assert scores.loc[scores["head"] == "embsvm", "external_top1"].mean() > 0.5
+    for row in scores.itertuples():  # each test clip's answer kept for the pooled ECE
+        assert np.mean(row.test_correct) == pytest.approx(row.clip_accuracy) and 0 < min(row.test_confidence)
+        assert 1 / 3 <= row.external_confidence <= 1
     rows = fold_embeddings.results_rows(scores, out)
     assert set(rows["variant"]) == {"se_embsvm"} and len(rows) == 3
     # a model that is not the one the study scored is refused
@@ -802,3 +805,10 @@ def test_a_study_refuses_to_score_a_clip_head_it_would_not_measure(tmp_path, swi
     params = load_params(write_params(tmp_path / "params.yaml", {**TINY_PARAMS, **switch}))
     with pytest.raises(DatasetError, match="study.fold_embeddings|study.ensemble"):
         compare.run_cnn_fold(None, params, np.zeros(4, dtype=int), 0, 2, 0, tmp_path / "state")
+
+
+def test_the_heads_ece_pools_the_test_clips_of_every_fold():
+    from study.fold_embeddings import pooled_ece
+
+    rows = pd.DataFrame({"test_confidence": [[0.9, 0.9], [0.9]], "test_correct": [[True, False], [True]]})
+    assert pooled_ece(rows) == pytest.approx(0.9 - 2 / 3)  # one bin: accuracy 2/3 at confidence 0.9 (mean per fold: 0.25)
