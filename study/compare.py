@@ -458,7 +458,7 @@ def read_results(path: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=CSV_COLUMNS + OPTIONAL_COLUMNS)
     frame = _read_csv(path, CSV_COLUMNS, "study")
     for column in OPTIONAL_COLUMNS:
-        frame[column] = pd.to_numeric(frame.get(column, pd.Series(np.nan, index=frame.index)), errors="coerce")
+        frame[column] = _numbers(frame.get(column, pd.Series(np.nan, index=frame.index)))
     return frame
 
 
@@ -503,8 +503,7 @@ def read_clip_predictions(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=ANSWER_COLUMNS)
     frame = _read_csv(path, CLIP_COLUMNS, "clip-predictions", dtype={"clip_id": str, "actual": str, "predicted": str})
-    frame["confidence"] = pd.to_numeric(frame.get("confidence", pd.Series(np.nan, index=frame.index)),
-                                        errors="coerce")
+    frame["confidence"] = _numbers(frame.get("confidence", pd.Series(np.nan, index=frame.index)))
     return frame[ANSWER_COLUMNS]
 
 
@@ -525,6 +524,21 @@ def _read_csv(path: Path, required: list[str], what: str, dtype: dict | None = N
     if missing:
         raise DatasetError(f"{path}: not a {what} CSV (lacks {', '.join(sorted(missing))}); move it away")
     return frame
+
+
+def _numbers(column: pd.Series) -> pd.Series:
+    """A column that may hold empty cells (rows written before it existed) as floats, NaN where empty. Python's
+    float() parses exactly; pd.to_numeric on strings can lose the last digit (then every rewrite churns rows)."""
+    if column.dtype != object:
+        return column.astype(float)
+
+    def number(value) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return np.nan
+
+    return column.map(number).astype(float)
 
 
 def _replace_run(frame: pd.DataFrame, variant: str, seed: int, fold: int, new: pd.DataFrame) -> pd.DataFrame:

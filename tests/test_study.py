@@ -792,9 +792,11 @@ def test_rewriting_a_results_csv_leaves_its_rows_unchanged(tmp_path):
     rows = pd.DataFrame({column: rng.random(4) for column in compare.CSV_COLUMNS})
     rows["variant"], rows["config_key"] = "v", "0123"
     rows.loc[0, "clip_accuracy"] = 0.16666666666666666       # the fast parser reads it back as ...6666
+    rows["robustness_tv"] = [0.12781511398728196, np.nan, 0.5, 0.25]  # an optional column, empty in older rows
     write_csv(path, rows)
     before = path.read_bytes()
-    write_csv(path, compare.read_results(path)[compare.CSV_COLUMNS])
+    assert ",0.12781511398728196\n" in path.read_text() and ",\n" in path.read_text()
+    write_csv(path, compare.read_results(path)[compare.CSV_COLUMNS + ["robustness_tv"]])
     assert path.read_bytes() == before
 
 
