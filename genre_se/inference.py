@@ -719,7 +719,8 @@ class GenreClassifier:
             "familiarity": None if self.familiarity is None else self.familiarity.record(),
             "fusion": None if self.svm is None else {"kind": "svm", "n_parameters": self.svm.n_parameters,
                                                      "max_windows": self.svm.max_windows},
-            "classifier": "softmax" if self.head is None else {"kind": "svm", "n_parameters": self.head.n_parameters},
+            "classifier": ({"kind": "softmax"} if self.head is None  # model.classifier
+                           else {"kind": "svm", "n_parameters": self.head.n_parameters}),
         }
 
     # ------------------------------------------------------------------ prediction

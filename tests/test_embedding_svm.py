@@ -137,7 +137,7 @@ def test_the_cli_says_which_classifier_answered_and_softmax_switches_the_head_of
         "cnn", "svm"}
     assert main(args + ["--softmax"]) == 0
     alone = json.loads(capsys.readouterr().out)
-    assert alone["model"]["classifier"] == "softmax" and "parts" not in alone["predictions"][0]
+    assert alone["model"]["classifier"] == {"kind": "softmax"} and "parts" not in alone["predictions"][0]
     assert main(["model", "summary", "--model", str(headed["bundle"])]) == 0
     assert "Classifier: an SVM on the mean embedding (model.classifier: svm)" in capsys.readouterr().out
 
