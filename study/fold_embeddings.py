@@ -18,6 +18,10 @@ and the study's external files, then measures two things without training the ne
   the reverse; with the share of external files flagged under the same thresholds. Pooled over the folds, every
   clip of the study is checked once.
 
+- **Robustness** (``--robustness CSV``, about a minute per fold): ``genre-se robustness``'s transforms of each
+  fold's test clips, the head served as ``predict`` serves ``model.classifier: svm``; the softmax's agreement comes
+  from the same predictions and is checked against the one the study recorded for the same fold model.
+
 The SVM head's fold scores are written as rows of a study results CSV (variant ``<variant>_embsvm``) for
 ``study.what_helped``::
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +67,10 @@ def fold_embeddings(bundle, store, external) -> dict:
     return out
 
 
-def head_scores(seen: dict, store, test_clips, external, seed: int) -> dict:
+def head_scores(seen: dict, store, test_clips, external, seed: int) -> tuple[dict, object]:
     """Clip accuracy / macro-F1 of the fold model's softmax and of the SVM on its mean clip embeddings, on its
-    test clips, and top-1 of both on the external files (``external``: a ``compare.ExternalSet`` or None)."""
+    test clips, and top-1 of both on the external files (``external``: a ``compare.ExternalSet`` or None); and
+    the fitted head (a ``genre_se.fusion.SvmScorer``)."""
     from sklearn.metrics import f1_score
 
     from genre_se.fusion import fit_svm
@@ -95,7 +101,7 @@ def head_scores(seen: dict, store, test_clips, external, seed: int) -> dict:
         for head, dist in ext.items():
             out[head]["external_top1"] = float((dist.argmax(axis=1) == external.labels).mean())
             out[head]["external_confidence"] = float(dist.max(axis=1).mean())
-    return out
+    return out, svm
 
 
 def familiarity_scores(seen: dict, store, test_clips, seed: int, quantile: float = 0.95) -> dict:
@@ -133,11 +139,62 @@ def familiarity_scores(seen: dict, store, test_clips, seed: int, quantile: float
             "external_flagged": float(np.mean(external_flagged)) if external_flagged else np.nan, "auc": auc}
 
 
+class _BothHeads:
+    """``predict_array`` for the robustness report: the head's answer, and each call's softmax clip distribution
+    (the prediction's ``parts["cnn"]``, untempered as the fold models are) kept in call order, so one pass over
+    the transformed audio scores both heads."""
+
+    def __init__(self, classifier):
+        self.classifier, self.softmax = classifier, []
+
+    def predict_array(self, y, sr):
+        prediction = self.classifier.predict_array(y, sr)
+        self.softmax.append(prediction.parts["cnn"])
+        return prediction
+
+
+def head_robustness(bundle_dir: Path, head, paths: list[str], scratch: Path) -> pd.DataFrame:
+    """The robustness report (``genre-se robustness``'s transforms) of a fold model's softmax and of the SVM head
+    on files it never saw: one row per head and transform, top-1 agreement and TV distance averaged over files.
+
+    The head is served as ``predict`` serves ``model.classifier: svm`` (a copy of the bundle with
+    ``embedding_svm.npz`` under ``scratch``)."""
+    import shutil
+
+    from genre_se.embedding_svm import save_embedding_svm
+    from genre_se.inference import GenreClassifier
+    from genre_se.robustness import TRANSFORMS, file_robustness, top1_agreement, total_variation
+
+    copy = scratch / "bundle"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(bundle_dir, copy)
+    save_embedding_svm(copy, head)
+    both = _BothHeads(GenreClassifier.load(copy, backend="keras"))
+    rows = []
+    for path in paths:
+        both.softmax.clear()
+        result = file_robustness(both, path, TRANSFORMS)
+        reference, changed = both.softmax[0], both.softmax[1:]
+        for row, softmax in zip(result.rows, changed, strict=True):
+            rows.append({"head": "embsvm", "transform": row["transform"], "top1_agree": float(row["top1_agree"]),
+                         "tv_distance": row["tv_distance"]})
+            rows.append({"head": "softmax", "transform": row["transform"],
+                         "top1_agree": float(top1_agreement(reference, softmax)),
+                         "tv_distance": total_variation(reference, softmax)})
+    shutil.rmtree(copy, ignore_errors=True)
+    return pd.DataFrame(rows).groupby(["head", "transform"], sort=False).mean().reset_index()
+
+
 def score_kept_models(study: compare.Study, features: Path, state: Path, results_csv: Path, variants: list[str],
-                      seeds: list[int] | None = None, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per variant, seed, fold and head; one familiarity row per variant, seed and fold) over the fold
-    bundles of ``variants`` kept under ``state/bundles`` (``study.compare run --state STATE --keep-models``),
-    on the store ``features``."""
+                      seeds: list[int] | None = None, log=print, index: pd.DataFrame | None = None,
+                      scratch: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(one row per variant, seed, fold and head; one familiarity row per variant, seed and fold; the robustness
+    rows per variant, seed, fold, head and transform) over the fold bundles of ``variants`` kept under
+    ``state/bundles`` (``study.compare run --state STATE --keep-models``), on the store ``features``.
+
+    ``index`` (the study's ``index.csv``: clip id -> audio path) and ``scratch`` (a folder for a bundle copy): also
+    the robustness report of both heads on each fold's test clips (:func:`head_robustness`, about a minute per
+    fold); without them the third frame is empty."""
     from genre_se.bundle import load_bundle
     from genre_se.feature_store import FeatureStore
 
@@ -145,7 +202,8 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
     results = compare.read_results(results_csv).set_index(["variant", "seed", "fold"])
     external = compare.load_external(study.external, list(store.labels), store.features.to_dict()) \
         if study.external and Path(study.external).is_dir() else None
-    rows, familiar = [], []
+    rows, familiar, robust = [], [], []
+    paths = None if index is None else index.set_index(index["clip_id"].astype(str))["path"]
     for variant in variants:
         folders = sorted((state / "bundles" / variant).glob("seed*/fold*"))
         folders = [f for f in folders if seeds is None or int(f.parent.name[4:]) in seeds]
@@ -157,21 +215,32 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
             bundle = load_bundle(folder)
             seen = fold_embeddings(bundle, store, external)
             test_clips = bundle.extra["test_clips"]
-            scores = head_scores(seen, store, test_clips, external, seed)
+            scores, head = head_scores(seen, store, test_clips, external, seed)
             recorded = results["clip_accuracy"].get((variant, seed, fold))
             if recorded is None or abs(recorded - scores["softmax"]["clip_accuracy"]) > 1e-9:
                 raise GenreSEError(f"{folder}: its softmax gives clip accuracy "
                                    f"{scores['softmax']['clip_accuracy']:.4f}, {results_csv} records "
                                    f"{recorded}: not the model the study scored")
+            run = {"variant": variant, "seed": seed, "fold": fold}
+            if paths is not None:
+                table = head_robustness(folder, head, paths.loc[[str(c) for c in test_clips]].tolist(), scratch)
+                robust.append(table.assign(**run))
+                for name, own in table.groupby("head"):
+                    scores[name]["robustness_agreement"] = float(own["top1_agree"].mean())
+                    scores[name]["robustness_tv"] = float(own["tv_distance"].mean())
+                scores["softmax"]["recorded_robustness"] = float(results["robustness_agreement"].get(
+                    (variant, seed, fold), np.nan))
             for head, score in scores.items():
-                rows.append({"variant": variant, "seed": seed, "fold": fold, "head": head, **score})
+                rows.append({**run, "head": head, **score})
             familiar.append({"variant": variant, "seed": seed, "fold": fold,
                              **familiarity_scores(seen, store, test_clips, seed + fold)})
             if log:
                 log(f"{variant} seed {seed} fold {fold}: softmax {scores['softmax']['clip_accuracy']:.3f}, "
                     f"SVM on embeddings {scores['embsvm']['clip_accuracy']:.3f}; "
                     f"familiarity false alarms {familiar[-1]['false_alarms']}/{familiar[-1]['checked']}")
-    return pd.DataFrame(rows), pd.DataFrame(familiar)
+    columns = ["variant", "seed", "fold", "head", "transform", "top1_agree", "tv_distance"]
+    return (pd.DataFrame(rows), pd.DataFrame(familiar),
+            pd.concat(robust, ignore_index=True)[columns] if robust else pd.DataFrame(columns=columns))
 
 
 def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
@@ -187,8 +256,11 @@ def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
                      "epochs_run": int(own["epochs_run"]), "best_epoch": int(own["best_epoch"]),
                      "n_test_clips": int(own["n_test_clips"]),
                      "config_key": compare.config_key("embedding_svm", own["config_key"]),
-                     "external_top1": getattr(score, "external_top1", np.nan)})
-    return pd.DataFrame(rows, columns=compare.CSV_COLUMNS + ["external_top1"])
+                     "external_top1": getattr(score, "external_top1", np.nan),
+                     "robustness_agreement": getattr(score, "robustness_agreement", np.nan),
+                     "robustness_tv": getattr(score, "robustness_tv", np.nan)})
+    return pd.DataFrame(rows, columns=compare.CSV_COLUMNS + ["external_top1", "robustness_agreement",
+                                                             "robustness_tv"])
 
 
 def pooled_ece(rows: pd.DataFrame) -> float:
@@ -199,7 +271,35 @@ def pooled_ece(rows: pd.DataFrame) -> float:
                              np.concatenate(rows["test_correct"].tolist()))
 
 
-def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame) -> str:
+def robustness_markdown(scores: pd.DataFrame, robust: pd.DataFrame) -> list[str]:
+    """The report's robustness section: per variant, each head's mean agreement and TV over folds, the paired
+    difference, and the softmax's agreement here against the one the study recorded for the same fold model
+    (the same model and transforms: they should agree); then per transform."""
+    lines = ["\n## Robustness of each head\n",
+             "`genre-se robustness`'s transforms (gain, MP3, 44.1/48 kHz stereo, 8 kHz low-pass, pink noise, "
+             "compression, leading silence) of each fold's test clips: top-1 agreement with the untouched clip and "
+             "TV distance, both heads from the same predictions (the head served as `predict` serves "
+             "`model.classifier: svm`). W/T/L: head minus softmax agreement per fold. `recorded`: the largest "
+             "difference between the softmax's agreement here and the study's record for the same fold model.\n",
+             "| variant | folds | agreement softmax / SVM | Δ | W/T/L | TV softmax / SVM | recorded |",
+             "|---|---|---|---|---|---|---|"]
+    for variant, own in scores.dropna(subset=["robustness_agreement"]).groupby("variant", sort=False):
+        heads = {head: rows.set_index(["seed", "fold"]) for head, rows in own.groupby("head")}
+        soft, svm = heads["softmax"], heads["embsvm"]
+        record = paired_record(svm["robustness_agreement"] - soft["robustness_agreement"])
+        recorded = (soft["robustness_agreement"] - soft["recorded_robustness"]).abs().max()
+        lines.append(f"| `{variant}` | {len(soft)} | {soft['robustness_agreement'].mean():.3f} / "
+                     f"{svm['robustness_agreement'].mean():.3f} | {record['delta']:+.3f} "
+                     f"| {record['won']}/{record['tied']}/{record['lost']} | {soft['robustness_tv'].mean():.3f} / "
+                     f"{svm['robustness_tv'].mean():.3f} | {recorded:.3f} |")
+    lines += ["\n| variant | transform | agreement softmax | agreement SVM |", "|---|---|---|---|"]
+    table = robust.groupby(["variant", "transform", "head"], sort=False)["top1_agree"].mean().unstack("head")
+    for (variant, transform), row in table.iterrows():
+        lines.append(f"| `{variant}` | {transform} | {row['softmax']:.3f} | {row['embsvm']:.3f} |")
+    return lines
+
+
+def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.DataFrame | None = None) -> str:
     lines = ["# What the kept fold models' embeddings say (study/fold_embeddings.py)\n",
              "## An SVM head on the SE-CNN's embeddings\n",
              "Per kept fold model: its own softmax (mean of segment probabilities) against the pipeline's head "
@@ -228,6 +328,8 @@ def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame) -> str:
                      f"| {record['delta']:+.3f} | {record['won']}/{record['tied']}/{record['lost']} | {detectable} "
                      f"| {soft['clip_macro_f1'].mean():.3f} / {svm['clip_macro_f1'].mean():.3f} | {ece} | {ext} "
                      f"| {conf} |")
+    if robust is not None and len(robust):
+        lines += robustness_markdown(scores, robust)
     lines += ["\n## Familiarity false alarms\n",
               "The `unfamiliar` flag of each fold model (training segments' embedding statistics, threshold the 0.95 "
               "quantile of held-out clips' distances), cross-fitted on the fold's test clips: threshold from one "
@@ -260,23 +362,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--familiarity", default="study/results/fold_embeddings_familiarity.csv",
                         help="the familiarity check per fold model (CSV)")
     parser.add_argument("--report", default="study/results/fold_embeddings.md", help="Markdown report to write")
+    parser.add_argument("--robustness", metavar="CSV",
+                        help="also the robustness report of both heads on each fold's test clips (about a minute "
+                             "per fold), per transform into CSV (e.g. study/results/fold_embeddings_robustness.csv)")
     args = parser.parse_args(argv)
     try:
         study = compare.load_study(args.study)
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         work = Path(args.work)
-        scores, familiar = score_kept_models(study, Path(args.features or work / "features"),
-                                             Path(args.state or work / "state"), Path(args.results),
-                                             args.variants.split(","), seeds)
+        index = None
+        if args.robustness:
+            from genre_se.datasets import read_index
+
+            index = read_index(work / "index.csv")
+        with tempfile.TemporaryDirectory() as scratch:
+            scores, familiar, robust = score_kept_models(
+                study, Path(args.features or work / "features"), Path(args.state or work / "state"),
+                Path(args.results), args.variants.split(","), seeds, index=index, scratch=Path(scratch))
         rows = results_rows(scores, Path(args.results))
     except GenreSEError as exc:
         print(f"fold_embeddings: error: {exc}", file=sys.stderr)
         return 1
     from genre_se.fileio import write_csv, write_text
 
-    text = report_markdown(scores, familiar)
+    text = report_markdown(scores, familiar, robust)
     write_csv(args.scores, rows)
     write_csv(args.familiarity, familiar)
+    if args.robustness:
+        write_csv(args.robustness, robust)
     write_text(args.report, text)
     print(text, end="")
     return 0

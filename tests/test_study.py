@@ -720,11 +720,24 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
 
     study, work = tiny_study
     tones = compare.Path(study.params_path).parent / "tones"
-    study = dataclasses.replace(study, external=str(tones))  # the tones as "external files": every genre known
+    from genre_se.datasets import read_index
+    from genre_se.robustness import TRANSFORMS
+
+    # the tones as "external files" (every genre known); the robustness report of every fold model recorded
+    study = dataclasses.replace(study, external=str(tones), robustness=True)
     out, state = tmp_path / "s.csv", tmp_path / "st"
     compare.run_study(study, work / "features", work / "index.csv", out, state_root=state, variants=["se"],
                       quick=True, keep_models=["se"])
-    scores, familiar = fold_embeddings.score_kept_models(study, work / "features", state, out, ["se"], log=None)
+    scores, familiar, robust = fold_embeddings.score_kept_models(
+        study, work / "features", state, out, ["se"], log=None, index=read_index(work / "index.csv"),
+        scratch=tmp_path / "scratch")
+    # both heads' robustness from one pass: the softmax's is the one the study recorded for the same model
+    assert len(robust) == 3 * 2 * len(TRANSFORMS) and set(robust["transform"]) == set(TRANSFORMS)
+    soft = scores[scores["head"] == "softmax"]
+    assert soft["robustness_agreement"].to_numpy() == pytest.approx(soft["recorded_robustness"].to_numpy(), abs=1e-9)
+    head = scores[scores["head"] == "embsvm"].set_index("fold")["robustness_agreement"]
+    by_transform = robust[robust["head"] == "embsvm"].groupby("fold")["top1_agree"].mean()
+    assert head.to_numpy() == pytest.approx(by_transform.loc[head.index].to_numpy())
     # the familiarity flag, cross-fitted on each fold's test clips: every clip of the study checked once
     assert len(familiar) == 3 and familiar["checked"].sum() == 18
     assert (familiar["false_alarms"] <= familiar["checked"]).all() and familiar["external_flagged"].between(0, 1).all()
@@ -747,6 +760,8 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
     results.to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(fold_embeddings.GenreSEError, match="not the model the study scored"):
         fold_embeddings.score_kept_models(study, work / "features", state, tmp_path / "other.csv", ["se"], log=None)
+    text = fold_embeddings.report_markdown(scores, familiar, robust)
+    assert "## Robustness of each head" in text and "| `se` | 3 |" in text
     assert fold_embeddings.main(["--study", str(compare.Path(study.params_path).parent / "study.yaml"),
                                 "--work", str(work), "--state", str(state), "--results", str(out),
                                 "--variants", "no_se"]) == 1
