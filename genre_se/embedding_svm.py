@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .fusion import SvmScorer, fit_svm, load_svm, save_svm
 
@@ -28,6 +27,8 @@ EMBEDDING_SVM_FILE = "embedding_svm.npz"
 def clip_embeddings(embedder, store, rows: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
     """``(clip ids in first-seen order, their mean embeddings (n_clips, dim), their label indices)`` of the
     clips of some store rows; ``embedder`` is :func:`genre_se.model.embedding_model` of the network."""
+    import pandas as pd  # here, not at the top: predict's fast path loads this module and must not import pandas
+
     from .metrics import mean_per_clip
     from .train import predict_rows
 
