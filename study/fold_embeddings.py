@@ -185,16 +185,34 @@ def head_robustness(bundle_dir: Path, head, paths: list[str], scratch: Path) -> 
     return pd.DataFrame(rows).groupby(["head", "transform"], sort=False).mean().reset_index()
 
 
+def _cached_robustness(path: Path | None, bundle_dir: Path, measure) -> pd.DataFrame:
+    """``measure()``, or the table ``path`` keeps when it was measured on the same ``model.keras``."""
+    from genre_se.fileio import file_sha1, write_csv
+
+    sha1 = file_sha1(bundle_dir / "model.keras")
+    if path is not None and path.is_file():
+        kept = pd.read_csv(path, float_precision="round_trip")
+        if (kept.get("model_sha1") == sha1).all() and len(kept):
+            return kept.drop(columns="model_sha1")
+    table = measure()
+    if path is not None:
+        write_csv(path, table.assign(model_sha1=sha1))
+    return table
+
+
 def score_kept_models(study: compare.Study, features: Path, state: Path, results_csv: Path, variants: list[str],
                       seeds: list[int] | None = None, log=print, index: pd.DataFrame | None = None,
-                      scratch: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                      scratch: Path | None = None, cache: Path | None = None
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(one row per variant, seed, fold and head; one familiarity row per variant, seed and fold; the robustness
     rows per variant, seed, fold, head and transform) over the fold bundles of ``variants`` kept under
     ``state/bundles`` (``study.compare run --state STATE --keep-models``), on the store ``features``.
 
     ``index`` (the study's ``index.csv``: clip id -> audio path) and ``scratch`` (a folder for a bundle copy): also
     the robustness report of both heads on each fold's test clips (:func:`head_robustness`, about a minute per
-    fold); without them the third frame is empty."""
+    fold); without them the third frame is empty. ``cache``: a folder keeping each fold's robustness table with
+    the SHA-1 of the model it was measured on, so a rerun (more seeds, an interrupted run) measures only new or
+    changed fold models."""
     from genre_se.bundle import load_bundle
     from genre_se.feature_store import FeatureStore
 
@@ -223,7 +241,9 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
                                    f"{recorded}: not the model the study scored")
             run = {"variant": variant, "seed": seed, "fold": fold}
             if paths is not None:
-                table = head_robustness(folder, head, paths.loc[[str(c) for c in test_clips]].tolist(), scratch)
+                table = _cached_robustness(
+                    None if cache is None else cache / variant / f"seed{seed}" / f"fold{fold}.csv", folder,
+                    lambda: head_robustness(folder, head, paths.loc[[str(c) for c in test_clips]].tolist(), scratch))
                 robust.append(table.assign(**run))
                 for name, own in table.groupby("head"):
                     scores[name]["robustness_agreement"] = float(own["top1_agree"].mean())
@@ -364,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", default="study/results/fold_embeddings.md", help="Markdown report to write")
     parser.add_argument("--robustness", metavar="CSV",
                         help="also the robustness report of both heads on each fold's test clips (about a minute "
-                             "per fold), per transform into CSV (e.g. study/results/fold_embeddings_robustness.csv)")
+                             "per fold; kept per fold model under STATE/fold_embeddings_robustness, so a rerun "
+                             "measures only new ones), per transform into CSV (e.g. "
+                             "study/results/fold_embeddings_robustness.csv)")
     args = parser.parse_args(argv)
     try:
         study = compare.load_study(args.study)
@@ -378,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as scratch:
             scores, familiar, robust = score_kept_models(
                 study, Path(args.features or work / "features"), Path(args.state or work / "state"),
-                Path(args.results), args.variants.split(","), seeds, index=index, scratch=Path(scratch))
+                Path(args.results), args.variants.split(","), seeds, index=index, scratch=Path(scratch),
+                cache=Path(args.state or work / "state") / "fold_embeddings_robustness")
         rows = results_rows(scores, Path(args.results))
     except GenreSEError as exc:
         print(f"fold_embeddings: error: {exc}", file=sys.stderr)

@@ -713,7 +713,8 @@ def test_a_second_run_on_the_same_results_csv_is_refused_while_the_first_holds_i
         pass
 
 
-def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softmax(tiny_study, tmp_path, capsys):
+def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softmax(tiny_study, tmp_path, capsys,
+                                                                                    monkeypatch):
     import dataclasses
 
     from study import fold_embeddings
@@ -730,7 +731,19 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
                       quick=True, keep_models=["se"])
     scores, familiar, robust = fold_embeddings.score_kept_models(
         study, work / "features", state, out, ["se"], log=None, index=read_index(work / "index.csv"),
-        scratch=tmp_path / "scratch")
+        scratch=tmp_path / "scratch", cache=tmp_path / "cache")
+    # a rerun reads each fold's robustness from the cache (same model.keras) and measures only a changed model
+    measured = []
+    real = fold_embeddings.head_robustness
+    monkeypatch.setattr(fold_embeddings, "head_robustness", lambda folder, *a: measured.append(folder) or real(
+        folder, *a))
+    kept = tmp_path / "cache" / "se" / "seed42" / "fold1.csv"
+    kept.write_text(kept.read_text().replace(kept.read_text().splitlines()[1].split(",")[-1], "0" * 40))
+    _, _, again = fold_embeddings.score_kept_models(
+        study, work / "features", state, out, ["se"], log=None, index=read_index(work / "index.csv"),
+        scratch=tmp_path / "scratch", cache=tmp_path / "cache")
+    assert [m.name for m in measured] == ["fold1"]
+    pd.testing.assert_frame_equal(again, robust)
     # both heads' robustness from one pass: the softmax's is the one the study recorded for the same model
     assert len(robust) == 3 * 2 * len(TRANSFORMS) and set(robust["transform"]) == set(TRANSFORMS)
     soft = scores[scores["head"] == "softmax"]
