@@ -52,8 +52,7 @@ def fit_embedding_svm(model, store, train_rows: np.ndarray, seed: int = 0) -> Sv
     from .model import embedding_model
 
     _, x, y = clip_embeddings(embedding_model(model), store, train_rows)
-    scorer = fit_svm(x, y, list(store.labels), seed=seed, max_windows=1)
-    return scorer
+    return fit_svm(x, y, list(store.labels), seed=seed, max_windows=1)
 
 
 def embedding_svm_distributions(scorer: SvmScorer, model, store, rows: np.ndarray) -> tuple[list, np.ndarray]:

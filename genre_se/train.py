@@ -684,11 +684,12 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
         if log is not None and fit is True:
             log("calibration: no validation clips (train.fit_all), temperature 1")
         return record.to_dict()
-    probs = predict_rows(model, store, valid_rows)
     codes, uniques = pd.factorize(store.table["clip_id"].to_numpy()[valid_rows], sort=False)
     first = np.zeros(len(uniques), dtype=np.intp)
     first[codes[::-1]] = np.arange(len(codes))[::-1]
     labels = store.table["label_index"].to_numpy()[valid_rows][first]
+    if embedding_svm is None:  # the softmax's segments (the head answers from the embeddings alone)
+        probs = predict_rows(model, store, valid_rows)
     if svm is not None:  # one "segment" per clip: the fused distribution
         from .calibration import clip_distributions
         from .fusion import fuse, svm_clip_distributions
