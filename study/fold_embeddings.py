@@ -11,6 +11,11 @@ and the study's external files, then measures two things without training the ne
   clips; with ``train.fit_all`` exactly its training clips) and answers the test clips and the external files;
   the fold model's own answers (the mean of its segment probabilities) on the same clips are the reference,
   checked against the accuracy the study recorded, so both heads are compared on the same model and folds.
+- **Stacking the classic features** (``--with-mfcc``): the baseline's window statistics of every clip
+  (``genre_se.fusion.window_statistics``, what ``model.fusion: svm`` reads) and the same SVM fitted on the
+  fold's training clips; scored alone (``mfcc``), fused with the softmax as ``model.fusion: svm`` fuses
+  (``softmax+mfcc``), and fused with the SVM head (``embsvm+mfcc``): does the head still gain from the
+  statistics the SE-CNN never sees?
 - **Familiarity false alarms.** The bundle's ``unfamiliar`` flag (``genre_se.familiarity``: Mahalanobis
   distance from the training segments' embeddings, threshold the 0.95 quantile of held-out clips' distances) was
   checked on one model's 10 test clips. Here, per fold model, cross-fitted on its held-out test clips: the
@@ -27,7 +32,7 @@ The SVM head's fold scores are written as rows of a study results CSV (variant `
 
     python -m study.fold_embeddings --study study/small_data.yaml --work study/work/gtzan \\
         --results study/results/small_data.csv --variants e30_no_specaugment \\
-        --scores study/results/fold_embeddings.csv --report study/results/fold_embeddings.md
+        --scores study/results/fold_embeddings.csv --report study/results/fold_embeddings.md [--with-mfcc]
 """
 
 from __future__ import annotations
@@ -67,13 +72,25 @@ def fold_embeddings(bundle, store, external) -> dict:
     return out
 
 
-def head_scores(seen: dict, store, test_clips, external, seed: int) -> tuple[dict, object]:
+def window_stats(paths) -> list[np.ndarray]:
+    """``model.fusion: svm``'s input for each file: its windows' statistics, ``(windows, dim)``."""
+    from genre_se.fusion import window_statistics
+
+    return [window_statistics(str(path)) for path in paths]
+
+
+def head_scores(seen: dict, store, test_clips, external, seed: int, classic: dict | None = None
+                ) -> tuple[dict, object]:
     """Clip accuracy / macro-F1 of the fold model's softmax and of the SVM on its mean clip embeddings, on its
     test clips, and top-1 of both on the external files (``external``: a ``compare.ExternalSet`` or None); and
-    the fitted head (a ``genre_se.fusion.SvmScorer``)."""
+    the fitted head (a ``genre_se.fusion.SvmScorer``).
+
+    ``classic``: ``{"clips": {clip id: window statistics}, "external": [window statistics per external file]}``
+    (:func:`window_stats`); then also the classic SVM fitted on the training clips' windows, alone (``mfcc``)
+    and fused with each head (``softmax+mfcc``, ``embsvm+mfcc``: ``genre_se.fusion.fuse``)."""
     from sklearn.metrics import f1_score
 
-    from genre_se.fusion import fit_svm
+    from genre_se.fusion import fit_svm, fuse
 
     ids_of_rows = store.table["clip_id"].to_numpy()
     ids, embeddings = clip_means(seen["embeddings"], ids_of_rows)
@@ -86,6 +103,14 @@ def head_scores(seen: dict, store, test_clips, external, seed: int) -> tuple[dic
     # the pipeline's head (model.classifier: svm, genre_se.embedding_svm): the same fit on the same clip means
     svm = fit_svm(embeddings[~test], labels[~test], list(store.labels), seed=seed, max_windows=1)
     distributions = {"softmax": probs, "embsvm": svm.probabilities(embeddings)}
+    if classic is not None:
+        windows = [np.asarray(classic["clips"][str(c)]) for c in ids]
+        owner = np.concatenate([np.full(len(w), i) for i, w in enumerate(windows)])
+        train = ~test[owner]
+        mfcc = fit_svm(np.concatenate(windows)[train], labels[owner][train], list(store.labels), seed=seed)
+        distributions["mfcc"] = np.stack([mfcc.distribution(w) for w in windows])
+        for head in ("softmax", "embsvm"):
+            distributions[f"{head}+mfcc"] = fuse(distributions[head], distributions["mfcc"])
     out = {}
     for head, dist in distributions.items():
         answer = dist.argmax(axis=1)
@@ -98,6 +123,10 @@ def head_scores(seen: dict, store, test_clips, external, seed: int) -> tuple[dic
     if external is not None:
         ext = {"softmax": np.stack([p.mean(axis=0) for p in seen["external_probs"]]),
                "embsvm": svm.probabilities(np.stack([e.mean(axis=0) for e in seen["external_embeddings"]]))}
+        if classic is not None:
+            ext["mfcc"] = np.stack([mfcc.distribution(w) for w in classic["external"]])
+            for head in ("softmax", "embsvm"):
+                ext[f"{head}+mfcc"] = fuse(ext[head], ext["mfcc"])
         for head, dist in ext.items():
             out[head]["external_top1"] = float((dist.argmax(axis=1) == external.labels).mean())
             out[head]["external_confidence"] = float(dist.max(axis=1).mean())
@@ -202,7 +231,7 @@ def _cached_robustness(path: Path | None, bundle_dir: Path, measure) -> pd.DataF
 
 def score_kept_models(study: compare.Study, features: Path, state: Path, results_csv: Path, variants: list[str],
                       seeds: list[int] | None = None, log=print, index: pd.DataFrame | None = None,
-                      scratch: Path | None = None, cache: Path | None = None
+                      scratch: Path | None = None, cache: Path | None = None, with_mfcc: bool = False
                       ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(one row per variant, seed, fold and head; one familiarity row per variant, seed and fold; the robustness
     rows per variant, seed, fold, head and transform) over the fold bundles of ``variants`` kept under
@@ -210,7 +239,8 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
 
     ``index`` (the study's ``index.csv``: clip id -> audio path) and ``scratch`` (a folder for a bundle copy): also
     the robustness report of both heads on each fold's test clips (:func:`head_robustness`, about a minute per
-    fold); without them the third frame is empty. ``cache``: a folder keeping each fold's robustness table with
+    fold); without them the third frame is empty. ``with_mfcc`` (needs ``index``): also the classic SVM's heads
+    (:func:`head_scores`), the statistics computed once per file. ``cache``: a folder keeping each fold's robustness table with
     the SHA-1 of the model it was measured on, so a rerun (more seeds, an interrupted run) measures only new or
     changed fold models."""
     from genre_se.bundle import load_bundle
@@ -222,6 +252,13 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
         if study.external and Path(study.external).is_dir() else None
     rows, familiar, robust = [], [], []
     paths = None if index is None else index.set_index(index["clip_id"].astype(str))["path"]
+    classic = None
+    if with_mfcc:
+        if paths is None:
+            raise GenreSEError("the classic SVM's heads need the study's index (clip id -> audio path)")
+        clips = [str(c) for c in pd.unique(store.table["clip_id"])]
+        classic = {"clips": dict(zip(clips, window_stats(paths.loc[clips]))),
+                   "external": window_stats(external.paths) if external is not None else []}
     for variant in variants:
         folders = sorted((state / "bundles" / variant).glob("seed*/fold*"))
         folders = [f for f in folders if seeds is None or int(f.parent.name[4:]) in seeds]
@@ -233,14 +270,14 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
             bundle = load_bundle(folder)
             seen = fold_embeddings(bundle, store, external)
             test_clips = bundle.extra["test_clips"]
-            scores, head = head_scores(seen, store, test_clips, external, seed)
+            scores, head = head_scores(seen, store, test_clips, external, seed, classic)
             recorded = results["clip_accuracy"].get((variant, seed, fold))
             if recorded is None or abs(recorded - scores["softmax"]["clip_accuracy"]) > 1e-9:
                 raise GenreSEError(f"{folder}: its softmax gives clip accuracy "
                                    f"{scores['softmax']['clip_accuracy']:.4f}, {results_csv} records "
                                    f"{recorded}: not the model the study scored")
             run = {"variant": variant, "seed": seed, "fold": fold}
-            if paths is not None:
+            if paths is not None and scratch is not None:
                 table = _cached_robustness(
                     None if cache is None else cache / variant / f"seed{seed}" / f"fold{fold}.csv", folder,
                     lambda: head_robustness(folder, head, paths.loc[[str(c) for c in test_clips]].tolist(), scratch))
@@ -263,19 +300,24 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
             pd.concat(robust, ignore_index=True)[columns] if robust else pd.DataFrame(columns=columns))
 
 
+#: the variant suffix of each head's rows in the results CSV (the softmax's are the study's own rows)
+HEAD_VARIANTS = {"embsvm": "_embsvm", "mfcc": "_mfcc", "softmax+mfcc": "+mfcc", "embsvm+mfcc": "_embsvm+mfcc"}
+
+
 def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
-    """The SVM head's scores as rows of a study results CSV: variant ``<variant>_embsvm``, the fold model's
-    parameters and training time (the SVM's fit is seconds)."""
+    """Each head's scores but the softmax's as rows of a study results CSV: variant ``<variant>_embsvm`` (and
+    ``HEAD_VARIANTS``' others), the fold model's parameters and training time (the SVM's fit is seconds)."""
     runs = compare.read_results(results_csv).set_index(["variant", "seed", "fold"])
     rows = []
-    for score in scores[scores["head"] == "embsvm"].itertuples(index=False):
+    for score in scores[scores["head"].isin(list(HEAD_VARIANTS))].itertuples(index=False):
         own = runs.loc[(score.variant, score.seed, score.fold)]
-        rows.append({"variant": f"{score.variant}_embsvm", "seed": score.seed, "fold": score.fold,
+        rows.append({"variant": f"{score.variant}{HEAD_VARIANTS[score.head]}", "seed": score.seed, "fold": score.fold,
                      "clip_accuracy": score.clip_accuracy, "clip_macro_f1": score.clip_macro_f1,
                      "params": int(own["params"]), "train_seconds": float(own["train_seconds"]),
                      "epochs_run": int(own["epochs_run"]), "best_epoch": int(own["best_epoch"]),
                      "n_test_clips": int(own["n_test_clips"]),
-                     "config_key": compare.config_key("embedding_svm", own["config_key"]),
+                     "config_key": compare.config_key({"embsvm": "embedding_svm"}.get(score.head, score.head),
+                                                      own["config_key"]),
                      "external_top1": getattr(score, "external_top1", np.nan),
                      "robustness_agreement": getattr(score, "robustness_agreement", np.nan),
                      "robustness_tv": getattr(score, "robustness_tv", np.nan)})
@@ -319,6 +361,30 @@ def robustness_markdown(scores: pd.DataFrame, robust: pd.DataFrame) -> list[str]
     return lines
 
 
+def classic_markdown(scores: pd.DataFrame) -> list[str]:
+    """The report's section on the classic SVM's heads (``--with-mfcc``): each against the SVM head, paired."""
+    lines = ["\n## Stacking the classic features\n",
+             "The classic baseline's window statistics (`model.fusion: svm`'s input) with its SVM fitted on the "
+             "same training clips: alone (`mfcc`), fused with the fold model's softmax as `model.fusion: svm` "
+             "fuses (`softmax+mfcc`), and fused with the SVM head (`embsvm+mfcc`, the mean of the two Platt "
+             "distributions). Δ, W/T/L and `detectable`: against the SVM head on the same folds.\n",
+             "| variant | head | folds | clip acc. | Δ vs SVM head | W/T/L | detectable | macro-F1 | real-clips top-1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for variant, own in scores.groupby("variant", sort=False):
+        heads = {head: rows.set_index(["seed", "fold"]) for head, rows in own.groupby("head")}
+        for name in ("mfcc", "softmax+mfcc", "embsvm+mfcc"):
+            if name not in heads:
+                continue
+            head = heads[name]
+            record = paired_record(head["clip_accuracy"] - heads["embsvm"]["clip_accuracy"])
+            detectable = "" if np.isnan(record["detectable"]) else f"{record['detectable']:.3f}"
+            ext = f"{head['external_top1'].mean():.3f}" if "external_top1" in head else ""
+            lines.append(f"| `{variant}` | `{name}` | {len(head)} | {head['clip_accuracy'].mean():.3f} "
+                         f"| {record['delta']:+.3f} | {record['won']}/{record['tied']}/{record['lost']} "
+                         f"| {detectable} | {head['clip_macro_f1'].mean():.3f} | {ext} |")
+    return lines
+
+
 def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.DataFrame | None = None) -> str:
     lines = ["# What the kept fold models' embeddings say (study/fold_embeddings.py)\n",
              "## An SVM head on the SE-CNN's embeddings\n",
@@ -350,6 +416,8 @@ def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.Dat
                      f"| {conf} |")
     if robust is not None and len(robust):
         lines += robustness_markdown(scores, robust)
+    if scores["head"].isin(["mfcc", "softmax+mfcc", "embsvm+mfcc"]).any():
+        lines += classic_markdown(scores)
     lines += ["\n## Familiarity false alarms\n",
               "The `unfamiliar` flag of each fold model (training segments' embedding statistics, threshold the 0.95 "
               "quantile of held-out clips' distances), cross-fitted on the fold's test clips: threshold from one "
@@ -387,21 +455,25 @@ def main(argv: list[str] | None = None) -> int:
                              "per fold; kept per fold model under STATE/fold_embeddings_robustness, so a rerun "
                              "measures only new ones), per transform into CSV (e.g. "
                              "study/results/fold_embeddings_robustness.csv)")
+    parser.add_argument("--with-mfcc", action="store_true",
+                        help="also the classic SVM on the baseline's window statistics, alone and fused with each "
+                             "head (decodes every clip once)")
     args = parser.parse_args(argv)
     try:
         study = compare.load_study(args.study)
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         work = Path(args.work)
         index = None
-        if args.robustness:
+        if args.robustness or args.with_mfcc:
             from genre_se.datasets import read_index
 
             index = read_index(work / "index.csv")
         with tempfile.TemporaryDirectory() as scratch:
             scores, familiar, robust = score_kept_models(
                 study, Path(args.features or work / "features"), Path(args.state or work / "state"),
-                Path(args.results), args.variants.split(","), seeds, index=index, scratch=Path(scratch),
-                cache=Path(args.state or work / "state") / "fold_embeddings_robustness")
+                Path(args.results), args.variants.split(","), seeds, index=index,
+                scratch=Path(scratch) if args.robustness else None,
+                cache=Path(args.state or work / "state") / "fold_embeddings_robustness", with_mfcc=args.with_mfcc)
         rows = results_rows(scores, Path(args.results))
     except GenreSEError as exc:
         print(f"fold_embeddings: error: {exc}", file=sys.stderr)

@@ -789,6 +789,48 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
     assert len(compare.read_results(tmp_path / "head.csv")) == 3
 
 
+def test_the_classic_svm_heads_are_fitted_on_the_training_clips_and_fused_with_each_head():
+    from types import SimpleNamespace
+
+    from genre_se.fusion import fit_svm
+    from study import fold_embeddings
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 10)                         # 30 clips of 3 genres, 4 segments each
+    clip_ids = [f"c{i}" for i in range(30)]
+    store = SimpleNamespace(labels=["a", "b", "c"], table=pd.DataFrame(
+        {"clip_id": np.repeat(clip_ids, 4), "label_index": np.repeat(labels, 4)}))
+    probs = rng.dirichlet(np.ones(3), size=120)
+    # embeddings that say nothing of the genre; statistics that do (one window per clip, two for c0)
+    seen = {"embeddings": rng.normal(size=(120, 5)), "probs": probs,
+            "external_embeddings": [rng.normal(size=(3, 5)) for _ in range(3)],
+            "external_probs": [rng.dirichlet(np.ones(3), size=3) for _ in range(3)]}
+    stats = {c: rng.normal(loc=4.0 * y, size=(2 if c == "c0" else 1, 6)) for c, y in zip(clip_ids, labels)}
+    external = SimpleNamespace(labels=np.array([0, 1, 2]))
+    classic = {"clips": stats, "external": [rng.normal(loc=4.0 * y, size=(2, 6)) for y in range(3)]}
+    test = [c for i, c in enumerate(clip_ids) if i % 5 == 0]   # 6 test clips, 2 per genre
+    scores, _ = fold_embeddings.head_scores(seen, store, test, external, seed=3, classic=classic)
+    assert set(scores) == {"softmax", "embsvm", "mfcc", "softmax+mfcc", "embsvm+mfcc"}
+    assert scores["mfcc"]["clip_accuracy"] == 1.0 and scores["mfcc"]["external_top1"] == 1.0
+    assert scores["embsvm+mfcc"]["clip_accuracy"] >= scores["embsvm"]["clip_accuracy"]
+    # the classic SVM saw the training clips' windows only (c0's two among them), never a test clip's
+    train = [c for c in clip_ids if c not in test]
+    own = fit_svm(np.concatenate([stats[c] for c in train]), np.concatenate(
+        [np.full(len(stats[c]), y) for c, y in zip(clip_ids, labels) if c not in test]), store.labels, seed=3)
+    expected = np.stack([own.distribution(stats[c]) for c in test])
+    truth = labels[[clip_ids.index(c) for c in test]]
+    assert scores["mfcc"]["test_confidence"] == pytest.approx(expected.max(axis=1).tolist())
+    assert scores["mfcc"]["test_correct"] == (expected.argmax(axis=1) == truth).tolist()
+    # without statistics: the two heads alone, as before
+    assert set(fold_embeddings.head_scores(seen, store, test, external, seed=3)[0]) == {"softmax", "embsvm"}
+    # the report pairs each classic head with the SVM head over the folds
+    rows = pd.DataFrame([{"variant": "v", "seed": 1, "fold": f, "head": h, **score} for f in (0, 1)
+                         for h, score in scores.items()])
+    text = "\n".join(fold_embeddings.classic_markdown(rows))
+    mfcc_delta = scores["mfcc"]["clip_accuracy"] - scores["embsvm"]["clip_accuracy"]
+    assert f"| `v` | `mfcc` | 2 | 1.000 | {mfcc_delta:+.3f} | 2/0/0 |" in text and "`softmax+mfcc`" in text
+
+
 def test_familiarity_is_cross_fitted_on_the_test_clips_and_flags_far_files():
     from types import SimpleNamespace
 
