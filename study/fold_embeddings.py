@@ -119,7 +119,11 @@ def head_scores(seen: dict, store, test_clips, external, seed: int, classic: dic
                                                      average="macro", zero_division=0)),
                      # each test clip's top probability and whether it was right: the pooled ECE (report)
                      "test_confidence": dist[test].max(axis=1).tolist(),
-                     "test_correct": (answer[test] == labels[test]).tolist()}
+                     "test_correct": (answer[test] == labels[test]).tolist(),
+                     # and what it answered for which clip: the clip-level sign test (clip_rows)
+                     "test_clip_ids": [str(c) for c in ids[test]],
+                     "test_actual": [store.labels[i] for i in labels[test]],
+                     "test_predicted": [store.labels[i] for i in answer[test]]}
     if external is not None:
         ext = {"softmax": np.stack([p.mean(axis=0) for p in seen["external_probs"]]),
                "embsvm": svm.probabilities(np.stack([e.mean(axis=0) for e in seen["external_embeddings"]]))}
@@ -325,6 +329,24 @@ def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
                                                              "robustness_tv"])
 
 
+def clip_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
+    """Each test clip's answer by each head but the softmax, as rows of a study's clips CSV (the
+    ``<results>_clips.csv`` beside a results CSV: what ``summary.paired_clips`` pairs clip by clip), variants and
+    configuration keys as in :func:`results_rows`."""
+    keys = results_rows(scores, results_csv).set_index(["variant", "seed", "fold"])["config_key"]
+    rows = []
+    for score in scores[scores["head"].isin(list(HEAD_VARIANTS))].itertuples(index=False):
+        variant = f"{score.variant}{HEAD_VARIANTS[score.head]}"
+        key = keys.loc[(variant, score.seed, score.fold)]
+        for clip, actual, predicted, confidence in zip(score.test_clip_ids, score.test_actual, score.test_predicted,
+                                                       score.test_confidence, strict=True):
+            rows.append({"variant": variant, "seed": score.seed, "fold": score.fold, "clip_id": clip,
+                         "actual": actual, "predicted": predicted, "config_key": key,
+                         "confidence": confidence})
+    return pd.DataFrame(rows, columns=["variant", "seed", "fold", "clip_id", "actual", "predicted", "config_key",
+                                       "confidence"])
+
+
 def pooled_ece(rows: pd.DataFrame) -> float:
     """The clip ECE of the test clips of every fold in ``rows`` (one head's score rows) taken together."""
     from genre_se.calibration import calibration_error
@@ -482,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
 
     text = report_markdown(scores, familiar, robust)
     write_csv(args.scores, rows)
+    scores_csv = Path(args.scores)
+    write_csv(scores_csv.with_name(scores_csv.stem + "_clips.csv"), clip_rows(scores, Path(args.results)))
     write_csv(args.familiarity, familiar)
     if args.robustness:
         write_csv(args.robustness, robust)

@@ -2,8 +2,10 @@
 
 Each row of ``study/what_helped.yaml`` names a change, the study variant that has it and the reference that
 does not; the numbers come from the studies' result CSVs, paired by (seed, fold) on the same clip folds:
-mean difference in clip accuracy, folds won/tied/lost, and the smallest difference those folds could detect
-(``summary.detectable_difference``). The verdict (kept or not) is the file's, a record of the decision; the
+mean difference in clip accuracy, folds won/tied/lost, the smallest difference those folds could detect
+(``summary.detectable_difference``), and where both sides kept their answers per clip (the ``<results>_clips.csv``
+beside a results CSV) the clip-level sign test (``summary.paired_clips``: clips one gets right and the other
+wrong, per seed). The verdict (kept or not) is the file's, a record of the decision; the
 numbers are recomputed every time, so the table cannot drift from the CSVs.
 
 Run: ``python -m study.what_helped`` (writes ``study/results/what_helped.md`` and prints it).
@@ -22,7 +24,7 @@ import yaml
 from genre_se.errors import ConfigError, GenreSEError
 from genre_se.fileio import write_text
 from study.compare import read_results
-from study.summary import paired_folds, paired_record
+from study.summary import _paired_clips_of, current_rows, paired_folds, paired_record
 
 HERE = Path(__file__).resolve().parent
 CONTRAST_KEYS = {"change", "variant", "reference", "verdict"}
@@ -50,6 +52,20 @@ def pooled_results(csvs: list[Path]) -> pd.DataFrame:
     return rows.drop_duplicates(["variant", "seed", "fold"], keep="last").reset_index(drop=True)
 
 
+def pooled_clips(csvs: list[Path], results: pd.DataFrame) -> pd.DataFrame:
+    """The per-clip answers of the ``<stem>_clips.csv`` beside each results CSV, made with the configuration of
+    the pooled results' rows; a (variant, seed, clip) in several counts once, from the last CSV listed."""
+    from study.compare import CLIP_COLUMNS
+
+    frames = [pd.read_csv(c, dtype={"config_key": str}) for c in (p.with_name(p.stem + "_clips.csv") for p in csvs)
+              if c.is_file()]
+    if not frames:
+        return pd.DataFrame(columns=CLIP_COLUMNS)
+    clips = pd.concat([f[CLIP_COLUMNS] for f in frames], ignore_index=True)
+    clips = clips.drop_duplicates(["variant", "seed", "clip_id"], keep="last")
+    return current_rows(clips, results)
+
+
 def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
     """Paired clip-accuracy difference ``variant - reference`` over the (seed, fold) runs both have
     (``summary.paired_record``), with the two means over those runs and the folds and seeds paired."""
@@ -63,16 +79,20 @@ def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
             "variant_mean": means[variant], "reference_mean": means[reference]}
 
 
-def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict]) -> str:
+def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict], clips: pd.DataFrame | None = None) -> str:
+    """The table; ``clips`` (:func:`pooled_clips`): also the clip-level column where both variants have them."""
     lines = ["| change | variant vs reference | clip acc. (paired folds) | Δ | W/T/L | folds (seeds) "
-             "| detectable Δ | verdict |", "|---|---|---|---|---|---|---|---|"]
+             "| detectable Δ | clips better/worse (p) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for row in contrasts:
         c = contrast(results, row["variant"], row["reference"])
         detectable = "" if np.isnan(c["detectable"]) else f"{c['detectable']:.3f}"
+        paired = _paired_clips_of(clips, row["variant"], row["reference"]) if clips is not None else {}
+        by_clip = f"{paired['clips_better']}/{paired['clips_worse']} (p {paired['clips_p']:.2g})" if paired else ""
         lines.append(
             f"| {row['change']} | `{row['variant']}` vs `{row['reference']}` "
             f"| {c['variant_mean']:.3f} vs {c['reference_mean']:.3f} | {c['delta']:+.3f} "
-            f"| {c['won']}/{c['tied']}/{c['lost']} | {c['folds']} ({c['seeds']}) | {detectable} | {row['verdict']} |")
+            f"| {c['won']}/{c['tied']}/{c['lost']} | {c['folds']} ({c['seeds']}) | {detectable} | {by_clip} "
+            f"| {row['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -83,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         csvs, contrasts = load_contrasts(args.contrasts)
-        table = what_helped_markdown(pooled_results(csvs), contrasts)
+        results = pooled_results(csvs)
+        table = what_helped_markdown(results, contrasts, pooled_clips(csvs, results))
     except GenreSEError as error:
         print(f"what_helped: error: {error}", file=sys.stderr)
         return 1

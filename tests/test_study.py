@@ -638,6 +638,18 @@ def test_what_helped_pairs_each_change_with_its_reference_on_the_same_folds(tmp_
     out = tmp_path / "what.md"
     assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 0
     assert "| more | `new` vs `base` | 0.725 vs 0.625 | +0.100 | 2/2/0 | 4 (1) |" in out.read_text()
+    # with each side's answers per clip beside its results CSV: the clip-level sign test, on the answers of the
+    # rows' configuration only (a stale key's answers and a clip only one side answered do not count)
+    def answers(variant, right, key="k"):
+        return pd.DataFrame({"variant": variant, "seed": 1, "fold": 0, "clip_id": [f"c{i}" for i in range(len(right))],
+                             "actual": "a", "predicted": ["a" if r else "b" for r in right], "config_key": key})
+    pd.concat([answers("new", [1, 1, 1, 1, 0, 1]), answers("base", [1, 1, 1, 1, 1], key="old")]).to_csv(
+        tmp_path / "results" / "a_clips.csv", index=False)
+    answers("base", [1, 0, 0, 0, 1]).to_csv(tmp_path / "results" / "b_clips.csv", index=False)
+    clips = what_helped.pooled_clips(csvs, pooled)
+    assert set(clips["config_key"]) == {"k"} and len(clips) == 11
+    assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 0
+    assert f"| 4 (1) | {c['detectable']:.3f} | 3/1 (p 0.62) | kept |" in out.read_text()  # 3 better, c4 worse
     spec.write_text("results: [results/a.csv]\ncontrasts:\n  - {change: x, variant: nope, reference: base, verdict: y}\n")
     assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 1
     spec.write_text("results: [results/a.csv]\ncontrasts:\n  - {change: x, variant: new}\n")
@@ -767,6 +779,11 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
         assert 1 / 3 <= row.external_confidence <= 1
     rows = fold_embeddings.results_rows(scores, out)
     assert set(rows["variant"]) == {"se_embsvm"} and len(rows) == 3
+    # each test clip's answer once per fold model, keyed like the results rows (the clip-level sign test)
+    answers = fold_embeddings.clip_rows(scores, out)
+    assert len(answers) == 18 and answers["clip_id"].is_unique and set(answers["config_key"]) == set(rows["config_key"])
+    right = answers.assign(ok=answers["actual"] == answers["predicted"]).groupby("fold")["ok"].mean()
+    assert right.to_numpy() == pytest.approx(rows.set_index("fold")["clip_accuracy"].loc[right.index].to_numpy())
     # a model that is not the one the study scored is refused
     results = compare.read_results(out)
     results.loc[results.fold == 1, "clip_accuracy"] = 2.0
@@ -787,6 +804,7 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
     assert "| `se` | 3 (1) |" in report.read_text() and "| `se` | 3 | 18 |" in report.read_text()
     assert len(pd.read_csv(tmp_path / "fam.csv")) == 3
     assert len(compare.read_results(tmp_path / "head.csv")) == 3
+    assert len(pd.read_csv(tmp_path / "head_clips.csv")) == 18
 
 
 def test_the_classic_svm_heads_are_fitted_on_the_training_clips_and_fused_with_each_head():
