@@ -4,8 +4,12 @@ Each row of ``study/what_helped.yaml`` names a change, the study variant that ha
 does not; the numbers come from the studies' result CSVs, paired by (seed, fold) on the same clip folds:
 mean difference in clip accuracy, folds won/tied/lost, the smallest difference those folds could detect
 (``summary.detectable_difference``), and where both sides kept their answers per clip (the ``<results>_clips.csv``
-beside a results CSV) the clip-level sign test (``summary.paired_clips``: clips one gets right and the other
-wrong, per seed). The verdict (kept or not) is the file's, a record of the decision; the
+beside a results CSV) the clip-level sign test with each clip one unit: the clips one side gets right more
+often over the seeds than the other, and the exact sign test of those counts (repeated seeds re-draw the folds of
+the same 71 clips, so counting a clip once per seed, as ``summary.paired_clips`` does, overstates the evidence). Two p-values of the fold differences: the plain paired t-test, which treats the folds as
+independent, and the corrected resampled t-test of Nadeau & Bengio (2003), which does not: folds of repeated
+k-fold CV share most of their training clips, so the plain test overstates the evidence. A change is "clearly"
+better only where the corrected test says so. The verdict (kept or not) is the file's, a record of the decision; the
 numbers are recomputed every time, so the table cannot drift from the CSVs.
 
 Run: ``python -m study.what_helped`` (writes ``study/results/what_helped.md`` and prints it).
@@ -24,7 +28,7 @@ import yaml
 from genre_se.errors import ConfigError, GenreSEError
 from genre_se.fileio import write_text
 from study.compare import read_results
-from study.summary import _paired_clips_of, current_rows, paired_folds, paired_record
+from study.summary import current_rows, paired_folds, paired_record
 
 HERE = Path(__file__).resolve().parent
 CONTRAST_KEYS = {"change", "variant", "reference", "verdict"}
@@ -66,6 +70,49 @@ def pooled_clips(csvs: list[Path], results: pd.DataFrame) -> pd.DataFrame:
     return current_rows(clips, results)
 
 
+def clips_as_units(clips: pd.DataFrame, variant: str, reference: str) -> dict:
+    """Each clip both sides answered (in the same seeds) as one unit: ``better``, the clips ``variant`` gets right
+    in more of those seeds than ``reference``; ``worse``, the reverse; ``p``, the exact two-sided sign test."""
+    from scipy.stats import binomtest
+
+    right = {}
+    for name in (variant, reference):
+        rows = clips[clips["variant"] == name]
+        right[name] = (rows["actual"] == rows["predicted"]).set_axis(
+            pd.MultiIndex.from_arrays([rows["seed"].astype(int), rows["clip_id"]]))
+    both = pd.concat(right, axis=1, join="inner")
+    if both.empty:
+        return {}
+    share = both.astype(float).groupby(level=1).mean()
+    better, worse = int((share[variant] > share[reference]).sum()), int((share[variant] < share[reference]).sum())
+    p = binomtest(better, better + worse, 0.5).pvalue if better + worse else 1.0
+    return {"clips": len(share), "better": better, "worse": worse, "p": float(p)}
+
+
+def fold_t_tests(diffs: pd.Series, test_fraction: float) -> tuple[float, float]:
+    """Two-sided p of the paired fold differences: the plain t-test and Nadeau & Bengio's corrected resampled
+    t-test, whose variance ``(1/n + n_test/n_train) s^2`` allows for the overlap of the folds' training sets
+    (``test_fraction``: n_test / n_train of one fold)."""
+    from scipy.stats import t
+
+    n = len(diffs)
+    if n < 2 or not diffs.std(ddof=1) > 0:
+        return np.nan, np.nan
+    mean, var = diffs.mean(), diffs.var(ddof=1)
+    plain = abs(mean) / np.sqrt(var / n)
+    corrected = abs(mean) / np.sqrt((1 / n + test_fraction) * var)
+    return float(2 * t.sf(plain, n - 1)), float(2 * t.sf(corrected, n - 1))
+
+
+def test_fraction(results: pd.DataFrame, variant: str) -> float:
+    """n_test / n_train of a fold of ``variant``: its test clips against the rest of its seed's clips (the seed
+    with the most clips counted over its folds: the whole set where a seed is complete)."""
+    rows = results[results["variant"] == variant]
+    clips = rows.groupby("seed")["n_test_clips"].sum().max()
+    n_test = rows["n_test_clips"].mean()
+    return float(n_test / (clips - n_test)) if clips > n_test else np.nan
+
+
 def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
     """Paired clip-accuracy difference ``variant - reference`` over the (seed, fold) runs both have
     (``summary.paired_record``), with the two means over those runs and the folds and seeds paired."""
@@ -75,23 +122,27 @@ def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
     diffs = paired_folds(results, variant, reference)
     means = {name: results[results["variant"] == name].set_index(["seed", "fold"])["clip_accuracy"].loc[diffs.index]
              .mean() for name in (variant, reference)}
+    p_plain, p_corrected = fold_t_tests(diffs, test_fraction(results, reference))
     return {**paired_record(diffs), "folds": len(diffs), "seeds": diffs.index.get_level_values("seed").nunique(),
-            "variant_mean": means[variant], "reference_mean": means[reference]}
+            "variant_mean": means[variant], "reference_mean": means[reference], "p_t": p_plain,
+            "p_corrected": p_corrected}
 
 
 def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict], clips: pd.DataFrame | None = None) -> str:
     """The table; ``clips`` (:func:`pooled_clips`): also the clip-level column where both variants have them."""
     lines = ["| change | variant vs reference | clip acc. (paired folds) | Δ | W/T/L | folds (seeds) "
-             "| detectable Δ | clips better/worse (p) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+             "| detectable Δ | p: t / corrected t | clips better/worse (p) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in contrasts:
         c = contrast(results, row["variant"], row["reference"])
         detectable = "" if np.isnan(c["detectable"]) else f"{c['detectable']:.3f}"
-        paired = _paired_clips_of(clips, row["variant"], row["reference"]) if clips is not None else {}
-        by_clip = f"{paired['clips_better']}/{paired['clips_worse']} (p {paired['clips_p']:.2g})" if paired else ""
+        paired = clips_as_units(clips, row["variant"], row["reference"]) if clips is not None else {}
+        by_clip = f"{paired['better']}/{paired['worse']} of {paired['clips']} (p {paired['p']:.2g})" if paired else ""
+        p = "" if np.isnan(c["p_t"]) else f"{c['p_t']:.2g} / {c['p_corrected']:.2g}"
         lines.append(
             f"| {row['change']} | `{row['variant']}` vs `{row['reference']}` "
             f"| {c['variant_mean']:.3f} vs {c['reference_mean']:.3f} | {c['delta']:+.3f} "
-            f"| {c['won']}/{c['tied']}/{c['lost']} | {c['folds']} ({c['seeds']}) | {detectable} | {by_clip} "
+            f"| {c['won']}/{c['tied']}/{c['lost']} | {c['folds']} ({c['seeds']}) | {detectable} | {p} | {by_clip} "
             f"| {row['verdict']} |")
     return "\n".join(lines) + "\n"
 

@@ -649,12 +649,37 @@ def test_what_helped_pairs_each_change_with_its_reference_on_the_same_folds(tmp_
     clips = what_helped.pooled_clips(csvs, pooled)
     assert set(clips["config_key"]) == {"k"} and len(clips) == 11
     assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 0
-    assert f"| 4 (1) | {c['detectable']:.3f} | 3/1 (p 0.62) | kept |" in out.read_text()  # 3 better, c4 worse
+    p_t, p_corrected = what_helped.fold_t_tests(pd.Series(diffs), what_helped.test_fraction(pooled, "base"))
+    assert (p_t, p_corrected) == (pytest.approx(c["p_t"]), pytest.approx(c["p_corrected"]))
+    assert f"| 4 (1) | {c['detectable']:.3f} | {p_t:.2g} / {p_corrected:.2g} | 3/1 of 5 (p 0.62) | kept |" \
+        in out.read_text()  # c1-c3 better, c4 worse
     spec.write_text("results: [results/a.csv]\ncontrasts:\n  - {change: x, variant: nope, reference: base, verdict: y}\n")
     assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 1
     spec.write_text("results: [results/a.csv]\ncontrasts:\n  - {change: x, variant: new}\n")
     with pytest.raises(ConfigError, match="exactly the keys"):
         what_helped.load_contrasts(spec)
+
+
+def test_what_helped_counts_each_clip_once_and_corrects_the_t_test_for_overlapping_folds():
+    from scipy.stats import ttest_1samp
+
+    from study import what_helped
+
+    # two seeds: c0 right twice by "new", once by "base" (better); c1 right once each (a tie, not counted twice)
+    clips = pd.DataFrame({"variant": ["new"] * 4 + ["base"] * 4, "seed": [1, 1, 2, 2] * 2,
+                          "clip_id": ["c0", "c1"] * 4, "actual": "a",
+                          "predicted": ["a", "a", "a", "b", "a", "b", "b", "a"]})
+    assert what_helped.clips_as_units(clips, "new", "base") == {"clips": 2, "better": 1, "worse": 0, "p": 1.0}
+    assert what_helped.clips_as_units(clips, "new", "missing") == {}
+    # the plain t-test is scipy's; the corrected one (Nadeau & Bengio) is never more confident, and equal at 0 overlap
+    diffs = pd.Series([0.1, 0.0, 0.2, 0.05, 0.1])
+    plain, corrected = what_helped.fold_t_tests(diffs, 0.25)
+    assert plain == pytest.approx(ttest_1samp(diffs, 0).pvalue) and corrected > plain
+    assert what_helped.fold_t_tests(diffs, 0.0)[1] == pytest.approx(plain)
+    assert np.isnan(what_helped.fold_t_tests(pd.Series([0.1, 0.1]), 0.25)).all()  # no spread: no test
+    # n_test / n_train from the rows: 5 folds of 14-15 clips of 71
+    rows = pd.DataFrame({"variant": "v", "seed": 1, "fold": range(5), "n_test_clips": [15, 14, 14, 14, 14]})
+    assert what_helped.test_fraction(rows, "v") == pytest.approx(14.2 / (71 - 14.2))
 
 
 def test_the_repository_what_helped_names_measured_variants():
