@@ -244,9 +244,9 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
     ``index`` (the study's ``index.csv``: clip id -> audio path) and ``scratch`` (a folder for a bundle copy): also
     the robustness report of both heads on each fold's test clips (:func:`head_robustness`, about a minute per
     fold); without them the third frame is empty. ``with_mfcc`` (needs ``index``): also the classic SVM's heads
-    (:func:`head_scores`), the statistics computed once per file. ``cache``: a folder keeping each fold's robustness table with
-    the SHA-1 of the model it was measured on, so a rerun (more seeds, an interrupted run) measures only new or
-    changed fold models."""
+    (:func:`head_scores`), the statistics computed once per file. ``cache``: a folder keeping each fold's
+    robustness table with the SHA-1 of the model it was measured on, so a rerun (more seeds, an interrupted run)
+    measures only new or changed fold models."""
     from genre_se.bundle import load_bundle
     from genre_se.feature_store import FeatureStore
 

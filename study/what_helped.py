@@ -3,14 +3,14 @@
 Each row of ``study/what_helped.yaml`` names a change, the study variant that has it and the reference that
 does not; the numbers come from the studies' result CSVs, paired by (seed, fold) on the same clip folds:
 mean difference in clip accuracy, folds won/tied/lost, the smallest difference those folds could detect
-(``summary.detectable_difference``), and where both sides kept their answers per clip (the ``<results>_clips.csv``
-beside a results CSV) the clip-level sign test with each clip one unit: the clips one side gets right more
-often over the seeds than the other, and the exact sign test of those counts (repeated seeds re-draw the folds of
-the same 71 clips, so counting a clip once per seed, as ``summary.paired_clips`` does, overstates the evidence). Two p-values of the fold differences: the plain paired t-test, which treats the folds as
-independent, and the corrected resampled t-test of Nadeau & Bengio (2003), which does not: folds of repeated
-k-fold CV share most of their training clips, so the plain test overstates the evidence. A change is "clearly"
-better only where the corrected test says so. The verdict (kept or not) is the file's, a record of the decision; the
-numbers are recomputed every time, so the table cannot drift from the CSVs.
+(``summary.detectable_difference``), and two p-values of the fold differences: the plain paired t-test, which
+treats the folds as independent, and the corrected resampled t-test of Nadeau & Bengio (2003), which does not:
+the folds of repeated k-fold CV share most of their training clips, so the plain test overstates the evidence, and
+a change is "clearly" better only where the corrected test says so. Where both sides kept their answers per clip
+(the ``<results>_clips.csv`` beside a results CSV), also a sign test with each clip one unit: the clips one side
+gets right in more seeds than the other (counting a clip once per seed, as ``summary.paired_clips`` does,
+overstates the evidence too: each seed re-deals the same 71 clips). The verdict (kept or not) is the file's, a
+record of the decision; the numbers are recomputed every time, so the table cannot drift from the CSVs.
 
 Run: ``python -m study.what_helped`` (writes ``study/results/what_helped.md`` and prints it).
 """
@@ -89,10 +89,10 @@ def clips_as_units(clips: pd.DataFrame, variant: str, reference: str) -> dict:
     return {"clips": len(share), "better": better, "worse": worse, "p": float(p)}
 
 
-def fold_t_tests(diffs: pd.Series, test_fraction: float) -> tuple[float, float]:
+def fold_t_tests(diffs: pd.Series, holdout_ratio: float) -> tuple[float, float]:
     """Two-sided p of the paired fold differences: the plain t-test and Nadeau & Bengio's corrected resampled
     t-test, whose variance ``(1/n + n_test/n_train) s^2`` allows for the overlap of the folds' training sets
-    (``test_fraction``: n_test / n_train of one fold)."""
+    (``holdout_ratio``: n_test / n_train of one fold)."""
     from scipy.stats import t
 
     n = len(diffs)
@@ -100,11 +100,11 @@ def fold_t_tests(diffs: pd.Series, test_fraction: float) -> tuple[float, float]:
         return np.nan, np.nan
     mean, var = diffs.mean(), diffs.var(ddof=1)
     plain = abs(mean) / np.sqrt(var / n)
-    corrected = abs(mean) / np.sqrt((1 / n + test_fraction) * var)
+    corrected = abs(mean) / np.sqrt((1 / n + holdout_ratio) * var)
     return float(2 * t.sf(plain, n - 1)), float(2 * t.sf(corrected, n - 1))
 
 
-def test_fraction(results: pd.DataFrame, variant: str) -> float:
+def holdout_ratio(results: pd.DataFrame, variant: str) -> float:
     """n_test / n_train of a fold of ``variant``: its test clips against the rest of its seed's clips (the seed
     with the most clips counted over its folds: the whole set where a seed is complete)."""
     rows = results[results["variant"] == variant]
@@ -122,7 +122,7 @@ def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
     diffs = paired_folds(results, variant, reference)
     means = {name: results[results["variant"] == name].set_index(["seed", "fold"])["clip_accuracy"].loc[diffs.index]
              .mean() for name in (variant, reference)}
-    p_plain, p_corrected = fold_t_tests(diffs, test_fraction(results, reference))
+    p_plain, p_corrected = fold_t_tests(diffs, holdout_ratio(results, reference))
     return {**paired_record(diffs), "folds": len(diffs), "seeds": diffs.index.get_level_values("seed").nunique(),
             "variant_mean": means[variant], "reference_mean": means[reference], "p_t": p_plain,
             "p_corrected": p_corrected}
@@ -138,11 +138,11 @@ def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict], clips: pd
         detectable = "" if np.isnan(c["detectable"]) else f"{c['detectable']:.3f}"
         paired = clips_as_units(clips, row["variant"], row["reference"]) if clips is not None else {}
         by_clip = f"{paired['better']}/{paired['worse']} of {paired['clips']} (p {paired['p']:.2g})" if paired else ""
-        p = "" if np.isnan(c["p_t"]) else f"{c['p_t']:.2g} / {c['p_corrected']:.2g}"
+        p_cell = "" if np.isnan(c["p_t"]) else f"{c['p_t']:.2g} / {c['p_corrected']:.2g}"
         lines.append(
             f"| {row['change']} | `{row['variant']}` vs `{row['reference']}` "
             f"| {c['variant_mean']:.3f} vs {c['reference_mean']:.3f} | {c['delta']:+.3f} "
-            f"| {c['won']}/{c['tied']}/{c['lost']} | {c['folds']} ({c['seeds']}) | {detectable} | {p} | {by_clip} "
+            f"| {c['won']}/{c['tied']}/{c['lost']} | {c['folds']} ({c['seeds']}) | {detectable} | {p_cell} | {by_clip} "
             f"| {row['verdict']} |")
     return "\n".join(lines) + "\n"
 

@@ -649,7 +649,7 @@ def test_what_helped_pairs_each_change_with_its_reference_on_the_same_folds(tmp_
     clips = what_helped.pooled_clips(csvs, pooled)
     assert set(clips["config_key"]) == {"k"} and len(clips) == 11
     assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 0
-    p_t, p_corrected = what_helped.fold_t_tests(pd.Series(diffs), what_helped.test_fraction(pooled, "base"))
+    p_t, p_corrected = what_helped.fold_t_tests(pd.Series(diffs), what_helped.holdout_ratio(pooled, "base"))
     assert (p_t, p_corrected) == (pytest.approx(c["p_t"]), pytest.approx(c["p_corrected"]))
     assert f"| 4 (1) | {c['detectable']:.3f} | {p_t:.2g} / {p_corrected:.2g} | 3/1 of 5 (p 0.62) | kept |" \
         in out.read_text()  # c1-c3 better, c4 worse
@@ -679,7 +679,7 @@ def test_what_helped_counts_each_clip_once_and_corrects_the_t_test_for_overlappi
     assert np.isnan(what_helped.fold_t_tests(pd.Series([0.1, 0.1]), 0.25)).all()  # no spread: no test
     # n_test / n_train from the rows: 5 folds of 14-15 clips of 71
     rows = pd.DataFrame({"variant": "v", "seed": 1, "fold": range(5), "n_test_clips": [15, 14, 14, 14, 14]})
-    assert what_helped.test_fraction(rows, "v") == pytest.approx(14.2 / (71 - 14.2))
+    assert what_helped.holdout_ratio(rows, "v") == pytest.approx(14.2 / (71 - 14.2))
 
 
 def test_the_repository_what_helped_names_measured_variants():
