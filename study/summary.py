@@ -33,16 +33,22 @@ def paired_clips(clips: pd.DataFrame, results: pd.DataFrame, variant: str, refer
     return _paired_clips_of(current_rows(clips, results), variant, reference)
 
 
-def _paired_clips_of(current: pd.DataFrame, variant: str, reference: str) -> dict:
-    """:func:`paired_clips` on predictions already reduced to the current rows."""
-    from scipy.stats import binomtest
-
+def answered_right(current: pd.DataFrame, variant: str, reference: str) -> pd.DataFrame:
+    """Whether each side got each (seed, clip) right, over the pairs both answered: columns ``variant`` and
+    ``reference``, index (seed, clip_id)."""
     right = {}
     for name in (variant, reference):
         rows = current[current["variant"] == name]
         right[name] = (rows["actual"] == rows["predicted"]).set_axis(
             pd.MultiIndex.from_arrays([rows["seed"].astype(int), rows["clip_id"]]))
-    both = pd.concat(right, axis=1, join="inner")
+    return pd.concat(right, axis=1, join="inner")
+
+
+def _paired_clips_of(current: pd.DataFrame, variant: str, reference: str) -> dict:
+    """:func:`paired_clips` on predictions already reduced to the current rows."""
+    from scipy.stats import binomtest
+
+    both = answered_right(current, variant, reference)
     if both.empty:
         return {}
     better = int((both[variant] & ~both[reference]).sum())

@@ -28,7 +28,7 @@ import yaml
 from genre_se.errors import ConfigError, GenreSEError
 from genre_se.fileio import write_text
 from study.compare import read_results
-from study.summary import current_rows, paired_folds, paired_record
+from study.summary import answered_right, current_rows, paired_folds, paired_record
 
 HERE = Path(__file__).resolve().parent
 CONTRAST_KEYS = {"change", "variant", "reference", "verdict"}
@@ -75,12 +75,7 @@ def clips_as_units(clips: pd.DataFrame, variant: str, reference: str) -> dict:
     in more of those seeds than ``reference``; ``worse``, the reverse; ``p``, the exact two-sided sign test."""
     from scipy.stats import binomtest
 
-    right = {}
-    for name in (variant, reference):
-        rows = clips[clips["variant"] == name]
-        right[name] = (rows["actual"] == rows["predicted"]).set_axis(
-            pd.MultiIndex.from_arrays([rows["seed"].astype(int), rows["clip_id"]]))
-    both = pd.concat(right, axis=1, join="inner")
+    both = answered_right(clips, variant, reference)
     if both.empty:
         return {}
     share = both.astype(float).groupby(level=1).mean()
