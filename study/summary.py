@@ -23,38 +23,33 @@ from study.compare import (
 
 
 def paired_clips(clips: pd.DataFrame, results: pd.DataFrame, variant: str, reference: str) -> dict:
-    """Clip-level paired comparison of two variants over the (seed, clip) pairs both have predictions for.
+    """Clip-level paired comparison of two variants over the clips both answered (in the same seeds).
 
-    ``better``: clips the variant gets right and the reference wrong; ``worse``: the reverse; ``p``: the exact
-    two-sided sign (McNemar) test of better vs worse. Every clip is tested once per seed, so this pairs up to
-    71 clips x seeds instead of 5 fold means x seeds: the stronger test of "clearly better". Only predictions
-    made with the configuration of the CSV's row count (``config_key``).
+    Each clip is one unit: ``better``, the clips the variant gets right in more of those seeds than the
+    reference; ``worse``, the reverse; ``p``, the exact two-sided sign test of better vs worse (with one seed,
+    McNemar's exact test). A clip is not counted once per seed: each seed re-deals the same clips, and counting
+    it again would overstate the evidence. Only predictions made with the configuration of the CSV's row count
+    (``config_key``).
     """
-    return _paired_clips_of(current_rows(clips, results), variant, reference)
+    return clip_sign_test(current_rows(clips, results), variant, reference)
 
 
-def answered_right(current: pd.DataFrame, variant: str, reference: str) -> pd.DataFrame:
-    """Whether each side got each (seed, clip) right, over the pairs both answered: columns ``variant`` and
-    ``reference``, index (seed, clip_id)."""
+def clip_sign_test(current: pd.DataFrame, variant: str, reference: str) -> dict:
+    """:func:`paired_clips` on predictions already reduced to the current rows."""
+    from scipy.stats import binomtest
+
     right = {}
     for name in (variant, reference):
         rows = current[current["variant"] == name]
         right[name] = (rows["actual"] == rows["predicted"]).set_axis(
             pd.MultiIndex.from_arrays([rows["seed"].astype(int), rows["clip_id"]]))
-    return pd.concat(right, axis=1, join="inner")
-
-
-def _paired_clips_of(current: pd.DataFrame, variant: str, reference: str) -> dict:
-    """:func:`paired_clips` on predictions already reduced to the current rows."""
-    from scipy.stats import binomtest
-
-    both = answered_right(current, variant, reference)
+    both = pd.concat(right, axis=1, join="inner")
     if both.empty:
         return {}
-    better = int((both[variant] & ~both[reference]).sum())
-    worse = int((~both[variant] & both[reference]).sum())
+    share = both.astype(float).groupby(level=1).mean()  # per clip: the share of its seeds answered right
+    better, worse = int((share[variant] > share[reference]).sum()), int((share[variant] < share[reference]).sum())
     p = binomtest(better, better + worse, 0.5).pvalue if better + worse else 1.0
-    return {"clips_paired": len(both), "clips_better": better, "clips_worse": worse, "clips_p": float(p)}
+    return {"clips_paired": len(share), "clips_better": better, "clips_worse": worse, "clips_p": float(p)}
 
 
 def detectable_difference(paired_sd: float, n_pairs: int, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -222,7 +217,7 @@ def summarize(results: pd.DataFrame, order: list[str] | None = None, reference: 
             row["wins_ties_losses"] = f"{record['won']}/{record['tied']}/{record['lost']}" if len(paired) else ""
             row["detectable_delta"] = record["detectable"]
             if current is not None:
-                row.update(_paired_clips_of(current, name, reference))
+                row.update(clip_sign_test(current, name, reference))
         if current is not None:
             row.update(_calibration_of(current, name))
         rows.append(row)
@@ -247,7 +242,7 @@ def summary_markdown(summary: pd.DataFrame, reference: str | None = None) -> str
         header += ["clip accuracy per seed"]
     has_clips = has_ref and "clips_paired" in summary.columns and summary["clips_paired"].notna().any()
     if has_clips:
-        header += [f"clips better/worse vs {reference} (sign test p; clips x seeds paired)"]
+        header += [f"clips better/worse vs {reference} (sign test p; clips paired, each once)"]
     has_ece = "clip_ece" in summary.columns and summary["clip_ece"].notna().any()
     if has_ece:
         header += ["clip ECE (pooled; clips)"]

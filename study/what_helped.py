@@ -7,9 +7,8 @@ mean difference in clip accuracy, folds won/tied/lost, the smallest difference t
 treats the folds as independent, and the corrected resampled t-test of Nadeau & Bengio (2003), which does not:
 the folds of repeated k-fold CV share most of their training clips, so the plain test overstates the evidence, and
 a change is "clearly" better only where the corrected test says so. Where both sides kept their answers per clip
-(the ``<results>_clips.csv`` beside a results CSV), also a sign test with each clip one unit: the clips one side
-gets right in more seeds than the other (counting a clip once per seed, as ``summary.paired_clips`` does,
-overstates the evidence too: each seed re-deals the same 71 clips). The verdict (kept or not) is the file's, a
+(the ``<results>_clips.csv`` beside a results CSV), also ``summary.paired_clips``' sign test with each clip one
+unit (the clips one side gets right in more seeds than the other). The verdict (kept or not) is the file's, a
 record of the decision; the numbers are recomputed every time, so the table cannot drift from the CSVs.
 
 Run: ``python -m study.what_helped`` (writes ``study/results/what_helped.md`` and prints it).
@@ -28,7 +27,7 @@ import yaml
 from genre_se.errors import ConfigError, GenreSEError
 from genre_se.fileio import write_text
 from study.compare import read_results
-from study.summary import answered_right, current_rows, paired_folds, paired_record
+from study.summary import clip_sign_test, current_rows, paired_folds, paired_record
 
 HERE = Path(__file__).resolve().parent
 CONTRAST_KEYS = {"change", "variant", "reference", "verdict"}
@@ -68,20 +67,6 @@ def pooled_clips(csvs: list[Path], results: pd.DataFrame) -> pd.DataFrame:
     clips = pd.concat([f[CLIP_COLUMNS] for f in frames], ignore_index=True)
     clips = clips.drop_duplicates(["variant", "seed", "clip_id"], keep="last")
     return current_rows(clips, results)
-
-
-def clips_as_units(clips: pd.DataFrame, variant: str, reference: str) -> dict:
-    """Each clip both sides answered (in the same seeds) as one unit: ``better``, the clips ``variant`` gets right
-    in more of those seeds than ``reference``; ``worse``, the reverse; ``p``, the exact two-sided sign test."""
-    from scipy.stats import binomtest
-
-    both = answered_right(clips, variant, reference)
-    if both.empty:
-        return {}
-    share = both.astype(float).groupby(level=1).mean()
-    better, worse = int((share[variant] > share[reference]).sum()), int((share[variant] < share[reference]).sum())
-    p = binomtest(better, better + worse, 0.5).pvalue if better + worse else 1.0
-    return {"clips": len(share), "better": better, "worse": worse, "p": float(p)}
 
 
 def fold_t_tests(diffs: pd.Series, holdout_ratio: float) -> tuple[float, float]:
@@ -131,8 +116,9 @@ def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict], clips: pd
     for row in contrasts:
         c = contrast(results, row["variant"], row["reference"])
         detectable = "" if np.isnan(c["detectable"]) else f"{c['detectable']:.3f}"
-        paired = clips_as_units(clips, row["variant"], row["reference"]) if clips is not None else {}
-        by_clip = f"{paired['better']}/{paired['worse']} of {paired['clips']} (p {paired['p']:.2g})" if paired else ""
+        paired = clip_sign_test(clips, row["variant"], row["reference"]) if clips is not None else {}
+        by_clip = (f"{paired['clips_better']}/{paired['clips_worse']} of {paired['clips_paired']} "
+                   f"(p {paired['clips_p']:.2g})") if paired else ""
         p_cell = "" if np.isnan(c["p_t"]) else f"{c['p_t']:.2g} / {c['p_corrected']:.2g}"
         lines.append(
             f"| {row['change']} | `{row['variant']}` vs `{row['reference']}` "

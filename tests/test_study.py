@@ -669,8 +669,9 @@ def test_what_helped_counts_each_clip_once_and_corrects_the_t_test_for_overlappi
     clips = pd.DataFrame({"variant": ["new"] * 4 + ["base"] * 4, "seed": [1, 1, 2, 2] * 2,
                           "clip_id": ["c0", "c1"] * 4, "actual": "a",
                           "predicted": ["a", "a", "a", "b", "a", "b", "b", "a"]})
-    assert what_helped.clips_as_units(clips, "new", "base") == {"clips": 2, "better": 1, "worse": 0, "p": 1.0}
-    assert what_helped.clips_as_units(clips, "new", "missing") == {}
+    assert tables.clip_sign_test(clips, "new", "base") == {"clips_paired": 2, "clips_better": 1, "clips_worse": 0,
+                                                          "clips_p": 1.0}
+    assert tables.clip_sign_test(clips, "new", "missing") == {}
     # the plain t-test is scipy's; the corrected one (Nadeau & Bengio) is never more confident, and equal at 0 overlap
     diffs = pd.Series([0.1, 0.0, 0.2, 0.05, 0.1])
     plain, corrected = what_helped.fold_t_tests(diffs, 0.25)
