@@ -72,6 +72,18 @@ def fold_embeddings(bundle, store, external) -> dict:
     return out
 
 
+#: the heads the classic SVM adds (``--with-mfcc``): alone, and fused with each of the two heads
+CLASSIC_HEADS = ("mfcc", "softmax+mfcc", "embsvm+mfcc")
+
+
+def _with_classic(distributions: dict, classic: np.ndarray) -> dict:
+    """``distributions`` (the softmax's and the SVM head's) plus the classic SVM's alone and fused with each."""
+    from genre_se.fusion import fuse
+
+    fused = {f"{head}+mfcc": fuse(distributions[head], classic) for head in ("softmax", "embsvm")}
+    return {**distributions, "mfcc": classic, **fused}
+
+
 def window_stats(paths) -> list[np.ndarray]:
     """``model.fusion: svm``'s input for each file: its windows' statistics, ``(windows, dim)``."""
     from genre_se.fusion import window_statistics
@@ -90,7 +102,7 @@ def head_scores(seen: dict, store, test_clips, external, seed: int, classic: dic
     and fused with each head (``softmax+mfcc``, ``embsvm+mfcc``: ``genre_se.fusion.fuse``)."""
     from sklearn.metrics import f1_score
 
-    from genre_se.fusion import fit_svm, fuse
+    from genre_se.fusion import fit_svm
 
     ids_of_rows = store.table["clip_id"].to_numpy()
     ids, embeddings = clip_means(seen["embeddings"], ids_of_rows)
@@ -108,9 +120,7 @@ def head_scores(seen: dict, store, test_clips, external, seed: int, classic: dic
         owner = np.concatenate([np.full(len(w), i) for i, w in enumerate(windows)])
         train = ~test[owner]
         mfcc = fit_svm(np.concatenate(windows)[train], labels[owner][train], list(store.labels), seed=seed)
-        distributions["mfcc"] = np.stack([mfcc.distribution(w) for w in windows])
-        for head in ("softmax", "embsvm"):
-            distributions[f"{head}+mfcc"] = fuse(distributions[head], distributions["mfcc"])
+        distributions = _with_classic(distributions, np.stack([mfcc.distribution(w) for w in windows]))
     out = {}
     for head, dist in distributions.items():
         answer = dist.argmax(axis=1)
@@ -128,9 +138,7 @@ def head_scores(seen: dict, store, test_clips, external, seed: int, classic: dic
         ext = {"softmax": np.stack([p.mean(axis=0) for p in seen["external_probs"]]),
                "embsvm": svm.probabilities(np.stack([e.mean(axis=0) for e in seen["external_embeddings"]]))}
         if classic is not None:
-            ext["mfcc"] = np.stack([mfcc.distribution(w) for w in classic["external"]])
-            for head in ("softmax", "embsvm"):
-                ext[f"{head}+mfcc"] = fuse(ext[head], ext["mfcc"])
+            ext = _with_classic(ext, np.stack([mfcc.distribution(w) for w in classic["external"]]))
         for head, dist in ext.items():
             out[head]["external_top1"] = float((dist.argmax(axis=1) == external.labels).mean())
             out[head]["external_confidence"] = float(dist.max(axis=1).mean())
@@ -329,11 +337,11 @@ def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
                                                              "robustness_tv"])
 
 
-def clip_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
+def clip_rows(scores: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     """Each test clip's answer by each head but the softmax, as rows of a study's clips CSV (the
     ``<results>_clips.csv`` beside a results CSV: what ``summary.paired_clips`` pairs clip by clip), variants and
-    configuration keys as in :func:`results_rows`."""
-    keys = results_rows(scores, results_csv).set_index(["variant", "seed", "fold"])["config_key"]
+    configuration keys those of ``results`` (:func:`results_rows` of the same scores)."""
+    keys = results.set_index(["variant", "seed", "fold"])["config_key"]
     rows = []
     for score in scores[scores["head"].isin(list(HEAD_VARIANTS))].itertuples(index=False):
         variant = f"{score.variant}{HEAD_VARIANTS[score.head]}"
@@ -394,7 +402,7 @@ def classic_markdown(scores: pd.DataFrame) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for variant, own in scores.groupby("variant", sort=False):
         heads = {head: rows.set_index(["seed", "fold"]) for head, rows in own.groupby("head")}
-        for name in ("mfcc", "softmax+mfcc", "embsvm+mfcc"):
+        for name in CLASSIC_HEADS:
             if name not in heads:
                 continue
             head = heads[name]
@@ -438,7 +446,7 @@ def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.Dat
                      f"| {conf} |")
     if robust is not None and len(robust):
         lines += robustness_markdown(scores, robust)
-    if scores["head"].isin(["mfcc", "softmax+mfcc", "embsvm+mfcc"]).any():
+    if scores["head"].isin(CLASSIC_HEADS).any():
         lines += classic_markdown(scores)
     lines += ["\n## Familiarity false alarms\n",
               "The `unfamiliar` flag of each fold model (training segments' embedding statistics, threshold the 0.95 "
@@ -505,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report_markdown(scores, familiar, robust)
     write_csv(args.scores, rows)
     scores_csv = Path(args.scores)
-    write_csv(scores_csv.with_name(scores_csv.stem + "_clips.csv"), clip_rows(scores, Path(args.results)))
+    write_csv(scores_csv.with_name(scores_csv.stem + "_clips.csv"), clip_rows(scores, rows))
     write_csv(args.familiarity, familiar)
     if args.robustness:
         write_csv(args.robustness, robust)

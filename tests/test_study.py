@@ -806,7 +806,7 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
     rows = fold_embeddings.results_rows(scores, out)
     assert set(rows["variant"]) == {"se_embsvm"} and len(rows) == 3
     # each test clip's answer once per fold model, keyed like the results rows (the clip-level sign test)
-    answers = fold_embeddings.clip_rows(scores, out)
+    answers = fold_embeddings.clip_rows(scores, rows)
     assert len(answers) == 18 and answers["clip_id"].is_unique and set(answers["config_key"]) == set(rows["config_key"])
     right = answers.assign(ok=answers["actual"] == answers["predicted"]).groupby("fold")["ok"].mean()
     assert right.to_numpy() == pytest.approx(rows.set_index("fold")["clip_accuracy"].loc[right.index].to_numpy())
