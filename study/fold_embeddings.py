@@ -16,6 +16,11 @@ and the study's external files, then measures two things without training the ne
   fold's training clips; scored alone (``mfcc``), fused with the softmax as ``model.fusion: svm`` fuses
   (``softmax+mfcc``), and fused with the SVM head (``embsvm+mfcc``): does the head still gain from the
   statistics the SE-CNN never sees?
+- **Two more heads on the same network** (``--probe-heads``), both ideas of the transfer-learning literature
+  for small data: the SVM fitted on the training clips' *segment* embeddings (about 20 per clip instead of one
+  mean; the clip's answer the mean of its segments' Platt probabilities: ``segsvm``), and the SVM on every conv
+  block's output pooled by mean and standard deviation over time and frequency, concatenated (Choi et al. 2017,
+  "Transfer learning for music classification and regression tasks": ``blocksvm``, the clip's mean of them).
 - **Familiarity false alarms.** The bundle's ``unfamiliar`` flag (``genre_se.familiarity``: Mahalanobis
   distance from the training segments' embeddings, threshold the 0.95 quantile of held-out clips' distances) was
   checked on one model's 10 test clips. Here, per fold model, cross-fitted on its held-out test clips: the
@@ -32,7 +37,8 @@ The SVM head's fold scores are written as rows of a study results CSV (variant `
 
     python -m study.fold_embeddings --study study/small_data.yaml --work study/work/gtzan \\
         --results study/results/small_data.csv --variants e30_no_specaugment \\
-        --scores study/results/fold_embeddings.csv --report study/results/fold_embeddings.md [--with-mfcc]
+        --scores study/results/fold_embeddings.csv --report study/results/fold_embeddings.md [--with-mfcc] \\
+        [--probe-heads]
 """
 
 from __future__ import annotations
@@ -58,22 +64,43 @@ def clip_means(values: np.ndarray, clip_ids: np.ndarray) -> tuple[np.ndarray, np
     return np.asarray(uniques, dtype=object), mean_per_clip(codes, values, len(uniques))[0]
 
 
-def fold_embeddings(bundle, store, external) -> dict:
-    """The fold model's segment embeddings and probabilities for every store row and external file."""
+def block_statistics_model(model):
+    """A model sharing ``model``'s weights that outputs, per segment, every conv block's output (after its SE
+    block where there is one) pooled by mean and by standard deviation over time and frequency, concatenated:
+    ``2 * sum(filters)`` values."""
+    import keras
+
+    names = {layer.name for layer in model.layers}
+    pooled = []
+    for i in range(1, 1 + sum(name.endswith("_dropout") and name.startswith("block") for name in names)):
+        x = model.get_layer(f"block{i}_se" if f"block{i}_se" in names else f"block{i}_dropout").output
+        pooled += [keras.ops.mean(x, axis=(1, 2)), keras.ops.std(x, axis=(1, 2))]
+    if not pooled:
+        raise GenreSEError(f"model {model.name!r} has no conv blocks (block<i>_dropout): not a genre-se model")
+    return keras.Model(model.inputs[0], keras.ops.concatenate(pooled, axis=-1), name=f"{model.name}_block_stats")
+
+
+def fold_embeddings(bundle, store, external, blocks: bool = False) -> dict:
+    """The fold model's segment embeddings and probabilities for every store row and external file; with
+    ``blocks`` also :func:`block_statistics_model`'s (``block_stats``, ``external_block_stats``)."""
     from genre_se.model import embedding_model
     from genre_se.train import predict_rows
 
     rows = np.arange(len(store.table))
-    embedder = embedding_model(bundle.model)
-    out = {"embeddings": predict_rows(embedder, store, rows), "probs": predict_rows(bundle.model, store, rows)}
+    models = {"embeddings": embedding_model(bundle.model), "probs": bundle.model}
+    if blocks:
+        models["block_stats"] = block_statistics_model(bundle.model)
+    out = {name: predict_rows(model, store, rows) for name, model in models.items()}
     if external is not None:
-        out["external_embeddings"] = [np.asarray(embedder(x, training=False)) for x in external.segments]
-        out["external_probs"] = [np.asarray(bundle.model(x, training=False)) for x in external.segments]
+        for name, model in models.items():
+            out[f"external_{name}"] = [np.asarray(model(x, training=False)) for x in external.segments]
     return out
 
 
 #: the heads the classic SVM adds (``--with-mfcc``): alone, and fused with each of the two heads
 CLASSIC_HEADS = ("mfcc", "softmax+mfcc", "embsvm+mfcc")
+#: the other SVM heads on the same network (``--probe-heads``): on segment embeddings, on every block's statistics
+PROBE_HEADS = ("segsvm", "blocksvm")
 
 
 def _with_classic(distributions: dict, classic: np.ndarray) -> dict:
@@ -91,15 +118,18 @@ def window_stats(paths) -> list[np.ndarray]:
     return [window_statistics(str(path)) for path in paths]
 
 
-def head_scores(seen: dict, store, test_clips, external, seed: int, classic: dict | None = None
-                ) -> tuple[dict, object]:
+def head_scores(seen: dict, store, test_clips, external, seed: int, classic: dict | None = None,
+                probe_heads: bool = False) -> tuple[dict, object]:
     """Clip accuracy / macro-F1 of the fold model's softmax and of the SVM on its mean clip embeddings, on its
     test clips, and top-1 of both on the external files (``external``: a ``compare.ExternalSet`` or None); and
     the fitted head (a ``genre_se.fusion.SvmScorer``).
 
     ``classic``: ``{"clips": {clip id: window statistics}, "external": [window statistics per external file]}``
     (:func:`window_stats`); then also the classic SVM fitted on the training clips' windows, alone (``mfcc``)
-    and fused with each head (``softmax+mfcc``, ``embsvm+mfcc``: ``genre_se.fusion.fuse``)."""
+    and fused with each head (``softmax+mfcc``, ``embsvm+mfcc``: ``genre_se.fusion.fuse``).
+
+    ``probe_heads`` (``seen`` from :func:`fold_embeddings` with ``blocks``): also ``PROBE_HEADS``, each fitted on the
+    training clips only."""
     from sklearn.metrics import f1_score
 
     from genre_se.fusion import fit_svm
@@ -121,6 +151,14 @@ def head_scores(seen: dict, store, test_clips, external, seed: int, classic: dic
         train = ~test[owner]
         mfcc = fit_svm(np.concatenate(windows)[train], labels[owner][train], list(store.labels), seed=seed)
         distributions = _with_classic(distributions, np.stack([mfcc.distribution(w) for w in windows]))
+    if probe_heads:
+        train_rows = ~np.isin(ids_of_rows, ids[test])
+        segsvm = fit_svm(seen["embeddings"][train_rows], store.table["label_index"].to_numpy()[train_rows],
+                         list(store.labels), seed=seed, max_windows=1)
+        _, blocks = clip_means(seen["block_stats"], ids_of_rows)
+        blocksvm = fit_svm(blocks[~test], labels[~test], list(store.labels), seed=seed, max_windows=1)
+        distributions["segsvm"] = clip_means(segsvm.probabilities(seen["embeddings"]), ids_of_rows)[1]
+        distributions["blocksvm"] = blocksvm.probabilities(blocks)
     out = {}
     for head, dist in distributions.items():
         answer = dist.argmax(axis=1)
@@ -139,6 +177,9 @@ def head_scores(seen: dict, store, test_clips, external, seed: int, classic: dic
                "embsvm": svm.probabilities(np.stack([e.mean(axis=0) for e in seen["external_embeddings"]]))}
         if classic is not None:
             ext = _with_classic(ext, np.stack([mfcc.distribution(w) for w in classic["external"]]))
+        if probe_heads:
+            ext["segsvm"] = np.stack([segsvm.distribution(e) for e in seen["external_embeddings"]])
+            ext["blocksvm"] = blocksvm.probabilities(np.stack([b.mean(axis=0) for b in seen["external_block_stats"]]))
         for head, dist in ext.items():
             out[head]["external_top1"] = float((dist.argmax(axis=1) == external.labels).mean())
             out[head]["external_confidence"] = float(dist.max(axis=1).mean())
@@ -243,8 +284,8 @@ def _cached_robustness(path: Path | None, bundle_dir: Path, measure) -> pd.DataF
 
 def score_kept_models(study: compare.Study, features: Path, state: Path, results_csv: Path, variants: list[str],
                       seeds: list[int] | None = None, log=print, index: pd.DataFrame | None = None,
-                      scratch: Path | None = None, cache: Path | None = None, with_mfcc: bool = False
-                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                      scratch: Path | None = None, cache: Path | None = None, with_mfcc: bool = False,
+                      probe_heads: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(one row per variant, seed, fold and head; one familiarity row per variant, seed and fold; the robustness
     rows per variant, seed, fold, head and transform) over the fold bundles of ``variants`` kept under
     ``state/bundles`` (``study.compare run --state STATE --keep-models``), on the store ``features``.
@@ -252,9 +293,9 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
     ``index`` (the study's ``index.csv``: clip id -> audio path) and ``scratch`` (a folder for a bundle copy): also
     the robustness report of both heads on each fold's test clips (:func:`head_robustness`, about a minute per
     fold); without them the third frame is empty. ``with_mfcc`` (needs ``index``): also the classic SVM's heads
-    (:func:`head_scores`), the statistics computed once per file. ``cache``: a folder keeping each fold's
-    robustness table with the SHA-1 of the model it was measured on, so a rerun (more seeds, an interrupted run)
-    measures only new or changed fold models."""
+    (:func:`head_scores`), the statistics computed once per file. ``probe_heads``: also ``PROBE_HEADS``.
+    ``cache``: a folder keeping each fold's robustness table with the SHA-1 of the model it was measured on, so a
+    rerun (more seeds, an interrupted run) measures only new or changed fold models."""
     from genre_se.bundle import load_bundle
     from genre_se.feature_store import FeatureStore
 
@@ -280,9 +321,9 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
         for folder in folders:
             seed, fold = int(folder.parent.name[4:]), int(folder.name[4:])
             bundle = load_bundle(folder)
-            seen = fold_embeddings(bundle, store, external)
+            seen = fold_embeddings(bundle, store, external, blocks=probe_heads)
             test_clips = bundle.extra["test_clips"]
-            scores, head = head_scores(seen, store, test_clips, external, seed, classic)
+            scores, head = head_scores(seen, store, test_clips, external, seed, classic, probe_heads)
             recorded = results["clip_accuracy"].get((variant, seed, fold))
             if recorded is None or abs(recorded - scores["softmax"]["clip_accuracy"]) > 1e-9:
                 raise GenreSEError(f"{folder}: its softmax gives clip accuracy "
@@ -313,7 +354,8 @@ def score_kept_models(study: compare.Study, features: Path, state: Path, results
 
 
 #: the variant suffix of each head's rows in the results CSV (the softmax's are the study's own rows)
-HEAD_VARIANTS = {"embsvm": "_embsvm", "mfcc": "_mfcc", "softmax+mfcc": "+mfcc", "embsvm+mfcc": "_embsvm+mfcc"}
+HEAD_VARIANTS = {"embsvm": "_embsvm", "mfcc": "_mfcc", "softmax+mfcc": "+mfcc", "embsvm+mfcc": "_embsvm+mfcc",
+                 "segsvm": "_segsvm", "blocksvm": "_blocksvm"}
 
 
 def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
@@ -391,28 +433,42 @@ def robustness_markdown(scores: pd.DataFrame, robust: pd.DataFrame) -> list[str]
     return lines
 
 
-def classic_markdown(scores: pd.DataFrame) -> list[str]:
-    """The report's section on the classic SVM's heads (``--with-mfcc``): each against the SVM head, paired."""
-    lines = ["\n## Stacking the classic features\n",
-             "The classic baseline's window statistics (`model.fusion: svm`'s input) with its SVM fitted on the "
-             "same training clips: alone (`mfcc`), fused with the fold model's softmax as `model.fusion: svm` "
-             "fuses (`softmax+mfcc`), and fused with the SVM head (`embsvm+mfcc`, the mean of the two Platt "
-             "distributions). Δ, W/T/L and `detectable`: against the SVM head on the same folds.\n",
+def heads_markdown(scores: pd.DataFrame, heads: tuple[str, ...], title: str, intro: str) -> list[str]:
+    """A report section pairing each of ``heads`` with the SVM head over the same folds."""
+    lines = [f"\n## {title}\n", intro + " Δ, W/T/L and `detectable`: against the SVM head on the same folds.\n",
              "| variant | head | folds | clip acc. | Δ vs SVM head | W/T/L | detectable | macro-F1 | real-clips top-1 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for variant, own in scores.groupby("variant", sort=False):
-        heads = {head: rows.set_index(["seed", "fold"]) for head, rows in own.groupby("head")}
-        for name in CLASSIC_HEADS:
-            if name not in heads:
+        by_head = {head: rows.set_index(["seed", "fold"]) for head, rows in own.groupby("head")}
+        for name in heads:
+            if name not in by_head:
                 continue
-            head = heads[name]
-            record = paired_record(head["clip_accuracy"] - heads["embsvm"]["clip_accuracy"])
+            head = by_head[name]
+            record = paired_record(head["clip_accuracy"] - by_head["embsvm"]["clip_accuracy"])
             detectable = "" if np.isnan(record["detectable"]) else f"{record['detectable']:.3f}"
             ext = f"{head['external_top1'].mean():.3f}" if "external_top1" in head else ""
             lines.append(f"| `{variant}` | `{name}` | {len(head)} | {head['clip_accuracy'].mean():.3f} "
                          f"| {record['delta']:+.3f} | {record['won']}/{record['tied']}/{record['lost']} "
                          f"| {detectable} | {head['clip_macro_f1'].mean():.3f} | {ext} |")
     return lines
+
+
+def classic_markdown(scores: pd.DataFrame) -> list[str]:
+    """The report's section on the classic SVM's heads (``--with-mfcc``)."""
+    return heads_markdown(
+        scores, CLASSIC_HEADS, "Stacking the classic features",
+        "The classic baseline's window statistics (`model.fusion: svm`'s input) with its SVM fitted on the same "
+        "training clips: alone (`mfcc`), fused with the fold model's softmax as `model.fusion: svm` fuses "
+        "(`softmax+mfcc`), and fused with the SVM head (`embsvm+mfcc`, the mean of the two Platt distributions).")
+
+
+def probe_markdown(scores: pd.DataFrame) -> list[str]:
+    """The report's section on the other SVM heads (``--probe-heads``)."""
+    return heads_markdown(
+        scores, PROBE_HEADS, "Other SVM heads on the same network",
+        "The same SVM fitted on the training clips' segment embeddings, the clip's answer the mean of its "
+        "segments' Platt probabilities (`segsvm`), and on every conv block's output pooled by mean and standard "
+        "deviation, concatenated, the clip's mean of them (`blocksvm`, Choi et al. 2017).")
 
 
 def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.DataFrame | None = None) -> str:
@@ -448,6 +504,8 @@ def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.Dat
         lines += robustness_markdown(scores, robust)
     if scores["head"].isin(CLASSIC_HEADS).any():
         lines += classic_markdown(scores)
+    if scores["head"].isin(PROBE_HEADS).any():
+        lines += probe_markdown(scores)
     lines += ["\n## Familiarity false alarms\n",
               "The `unfamiliar` flag of each fold model (training segments' embedding statistics, threshold the 0.95 "
               "quantile of held-out clips' distances), cross-fitted on the fold's test clips: threshold from one "
@@ -488,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-mfcc", action="store_true",
                         help="also the classic SVM on the baseline's window statistics, alone and fused with each "
                              "head (decodes every clip once)")
+    parser.add_argument("--probe-heads", action="store_true",
+                        help="also the SVM on segment embeddings and on every block's pooled statistics")
     args = parser.parse_args(argv)
     try:
         study = compare.load_study(args.study)
@@ -503,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                 study, Path(args.features or work / "features"), Path(args.state or work / "state"),
                 Path(args.results), args.variants.split(","), seeds, index=index,
                 scratch=Path(scratch) if args.robustness else None,
-                cache=Path(args.state or work / "state") / "fold_embeddings_robustness", with_mfcc=args.with_mfcc)
+                cache=Path(args.state or work / "state") / "fold_embeddings_robustness", with_mfcc=args.with_mfcc,
+                probe_heads=args.probe_heads)
         rows = results_rows(scores, Path(args.results))
     except GenreSEError as exc:
         print(f"fold_embeddings: error: {exc}", file=sys.stderr)

@@ -875,6 +875,65 @@ def test_the_classic_svm_heads_are_fitted_on_the_training_clips_and_fused_with_e
     assert f"| `v` | `mfcc` | 2 | 1.000 | {mfcc_delta:+.3f} | 2/0/0 |" in text and "`softmax+mfcc`" in text
 
 
+def test_the_probe_heads_fit_segments_and_block_statistics_of_the_training_clips_only():
+    from types import SimpleNamespace
+
+    from genre_se.fusion import fit_svm
+    from study import fold_embeddings
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 10)                         # 30 clips of 3 genres, 4 segments each
+    clip_ids = [f"c{i}" for i in range(30)]
+    store = SimpleNamespace(labels=["a", "b", "c"], table=pd.DataFrame(
+        {"clip_id": np.repeat(clip_ids, 4), "label_index": np.repeat(labels, 4)}))
+    # segment embeddings that name the genre; block statistics that do not
+    seen = {"embeddings": rng.normal(loc=3.0 * np.repeat(labels, 4)[:, None], size=(120, 5)),
+            "probs": rng.dirichlet(np.ones(3), size=120), "block_stats": rng.normal(size=(120, 8)),
+            "external_embeddings": [rng.normal(loc=3.0 * y, size=(3, 5)) for y in range(3)],
+            "external_probs": [rng.dirichlet(np.ones(3), size=3) for _ in range(3)],
+            "external_block_stats": [rng.normal(size=(3, 8)) for _ in range(3)]}
+    external = SimpleNamespace(labels=np.array([0, 1, 2]))
+    test = [c for i, c in enumerate(clip_ids) if i % 5 == 0]   # 6 test clips, 2 per genre
+    scores, _ = fold_embeddings.head_scores(seen, store, test, external, seed=3, probe_heads=True)
+    assert set(scores) == {"softmax", "embsvm", "segsvm", "blocksvm"}
+    assert scores["segsvm"]["clip_accuracy"] == 1.0 and scores["segsvm"]["external_top1"] == 1.0
+    # the segment SVM saw the training clips' segments only; a test clip's answer is the mean of its segments'
+    train = ~np.isin(store.table["clip_id"], test)
+    own = fit_svm(seen["embeddings"][train], store.table["label_index"][train].to_numpy(), store.labels, seed=3,
+                  max_windows=1)
+    first = own.probabilities(seen["embeddings"][store.table["clip_id"].to_numpy() == test[0]]).mean(axis=0)
+    assert scores["segsvm"]["test_confidence"][0] == pytest.approx(first.max())
+    # block statistics of pure noise: no better than a coin over the 3 genres, far from the segments' 1.0
+    assert scores["blocksvm"]["clip_accuracy"] < 1.0
+    rows = pd.DataFrame([{"variant": "v", "seed": 1, "fold": f, "head": h, **score} for f in (0, 1)
+                         for h, score in scores.items()])
+    text = "\n".join(fold_embeddings.probe_markdown(rows))
+    delta = scores["segsvm"]["clip_accuracy"] - scores["embsvm"]["clip_accuracy"]
+    assert f"| `v` | `segsvm` | 2 | 1.000 | {delta:+.3f} |" in text and "`blocksvm`" in text
+    assert {fold_embeddings.HEAD_VARIANTS[h] for h in fold_embeddings.PROBE_HEADS} == {"_segsvm", "_blocksvm"}
+
+
+@pytest.mark.parametrize("se", [True, False])
+def test_block_statistics_pool_every_blocks_output_by_mean_and_std(se):
+    from genre_se.model import build_model
+    from study.fold_embeddings import GenreSEError, block_statistics_model
+
+    model = build_model({"filters": [4, 8, 6], "reduction_ratios": 2, "se": se}, (16, 16, 1), 3)
+    stats = block_statistics_model(model)
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 1)).astype("float32")
+    got = np.asarray(stats(x, training=False))
+    assert got.shape == (2, 2 * (4 + 8 + 6))
+    # the last block's means are the embedding the softmax reads (global average pooling)
+    from genre_se.model import embedding_model
+
+    assert got[:, 2 * (4 + 8):2 * (4 + 8) + 6] == pytest.approx(np.asarray(embedding_model(model)(x)), abs=1e-5)
+    assert (got[:, 4:8] >= 0).all()  # standard deviations
+    import keras
+
+    with pytest.raises(GenreSEError, match="no conv blocks"):
+        block_statistics_model(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+
+
 def test_familiarity_is_cross_fitted_on_the_test_clips_and_flags_far_files():
     from types import SimpleNamespace
 
