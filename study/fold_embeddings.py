@@ -433,8 +433,23 @@ def robustness_markdown(scores: pd.DataFrame, robust: pd.DataFrame) -> list[str]
     return lines
 
 
-def heads_markdown(scores: pd.DataFrame, heads: tuple[str, ...], title: str, intro: str) -> list[str]:
-    """A report section pairing each of ``heads`` with the SVM head over the same folds."""
+#: the report's section on each group of extra heads: its title and what the heads are
+HEAD_SECTIONS = {
+    CLASSIC_HEADS: ("Stacking the classic features",
+                    "The classic baseline's window statistics (`model.fusion: svm`'s input) with its SVM fitted on the "
+                    "same training clips: alone (`mfcc`), fused with the fold model's softmax as `model.fusion: svm` "
+                    "fuses (`softmax+mfcc`), and fused with the SVM head (`embsvm+mfcc`, the mean of the two Platt "
+                    "distributions)."),
+    PROBE_HEADS: ("Other SVM heads on the same network",
+                  "The same SVM fitted on the training clips' segment embeddings, the clip's answer the mean of its "
+                  "segments' Platt probabilities (`segsvm`), and on every conv block's output pooled by mean and "
+                  "standard deviation, concatenated, the clip's mean of them (`blocksvm`, Choi et al. 2017)."),
+}
+
+
+def heads_markdown(scores: pd.DataFrame, heads: tuple[str, ...]) -> list[str]:
+    """The report's section on a group of ``HEAD_SECTIONS``: each head paired with the SVM head over the folds."""
+    title, intro = HEAD_SECTIONS[heads]
     lines = [f"\n## {title}\n", intro + " Δ, W/T/L and `detectable`: against the SVM head on the same folds.\n",
              "| variant | head | folds | clip acc. | Δ vs SVM head | W/T/L | detectable | macro-F1 | real-clips top-1 |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -451,24 +466,6 @@ def heads_markdown(scores: pd.DataFrame, heads: tuple[str, ...], title: str, int
                          f"| {record['delta']:+.3f} | {record['won']}/{record['tied']}/{record['lost']} "
                          f"| {detectable} | {head['clip_macro_f1'].mean():.3f} | {ext} |")
     return lines
-
-
-def classic_markdown(scores: pd.DataFrame) -> list[str]:
-    """The report's section on the classic SVM's heads (``--with-mfcc``)."""
-    return heads_markdown(
-        scores, CLASSIC_HEADS, "Stacking the classic features",
-        "The classic baseline's window statistics (`model.fusion: svm`'s input) with its SVM fitted on the same "
-        "training clips: alone (`mfcc`), fused with the fold model's softmax as `model.fusion: svm` fuses "
-        "(`softmax+mfcc`), and fused with the SVM head (`embsvm+mfcc`, the mean of the two Platt distributions).")
-
-
-def probe_markdown(scores: pd.DataFrame) -> list[str]:
-    """The report's section on the other SVM heads (``--probe-heads``)."""
-    return heads_markdown(
-        scores, PROBE_HEADS, "Other SVM heads on the same network",
-        "The same SVM fitted on the training clips' segment embeddings, the clip's answer the mean of its "
-        "segments' Platt probabilities (`segsvm`), and on every conv block's output pooled by mean and standard "
-        "deviation, concatenated, the clip's mean of them (`blocksvm`, Choi et al. 2017).")
 
 
 def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.DataFrame | None = None) -> str:
@@ -502,10 +499,9 @@ def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.Dat
                      f"| {conf} |")
     if robust is not None and len(robust):
         lines += robustness_markdown(scores, robust)
-    if scores["head"].isin(CLASSIC_HEADS).any():
-        lines += classic_markdown(scores)
-    if scores["head"].isin(PROBE_HEADS).any():
-        lines += probe_markdown(scores)
+    for heads in HEAD_SECTIONS:
+        if scores["head"].isin(heads).any():
+            lines += heads_markdown(scores, heads)
     lines += ["\n## Familiarity false alarms\n",
               "The `unfamiliar` flag of each fold model (training segments' embedding statistics, threshold the 0.95 "
               "quantile of held-out clips' distances), cross-fitted on the fold's test clips: threshold from one "

@@ -833,6 +833,17 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
     assert len(pd.read_csv(tmp_path / "head_clips.csv")) == 18
 
 
+def _three_genre_store():
+    """30 clips of 3 genres, 4 segments each (a store's labels and table), and 6 test clips, 2 per genre."""
+    from types import SimpleNamespace
+
+    labels = np.repeat([0, 1, 2], 10)
+    clip_ids = [f"c{i}" for i in range(30)]
+    store = SimpleNamespace(labels=["a", "b", "c"], table=pd.DataFrame(
+        {"clip_id": np.repeat(clip_ids, 4), "label_index": np.repeat(labels, 4)}))
+    return labels, clip_ids, store, [c for i, c in enumerate(clip_ids) if i % 5 == 0]
+
+
 def test_the_classic_svm_heads_are_fitted_on_the_training_clips_and_fused_with_each_head():
     from types import SimpleNamespace
 
@@ -840,10 +851,7 @@ def test_the_classic_svm_heads_are_fitted_on_the_training_clips_and_fused_with_e
     from study import fold_embeddings
 
     rng = np.random.default_rng(0)
-    labels = np.repeat([0, 1, 2], 10)                         # 30 clips of 3 genres, 4 segments each
-    clip_ids = [f"c{i}" for i in range(30)]
-    store = SimpleNamespace(labels=["a", "b", "c"], table=pd.DataFrame(
-        {"clip_id": np.repeat(clip_ids, 4), "label_index": np.repeat(labels, 4)}))
+    labels, clip_ids, store, test = _three_genre_store()
     probs = rng.dirichlet(np.ones(3), size=120)
     # embeddings that say nothing of the genre; statistics that do (one window per clip, two for c0)
     seen = {"embeddings": rng.normal(size=(120, 5)), "probs": probs,
@@ -852,7 +860,6 @@ def test_the_classic_svm_heads_are_fitted_on_the_training_clips_and_fused_with_e
     stats = {c: rng.normal(loc=4.0 * y, size=(2 if c == "c0" else 1, 6)) for c, y in zip(clip_ids, labels)}
     external = SimpleNamespace(labels=np.array([0, 1, 2]))
     classic = {"clips": stats, "external": [rng.normal(loc=4.0 * y, size=(2, 6)) for y in range(3)]}
-    test = [c for i, c in enumerate(clip_ids) if i % 5 == 0]   # 6 test clips, 2 per genre
     scores, _ = fold_embeddings.head_scores(seen, store, test, external, seed=3, classic=classic)
     assert set(scores) == {"softmax", "embsvm", "mfcc", "softmax+mfcc", "embsvm+mfcc"}
     assert scores["mfcc"]["clip_accuracy"] == 1.0 and scores["mfcc"]["external_top1"] == 1.0
@@ -870,7 +877,7 @@ def test_the_classic_svm_heads_are_fitted_on_the_training_clips_and_fused_with_e
     # the report pairs each classic head with the SVM head over the folds
     rows = pd.DataFrame([{"variant": "v", "seed": 1, "fold": f, "head": h, **score} for f in (0, 1)
                          for h, score in scores.items()])
-    text = "\n".join(fold_embeddings.classic_markdown(rows))
+    text = "\n".join(fold_embeddings.heads_markdown(rows, fold_embeddings.CLASSIC_HEADS))
     mfcc_delta = scores["mfcc"]["clip_accuracy"] - scores["embsvm"]["clip_accuracy"]
     assert f"| `v` | `mfcc` | 2 | 1.000 | {mfcc_delta:+.3f} | 2/0/0 |" in text and "`softmax+mfcc`" in text
 
@@ -882,10 +889,7 @@ def test_the_probe_heads_fit_segments_and_block_statistics_of_the_training_clips
     from study import fold_embeddings
 
     rng = np.random.default_rng(1)
-    labels = np.repeat([0, 1, 2], 10)                         # 30 clips of 3 genres, 4 segments each
-    clip_ids = [f"c{i}" for i in range(30)]
-    store = SimpleNamespace(labels=["a", "b", "c"], table=pd.DataFrame(
-        {"clip_id": np.repeat(clip_ids, 4), "label_index": np.repeat(labels, 4)}))
+    labels, clip_ids, store, test = _three_genre_store()
     # segment embeddings that name the genre; block statistics that do not
     seen = {"embeddings": rng.normal(loc=3.0 * np.repeat(labels, 4)[:, None], size=(120, 5)),
             "probs": rng.dirichlet(np.ones(3), size=120), "block_stats": rng.normal(size=(120, 8)),
@@ -893,7 +897,6 @@ def test_the_probe_heads_fit_segments_and_block_statistics_of_the_training_clips
             "external_probs": [rng.dirichlet(np.ones(3), size=3) for _ in range(3)],
             "external_block_stats": [rng.normal(size=(3, 8)) for _ in range(3)]}
     external = SimpleNamespace(labels=np.array([0, 1, 2]))
-    test = [c for i, c in enumerate(clip_ids) if i % 5 == 0]   # 6 test clips, 2 per genre
     scores, _ = fold_embeddings.head_scores(seen, store, test, external, seed=3, probe_heads=True)
     assert set(scores) == {"softmax", "embsvm", "segsvm", "blocksvm"}
     assert scores["segsvm"]["clip_accuracy"] == 1.0 and scores["segsvm"]["external_top1"] == 1.0
@@ -907,7 +910,7 @@ def test_the_probe_heads_fit_segments_and_block_statistics_of_the_training_clips
     assert scores["blocksvm"]["clip_accuracy"] < 1.0
     rows = pd.DataFrame([{"variant": "v", "seed": 1, "fold": f, "head": h, **score} for f in (0, 1)
                          for h, score in scores.items()])
-    text = "\n".join(fold_embeddings.probe_markdown(rows))
+    text = "\n".join(fold_embeddings.heads_markdown(rows, fold_embeddings.PROBE_HEADS))
     delta = scores["segsvm"]["clip_accuracy"] - scores["embsvm"]["clip_accuracy"]
     assert f"| `v` | `segsvm` | 2 | 1.000 | {delta:+.3f} |" in text and "`blocksvm`" in text
     assert {fold_embeddings.HEAD_VARIANTS[h] for h in fold_embeddings.PROBE_HEADS} == {"_segsvm", "_blocksvm"}
