@@ -183,3 +183,34 @@ def test_a_head_for_other_genres_or_another_embedding_size_is_refused(headed, tm
     save_svm(copy, dataclasses.replace(head, labels=list(reversed(head.labels))), EMBEDDING_SVM_FILE)
     with pytest.raises(ModelError, match="genres"):
         load_embedding_svm(copy, list(head.labels))
+
+
+@pytest.mark.slow
+def test_the_final_model_recipe_fits_the_head_on_every_clip_without_a_temperature(tmp_path):
+    """train.fit_all + model.classifier: svm (the gtzan-mini bundle recipe of issue 7): the head sees every clip of
+    the store, there are no validation clips for a temperature, and predict answers with the head."""
+    from genre_se.bundle import load_bundle
+    from genre_se.config import load_params
+    from genre_se.inference import GenreClassifier
+    from genre_se.train import run_train
+    from tests.conftest import TINY_PARAMS, split_tone_store, write_params
+
+    store, index = split_tone_store(tmp_path, seed=5)
+    params = load_params(write_params(tmp_path / "params.yaml", {**TINY_PARAMS, "train.epochs": 2,
+                                                                "train.fit_all": True, "model.classifier": "svm"}))
+    lines: list[str] = []
+    run_train(params, store_dir=store.root, bundle_dir=tmp_path / "bundle", state_dir=tmp_path / "state",
+              live_dir=tmp_path / "live", best_params_path=None, log=lines.append)
+    n_clips = store.table["clip_id"].nunique()
+    assert n_clips > len(store.table.iloc[store.rows("train")]["clip_id"].unique())
+    assert f"classifier: SVM on the mean embeddings of {n_clips} training clips" in "\n".join(lines)
+    assert any("no validation clips (train.fit_all), temperature 1" in line for line in lines)
+    bundle = load_bundle(tmp_path / "bundle")
+    head = load_embedding_svm(tmp_path / "bundle", store.labels)
+    every = _mean_embeddings(bundle.model, store, np.arange(len(store.table)))
+    assert head.dim == every.shape[1] and len(head.support_vectors) <= n_clips
+    # predict answers with that head on the file's mean embedding, untempered (T = 1)
+    clip, path = index["clip_id"].iloc[0], index["path"].iloc[0]
+    got = GenreClassifier.load(tmp_path / "bundle").predict(path)
+    assert set(got.parts) == {"cnn", "svm"}
+    np.testing.assert_allclose(got.probabilities, head.probabilities(every.loc[[clip]].to_numpy())[0], atol=1e-4)
