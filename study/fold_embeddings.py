@@ -80,20 +80,28 @@ def block_statistics_model(model):
     return keras.Model(model.inputs[0], keras.ops.concatenate(pooled, axis=-1), name=f"{model.name}_block_stats")
 
 
-def fold_embeddings(bundle, store, external, blocks: bool = False) -> dict:
+def fold_embeddings(bundle, store, external, blocks: bool = False, batch_size: int = 128) -> dict:
     """The fold model's segment embeddings and probabilities for every store row and external file; with
-    ``blocks`` also :func:`block_statistics_model`'s (``block_stats``, ``external_block_stats``)."""
-    from genre_se.model import embedding_model
-    from genre_se.train import predict_rows
+    ``blocks`` also :func:`block_statistics_model`'s (``block_stats``, ``external_block_stats``). One forward pass
+    per batch taps all of them."""
+    import keras
 
-    rows = np.arange(len(store.table))
-    models = {"embeddings": embedding_model(bundle.model), "probs": bundle.model}
+    from genre_se.model import embedding_model
+
+    model = bundle.model
+    taps = {"embeddings": embedding_model(model).outputs[0], "probs": model.outputs[0]}
     if blocks:
-        models["block_stats"] = block_statistics_model(bundle.model)
-    out = {name: predict_rows(model, store, rows) for name, model in models.items()}
+        taps["block_stats"] = block_statistics_model(model).outputs[0]
+    tapped = keras.Model(model.inputs[0], list(taps.values()))
+
+    def run(x) -> dict:
+        return dict(zip(taps, (np.asarray(o) for o in tapped(np.asarray(x, dtype=np.float32), training=False))))
+
+    batches = [run(store.segments[i : i + batch_size]) for i in range(0, len(store.table), batch_size)]
+    out = {name: np.concatenate([b[name] for b in batches]) for name in taps}
     if external is not None:
-        for name, model in models.items():
-            out[f"external_{name}"] = [np.asarray(model(x, training=False)) for x in external.segments]
+        files = [run(x) for x in external.segments]
+        out.update({f"external_{name}": [f[name] for f in files] for name in taps})
     return out
 
 
