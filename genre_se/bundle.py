@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import __version__
 from .config import FeatureConfig, ModelConfig, from_dict
 from .errors import ConfigError, ModelError
-from .fileio import atomic_dir
+from .fileio import atomic_dir, read_json_object
 
 if TYPE_CHECKING:  # Keras (and TensorFlow) are imported only when a Keras model is loaded or saved
     import keras
@@ -218,14 +218,7 @@ def _read_meta(meta_path: Path) -> dict:
     """Read and check ``bundle.json``: JSON object, supported format version, well-typed fields."""
     if not meta_path.is_file():
         raise ModelError(f"{meta_path}: missing; not a genre-se model bundle")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelError(f"{meta_path}: cannot read ({exc.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{meta_path}: corrupt, not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ModelError(f"{meta_path}: corrupt, expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(meta_path, ModelError)
     if "format_version" not in meta:
         raise ModelError(f"{meta_path}: no format_version; not a genre-se model bundle")
     version = meta["format_version"]

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputError
+from .errors import GenreSEError, OutputError
 
 
 @contextlib.contextmanager
@@ -78,6 +78,20 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def read_json_object(path: str | Path, error: type[GenreSEError]) -> dict:
+    """Read a JSON file that must hold an object; any failure is ``error`` naming the file, not a traceback."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: corrupt, not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: corrupt, expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def write_csv(path: str | Path, frame) -> Path:

@@ -31,7 +31,7 @@ import numpy as np
 from .bundle import BundleRecord
 from .config import FeatureConfig, from_dict
 from .errors import ModelError
-from .fileio import file_sha1
+from .fileio import file_sha1, read_json_object
 from .quiet import native_stderr_silenced
 
 __all__ = [
@@ -188,13 +188,8 @@ class LiteRTBundle(BundleRecord):
 
 def _read_export_meta(root: Path) -> dict:
     path = root / EXPORT_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: corrupt, not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+    meta = read_json_object(path, ModelError)
+    if meta.get("format") != EXPORT_FORMAT:
         raise ModelError(f"{path}: not a LiteRT export record of format {EXPORT_FORMAT}; run `genre-se export`")
     return meta
 

@@ -22,10 +22,10 @@ import numpy as np
 
 from .config import ModelConfig, Params, TrainConfig, from_dict
 from .corpus import is_builtin_corpus
-from .errors import DatasetError
+from .errors import ConfigError, DatasetError
 from .feature_store import FeatureStore
 from .features import floor_db
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, read_json_object, write_json
 from .metrics import aggregate_clips, cross_entropy
 
 STATE_FILE = "state.json"
@@ -640,7 +640,11 @@ def _load_state(state_dir: Path, key: str) -> dict | None:
 def _best_params(best_params_path: str | Path | None) -> dict:
     if best_params_path is None or not Path(best_params_path).exists():
         return {}
-    return json.loads(Path(best_params_path).read_text())
+    best = read_json_object(best_params_path, ConfigError)  # the tune stage's output: a corrupt one is named
+    for section in ("model", "train"):
+        if not isinstance(best.get(section, {}), dict):
+            raise ConfigError(f"{best_params_path}: {section!r} must be a mapping of parameters")
+    return best
 
 
 def resolve_model_config(params: Params, best_params_path: str | Path | None) -> ModelConfig:

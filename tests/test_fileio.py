@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from genre_se.errors import OutputError
-from genre_se.fileio import atomic_path, check_writable, write_text
+from genre_se.errors import ConfigError, ModelError, OutputError
+from genre_se.fileio import atomic_path, check_writable, read_json_object, write_text
 
 
 def test_atomic_path_writes_whole_files_and_names_the_output_when_it_cannot(tmp_path):
@@ -35,3 +35,37 @@ def test_check_writable_fails_early_and_creates_nothing(tmp_path):
     with pytest.raises(OutputError, match="a-file is not a folder"):
         check_writable(blocker / "inside" / "out.csv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "cannot read"), ('{"model": {', "corrupt, not valid JSON"), (b"\xff\xfe{", "corrupt, not valid JSON"),
+     ("[1, 2]", "corrupt, expected a JSON object, got list")],
+)
+def test_read_json_object_names_the_file_and_raises_the_callers_error(tmp_path, content, message):
+    path = tmp_path / "record.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ModelError, match=f"^{path}: {message}"):
+        read_json_object(path, ModelError)
+
+
+def test_read_json_object_returns_the_object(tmp_path):
+    path = tmp_path / "record.json"
+    path.write_text('{"a": [1, 2], "b": {"c": null}}')
+    assert read_json_object(path, ConfigError) == {"a": [1, 2], "b": {"c": None}}
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"),
+                                              ('{"model": [16]}', "'model' must be a mapping")])
+def test_a_corrupt_best_params_file_is_a_config_error_naming_it(tmp_path, content, message):
+    """The tune stage's output is read by train; a hand-edited or truncated one is named, not a traceback."""
+    from genre_se.config import Params
+    from genre_se.train import resolve_model_config
+
+    path = tmp_path / "best_params.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=f"{path}: .*{message}"):
+        resolve_model_config(Params(), path)
