@@ -401,13 +401,17 @@ def _mixup(x, y, alpha: float, seed: int):
     return lx * x + (1 - lx) * tf.gather(x, perm), ly * y + (1 - ly) * tf.gather(y, perm)
 
 
-def predict_rows(model, store: FeatureStore, rows: np.ndarray, batch_size: int = 128) -> np.ndarray:
+def predict_rows(model, store: FeatureStore, rows: np.ndarray, batch_size: int = 128):
     """``model``'s outputs (the softmax; the embedding for :func:`genre_se.model.embedding_model`) for the given
-    store rows, in the order given, read in batches."""
+    store rows, in the order given, read in batches. A model with several outputs gives a list, one array per
+    output (one forward pass taps them all)."""
     out = []
     for i in range(0, len(rows), batch_size):
         x = np.asarray(store.segments[rows[i : i + batch_size]], dtype=np.float32)
-        out.append(np.asarray(model(x, training=False)))
+        y = model(x, training=False)
+        out.append([np.asarray(o) for o in y] if isinstance(y, (list, tuple)) else np.asarray(y))
+    if out and isinstance(out[0], list):
+        return [np.concatenate(parts) for parts in zip(*out)]
     return np.concatenate(out) if out else np.zeros((0, len(store.labels)), np.float32)
 
 

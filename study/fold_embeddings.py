@@ -87,6 +87,7 @@ def fold_embeddings(bundle, store, external, blocks: bool = False, batch_size: i
     import keras
 
     from genre_se.model import embedding_model
+    from genre_se.train import predict_rows
 
     model = bundle.model
     taps = {"embeddings": embedding_model(model).outputs[0], "probs": model.outputs[0]}
@@ -97,8 +98,7 @@ def fold_embeddings(bundle, store, external, blocks: bool = False, batch_size: i
     def run(x) -> dict:
         return dict(zip(taps, (np.asarray(o) for o in tapped(np.asarray(x, dtype=np.float32), training=False))))
 
-    batches = [run(store.segments[i : i + batch_size]) for i in range(0, len(store.table), batch_size)]
-    out = {name: np.concatenate([b[name] for b in batches]) for name in taps}
+    out = dict(zip(taps, predict_rows(tapped, store, np.arange(len(store.table)), batch_size)))
     if external is not None:
         files = [run(x) for x in external.segments]
         out.update({f"external_{name}": [f[name] for f in files] for name in taps})
