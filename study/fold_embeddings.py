@@ -32,8 +32,11 @@ and the study's external files, then measures two things without training the ne
   fold's test clips, the head served as ``predict`` serves ``model.classifier: svm``; the softmax's agreement comes
   from the same predictions and is checked against the one the study recorded for the same fold model.
 
-The SVM head's fold scores are written as rows of a study results CSV (variant ``<variant>_embsvm``) for
-``study.what_helped``::
+Every head's whole score row (its test clips' answers included) is kept in ``<scores>_heads.csv``, and a run adds
+to the tables what it scores and keeps what they hold of every other fold model (``--fresh``: only this run's):
+fold models stay on the machine that trained them, their scores travel with the repository, so seeds trained in
+different sessions are reported together. The SVM head's fold scores are written as rows of a study results CSV
+(variant ``<variant>_embsvm``) for ``study.what_helped``::
 
     python -m study.fold_embeddings --study study/small_data.yaml --work study/work/gtzan \\
         --results study/results/small_data.csv --variants e30_no_specaugment \\
@@ -44,6 +47,7 @@ The SVM head's fold scores are written as rows of a study results CSV (variant `
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -387,6 +391,54 @@ def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
                                                              "robustness_tv"])
 
 
+#: a fold model's key in every table this script writes
+RUN_KEY = ["variant", "seed", "fold"]
+#: the columns of a head's score row that hold a list (one value per test clip), JSON-encoded in the heads CSV
+LIST_COLUMNS = ("test_confidence", "test_correct", "test_clip_ids", "test_actual", "test_predicted")
+
+
+def heads_path(scores_csv: Path) -> Path:
+    """Where every head's whole score row is kept beside ``scores_csv`` (``<stem>_heads.csv``): what the report is
+    built from, so that a later run on other kept models can rebuild it without the models scored before."""
+    return scores_csv.with_name(scores_csv.stem + "_heads.csv")
+
+
+def write_heads(path: Path, scores: pd.DataFrame) -> None:
+    """``scores`` (:func:`score_kept_models`' first frame) as CSV, the per-clip lists JSON-encoded."""
+    from genre_se.fileio import write_csv
+
+    encoded = scores.copy()
+    for column in LIST_COLUMNS:
+        encoded[column] = [json.dumps(list(value)) for value in encoded[column]]
+    write_csv(path, encoded)
+
+
+def read_heads(path: Path) -> pd.DataFrame:
+    """What :func:`write_heads` wrote."""
+    try:
+        scores = pd.read_csv(path, float_precision="round_trip")
+        for column in LIST_COLUMNS:
+            scores[column] = [json.loads(value) for value in scores[column]]
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+        raise GenreSEError(f"{path}: not a heads table written by study.fold_embeddings ({exc})") from exc
+    return scores
+
+
+def merge_runs(kept: pd.DataFrame | None, fresh: pd.DataFrame) -> pd.DataFrame:
+    """``fresh``'s rows and ``kept``'s rows of every fold model (``RUN_KEY``) that ``fresh`` does not hold, variants in
+    first-seen order (``kept``'s first), then by seed and fold: a run on some kept models adds to, or replaces,
+    what earlier runs scored, and keeps the rest (fold models are not kept across machines, their scores are)."""
+    if kept is None or not len(kept):
+        return fresh.reset_index(drop=True)
+    if not len(fresh):
+        return kept.reset_index(drop=True)
+    scored = pd.MultiIndex.from_frame(fresh[RUN_KEY])
+    merged = pd.concat([kept[~pd.MultiIndex.from_frame(kept[RUN_KEY]).isin(scored)], fresh], ignore_index=True)
+    order = {variant: i for i, variant in enumerate(pd.unique(merged["variant"]))}
+    return merged.sort_values(RUN_KEY, key=lambda c: c.map(order) if c.name == "variant" else c,
+                              kind="stable").reset_index(drop=True)
+
+
 def clip_rows(scores: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     """Each test clip's answer by each head but the softmax, as rows of a study's clips CSV (the
     ``<results>_clips.csv`` beside a results CSV: what ``summary.paired_clips`` pairs clip by clip), variants and
@@ -476,6 +528,15 @@ def heads_markdown(scores: pd.DataFrame, heads: tuple[str, ...]) -> list[str]:
     return lines
 
 
+def _mean_of_recorded(values: pd.Series) -> str:
+    """The mean of the folds that recorded a value (rows kept from before it was recorded have none), their
+    number where that is not every fold."""
+    recorded = values.dropna()
+    if not len(recorded):
+        return "-"
+    return f"{recorded.mean():.2f}" + ("" if len(recorded) == len(values) else f" ({len(recorded)} folds)")
+
+
 def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.DataFrame | None = None) -> str:
     lines = ["# What the kept fold models' embeddings say (study/fold_embeddings.py)\n",
              "## An SVM head on the SE-CNN's embeddings\n",
@@ -486,7 +547,8 @@ def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.Dat
              "folds; `detectable`: the smallest mean difference these paired folds detect (paired t, 80 % power). "
              "ECE: the clip-level expected calibration error of the test clips pooled over the folds (15 bins, no "
              "temperature: the fold models have none); real-clips confidence: the mean top probability on the "
-             "external files (most of them answered wrongly).\n",
+             "external files (most of them answered wrongly; `-`: not recorded, for fold models scored before it "
+             "was kept per fold).\n",
              "| variant | folds (seeds) | softmax clip acc. | SVM head clip acc. | Δ | W/T/L | detectable | "
              "macro-F1 softmax / SVM | ECE softmax / SVM | real-clips top-1 softmax / SVM | "
              "real-clips confidence softmax / SVM |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -498,7 +560,7 @@ def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.Dat
         ext = conf = ""
         if "external_top1" in soft:
             ext = f"{soft['external_top1'].mean():.3f} / {svm['external_top1'].mean():.3f}"
-            conf = f"{soft['external_confidence'].mean():.2f} / {svm['external_confidence'].mean():.2f}"
+            conf = f"{_mean_of_recorded(soft['external_confidence'])} / {_mean_of_recorded(svm['external_confidence'])}"
         ece = " / ".join(f"{pooled_ece(head):.3f}" for head in (soft, svm))
         lines.append(f"| `{variant}` | {len(soft)} ({soft.index.get_level_values('seed').nunique()}) "
                      f"| {soft['clip_accuracy'].mean():.3f} | {svm['clip_accuracy'].mean():.3f} "
@@ -528,6 +590,22 @@ def report_markdown(scores: pd.DataFrame, familiar: pd.DataFrame, robust: pd.Dat
     return "\n".join(lines) + "\n"
 
 
+def _merged_with_earlier(scores_csv: Path, args, scores, familiar, robust):
+    """The three frames of this run merged (:func:`merge_runs`) with what the output tables already hold."""
+    earlier = heads_path(scores_csv)
+    if not earlier.is_file():
+        if scores_csv.is_file():
+            raise GenreSEError(f"{scores_csv} exists but {earlier} (every head's whole score row) does not: the "
+                               f"earlier rows cannot be kept; pass --fresh to replace them")
+        return scores, familiar, robust
+    scores = merge_runs(read_heads(earlier), scores)
+    if Path(args.familiarity).is_file():
+        familiar = merge_runs(pd.read_csv(args.familiarity, float_precision="round_trip"), familiar)
+    if args.robustness and Path(args.robustness).is_file():
+        robust = merge_runs(pd.read_csv(args.robustness, float_precision="round_trip"), robust)
+    return scores, familiar, robust
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.fold_embeddings", description=__doc__.split("\n")[0])
     parser.add_argument("--study", default="study/small_data.yaml", help="study file (its external files)")
@@ -552,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
                              "head (decodes every clip once)")
     parser.add_argument("--probe-heads", action="store_true",
                         help="also the SVM on segment embeddings and on every block's pooled statistics")
+    parser.add_argument("--fresh", action="store_true",
+                        help="write only the fold models scored now (default: keep what the tables hold of every "
+                             "other fold model, e.g. seeds whose models were kept on another machine)")
     args = parser.parse_args(argv)
     try:
         study = compare.load_study(args.study)
@@ -569,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
                 scratch=Path(scratch) if args.robustness else None,
                 cache=Path(args.state or work / "state") / "fold_embeddings_robustness", with_mfcc=args.with_mfcc,
                 probe_heads=args.probe_heads)
+        scores_csv = Path(args.scores)
+        if not args.fresh:
+            scores, familiar, robust = _merged_with_earlier(scores_csv, args, scores, familiar, robust)
         rows = results_rows(scores, Path(args.results))
     except GenreSEError as exc:
         print(f"fold_embeddings: error: {exc}", file=sys.stderr)
@@ -577,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
 
     text = report_markdown(scores, familiar, robust)
     write_csv(args.scores, rows)
-    scores_csv = Path(args.scores)
+    write_heads(heads_path(scores_csv), scores)
     write_csv(scores_csv.with_name(scores_csv.stem + "_clips.csv"), clip_rows(scores, rows))
     write_csv(args.familiarity, familiar)
     if args.robustness:

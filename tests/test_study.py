@@ -831,6 +831,48 @@ def test_an_svm_on_the_kept_fold_models_embeddings_is_scored_against_their_softm
     assert len(pd.read_csv(tmp_path / "fam.csv")) == 3
     assert len(compare.read_results(tmp_path / "head.csv")) == 3
     assert len(pd.read_csv(tmp_path / "head_clips.csv")) == 18
+    # every head's whole row kept (per-clip lists included): a later run on fewer kept models (fold 2's gone, as
+    # fold models are not kept across machines) keeps fold 2's rows and replaces those it scores again
+    heads = fold_embeddings.heads_path(tmp_path / "head.csv")
+    written = fold_embeddings.read_heads(heads)  # as scored above, but for the robustness this run did not measure
+    pd.testing.assert_frame_equal(written, scores[written.columns])
+    first = {name: pd.read_csv(tmp_path / name) for name in ("head.csv", "head_clips.csv", "fam.csv")}
+    first_report = report.read_text()
+    stale = fold_embeddings.read_heads(heads)
+    stale.loc[stale["fold"] == 0, "clip_accuracy"] = -1.0  # what a rescored model's rows must replace
+    fold_embeddings.write_heads(heads, stale)
+    import shutil
+    shutil.rmtree(state / "bundles" / "se" / "seed42" / "fold2")
+    argv = ["--study", str(compare.Path(study.params_path).parent / "study.yaml"), "--work", str(work), "--state",
+            str(state), "--results", str(out), "--variants", "se", "--scores", str(tmp_path / "head.csv"),
+            "--report", str(report), "--familiarity", str(tmp_path / "fam.csv")]
+    assert fold_embeddings.main(argv) == 0
+    pd.testing.assert_frame_equal(fold_embeddings.read_heads(heads), written)
+    for name, table in first.items():
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / name), table)
+    assert report.read_text() == first_report
+    assert fold_embeddings.main([*argv, "--fresh"]) == 0  # only what is scored now
+    assert sorted(fold_embeddings.read_heads(heads)["fold"].unique()) == [0, 1]
+    assert len(pd.read_csv(tmp_path / "fam.csv")) == 2 and "| `se` | 2 (1) |" in report.read_text()
+    heads.unlink()  # the earlier rows cannot be kept without their whole rows: refused, not dropped
+    assert fold_embeddings.main(argv) == 1 and "pass --fresh" in capsys.readouterr().err
+    heads.write_text("variant,seed\nse,42\n")
+    assert fold_embeddings.main(argv) == 1 and "not a heads table" in capsys.readouterr().err
+
+
+def test_merged_runs_keep_every_fold_model_once_the_newest_scores_first_seen_variant_order():
+    from study.fold_embeddings import merge_runs
+
+    kept = pd.DataFrame({"variant": ["a", "a", "b", "b"], "seed": [42, 43, 42, 42], "fold": [0, 0, 0, 1],
+                         "head": ["softmax"] * 4, "score": [1.0, 2.0, 3.0, 4.0]})
+    fresh = pd.DataFrame({"variant": ["c", "b", "a"], "seed": [42, 42, 44], "fold": [0, 1, 0],
+                          "head": ["softmax"] * 3, "score": [5.0, 6.0, 7.0]})
+    merged = merge_runs(kept, fresh)
+    assert list(zip(merged["variant"], merged["seed"], merged["fold"], merged["score"])) == [
+        ("a", 42, 0, 1.0), ("a", 43, 0, 2.0), ("a", 44, 0, 7.0), ("b", 42, 0, 3.0), ("b", 42, 1, 6.0),
+        ("c", 42, 0, 5.0)]
+    pd.testing.assert_frame_equal(merge_runs(None, fresh), fresh)
+    pd.testing.assert_frame_equal(merge_runs(kept, fresh.iloc[:0]), kept)
 
 
 def _three_genre_store():
