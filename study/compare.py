@@ -541,10 +541,15 @@ def _numbers(column: pd.Series) -> pd.Series:
     return column.map(number).astype(float)
 
 
-def _replace_run(frame: pd.DataFrame, variant: str, seed: int, fold: int, new: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with the rows of one (variant, seed, fold) replaced by ``new``."""
-    same = (frame["variant"] == variant) & (frame["seed"] == seed) & (frame["fold"] == fold)
-    kept = frame[~same]
+#: a fold model's key in every table of a study
+RUN_KEY = ["variant", "seed", "fold"]
+
+
+def replace_runs(frame: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the rows of every fold model (``RUN_KEY``) that ``new`` holds replaced by ``new``'s."""
+    if new.empty:
+        return frame
+    kept = frame[~pd.MultiIndex.from_frame(frame[RUN_KEY]).isin(pd.MultiIndex.from_frame(new[RUN_KEY]))]
     return new if kept.empty else pd.concat([kept, new], ignore_index=True)
 
 
@@ -557,7 +562,7 @@ def _record_answers(frame: pd.DataFrame, answers: pd.DataFrame | None, run: dict
         return frame
     new = answers.assign(**run, config_key=key).reindex(columns=columns)
     new = new.astype({c: np.float64 for c in new.columns if new[c].dtype == np.float32})  # as read back
-    frame = _replace_run(frame, run["variant"], run["seed"], run["fold"], new)
+    frame = replace_runs(frame, new)
     write_csv(path, frame)
     return frame
 
@@ -693,8 +698,7 @@ def _run_study(
                                                   key, robustness_csv, ROBUSTNESS_COLUMNS)
                 prob_rows = _record_answers(prob_rows, scores.pop("probs", None), run, key, probs_csv, prob_columns)
                 row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
-                results = _replace_run(results, variant, seed, fold,
-                                       pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS))
+                results = replace_runs(results, pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS))
                 write_csv(out_csv, results)
                 if log:
                     log(f"{variant} seed {seed} fold {fold + 1}/{k}: clip accuracy {scores['clip_accuracy']:.3f}, "

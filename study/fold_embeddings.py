@@ -391,8 +391,6 @@ def results_rows(scores: pd.DataFrame, results_csv: Path) -> pd.DataFrame:
                                                              "robustness_tv"])
 
 
-#: a fold model's key in every table this script writes
-RUN_KEY = ["variant", "seed", "fold"]
 #: the columns of a head's score row that hold a list (one value per test clip), JSON-encoded in the heads CSV
 LIST_COLUMNS = ("test_confidence", "test_correct", "test_clip_ids", "test_actual", "test_predicted")
 
@@ -425,17 +423,12 @@ def read_heads(path: Path) -> pd.DataFrame:
 
 
 def merge_runs(kept: pd.DataFrame | None, fresh: pd.DataFrame) -> pd.DataFrame:
-    """``fresh``'s rows and ``kept``'s rows of every fold model (``RUN_KEY``) that ``fresh`` does not hold, variants in
+    """``kept`` with the rows of every fold model that ``fresh`` holds replaced (``compare.replace_runs``), variants in
     first-seen order (``kept``'s first), then by seed and fold: a run on some kept models adds to, or replaces,
     what earlier runs scored, and keeps the rest (fold models are not kept across machines, their scores are)."""
-    if kept is None or not len(kept):
-        return fresh.reset_index(drop=True)
-    if not len(fresh):
-        return kept.reset_index(drop=True)
-    scored = pd.MultiIndex.from_frame(fresh[RUN_KEY])
-    merged = pd.concat([kept[~pd.MultiIndex.from_frame(kept[RUN_KEY]).isin(scored)], fresh], ignore_index=True)
+    merged = fresh if kept is None else compare.replace_runs(kept, fresh)
     order = {variant: i for i, variant in enumerate(pd.unique(merged["variant"]))}
-    return merged.sort_values(RUN_KEY, key=lambda c: c.map(order) if c.name == "variant" else c,
+    return merged.sort_values(compare.RUN_KEY, key=lambda c: c.map(order) if c.name == "variant" else c,
                               kind="stable").reset_index(drop=True)
 
 
