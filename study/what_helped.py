@@ -8,8 +8,12 @@ treats the folds as independent, and the corrected resampled t-test of Nadeau & 
 the folds of repeated k-fold CV share most of their training clips, so the plain test overstates the evidence, and
 a change is "clearly" better only where the corrected test says so. Where both sides kept their answers per clip
 (the ``<results>_clips.csv`` beside a results CSV), also ``summary.paired_clips``' sign test with each clip one
-unit (the clips one side gets right in more seeds than the other). The verdict (kept or not) is the file's, a
-record of the decision; the numbers are recomputed every time, so the table cannot drift from the CSVs.
+unit (the clips one side gets right in more seeds than the other). The two other criteria the verdicts weigh
+(issue 10) are recomputed too, on the same paired folds: the robustness agreement of the fold models, and their
+answers on the real songs outside GTZAN (real-clips): the share right and, where both sides kept their answers
+(``<results>_external.csv``), the answers that differ paired file by file with an exact sign test. The verdict
+(kept or not) is the file's, a record of the decision; the numbers are recomputed every time, so the table cannot
+drift from the CSVs.
 
 Run: ``python -m study.what_helped`` (writes ``study/results/what_helped.md`` and prints it).
 """
@@ -69,6 +73,69 @@ def pooled_clips(csvs: list[Path], results: pd.DataFrame) -> pd.DataFrame:
     return current_rows(clips, results)
 
 
+def pooled_external(csvs: list[Path], results: pd.DataFrame) -> pd.DataFrame:
+    """The fold models' answers on the external files (``<stem>_external.csv`` beside each results CSV), made
+    with the configuration of the pooled results' rows; a (variant, seed, fold, file) in several counts once,
+    from the last CSV listed."""
+    from study.compare import CLIP_COLUMNS, external_predictions_path
+
+    frames = [pd.read_csv(c, dtype={"config_key": str}) for c in map(external_predictions_path, csvs) if c.is_file()]
+    if not frames:
+        return pd.DataFrame(columns=CLIP_COLUMNS)
+    answers = pd.concat([f[CLIP_COLUMNS] for f in frames], ignore_index=True)
+    answers = answers.drop_duplicates(["variant", "seed", "fold", "clip_id"], keep="last")
+    return current_rows(answers, results)
+
+
+def paired_scores(results: pd.DataFrame, variant: str, reference: str, column: str) -> dict:
+    """The means of ``column`` (a per-fold-model score: ``robustness_agreement``, ``external_top1``) of both
+    variants over the (seed, fold) runs where both measured it; empty where none did."""
+    runs = [results[results["variant"] == name].set_index(["seed", "fold"])[column] for name in (variant, reference)]
+    both = pd.concat(runs, axis=1, keys=["variant", "reference"], join="inner").dropna()
+    if both.empty:
+        return {}
+    return {"variant": float(both["variant"].mean()), "reference": float(both["reference"].mean()), "runs": len(both)}
+
+
+def paired_answers(external: pd.DataFrame, variant: str, reference: str) -> dict:
+    """Both variants' answers on the same external file by the same (seed, fold) model, paired: how many each
+    got right, and the exact two-sided sign test on the pairs where exactly one of them is right (McNemar's
+    test). Empty where no answer pairs. The pairs are not independent (a handful of songs, every fold model
+    answering each): the p-value says what the answers show, not what the songs would."""
+    from scipy.stats import binomtest
+
+    right = {}
+    for name in (variant, reference):
+        rows = external[external["variant"] == name]
+        right[name] = (rows["actual"] == rows["predicted"]).set_axis(
+            pd.MultiIndex.from_arrays([rows["seed"].astype(int), rows["fold"].astype(int), rows["clip_id"]]))
+    both = pd.concat(right, axis=1, join="inner")
+    if both.empty:
+        return {}
+    only_variant = int((both[variant] & ~both[reference]).sum())
+    only_reference = int((~both[variant] & both[reference]).sum())
+    differing = only_variant + only_reference
+    p = binomtest(only_variant, differing, 0.5).pvalue if differing else 1.0
+    return {"answers": len(both), "variant_right": int(both[variant].sum()),
+            "reference_right": int(both[reference].sum()), "only_variant": only_variant,
+            "only_reference": only_reference, "p": float(p)}
+
+
+def _robustness_cell(results: pd.DataFrame, variant: str, reference: str) -> str:
+    scores = paired_scores(results, variant, reference, "robustness_agreement")
+    return f"{scores['variant']:.3f} vs {scores['reference']:.3f}" if scores else ""
+
+
+def _real_clips_cell(results: pd.DataFrame, external: pd.DataFrame | None, variant: str, reference: str) -> str:
+    """Answer counts with the sign test where both kept their answers, else the paired shares right."""
+    answers = paired_answers(external, variant, reference) if external is not None else {}
+    if answers:
+        return (f"{answers['variant_right']} vs {answers['reference_right']} of {answers['answers']} "
+                f"({answers['only_variant']}/{answers['only_reference']}, p {answers['p']:.2g})")
+    scores = paired_scores(results, variant, reference, "external_top1")
+    return f"{scores['variant']:.3f} vs {scores['reference']:.3f}" if scores else ""
+
+
 def fold_t_tests(diffs: pd.Series, holdout_ratio: float) -> tuple[float, float]:
     """Two-sided p of the paired fold differences: the plain t-test and Nadeau & Bengio's corrected resampled
     t-test, whose variance ``(1/n + n_test/n_train) s^2`` allows for the overlap of the folds' training sets
@@ -108,11 +175,14 @@ def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
             "p_corrected": p_corrected}
 
 
-def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict], clips: pd.DataFrame | None = None) -> str:
-    """The table; ``clips`` (:func:`pooled_clips`): also the clip-level column where both variants have them."""
+def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict], clips: pd.DataFrame | None = None,
+                        external: pd.DataFrame | None = None) -> str:
+    """The table; ``clips`` (:func:`pooled_clips`): also the clip-level column where both variants have them;
+    ``external`` (:func:`pooled_external`): the real-clips answers paired where both variants kept them."""
     lines = ["| change | variant vs reference | clip acc. (paired folds) | Δ | W/T/L | folds (seeds) "
-             "| detectable Δ | p: t / corrected t | clips better/worse (p) | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| detectable Δ | p: t / corrected t | clips better/worse (p) | robustness agreement "
+             "| real-clips right (only one right: variant/reference, p) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in contrasts:
         c = contrast(results, row["variant"], row["reference"])
         detectable = "" if np.isnan(c["detectable"]) else f"{c['detectable']:.3f}"
@@ -124,7 +194,8 @@ def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict], clips: pd
             f"| {row['change']} | `{row['variant']}` vs `{row['reference']}` "
             f"| {c['variant_mean']:.3f} vs {c['reference_mean']:.3f} | {c['delta']:+.3f} "
             f"| {c['won']}/{c['tied']}/{c['lost']} | {c['folds']} ({c['seeds']}) | {detectable} | {p_cell} | {by_clip} "
-            f"| {row['verdict']} |")
+            f"| {_robustness_cell(results, row['variant'], row['reference'])} "
+            f"| {_real_clips_cell(results, external, row['variant'], row['reference'])} | {row['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -136,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         csvs, contrasts = load_contrasts(args.contrasts)
         results = pooled_results(csvs)
-        table = what_helped_markdown(results, contrasts, pooled_clips(csvs, results))
+        table = what_helped_markdown(results, contrasts, pooled_clips(csvs, results), pooled_external(csvs, results))
     except GenreSEError as error:
         print(f"what_helped: error: {error}", file=sys.stderr)
         return 1

@@ -651,8 +651,8 @@ def test_what_helped_pairs_each_change_with_its_reference_on_the_same_folds(tmp_
     assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 0
     p_t, p_corrected = what_helped.fold_t_tests(pd.Series(diffs), what_helped.holdout_ratio(pooled, "base"))
     assert (p_t, p_corrected) == (pytest.approx(c["p_t"]), pytest.approx(c["p_corrected"]))
-    assert f"| 4 (1) | {c['detectable']:.3f} | {p_t:.2g} / {p_corrected:.2g} | 3/1 of 5 (p 0.62) | kept |" \
-        in out.read_text()  # c1-c3 better, c4 worse
+    assert f"| 4 (1) | {c['detectable']:.3f} | {p_t:.2g} / {p_corrected:.2g} | 3/1 of 5 (p 0.62) |  |  | kept |" \
+        in out.read_text()  # c1-c3 better, c4 worse; neither measured robustness nor answered real songs
     spec.write_text("results: [results/a.csv]\ncontrasts:\n  - {change: x, variant: nope, reference: base, verdict: y}\n")
     assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 1
     spec.write_text("results: [results/a.csv]\ncontrasts:\n  - {change: x, variant: new}\n")
@@ -681,6 +681,51 @@ def test_what_helped_counts_each_clip_once_and_corrects_the_t_test_for_overlappi
     # n_test / n_train from the rows: 5 folds of 14-15 clips of 71
     rows = pd.DataFrame({"variant": "v", "seed": 1, "fold": range(5), "n_test_clips": [15, 14, 14, 14, 14]})
     assert what_helped.holdout_ratio(rows, "v") == pytest.approx(14.2 / (71 - 14.2))
+
+
+def test_what_helped_pairs_robustness_and_real_song_answers_by_fold_model(tmp_path):
+    """The robustness and real-clips columns compare the same fold models as the accuracy columns: a fold only one
+    side measured, or a stale configuration's answers, does not count."""
+    from study import what_helped
+
+    def runs(variant, robustness, external):
+        return pd.DataFrame({"variant": variant, "seed": 1, "fold": range(len(robustness)), "clip_accuracy": 0.5,
+                             "clip_macro_f1": 0.5, "params": 1, "train_seconds": 1.0, "epochs_run": 1,
+                             "best_epoch": 1, "n_test_clips": 14, "config_key": "k",
+                             "robustness_agreement": robustness, "external_top1": external})
+
+    (tmp_path / "results").mkdir()
+    pd.concat([runs("new", [0.9, 0.8, 0.7], [0.5, 0.5, 1.0]),
+               runs("base", [0.6, 0.6, np.nan], [0.0, 0.5, 0.0])]).to_csv(tmp_path / "results" / "a.csv", index=False)
+    spec = tmp_path / "what.yaml"
+    spec.write_text("results: [results/a.csv]\n"
+                    "contrasts:\n  - {change: more, variant: new, reference: base, verdict: kept}\n")
+    csvs, _ = what_helped.load_contrasts(spec)
+    pooled = what_helped.pooled_results(csvs)
+    # fold 2's robustness only "new" measured: it is left out of both means
+    assert what_helped.paired_scores(pooled, "new", "base", "robustness_agreement") == {
+        "variant": pytest.approx(0.85), "reference": pytest.approx(0.6), "runs": 2}
+    assert what_helped.paired_scores(pooled, "new", "missing", "external_top1") == {}
+    out = tmp_path / "what.md"
+    assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 0
+    assert "| 0.850 vs 0.600 | 0.667 vs 0.167 | kept |" in out.read_text()  # no answers kept: the shares right
+
+    def answers(variant, fold, right, key="k"):
+        return pd.DataFrame({"variant": variant, "seed": 1, "fold": fold,
+                             "clip_id": [f"s{i}" for i in range(len(right))], "actual": "a",
+                             "predicted": ["a" if r else "b" for r in right], "config_key": key})
+
+    pd.concat([answers("new", 0, [1, 1, 0, 1]), answers("base", 0, [0, 1, 0, 0]),
+               answers("new", 1, [1, 1, 1, 1]), answers("base", 1, [0, 0, 0, 0], key="old"),  # stale: not paired
+               answers("new", 2, [1, 0, 1, 1])]).to_csv(tmp_path / "results" / "a_external.csv", index=False)
+    external = what_helped.pooled_external(csvs, pooled)
+    assert len(external) == 16  # the stale answers dropped
+    assert what_helped.paired_answers(external, "new", "base") == {
+        "answers": 4, "variant_right": 3, "reference_right": 1, "only_variant": 2, "only_reference": 0,
+        "p": pytest.approx(0.5)}
+    assert what_helped.paired_answers(external, "new", "missing") == {}
+    assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 0
+    assert "| 0.850 vs 0.600 | 3 vs 1 of 4 (2/0, p 0.5) | kept |" in out.read_text()
 
 
 def test_the_repository_what_helped_names_measured_variants():
