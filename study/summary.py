@@ -34,16 +34,20 @@ def paired_clips(clips: pd.DataFrame, results: pd.DataFrame, variant: str, refer
     return clip_sign_test(current_rows(clips, results), variant, reference)
 
 
+def answers_right(answers: pd.DataFrame, variant: str, runs: list[str]) -> pd.Series:
+    """Whether each answer of ``variant`` is right, indexed by its ``runs`` columns (integers: seed, fold) and
+    ``clip_id``: the unit two variants' answers are paired on."""
+    rows = answers[answers["variant"] == variant]
+    index = pd.MultiIndex.from_arrays([rows[c].astype(int) for c in runs] + [rows["clip_id"]])
+    return (rows["actual"] == rows["predicted"]).set_axis(index)
+
+
 def clip_sign_test(current: pd.DataFrame, variant: str, reference: str) -> dict:
     """:func:`paired_clips` on predictions already reduced to the current rows."""
     from scipy.stats import binomtest
 
-    right = {}
-    for name in (variant, reference):
-        rows = current[current["variant"] == name]
-        right[name] = (rows["actual"] == rows["predicted"]).set_axis(
-            pd.MultiIndex.from_arrays([rows["seed"].astype(int), rows["clip_id"]]))
-    both = pd.concat(right, axis=1, join="inner")
+    both = pd.concat({name: answers_right(current, name, ["seed"]) for name in (variant, reference)}, axis=1,
+                     join="inner")
     if both.empty:
         return {}
     share = both.astype(float).groupby(level=1).mean()  # per clip: the share of its seeds answered right

@@ -30,8 +30,20 @@ import yaml
 
 from genre_se.errors import ConfigError, GenreSEError
 from genre_se.fileio import write_text
-from study.compare import read_results
-from study.summary import clip_sign_test, current_rows, paired_folds, paired_record
+from study.compare import (
+    CLIP_COLUMNS,
+    clip_predictions_path,
+    external_predictions_path,
+    read_clip_predictions,
+    read_results,
+)
+from study.summary import (
+    answers_right,
+    clip_sign_test,
+    current_rows,
+    paired_folds,
+    paired_record,
+)
 
 HERE = Path(__file__).resolve().parent
 CONTRAST_KEYS = {"change", "variant", "reference", "verdict"}
@@ -59,32 +71,27 @@ def pooled_results(csvs: list[Path]) -> pd.DataFrame:
     return rows.drop_duplicates(["variant", "seed", "fold"], keep="last").reset_index(drop=True)
 
 
-def pooled_clips(csvs: list[Path], results: pd.DataFrame) -> pd.DataFrame:
-    """The per-clip answers of the ``<stem>_clips.csv`` beside each results CSV, made with the configuration of
-    the pooled results' rows; a (variant, seed, clip) in several counts once, from the last CSV listed."""
-    from study.compare import CLIP_COLUMNS
-
-    frames = [pd.read_csv(c, dtype={"config_key": str}) for c in (p.with_name(p.stem + "_clips.csv") for p in csvs)
-              if c.is_file()]
-    if not frames:
-        return pd.DataFrame(columns=CLIP_COLUMNS)
-    clips = pd.concat([f[CLIP_COLUMNS] for f in frames], ignore_index=True)
-    clips = clips.drop_duplicates(["variant", "seed", "clip_id"], keep="last")
-    return current_rows(clips, results)
-
-
-def pooled_external(csvs: list[Path], results: pd.DataFrame) -> pd.DataFrame:
-    """The fold models' answers on the external files (``<stem>_external.csv`` beside each results CSV), made
-    with the configuration of the pooled results' rows; a (variant, seed, fold, file) in several counts once,
-    from the last CSV listed."""
-    from study.compare import CLIP_COLUMNS, external_predictions_path
-
-    frames = [pd.read_csv(c, dtype={"config_key": str}) for c in map(external_predictions_path, csvs) if c.is_file()]
+def _pooled_answers(csvs: list[Path], results: pd.DataFrame, path_of, unique: list[str]) -> pd.DataFrame:
+    """The answers in the file ``path_of(csv)`` beside each results CSV, made with the configuration of the
+    pooled results' rows; answers with the same ``unique`` columns in several files count once, from the last
+    CSV listed."""
+    frames = [read_clip_predictions(c) for c in map(path_of, csvs) if c.is_file()]
     if not frames:
         return pd.DataFrame(columns=CLIP_COLUMNS)
     answers = pd.concat([f[CLIP_COLUMNS] for f in frames], ignore_index=True)
-    answers = answers.drop_duplicates(["variant", "seed", "fold", "clip_id"], keep="last")
-    return current_rows(answers, results)
+    return current_rows(answers.drop_duplicates(unique, keep="last"), results)
+
+
+def pooled_clips(csvs: list[Path], results: pd.DataFrame) -> pd.DataFrame:
+    """The per-clip answers of the ``<stem>_clips.csv`` beside each results CSV; a (variant, seed, clip) counts
+    once."""
+    return _pooled_answers(csvs, results, clip_predictions_path, ["variant", "seed", "clip_id"])
+
+
+def pooled_external(csvs: list[Path], results: pd.DataFrame) -> pd.DataFrame:
+    """The fold models' answers on the external files (``<stem>_external.csv`` beside each results CSV); a
+    (variant, seed, fold, file) counts once."""
+    return _pooled_answers(csvs, results, external_predictions_path, ["variant", "seed", "fold", "clip_id"])
 
 
 def paired_scores(results: pd.DataFrame, variant: str, reference: str, column: str) -> dict:
@@ -104,12 +111,8 @@ def paired_answers(external: pd.DataFrame, variant: str, reference: str) -> dict
     answering each): the p-value says what the answers show, not what the songs would."""
     from scipy.stats import binomtest
 
-    right = {}
-    for name in (variant, reference):
-        rows = external[external["variant"] == name]
-        right[name] = (rows["actual"] == rows["predicted"]).set_axis(
-            pd.MultiIndex.from_arrays([rows["seed"].astype(int), rows["fold"].astype(int), rows["clip_id"]]))
-    both = pd.concat(right, axis=1, join="inner")
+    both = pd.concat({name: answers_right(external, name, ["seed", "fold"]) for name in (variant, reference)},
+                     axis=1, join="inner")
     if both.empty:
         return {}
     only_variant = int((both[variant] & ~both[reference]).sum())
