@@ -176,8 +176,12 @@ def se_overhead(smoke: bool, repeats: int) -> tuple[dict, dict]:
         model = build_model(dataclasses.replace(params.model, se=se), shape, N_CLASSES, mean=-40.0, std=20.0,
                             features=params.features)
         model.compile(optimizer=keras.optimizers.Adam(params.train.learning_rate), loss="categorical_crossentropy")
-        infer = (lambda m=model: np.asarray(m(x, training=False)))
-        step = (lambda m=model: m.train_on_batch(x, y))
+        def infer(m=model):
+            return np.asarray(m(x, training=False))
+
+        def step(m=model):
+            return m.train_on_batch(x, y)
+
         for _ in range(2):  # traced, optimizer built and warmed before timing
             infer()
             step()

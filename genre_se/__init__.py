@@ -3,6 +3,12 @@
 Importing the package is cheap: TensorFlow and librosa are imported only by the modules that need them.
 """
 
+import os as _os
+
+# TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lines) is noise for a CLI user; set before
+# any submodule can import TensorFlow.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from .errors import AudioError, ConfigError, DatasetError, GenreSEError, ModelError, OutputError
 
 __version__ = "0.1.0"
@@ -34,8 +40,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-import os as _os
-
-# TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lines) is noise for a CLI user.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -278,8 +278,10 @@ def test_a_changed_variant_is_recomputed(tiny_study, tmp_path, monkeypatch):
                 "best_epoch": 1, "n_test_clips": 6}
 
     monkeypatch.setattr(compare, "run_cnn_fold", fake_fold)
-    run = lambda s: compare.run_study(s, work / "features", work / "index.csv", out,
-                                      best_params_path=work / "best_params.json", variants=["se_tuned"], quick=True)
+    def run(s):
+        return compare.run_study(s, work / "features", work / "index.csv", out,
+                                 best_params_path=work / "best_params.json", variants=["se_tuned"], quick=True)
+
     run(study)
     assert calls == [4, 4, 4]  # the r of best_params.json
     run(study)
