@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def open_windows(path: str | os.PathLike, sr: int):
     _check_sr(checked, sr)
     try:
         with native_stderr_silenced():
-            handle = sf.SoundFile(checked)
+            handle = sf.SoundFile(_sndfile_name(checked))
     except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError):
         yield None  # not libsndfile's: the stream (audioread) reads it, or says why it cannot
         return
@@ -465,7 +466,7 @@ def _open_decoder(path: str):
     """Open ``path`` with libsndfile, else (known audio extension) audioread; close it afterwards."""
     try:
         with native_stderr_silenced():  # libmpg123 notes on corrupt mp3
-            handle = sf.SoundFile(path)
+            handle = sf.SoundFile(_sndfile_name(path))
     except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError) as exc:
         handle, sndfile_reason = None, _reason(exc)
         if "not a regular file" in sndfile_reason and Path(path).is_file():
@@ -524,7 +525,11 @@ def _check_path(path: str | os.PathLike) -> str:
     if not os.path.exists(text):
         raise AudioError(f"{text}: file not found")
     try:
-        size = os.path.getsize(text)
+        status = os.stat(text)
+        if not stat.S_ISREG(status.st_mode):  # a pipe's size reads 0, and open() of a named pipe can block
+            raise AudioError(f"{text}: not a regular file (a pipe or a device); to pipe audio in, give the path "
+                             "'-' and send it to standard input")
+        size = status.st_size
         with open(text, "rb"):
             pass
     except OSError as exc:
@@ -532,6 +537,12 @@ def _check_path(path: str | os.PathLike) -> str:
     if size == 0:
         raise AudioError(f"{text}: empty file (0 bytes)")
     return text
+
+
+def _sndfile_name(path: str) -> str | bytes:
+    """The name libsndfile opens: on POSIX the file's own bytes, since soundfile encodes a str strictly as
+    UTF-8 and a name that is not UTF-8 (``caf\\udce9.flac`` from an old Latin-1 archive) would fail."""
+    return path if os.name == "nt" else os.fsencode(path)
 
 
 def _check_sr(path: str, sr: int | None) -> None:

@@ -55,7 +55,10 @@ def _import_tensorflow_quietly() -> None:
 
 
 def _err(message: str) -> None:
-    print(f"genre-se: {message}", file=sys.stderr)
+    from .quiet import stderr_message
+
+    with stderr_message():  # not while another thread has fd 2 silenced
+        print(f"genre-se: {message}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,10 +244,12 @@ def _emit(stream, text: str, bar) -> None:
 
 
 def _report(message: str, bar) -> None:
+    from .quiet import stderr_message
+
     if bar is None:
         _err(message)
     else:
-        with bar.external_write_mode(file=sys.stderr):
+        with stderr_message(), bar.external_write_mode(file=sys.stderr):
             _err(message)
 
 
@@ -261,7 +266,8 @@ class _OutputStream:
         from .fileio import atomic_path
 
         self._atomic = atomic_path(self.path)
-        self._file = open(self._atomic.__enter__(), "w", encoding="utf-8", newline="")
+        # a file name that is not UTF-8 is spelt \udce9, as on stderr, rather than ending the run in a traceback
+        self._file = open(self._atomic.__enter__(), "w", encoding="utf-8", errors="backslashreplace", newline="")
         return self._file
 
     def __exit__(self, *exc_info):

@@ -118,7 +118,13 @@ class PredictionFormatter:
 
 
 def _shown(path: str | None) -> str:
-    return "<array>" if path is None else path
+    return "<array>" if path is None else _spelt(path)
+
+
+def _spelt(path: str) -> str:
+    """A file name as UTF-8 text can hold it: a name that is not UTF-8 (surrogate escapes, from an old Latin-1
+    archive) is spelt as the error messages spell it (``caf\\udce9.flac``); UTF-8 files and Arrow refuse it."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _segments_note(prediction: Prediction) -> str:
@@ -151,18 +157,22 @@ def embedding_table(embeddings: Sequence[Embedding], pool: str) -> tuple[dict, n
         raise ModelError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
     if pool == "mean":
         columns = {
-            "path": [e.path for e in embeddings],
+            "path": [_path_cell(e.path) for e in embeddings],
             "duration": np.array([e.duration for e in embeddings], dtype=np.float64),
             "n_segments": np.array([e.n_segments for e in embeddings], dtype=np.int64),
         }
         return columns, np.stack([e.pooled for e in embeddings]).astype(np.float32)
     columns = {
-        "path": [e.path for e in embeddings for _ in range(e.n_segments)],
+        "path": [_path_cell(e.path) for e in embeddings for _ in range(e.n_segments)],
         "segment": np.concatenate([np.arange(e.n_segments) for e in embeddings]).astype(np.int64),
         "start": np.concatenate([e.segment_starts for e in embeddings]).astype(np.float64),
         "end": np.concatenate([e.segment_ends for e in embeddings]).astype(np.float64),
     }
     return columns, np.concatenate([e.segments for e in embeddings]).astype(np.float32)
+
+
+def _path_cell(path: str | None) -> str | None:
+    return None if path is None else _spelt(path)
 
 
 def embedding_format(output: str | os.PathLike | None, fmt: str | None) -> tuple[Path, str]:

@@ -33,3 +33,11 @@ def native_stderr_silenced() -> Iterator[None]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def stderr_message() -> Iterator[None]:
+    """Hold while writing a message to stderr. fd 2 is silenced process-wide, and the decoding thread does
+    so while it opens the next file: a failure reported meanwhile by the main thread would go to /dev/null."""
+    with _LOCK:
+        yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -513,3 +514,54 @@ def test_corrupt_mp3_gives_one_plain_message_and_no_decoder_chatter(tmp_path):
     assert out.stderr == ""
     assert str(bad) in out.stdout and "regular file" not in out.stdout
     assert "unrecognised format or corrupt data" in out.stdout
+
+
+def _non_utf8_name(folder: Path, name: bytes) -> Path:
+    """A file name that is not valid UTF-8 (old Latin-1 archives); Python spells it with surrogate escapes."""
+    path = Path(os.fsdecode(os.path.join(os.fsencode(folder), name)))
+    try:
+        path.touch()
+    except (OSError, UnicodeError):
+        pytest.skip("this file system accepts only UTF-8 names")
+    return path
+
+
+@pytest.mark.parametrize("suffix", [b".flac", b".wav", b".ogg"])
+def test_a_file_name_that_is_not_utf8_decodes(tmp_path, suffix):
+    """soundfile encodes a str path strictly as UTF-8, which a surrogate-escaped name is not."""
+    from genre_se.audio import open_windows
+
+    plain = _write(tmp_path / f"plain{suffix.decode()}", _pcm16_noise(4000), 8000)
+    expected = load_audio(plain, sr=None)
+    odd = _non_utf8_name(tmp_path, b"caf\xe9" + suffix)
+    os.replace(plain, odd)
+    assert audio_info(odd).frames == 4000
+    np.testing.assert_array_equal(load_audio(odd, sr=None), expected)
+    np.testing.assert_array_equal(np.concatenate(list(iter_audio_blocks(odd, sr=None))), expected)
+    with open_windows(odd, 8000) as reader:
+        assert reader is not None or suffix == b".ogg"  # Ogg is streamed, never window-read
+
+
+@pytest.mark.parametrize("kind", ["process substitution", "named pipe"])
+def test_a_pipe_is_refused_as_not_a_file_not_called_empty(tmp_path, kind):
+    """``genre-se predict <(ffmpeg ... -f wav -)`` names a pipe: its size reads 0, but it is not an empty file,
+    and a named pipe must not block the batch in open(); standard input ('-') is the way to pipe audio in."""
+    wav = _write(tmp_path / "a.wav", _pcm16_noise(800), 8000).read_bytes()
+    if kind == "process substitution":
+        read_end, write_end = os.pipe()
+        path = f"/dev/fd/{read_end}"
+        keep = [read_end, write_end]
+    else:
+        path = tmp_path / "fifo.wav"
+        os.mkfifo(path)
+        write_end = os.open(path, os.O_RDWR)  # a writer is attached, so an open() for reading cannot hang here
+        keep = [write_end]
+    try:
+        os.write(write_end, wav)
+        for reader in READERS.values():
+            with pytest.raises(AudioError, match="not a regular file") as caught:
+                reader(path)
+            assert str(caught.value).startswith(f"{path}: ") and "empty" not in str(caught.value)
+    finally:
+        for fd in keep:
+            os.close(fd)

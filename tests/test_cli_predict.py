@@ -308,3 +308,53 @@ def test_embed_formats_and_failures(capsys, bundle, folder, tmp_path, monkeypatc
 
     code, _, err = run(capsys, "embed", str(folder / "c_corrupt.mp3"), "--model", bundle, "--output", "bad.npz")
     assert code == 1 and not (tmp_path / "bad.npz").exists() and "nothing written" in err
+
+
+def test_error_lines_are_not_lost_while_the_decoder_thread_silences_native_stderr():
+    """The decoding thread points fd 2 at /dev/null while libsndfile opens a file (libmpg123 chatter); an
+    error line the main thread writes meanwhile (the previous file's failure) must still reach the user."""
+    code = (
+        "import threading, time\n"
+        "from genre_se.cli import _err\n"
+        "from genre_se.quiet import native_stderr_silenced\n"
+        "entered = threading.Event()\n"
+        "def decoder():\n"
+        "    with native_stderr_silenced():\n"
+        "        entered.set()\n"
+        "        time.sleep(0.5)\n"
+        "thread = threading.Thread(target=decoder)\n"
+        "thread.start()\n"
+        "entered.wait()\n"
+        "_err('error: bad.wav: not a readable audio file')\n"
+        "thread.join()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "genre-se: error: bad.wav: not a readable audio file" in proc.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_predicted_and_written_everywhere(capsys, bundle, folder, tmp_path):
+    """Old Latin-1 archives have names that are not UTF-8: the file is read, and every output names it (spelt
+    as the error messages spell it) instead of ending in a UnicodeEncodeError traceback."""
+    odd = Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.flac"))
+    try:
+        os.replace(folder / "sub" / "b_high.flac", odd)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system accepts only UTF-8 names")
+    spelt = str(odd).encode("utf-8", "backslashreplace").decode("utf-8")  # .../caf\udce9.flac
+    code, out, err = run(capsys, "predict", str(odd), "--model", bundle)
+    assert code == 0 and out.startswith(spelt) and "1. high" in out
+    target = tmp_path / "out" / "predictions.csv"
+    code, _, err = run(capsys, "predict", str(odd), "--model", bundle, "--format", "csv", "-o", str(target))
+    assert code == 0 and err == "" and pd.read_csv(target)["path"].tolist() == [spelt]
+    report = tmp_path / "robustness.csv"
+    code, _, err = run(capsys, "robustness", str(odd), "--model", bundle, "--per-file", "--format", "csv",
+                       "-o", str(report))
+    assert code == 0 and set(pd.read_csv(report)["path"]) == {spelt}, err
+    for output, fmt in (("e.parquet", None), ("e_npy", "npy"), ("e.npz", None)):
+        extra = ["--format", fmt] if fmt else []
+        code, _, err = run(capsys, "embed", str(odd), "--model", bundle, "-o", str(tmp_path / output), *extra)
+        assert code == 0 and "Traceback" not in err, err
+    assert pd.read_parquet(tmp_path / "e.parquet")["path"].tolist() == [spelt]
+    assert pd.read_csv(tmp_path / "e_npy" / "rows.csv")["path"].tolist() == [spelt]
