@@ -227,6 +227,9 @@ class WindowReader:
             and bool(decoder._handle.seekable())
             and self.info.frames > 0
         )
+        #: Frames that really decode: the header's count, or less for a truncated file (see _readable_frames)
+        self.frames = self._readable_frames() if self.seekable else self.info.frames
+        self.seekable = self.seekable and self.frames > 0
         native = self.info.sample_rate
         gcd = math.gcd(native, self.sr)
         self._native_step, self._out_step = native // gcd, self.sr // gcd
@@ -234,8 +237,8 @@ class WindowReader:
 
     @property
     def n_samples(self) -> int:
-        """Samples of the signal at ``sr`` as the header declares them (the resampled length)."""
-        return round(self.info.frames * self.sr / self.info.sample_rate)
+        """Samples of the signal at ``sr`` (the resampled length of the frames that decode)."""
+        return round(self.frames * self.sr / self.info.sample_rate)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """float32 samples ``[start, stop)`` at ``sr`` (``start`` may be negative); zeros outside the signal."""
@@ -246,16 +249,52 @@ class WindowReader:
         lo = max(start - self._context, 0)
         lo -= lo % self._out_step  # an output sample that is exactly a native frame
         native_lo = lo // self._out_step * self._native_step
-        if stop <= 0 or native_lo >= self.info.frames:
+        if stop <= 0 or native_lo >= self.frames:
             return out
         native_hi = math.ceil((stop + self._context) * self._native_step / self._out_step) + 1
-        pieces = self._native(native_lo, native_hi)
-        y = np.concatenate(list(_resample_stream(pieces, self.info.sample_rate, self.sr)) or [out[:0]])
+        # libmpg123 reports the bit reservoir a seek cut off ("part2_3_length too large"); the context absorbs it
+        with native_stderr_silenced():
+            pieces = list(self._native(native_lo, native_hi))
+        y = np.concatenate(list(_resample_stream(iter(pieces), self.info.sample_rate, self.sr)) or [out[:0]])
         # y[k] is output sample lo + k
         first = max(start, lo)
         piece = y[first - lo : stop - lo]
         out[first - start : first - start + piece.size] = piece
         return out
+
+    def _readable_frames(self) -> int:
+        """The header's frame count if its last frame decodes, else where the data really ends.
+
+        A truncated file (a partial download) keeps a header that claims the whole length: past the real end
+        an MP3 seek still "succeeds" and reads nothing, so windows there would come back as zeros, counted as
+        silent segments of a song that long. One read at the declared end checks it; only a file that fails it
+        pays a bisection (about 20 seeks) and a short sequential read to the last frame.
+        """
+        declared = self.info.frames
+        if self._decodes_at(declared - 1):
+            return declared
+        if not self._decodes_at(0):
+            return 0
+        good, bad = 0, declared - 1
+        while bad - good > READ_FRAMES:
+            middle = (good + bad) // 2
+            good, bad = (middle, bad) if self._decodes_at(middle) else (good, middle)
+        end = good
+        try:
+            with native_stderr_silenced():
+                for block in self._native(good, bad + 1):
+                    end += block.shape[0]
+        except AudioError:  # a broken last frame (FLAC): the data ends where decoding stopped
+            pass
+        return end
+
+    def _decodes_at(self, frame: int) -> bool:
+        try:
+            with native_stderr_silenced():  # libmpg123 complains about the cut frame
+                self._decoder._seek(frame)
+                return self._decoder._read(1, frame).shape[0] > 0
+        except AudioError:
+            return False
 
     def _native(self, start: int, stop: int) -> Iterator[np.ndarray]:
         """Mono native frames ``[start, stop)`` (fewer at the end of the file), in READ_FRAMES reads."""

@@ -327,6 +327,58 @@ def test_mp3_window_reads_equal_a_sequential_decode(tmp_path):
             np.testing.assert_allclose(window, expected, atol=1e-6)
 
 
+def _truncated(tmp_path, ext: str, seconds: float, sr: int):
+    """A file cut to its first third, as a partial download is: its header still claims the whole length."""
+    from genre_se.audio import audio_info
+
+    full = tmp_path / f"full.{ext}"
+    sf.write(full, noisy_music(seconds, sr), sr)
+    cut = tmp_path / f"cut.{ext}"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    assert audio_info(cut).duration == pytest.approx(seconds, abs=0.1)
+    return cut
+
+
+def test_a_truncated_mp3_is_read_to_where_its_data_ends_not_to_its_header(tiny, tmp_path):  # noqa: F811
+    """Past the real end an MP3 seek still succeeds and reads nothing: windows there came back as zeros, and a
+    partial download of a 60-s song was predicted as 60 s with two thirds of its segments 'silent'. The window
+    reader now ends where the data does, as the sequential decode does."""
+    from genre_se.audio import _window_seek_formats, load_audio, open_windows
+    from genre_se.inference import GenreClassifier
+
+    if "MP3" not in _window_seek_formats():
+        pytest.skip(f"libsndfile {sf.__libsndfile_version__} < 1.1: MP3 is streamed, not read in windows")
+    cut = _truncated(tmp_path, "mp3", 60.0, 22050)
+    whole = load_audio(cut, 22050)
+    assert 15.0 < len(whole) / 22050 < 25.0
+    with open_windows(cut, 22050) as reader:
+        assert reader is not None and reader.n_samples == len(whole)
+        np.testing.assert_allclose(reader.read(len(whole) - 5000, len(whole)), whole[-5000:], atol=1e-6)
+    bounded = GenreClassifier.load(tiny["bundle"], max_segments=8).predict(cut)
+    full = GenreClassifier.load(tiny["bundle"], max_segments=0).predict(cut)
+    assert bounded.duration == pytest.approx(full.duration) == pytest.approx(len(whole) / 22050, abs=0.1)
+    assert bounded.n_segments == 8 and bounded.n_segments_in_file == full.n_segments
+    assert not bounded.segment_silent.any()
+
+
+def test_a_truncated_flac_fails_as_its_sequential_decode_does(tiny, tmp_path):  # noqa: F811
+    """A cut FLAC stops decoding mid-frame, and after a failed seek libsndfile's FLAC decoder stays broken:
+    the window reader declines it, and the prediction fails with the same message as reading it whole, not
+    with 'cannot seek to frame ...'."""
+    from genre_se.audio import load_audio
+    from genre_se.errors import AudioError
+    from genre_se.inference import GenreClassifier
+
+    cut = _truncated(tmp_path, "flac", 60.0, 22050)
+    with pytest.raises(AudioError, match="corrupt or truncated audio data after") as streamed:
+        load_audio(cut, 22050)
+    with pytest.raises(AudioError, match="corrupt or truncated audio data after") as windowed:
+        GenreClassifier.load(tiny["bundle"], max_segments=8).predict(cut)
+    assert str(windowed.value).startswith(f"{cut}: ") and "seek" not in str(windowed.value)
+    assert str(streamed.value).startswith(f"{cut}: ")
+
+
 # --------------------------------------------------------------------------------------------------
 # The command line
 
