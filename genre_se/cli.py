@@ -238,7 +238,9 @@ def _emit(stream, text: str, bar) -> None:
         stream.write(text)
         stream.flush()
         return
-    with bar.external_write_mode(file=sys.stderr):
+    from .quiet import stderr_message
+
+    with stderr_message(), bar.external_write_mode(file=sys.stderr):  # the bar's clearing must reach fd 2
         stream.write(text)
         stream.flush()
 
