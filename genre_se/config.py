@@ -22,6 +22,9 @@ from .errors import ConfigError
 #: Per-block settings accept a scalar (same for every block) or one value per block.
 PerBlock = typing.Union[float, list]
 
+#: The largest ``seed``: numpy's global seeding, which Keras' set_random_seed calls, takes 32 bits.
+SEED_MAX = 2**32 - 1
+
 DEFAULT_GENRES = (
     "blues",
     "classical",
@@ -43,6 +46,15 @@ def _require(ok: bool, key: str, why: str) -> None:
 
 def _is_number_pair(value) -> bool:
     return len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+def _is_number(value) -> bool:
+    """A YAML number: an int or float, not a bool (``true`` is an int to Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _require_pair(pair, key: str, unit: str, lowest: float, highest: float) -> None:
@@ -91,6 +103,9 @@ class CorpusConfig:
     sample_rate: int = 22050
 
     def validate(self, p: str) -> None:
+        for genre in self.genres:  # before the duplicate check: set() needs hashable entries
+            _require(isinstance(genre, str) and bool(genre), f"{p}.genres",
+                     f"entries must be genre names, got {genre!r}")
         _require(len(self.genres) >= 2, f"{p}.genres", "needs at least two genres")
         _require(len(set(self.genres)) == len(self.genres), f"{p}.genres", "has duplicates")
         _require(self.clips_per_genre >= 1, f"{p}.clips_per_genre", "must be >= 1")
@@ -185,15 +200,17 @@ class ModelConfig:
         )
         _require(isinstance(self.pcen, bool), f"{p}.pcen", f"must be true or false, got {self.pcen!r}")
         for f in self.filters:
-            _require(isinstance(f, int) and f >= 1, f"{p}.filters", f"entries must be ints >= 1, got {f!r}")
+            _require(_is_int(f) and f >= 1, f"{p}.filters",
+                     f"entries must be ints >= 1, got {f!r}")
         for name in ("kernel_size", "padding", "dropout", "reduction_ratios"):
             self.per_block(name, key=f"{p}.{name}")
         for k in self.per_block("kernel_size", key=f"{p}.kernel_size"):
-            _require(isinstance(k, int) and k >= 1, f"{p}.kernel_size", f"must be ints >= 1, got {k!r}")
+            _require(_is_int(k) and k >= 1, f"{p}.kernel_size",
+                     f"must be ints >= 1, got {k!r}")
         for pad in self.per_block("padding", key=f"{p}.padding"):
             _require(pad in ("same", "valid"), f"{p}.padding", f"must be 'same' or 'valid', got {pad!r}")
         for d in self.per_block("dropout", key=f"{p}.dropout"):
-            _require(0.0 <= d < 1.0, f"{p}.dropout", f"must be in [0, 1), got {d!r}")
+            _require(_is_number(d) and 0.0 <= d < 1.0, f"{p}.dropout", f"must be in [0, 1), got {d!r}")
         for r in self.per_block("reduction_ratios", key=f"{p}.reduction_ratios"):
             _require(
                 isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0,
@@ -419,7 +436,8 @@ class Params:
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     def validate(self, p: str) -> None:
-        _require(self.seed >= 0, "seed", "must be >= 0")
+        # numpy's legacy seeding (keras.utils.set_random_seed) refuses 2**32 and above
+        _require(0 <= self.seed <= SEED_MAX, "seed", f"must be in [0, {SEED_MAX}], got {self.seed}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -109,8 +109,10 @@ def _gtzan_clips(root: Path) -> pd.DataFrame:
             f"data.root: no GTZAN clips (<genre>/<genre>.NNNNN.wav or .au) found in {root} "
             f"(also looked in {looked}); use data.layout: folders for other trees"
         )
+    files = _gtzan_files(genres_dir)
+    _refuse_empty_labels(genres_dir, {genre for genre, _ in files}, "GTZAN clips (<genre>.NNNNN.wav or .au)")
     rows = {}
-    for genre, file in _gtzan_files(genres_dir):
+    for genre, file in files:
         clip_id = f"{genre}/{file.name.rsplit('.', 1)[0]}"
         ext = file.suffix.lower().lstrip(".")
         # Both blues.00000.wav and blues.00000.au may sit side by side: one clip, prefer the wav.
@@ -121,6 +123,17 @@ def _gtzan_clips(root: Path) -> pd.DataFrame:
         [(clip_id, path, label) for clip_id, (path, label, _) in rows.items()],
         columns=["clip_id", "path", "label"],
     )
+
+
+def _refuse_empty_labels(folder: Path, found: set, what: str) -> None:
+    """An empty genre folder is an error, not a genre quietly left out of the model (a failed extraction).
+    ``__MACOSX`` (the resource forks a macOS zip adds, all hidden ``._*`` files) is not a genre."""
+    empty = [d.name for d in _visible_subdirs(folder) if d.name not in found and d.name != "__MACOSX"]
+    if empty:
+        raise DatasetError(
+            f"data.root: label folder(s) {', '.join(empty)} of {folder} hold no {what}; add the clips, or remove "
+            "the folder(s) to train without those labels"
+        )
 
 
 def _audio_files_below(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
@@ -153,6 +166,7 @@ def _folder_clips(root: Path, extensions: tuple[str, ...]) -> pd.DataFrame:
             "(expected <root>/<label>/.../<file>; data.extensions sets the file types)"
         )
     relative, paths, labels = zip(*rows)
+    _refuse_empty_labels(root, set(labels), f"audio files ({', '.join(f'*.{e}' for e in extensions)})")
     return pd.DataFrame({"clip_id": _unique_ids(list(relative)), "path": paths, "label": labels})
 
 

@@ -94,6 +94,10 @@ def _compute_shard(task: tuple) -> tuple[str, str, int, str | None]:
     return clip_id, augment, len(segs), None
 
 
+#: Columns of segments.csv / augmented.csv read as text: a label or clip id such as "7" must stay a string.
+TEXT_COLUMNS = {"clip_id": str, "label": str, "split": str, "augment": str}
+
+
 @dataclass
 class FeatureStore:
     """A read-only view of the store: ``segments`` is memory-mapped, nothing is loaded up front."""
@@ -119,9 +123,9 @@ class FeatureStore:
                     "run `genre-se features` again"
                 )
             segments = np.load(root / "segments.npy", mmap_mode="r")
-            table = pd.read_csv(root / "segments.csv", keep_default_na=False)
+            table = pd.read_csv(root / "segments.csv", keep_default_na=False, dtype=TEXT_COLUMNS)
             copies = root / "augmented.csv"
-            augmented = pd.read_csv(copies, keep_default_na=False) if copies.exists() else None
+            augmented = pd.read_csv(copies, keep_default_na=False, dtype=TEXT_COLUMNS) if copies.exists() else None
         except (OSError, ValueError, json.JSONDecodeError) as exc:
             raise DatasetError(f"{root}: corrupt feature store ({exc})") from None
         n_copies = 0 if augmented is None else len(augmented)
@@ -386,12 +390,13 @@ def run_features(
     progress: Callable | None = None,
 ) -> tuple[FeatureStore, pd.DataFrame]:
     """The `genre-se features` stage: index -> feature store, plus a CSV of clips that failed to decode."""
+    from .datasets import read_index
     from .fileio import write_csv
 
     index_path = Path(index_path)
     if not index_path.exists():
         raise DatasetError(f"{index_path}: no dataset index (run `genre-se prepare` first)")
-    index = pd.read_csv(index_path, keep_default_na=False)
+    index = read_index(index_path)  # labels and clip ids as text: genre folders may be named 0, 1, 2
     missing = {"clip_id", "path", "label", "status", "split"} - set(index.columns)
     if missing:
         raise DatasetError(f"{index_path}: index lacks columns {sorted(missing)}")

@@ -47,12 +47,21 @@ def test_shipped_params_load_and_match_defaults_where_documented():
         ("model.reduction_ratios", 0, "model.reduction_ratios"),
         ("model.dropout", [0.1, 0.2, 0.3, 0.4, 1.2], "model.dropout"),
         ("model.se", "yes", "model.se"),
+        # per-block entries of the wrong type: named, not a TypeError from a comparison
+        ("model.dropout", [0.1, "a", 0.1, 0.1, 0.1], "model.dropout"),
+        ("model.dropout", [0.1, None, 0.1, 0.1, 0.1], "model.dropout"),
+        ("model.filters", [32, True], "model.filters"),  # a bool is not a filter count
+        ("model.kernel_size", [True, 3, 3, 3, 3], "model.kernel_size"),
+        ("corpus.genres", [["blues"], ["jazz"]], "corpus.genres"),
+        ("corpus.genres", ["blues", None], "corpus.genres"),
+        # numpy's and Keras' global seeding take 0 <= seed < 2**32
+        ("seed", 2**32, "seed"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, dotted, value, needle):
     raw = shipped()
-    section, key = dotted.split(".")
-    raw[section][key] = value
+    section, _, key = dotted.rpartition(".")
+    (raw[section] if section else raw)[key] = value
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         load_params(write(tmp_path, raw))
 

@@ -199,6 +199,25 @@ def test_missing_empty_and_audio_free_roots_raise_with_what_was_looked_for(tmp_p
         find_clips(DataConfig(root=str(file_root)))
 
 
+def test_an_empty_genre_folder_is_an_error_naming_it(tmp_path):
+    """One genre folder left empty (an extraction that failed) used to drop that genre silently: the model
+    trained on the other genres as if it had never existed."""
+    make_folders(tmp_path / "music", {"rock": 3, "jazz": 3})
+    (tmp_path / "music" / "blues").mkdir()
+    with pytest.raises(DatasetError, match=r"data\.root: label folder\(s\) blues of .* hold no"):
+        find_clips(DataConfig(root=str(tmp_path / "music")))
+    make_gtzan(tmp_path / "genres", genres=("jazz", "rock"))
+    (tmp_path / "genres" / "blues").mkdir()
+    for layout in ("auto", "gtzan"):
+        with pytest.raises(DatasetError, match=r"data\.root: label folder\(s\) blues of .* hold no"):
+            find_clips(DataConfig(root=str(tmp_path / "genres"), layout=layout))
+    # a macOS zip's resource forks (hidden ._* files only) are not an empty genre
+    (tmp_path / "music" / "blues").rmdir()
+    (tmp_path / "music" / "__MACOSX").mkdir()
+    (tmp_path / "music" / "__MACOSX" / "._rock.wav").write_bytes(b"\0" * 64)
+    assert set(find_clips(DataConfig(root=str(tmp_path / "music")))["label"]) == {"rock", "jazz"}
+
+
 def test_find_clips_is_deterministic(tmp_path):
     make_folders(tmp_path, {"b": 3, "a": 4})
     first = find_clips(DataConfig(root=str(tmp_path)))

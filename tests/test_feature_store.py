@@ -84,3 +84,22 @@ def test_open_missing_store_is_a_clear_error(tmp_path):
 
     with pytest.raises(DatasetError, match="run `genre-se features` first"):
         FeatureStore.open(tmp_path / "nothing")
+
+
+def test_numeric_label_folders_stay_labels_through_the_features_stage(tmp_path, index):
+    """Genre folders named 0, 1, 2 (common for class-numbered data): the index CSV must not turn them into
+    ints, which crashed the store's meta.json (int64 is not JSON) with a raw traceback."""
+    from genre_se.config import Params
+    from genre_se.feature_store import run_features
+    from genre_se.fileio import write_csv
+
+    numeric = index.assign(label=index["label"].map({"a": "0", "b": "1", "c": "2"}),
+                           clip_id=[str(i) for i in range(len(index))])
+    write_csv(tmp_path / "index.csv", numeric)
+    store, _ = run_features(Params(features=dataclasses.replace(CFG, workers=1)), index_path=tmp_path / "index.csv",
+                            out_dir=tmp_path / "features", cache_dir=tmp_path / "cache",
+                            errors_path=tmp_path / "errors.csv")
+    assert store.labels == ["0", "1", "2"]
+    again = FeatureStore.open(tmp_path / "features")  # as train and evaluate read it
+    assert again.table["label"].tolist() == [str(v) for v in again.table["label_index"]]
+    assert again.table["clip_id"].map(type).eq(str).all()
