@@ -183,20 +183,23 @@ def cross_validate(
     model_cfg,
     state_root: str | Path,
     log: Callable[[str], None] | None = None,
+    train_cfg=None,
 ) -> dict:
     """k-fold clip-level CV (:func:`cv_fold_rows`): fold f is the test set, fold f+1 the early-stopping set
-    (with ``train.fit_all`` it trains too), the rest train."""
+    (with ``train.fit_all`` it trains too), the rest train. ``train_cfg``: the recipe (default
+    ``params.train``); the evaluate stage passes the bundle's, with its tuned learning rate."""
     from .train import train_model
 
+    train_cfg = params.train if train_cfg is None else train_cfg
     k = params.evaluate.folds
     if "fold" not in store.table.columns:
         raise DatasetError("the feature store has no folds; run prepare and features with evaluate.folds > 1")
     folds = []
     fold_col = store.table["fold"].to_numpy()
     for f in range(k):
-        train_rows, valid_rows, test_rows = cv_fold_rows(fold_col, f, k, params.train.fit_all)
+        train_rows, valid_rows, test_rows = cv_fold_rows(fold_col, f, k, train_cfg.fit_all)
         result = train_model(
-            store, model_cfg, params.train, train_rows=train_rows, valid_rows=valid_rows,
+            store, model_cfg, train_cfg, train_rows=train_rows, valid_rows=valid_rows,
             seed=params.seed + f, state_dir=Path(state_root) / f"fold{f}",
             log=(lambda line, f=f: log(f"fold {f + 1}/{k} {line}")) if log else None,
         )
@@ -222,6 +225,18 @@ def cross_validate(
             summary[f"{name}_mean"] = float(values.mean())
             summary[f"{name}_std"] = float(values.std(ddof=1)) if k > 1 else 0.0
     return {**summary, "per_fold": folds}
+
+
+def _cv_train_config(params: Params, bundle_extra: dict):
+    """``params.train`` with the learning rate the bundle was trained at: a rate the tune stage searched
+    (``tune.learning_rate``) reaches the bundle through best_params.json, and the folds must train as the
+    bundle did, as they already take its tuned model settings."""
+    import dataclasses
+
+    recorded = (bundle_extra.get("train_config") or {}).get("learning_rate")
+    if recorded is None:
+        return params.train
+    return dataclasses.replace(params.train, learning_rate=float(recorded))
 
 
 def run_evaluate(
@@ -256,7 +271,8 @@ def run_evaluate(
     if params.evaluate.folds > 1:
         from .config import ModelConfig, from_dict
 
-        cv = cross_validate(store, params, from_dict(ModelConfig, bundle.model_config, "model"), cv_state_dir, log)
+        cv = cross_validate(store, params, from_dict(ModelConfig, bundle.model_config, "model"), cv_state_dir, log,
+                            train_cfg=_cv_train_config(params, bundle.extra))
         metrics["cv"] = {k: v for k, v in cv.items() if k != "per_fold"}
         write_csv(reports / "cv_folds.csv", pd.DataFrame(cv["per_fold"]))
         shutil.rmtree(cv_state_dir, ignore_errors=True)

@@ -395,3 +395,29 @@ def test_predict_applies_the_temperature_and_flags_uncertain_answers(trained, tm
     assert usage.value.code == 2
     with pytest.raises(ModelError, match="uncertain_below"):
         GenreClassifier(clf.bundle, uncertain_below=-0.1)
+
+
+@pytest.mark.slow
+def test_evaluate_cross_validates_at_the_bundles_learning_rate(trained, monkeypatch):
+    """A learning rate the tune stage searched reaches the bundle (best_params.json), not params.train: the CV
+    folds must train at the bundle's rate, as they already take its tuned model settings."""
+    import dataclasses
+
+    from genre_se import evaluate
+    from genre_se.bundle import load_bundle
+
+    recorded = load_bundle(trained["bundle"]).extra["train_config"]["learning_rate"]
+    params = trained["params"]
+    untuned = dataclasses.replace(params, train=dataclasses.replace(params.train, learning_rate=recorded * 7),
+                                  evaluate=dataclasses.replace(params.evaluate, folds=2))
+    seen = {}
+
+    def fake_cv(store, params, model_cfg, state_root, log=None, train_cfg=None):
+        seen["train"] = train_cfg if train_cfg is not None else params.train
+        return {"per_fold": [{"fold": 0, "clip_accuracy": 1.0}], "clip_accuracy": 1.0}
+
+    monkeypatch.setattr(evaluate, "cross_validate", fake_cv)
+    evaluate.run_evaluate(untuned, store_dir=trained["store"].root, bundle_dir=trained["bundle"],
+                          reports_dir=trained["root"] / "reports-cv", cv_state_dir=trained["root"] / "cv-state")
+    assert seen["train"].learning_rate == pytest.approx(recorded)
+    assert seen["train"].epochs == params.train.epochs  # the rest of the recipe is params.train's
