@@ -22,8 +22,9 @@ from .errors import ConfigError
 #: Per-block settings accept a scalar (same for every block) or one value per block.
 PerBlock = typing.Union[float, list]
 
-#: The largest ``seed``: numpy's global seeding, which Keras' set_random_seed calls, takes 32 bits.
-SEED_MAX = 2**32 - 1
+#: The largest ``seed``: numpy's global seeding, which Keras' set_random_seed calls, takes 32 bits, and the
+#: seeds derived from it (``seed + fold`` in CV, ``seed + 1000 * execution`` in tuning) need headroom below that.
+SEED_MAX = 2**31 - 1
 
 DEFAULT_GENRES = (
     "blues",
@@ -436,7 +437,7 @@ class Params:
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     def validate(self, p: str) -> None:
-        # numpy's legacy seeding (keras.utils.set_random_seed) refuses 2**32 and above
+        # numpy's legacy seeding (keras.utils.set_random_seed) refuses 2**32 and above; SEED_MAX leaves headroom
         _require(0 <= self.seed <= SEED_MAX, "seed", f"must be in [0, {SEED_MAX}], got {self.seed}")
 
     def to_dict(self) -> dict:
