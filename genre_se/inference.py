@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .config import FeatureConfig
-from .errors import AudioError, GenreSEError, ModelError
+from .errors import AudioError, ConfigError, GenreSEError, ModelError
 from .fileio import file_sha1
 
 __all__ = [
@@ -581,6 +581,12 @@ class GenreClassifier:
         if silence_db is not None and (isinstance(silence_db, bool) or not isinstance(silence_db, (int, float))
                                        or not np.isfinite(silence_db)):
             raise ModelError(f"silence_db must be a finite number of dB or None, got {silence_db!r}")
+        # checked here: later, a bad value would fail every file of a batch as if the files were bad
+        if (isinstance(block_seconds, bool) or not isinstance(block_seconds, (int, float))
+                or not np.isfinite(block_seconds) or block_seconds <= 0):
+            raise ModelError(f"block_seconds must be a positive number of seconds, got {block_seconds!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
+            raise ModelError(f"prefetch must be an int >= 0, got {prefetch!r}")
         self.max_segments = int(max_segments)
         self.silence_db = None if silence_db is None else float(silence_db)
         self.bundle = bundle
@@ -746,8 +752,13 @@ class GenreClassifier:
 
         Decoding and feature computation run on a background thread while the model works, and the
         model is loaded once. ``on_progress(path, seconds_done)`` is called after every batch.
+
+        Raises
+        ------
+        ConfigError
+            ``paths`` is one path rather than an iterable of them (use :meth:`predict`).
         """
-        return self._predict_sources([_Source(os.fspath(p)) for p in paths], on_progress)
+        return self._predict_sources(_sources(paths), on_progress)
 
     def _predict_sources(self, sources, on_progress) -> Iterator[Prediction | Failure]:
         model = (self.bundle.model if self.familiarity is None and self.head is None
@@ -857,8 +868,9 @@ class GenreClassifier:
     def embed_many(
         self, paths: Iterable[str | os.PathLike], *, on_progress: ProgressCallback | None = None
     ) -> Iterator[Embedding | Failure]:
-        """Embeddings of files in order, an :class:`Embedding` or a :class:`Failure` for each."""
-        return self._embed_sources([_Source(os.fspath(p)) for p in paths], on_progress)
+        """Embeddings of files in order, an :class:`Embedding` or a :class:`Failure` for each (``paths`` as in
+        :meth:`predict_many`)."""
+        return self._embed_sources(_sources(paths), on_progress)
 
     def _embed_sources(self, sources, on_progress) -> Iterator[Embedding | Failure]:
         if self._embedding_model is None:
@@ -981,8 +993,17 @@ def _duration(n_frames: int, hint: float | None, cfg: FeatureConfig) -> float:
     return float(min(max(hint, low), high))
 
 
+def _sources(paths: Iterable[str | bytes | os.PathLike]) -> list[_Source]:
+    """One :class:`_Source` per path, each path a str (a bytes path decoded as the file system does)."""
+    if isinstance(paths, (str, bytes, os.PathLike)):  # a str would be taken one character at a time
+        raise ConfigError(f"expected an iterable of paths, got one path ({os.fsdecode(paths)!r}); "
+                          "use predict() or embed(), or give [path]")
+    return [_Source(os.fsdecode(p)) for p in paths]
+
+
 def _as_mono(y) -> np.ndarray:
-    """1-D float32 from a 1-D or 2-D array; integer PCM is scaled to [-1, 1).
+    """1-D float32 from a 1-D or 2-D array; integer PCM is scaled to [-1, 1) (unsigned PCM, e.g. 8-bit WAV,
+    is centred on its midpoint).
 
     A 2-D signal is (frames, channels) as soundfile reads it or (channels, frames) as ``librosa.load(...,
     mono=False)`` returns it: the shorter axis is the channels (a signal has far more frames than channels).
@@ -993,16 +1014,19 @@ def _as_mono(y) -> np.ndarray:
                          f"shape {array.shape}")
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise AudioError(f"array input: expected real sample values, got dtype {array.dtype}")
-    scale = float(np.iinfo(array.dtype).max + 1) if np.issubdtype(array.dtype, np.integer) else 1.0
+    if array.size == 0:  # before the channel mean, which would make an empty (2, 0) array NaN
+        raise AudioError("array input: no samples")
+    # integer PCM spans [min, max]: signed is centred on 0, unsigned (8-bit WAV: silence is 128) on its midpoint
+    info = np.iinfo(array.dtype) if np.issubdtype(array.dtype, np.integer) else None
+    scale = 1.0 if info is None else (int(info.max) - int(info.min) + 1) / 2
+    offset = 0.0 if info is None else int(info.min) + scale
     if array.ndim == 2:
         channel_axis = 1 if array.shape[1] <= array.shape[0] else 0
         signal = array.mean(axis=channel_axis, dtype=np.float32)
     else:
         signal = array.astype(np.float32, copy=False)
-    if scale != 1.0:
-        signal = signal / np.float32(scale)
-    if signal.size == 0:
-        raise AudioError("array input: no samples")
+    if info is not None:
+        signal = (signal - np.float32(offset)) / np.float32(scale)
     if not np.isfinite(signal).all():
         raise AudioError("array input: contains non-finite samples (NaN or infinity)")
     return signal

@@ -227,7 +227,7 @@ def load_litert_bundle(bundle_dir: str | Path, *, threads: int | None = None) ->
         No export, an incomplete or damaged one, or one made from a different ``model.keras`` (the
         message says to run ``genre-se export`` again).
     """
-    from .bundle import MODEL_FILE, read_bundle_meta
+    from .bundle import META_FILE, MODEL_FILE, _check_labels, read_bundle_meta
 
     root = Path(bundle_dir)
     meta = read_bundle_meta(root)
@@ -237,7 +237,9 @@ def load_litert_bundle(bundle_dir: str | Path, *, threads: int | None = None) ->
         )
     export = _read_export_meta(root)
     model_path = root / MODEL_FILE
-    model_sha1 = file_sha1(model_path) if model_path.is_file() else None
+    if not model_path.is_file():  # else reported below as "made from another model.keras"
+        raise ModelError(f"{model_path}: missing; the model bundle is incomplete")
+    model_sha1 = file_sha1(model_path)
     if model_sha1 != export.get("source_sha1"):
         raise ModelError(
             f"{root / EXPORT_FILE}: the export was made from another {MODEL_FILE} than the one in the bundle; "
@@ -253,6 +255,7 @@ def load_litert_bundle(bundle_dir: str | Path, *, threads: int | None = None) ->
         raise ModelError(
             f"{root / LITERT_FILE}: outputs {model.n_classes} classes but bundle.json has labels {labels!r}"
         )
+    labels = _check_labels(labels, model.n_classes, str(root / META_FILE))  # names and duplicates, as Keras loads
     return LiteRTBundle(model=model, frontend=_load_frontend(root / FRONTEND_FILE, cfg), export=export,
                         model_sha1=model_sha1, **BundleRecord.fields_from(meta, labels, root))
 

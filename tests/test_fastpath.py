@@ -335,6 +335,34 @@ def test_incomplete_export_is_a_clear_error(exported, tmp_path):
         GenreClassifier.load(bundle, backend="litert")
 
 
+def _shipped_copy(tmp_path: Path) -> Path:
+    from genre_se.inference import SHIPPED_BUNDLE
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(SHIPPED_BUNDLE, bundle)
+    return bundle
+
+
+@pytest.mark.parametrize("labels, message", [([None] * 10, "non-empty strings"), (["rock"] * 10, "duplicates")])
+def test_litert_checks_the_labels_as_keras_does(tmp_path, labels, message):
+    from genre_se.inference import GenreClassifier
+
+    bundle = _shipped_copy(tmp_path)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    (bundle / "bundle.json").write_text(json.dumps({**meta, "labels": labels}))
+    with pytest.raises(ModelError, match=rf"bundle\.json: labels .*{message}"):
+        GenreClassifier.load(bundle, backend="litert")
+
+
+def test_litert_names_a_missing_model_keras(tmp_path):
+    from genre_se.inference import GenreClassifier
+
+    bundle = _shipped_copy(tmp_path)
+    (bundle / "model.keras").unlink()  # not "an export from another model.keras": there is none
+    with pytest.raises(ModelError, match=r"model\.keras: missing"):
+        GenreClassifier.load(bundle, backend="litert")
+
+
 def test_train_stage_writes_the_export(tiny, tmp_path):  # noqa: F811
     from genre_se.config import load_params
     from genre_se.inference import GenreClassifier

@@ -171,6 +171,8 @@ def test_predict_array_equals_the_file(clf, tmp_path):
     "bad, sr, match",
     [
         (np.zeros(0, np.float32), 8000, "no samples"),
+        (np.zeros((2, 0), np.float32), 8000, "no samples"),  # empty stereo is empty, not NaN
+        (np.zeros((0, 2), np.float32), 8000, "no samples"),
         (np.array([0.0, np.nan] * 100, np.float32), 8000, "non-finite"),
         (np.zeros((2, 2, 2), np.float32), 8000, "1-D"),
         (np.zeros(100, np.float32), 0, "sr must be"),
@@ -181,6 +183,55 @@ def test_predict_array_equals_the_file(clf, tmp_path):
 def test_bad_arrays_raise_audio_error(clf, bad, sr, match):
     with pytest.raises(AudioError, match=match):
         clf.predict_array(bad, sr)
+
+
+def test_unsigned_integer_pcm_is_centred_on_its_midpoint(clf):
+    from genre_se.inference import _as_mono
+
+    # 8-bit WAV PCM is unsigned with silence at 128: [-1, 1) like signed PCM, not [0, 1) with a DC offset
+    np.testing.assert_array_equal(_as_mono(np.array([0, 128, 255], np.uint8)), [-1.0, 0.0, 127 / 128])
+    np.testing.assert_array_equal(_as_mono(np.array([0, 32768], np.uint16)), [-1.0, 0.0])
+    np.testing.assert_array_equal(_as_mono(np.array([-32768, 0], np.int16)), [-1.0, 0.0])
+    y = tone(BAND_HZ["high"], 2.5)
+    pcm8 = np.round(y * 127 + 128).astype(np.uint8)
+    np.testing.assert_allclose(clf.predict_array(pcm8, 8000).probabilities, clf.predict_array(y, 8000).probabilities,
+                               atol=0.02)
+
+
+def test_invalid_streaming_options_are_refused_when_the_classifier_is_made(tiny):
+    from genre_se.inference import GenreClassifier
+
+    # not later, as an AudioError blaming every (good) file of the batch
+    for bad in (0, -1.0, float("nan"), None, "30"):
+        with pytest.raises(ModelError, match="block_seconds"):
+            GenreClassifier.load(tiny["bundle"], block_seconds=bad)
+    for bad in (None, 1.5, -1):
+        with pytest.raises(ModelError, match="prefetch"):
+            GenreClassifier.load(tiny["bundle"], prefetch=bad)
+
+
+def test_bytes_and_path_objects_are_paths_too(clf, tmp_path):
+    import os
+
+    path = write(tmp_path / "mid.wav", tone(BAND_HZ["mid"], 1.0))
+    expected = clf.predict(str(path))
+    for given in (path, os.fsencode(path)):
+        result = clf.predict(given)
+        assert result.path == str(path)  # a str, so to_dict() stays JSON
+        np.testing.assert_array_equal(result.probabilities, expected.probabilities)
+        assert clf.embed(given).path == str(path)
+    json.dumps(clf.predict(os.fsencode(path)).to_dict())
+
+
+def test_one_path_given_as_the_batch_is_refused(clf, tmp_path):
+    from genre_se.errors import ConfigError
+
+    # a str is an iterable of one-character "paths": every one would be reported as a failed file
+    path = write(tmp_path / "mid.wav", tone(BAND_HZ["mid"], 1.0))
+    for many in (clf.predict_many, clf.embed_many):
+        for one in (str(path), path, bytes(path)):
+            with pytest.raises(ConfigError, match="one path"):
+                many(one)
 
 
 # --------------------------------------------------------------------------------------------------
