@@ -169,7 +169,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_analyze(args) -> int:
     from .analyze import run_analyze
+    from .fileio import check_writable
 
+    for path in (args.out, args.table):  # before the model runs; else a bad --table fails after the PNG is written
+        if path:
+            check_writable(path)
     exc = run_analyze(args.model, args.features, split=args.split, out_png=args.out, table_csv=args.table)
     for row in exc.summary().itertuples():
         print(f"{row.block}: {row.channels} channels, genre spread {row.genre_spread:.3f}, "
@@ -622,6 +626,17 @@ _count = _int_at_least(0)
 _positive_int = _int_at_least(1)
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed in the range params.yaml's ``seed`` allows (scikit-learn refuses a negative
+    one with a traceback)."""
+    from .config import SEED_MAX
+
+    value = _count(text)
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [0, {SEED_MAX}], got {text!r}")
+    return value
+
+
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
     """PATH... and the options predict and embed share."""
     p.add_argument("paths", nargs="+", metavar="PATH",
@@ -770,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
         p.add_argument("--features", default="data/features",
                        help=f"the feature store it was trained on{store_note} (default: %(default)s)")
-        p.add_argument("--seed", type=int, help="the SVM's seed (default: the bundle's training seed)")
+        p.add_argument("--seed", type=_seed, help="the SVM's seed (default: the bundle's training seed)")
         p.set_defaults(func=func, needs_tf=True)
 
     p = sub.add_parser("install-model", help="make a trained bundle (with its LiteRT export) the package's "

@@ -220,7 +220,7 @@ def write_embeddings(
 
     Every file is written atomically. Returns the path written (the folder for npy).
     """
-    from .fileio import atomic_path, write_json
+    from .fileio import _jsonable, atomic_path
 
     if not embeddings:
         raise ModelError("no embeddings to write: no input file could be processed")
@@ -233,11 +233,14 @@ def write_embeddings(
             raise ModelError(f"{path}: exists and is not a folder; npy embeddings are written into a folder")
         import pandas as pd
 
-        with atomic_path(path / "embeddings.npy", suffix=".npy") as tmp:
-            np.save(tmp, matrix)
-        with atomic_path(path / "rows.csv", suffix=".csv") as tmp:
-            pd.DataFrame(columns).to_csv(tmp, index=False)
-        write_json(path / "metadata.json", metadata)
+        # all three written before any replaces its predecessor: a failure (disk full) mid-way leaves the
+        # previous folder whole, never a new matrix beside rows that no longer describe it
+        with atomic_path(path / "embeddings.npy", suffix=".npy") as npy, \
+                atomic_path(path / "rows.csv", suffix=".csv") as rows, \
+                atomic_path(path / "metadata.json", suffix=".json") as meta:
+            np.save(npy, matrix)
+            pd.DataFrame(columns).to_csv(rows, index=False)
+            meta.write_text(json.dumps(metadata, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     elif fmt == "npz":
         arrays = {name: np.asarray(values, dtype=str if name == "path" else None) for name, values in columns.items()}
         with atomic_path(path, suffix=".npz") as tmp:

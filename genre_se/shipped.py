@@ -34,14 +34,16 @@ def install_shipped(bundle_dir: str | Path, target: str | Path | None = None, qu
     Raises
     ------
     ModelError
-        The bundle does not load, has no (or a stale) LiteRT export, or lacks calibration.
+        The bundle does not load, has no (or a stale) LiteRT export, or lacks calibration; or ``target`` is
+        a file or a non-empty folder that is not a model bundle.
     """
-    from .bundle import load_bundle
+    from .bundle import _check_replaceable, load_bundle
     from .inference import SHIPPED_BUNDLE
     from .litert import load_litert_bundle
 
     source = Path(bundle_dir)
     target = Path(target) if target is not None else SHIPPED_BUNDLE
+    _check_replaceable(target)  # installing replaces the target folder: never a user's folder of other files
     bundle = load_bundle(source)
     load_litert_bundle(source)  # raises ModelError when the export is missing or made from another model
     if "calibration" not in bundle.extra:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import ModelConfig, Params, TrainConfig, from_dict
 from .corpus import is_builtin_corpus
-from .errors import ConfigError, DatasetError
+from .errors import ConfigError, DatasetError, OutputError
 from .feature_store import FeatureStore
 from .features import floor_db
 from .fileio import atomic_path, read_json_object, write_json
@@ -528,6 +528,7 @@ def train_model(
     if len(train_rows) == 0:
         raise DatasetError("the train split has no segments")
     state_dir = Path(state_dir)
+    _check_state_dir(state_dir)
     n_classes = len(store.labels)
     monitor_max = train_cfg.monitor == "val_clip_accuracy"
     key = _state_key(model_cfg, train_cfg, store, train_rows, seed)
@@ -624,6 +625,21 @@ def _reported(val: dict, logs: dict, monitor_max: bool) -> float:
     if not val:
         return float(logs["loss"])
     return val["clip_accuracy"] if monitor_max else val["loss"]
+
+
+def _check_state_dir(state_dir: Path) -> None:
+    """The state folder is deleted when training starts afresh and when the stage ends: refuse one that holds
+    anything but a training state (or atomic_path's leftover temporaries), so a wrong --state deletes no files."""
+    if not state_dir.exists():
+        return
+    if not state_dir.is_dir():
+        raise OutputError(f"{state_dir}: exists and is not a folder; cannot keep the training state there")
+    ours = (STATE_FILE, LAST_MODEL, BEST_WEIGHTS)
+    others = [p.name for p in state_dir.iterdir()
+              if p.name not in ours and not any(p.name.startswith(f".{name}.") for name in ours)]
+    if others:
+        raise OutputError(f"{state_dir}: holds {others[0]!r}, not a training state; refusing to delete it: choose "
+                          "another --state folder or remove it yourself")
 
 
 def _load_state(state_dir: Path, key: str) -> dict | None:

@@ -310,6 +310,26 @@ def test_embed_formats_and_failures(capsys, bundle, folder, tmp_path, monkeypatc
     assert code == 1 and not (tmp_path / "bad.npz").exists() and "nothing written" in err
 
 
+def test_an_npy_folder_is_replaced_whole_or_not_at_all(capsys, bundle, folder, tmp_path, monkeypatch):
+    """The npy layout is three files: a failure writing the second (disk full) left the new embeddings.npy
+    beside the old rows.csv and metadata.json, rows that no longer describe the matrix."""
+    files = [str(folder / "a_low.wav"), str(folder / "sub" / "b_high.flac")]
+    out = tmp_path / "vectors"
+    code, _, _ = run(capsys, "embed", *files, "--model", bundle, "--format", "npy", "-o", str(out))
+    assert code == 0
+    before = {name: (out / name).read_bytes() for name in ("embeddings.npy", "rows.csv", "metadata.json")}
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    code, _, err = run(capsys, "embed", *files, "--model", bundle, "--format", "npy", "-o", str(out),
+                       "--pool", "none")
+    assert code == 1 and "No space left" in err and "Traceback" not in err
+    assert {name: (out / name).read_bytes() for name in before} == before  # the previous output, whole
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporary file left
+
+
 def test_error_lines_are_not_lost_while_the_decoder_thread_silences_native_stderr():
     """The decoding thread points fd 2 at /dev/null while libsndfile opens a file (libmpg123 chatter); an
     error line the main thread writes meanwhile (the previous file's failure) must still reach the user."""

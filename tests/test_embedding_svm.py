@@ -214,3 +214,14 @@ def test_the_final_model_recipe_fits_the_head_on_every_clip_without_a_temperatur
     got = GenreClassifier.load(tmp_path / "bundle").predict(path)
     assert set(got.parts) == {"cnn", "svm"}
     np.testing.assert_allclose(got.probabilities, head.probabilities(every.loc[[clip]].to_numpy())[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("command", ["classifier", "fusion"])
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "x"])
+def test_a_seed_out_of_range_is_a_usage_error_not_a_traceback(command, seed, capsys):
+    """scikit-learn refuses a seed outside [0, 2**32): say so before loading anything, as params.yaml's seed."""
+    from genre_se.cli import main
+
+    with pytest.raises(SystemExit) as usage:
+        main([command, "--model", "nowhere", "--features", "nowhere", "--seed", seed])
+    assert usage.value.code == 2 and "--seed" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import soundfile as sf
 
 from genre_se import feature_store
 from genre_se.config import FeatureConfig
+from genre_se.errors import DatasetError
 from genre_se.feature_store import FeatureStore, build_store
 from genre_se.features import extract_segments
 
@@ -52,6 +53,25 @@ def test_store_holds_every_readable_clip_as_float16_memmap(tmp_path, index):
     assert (store.table["label_index"] == store.table["label"].map({"a": 0, "b": 1, "c": 2})).all()
     assert store.rows("test").size == (store.table["split"] == "test").sum()
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npz"))
+
+
+def test_a_folder_that_is_not_a_store_is_never_replaced(tmp_path, index):
+    """`genre-se features --out ~/thesis` (a typo, a wrong folder): building replaces the output folder, so a
+    folder of other files is refused before any work, and a store is still rebuilt in place."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    with pytest.raises(DatasetError, match="not a feature store"):
+        build_store(index, CFG, mine, tmp_path / "cache")
+    assert (mine / "thesis.tex").read_text() == "precious"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    with pytest.raises(DatasetError, match="not a folder"):
+        build_store(index, CFG, a_file, tmp_path / "cache")
+    assert a_file.read_text() == "mine" and not (tmp_path / "cache").exists()  # refused before any work
+    build_store(index, CFG, tmp_path / "features", tmp_path / "cache")
+    store, _ = build_store(index, CFG, tmp_path / "features", tmp_path / "cache")  # a store: rebuilt
+    assert len(store.table) > 0
 
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path, index, monkeypatch):

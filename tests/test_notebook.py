@@ -100,6 +100,24 @@ def test_analyze_command_writes_the_figure_and_table(outputs, tmp_path, capsys):
     assert "--split" in capsys.readouterr().err
 
 
+def test_analyze_refuses_an_unwritable_output_before_the_work_and_writes_neither(outputs, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """A --table that cannot be written was found only after the excitations, with the PNG already written
+    and exit 1: half the output. Both places are checked first, as embed and robustness check theirs."""
+    from genre_se import analyze
+
+    root = outputs["root"]
+    blocker = tmp_path / "reports"
+    blocker.write_text("a file where a folder is needed")
+    png = tmp_path / "exc.png"
+    monkeypatch.setattr(analyze, "class_excitations", lambda *a, **k: pytest.fail("computed before the check"))
+    for out, table in ((png, blocker / "exc.csv"), (blocker / "exc.png", tmp_path / "exc.csv")):
+        code = main(["-q", "analyze", "--model", str(root / "bundle"), "--features", str(root / "features"),
+                     "--out", str(out), "--table", str(table)])
+        assert code == 1 and "cannot write here" in capsys.readouterr().err
+        assert not png.exists() and not (tmp_path / "exc.csv").exists()
+
+
 def _code_cells(path):
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]

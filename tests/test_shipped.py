@@ -110,3 +110,22 @@ def test_install_model_checks_the_bundle_then_copies_it_atomically(tmp_path):
     with pytest.raises(ModelError, match="calibration"):
         install_shipped(stale, target)
     assert not re.search(r"\.gtzan-mini\.", " ".join(os.listdir(target.parent)))  # no temp dir left behind
+
+
+def test_install_model_never_replaces_a_folder_that_is_not_a_bundle(tmp_path):
+    """`install-model B --target ~/models` meant "into that folder": replacing it would delete the user's files."""
+    from genre_se.shipped import install_shipped
+
+    mine = tmp_path / "models"
+    (mine / "other").mkdir(parents=True)
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(ModelError, match="not a model bundle"):
+        install_shipped(SHIPPED_BUNDLE, mine, quantize="none")
+    assert (mine / "notes.txt").read_text() == "precious" and (mine / "other").is_dir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    with pytest.raises(ModelError, match="not a directory"):
+        install_shipped(SHIPPED_BUNDLE, a_file, quantize="none")
+    assert a_file.read_text() == "mine"
+    installed = install_shipped(SHIPPED_BUNDLE, tmp_path / "gtzan-mini", quantize="none")
+    install_shipped(SHIPPED_BUNDLE, installed, quantize="none")  # an installed model is replaced, as before

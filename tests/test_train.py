@@ -120,3 +120,31 @@ def test_the_training_time_of_a_resumed_run_counts_its_earlier_epochs(tmp_path):
     again = train_model(store, model, TrainConfig(epochs=4, patience=5), train_rows=rows, valid_rows=rows[:0],
                         seed=1, state_dir=state)
     assert again.resumed_from == 3 and 0 < again.train_seconds < 600
+
+
+def test_a_state_folder_holding_other_files_is_refused_not_deleted(tmp_path):
+    """`genre-se train --state ~/work`: the state folder is deleted when training starts afresh and when it
+    ends, so a folder holding anything but a training state is refused before any work."""
+    import pytest
+
+    from genre_se.config import ModelConfig, TrainConfig
+    from genre_se.errors import OutputError
+    from genre_se.feature_store import build_store
+    from genre_se.train import train_model
+    from tests.conftest import make_tone_dataset
+    from tests.test_inference import FEATURES
+
+    files = sorted(make_tone_dataset(tmp_path / "tones", per_label=2, seconds=1.0, seed=5).rglob("*.wav"))
+    index = pd.DataFrame({"clip_id": [f.stem for f in files], "path": [str(f) for f in files],
+                          "label": [f.parent.name for f in files], "status": "ok", "split": "train"})
+    store, _ = build_store(index, FEATURES, tmp_path / "features", tmp_path / "cache", workers=1)
+    model, rows = ModelConfig(filters=[4], dropout=0.0, reduction_ratios=2), store.rows("train")
+    mine = tmp_path / "work"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(OutputError, match="not a training state"):
+        train_model(store, model, TrainConfig(epochs=1), train_rows=rows, valid_rows=rows[:0], seed=1, state_dir=mine)
+    assert (mine / "notes.txt").read_text() == "precious"
+    state = tmp_path / "state"
+    train_model(store, model, TrainConfig(epochs=1), train_rows=rows, valid_rows=rows[:0], seed=1, state_dir=state)
+    train_model(store, model, TrainConfig(epochs=2), train_rows=rows, valid_rows=rows[:0], seed=1, state_dir=state)
