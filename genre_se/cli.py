@@ -486,6 +486,7 @@ def cmd_robustness(args) -> int:
 
     if args.output not in (None, "-"):
         check_writable(args.output)  # before minutes of transforms, not after
+    _say_which_model(args)
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
                                       batch_size=args.batch_size, fusion=args.fusion,
                                       embedding_svm=args.embedding_svm)

@@ -187,6 +187,8 @@ def test_default_model_and_quiet_flag_in_a_pipeline_checkout(capsys, tiny, folde
     assert json.loads(out)["model"]["bundle"]["path"] == str((tmp_path / "models" / "bundle").resolve())
     code, _, err = run(capsys, "predict", str(folder / "a_low.wav"))
     assert code == 0 and "using the pipeline's latest model" in err and "synthetic corpus" not in err
+    code, _, err = run(capsys, "robustness", str(folder / "a_low.wav"))  # its report is of a model too
+    assert code == 0 and "using the pipeline's latest model" in err
     # a pipeline model trained on the built-in corpus (the README's first run) is a demo: predict says so
     meta_path = tmp_path / "models" / "bundle" / "bundle.json"
     meta = json.loads(meta_path.read_text())
