@@ -124,13 +124,9 @@ def _check_labels(labels: Any, n_outputs: int, where: str) -> list[str]:
 
 
 def _check_replaceable(target: Path) -> None:
-    """Refuse to replace anything that is not a bundle, so a wrong path never deletes user files."""
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise ModelError(f"{target}: exists and is not a directory; refusing to replace it with a bundle")
-    if any(target.iterdir()) and not (target / META_FILE).is_file():
-        raise ModelError(f"{target}: a non-empty directory but not a model bundle; refusing to replace it")
+    from .fileio import check_replaceable
+
+    check_replaceable(target, META_FILE, "a model bundle", ModelError)
 
 
 def _without_optimizer(model: keras.Model) -> keras.Model:

@@ -190,18 +190,6 @@ class FeatureStore:
         return np.flatnonzero(mask)
 
 
-def _check_replaceable(target: Path) -> None:
-    """Refuse to replace anything but a missing or empty folder or a feature store (meta.json), so a mistyped
-    ``--out`` never deletes a user's files."""
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise DatasetError(f"{target}: exists and is not a folder; cannot write the feature store there")
-    if any(target.iterdir()) and not (target / "meta.json").is_file():
-        raise DatasetError(f"{target}: a non-empty folder but not a feature store (no meta.json); refusing to "
-                           "replace it: choose another output folder or remove it yourself")
-
-
 def build_store(
     index: pd.DataFrame,
     cfg: FeatureConfig,
@@ -235,7 +223,10 @@ def build_store(
     store, failures
         The opened store and a table (clip_id, path, error) of clips that could not be decoded.
     """
-    _check_replaceable(Path(out_dir))  # before any work: the store replaces the whole folder
+    from .fileio import check_replaceable
+
+    # before any work: the store replaces the whole folder
+    check_replaceable(Path(out_dir), "meta.json", "a feature store", DatasetError)
     usable = index[(index["status"] == "ok") & (index["split"] != "excluded")].reset_index(drop=True)
     if usable.empty:
         raise DatasetError("the index has no readable clips to compute features for")

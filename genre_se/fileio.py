@@ -18,6 +18,18 @@ from typing import Iterator
 from .errors import GenreSEError, OutputError
 
 
+def check_replaceable(target: Path, marker: str, what: str, error: type[GenreSEError] = OutputError) -> None:
+    """Refuse to replace ``target`` (a folder a writer deletes and writes anew) unless it is missing, empty, or
+    holds ``marker``, the file that writer leaves: a mistyped output path must never delete a user's files."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise error(f"{target}: exists and is not a directory, so not a folder to write {what} in")
+    if any(target.iterdir()) and not (target / marker).is_file():
+        raise error(f"{target}: a non-empty folder but not {what}; refusing to replace it (no {marker}): choose "
+                    "another output folder or remove it yourself")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; on success it replaces ``path``, on error it is removed.
