@@ -46,7 +46,7 @@ def _require(ok: bool, key: str, why: str) -> None:
 
 
 def _is_number_pair(value) -> bool:
-    return len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return len(value) == 2 and all(_is_number(v) for v in value)
 
 
 def _is_number(value) -> bool:
@@ -214,7 +214,7 @@ class ModelConfig:
             _require(_is_number(d) and 0.0 <= d < 1.0, f"{p}.dropout", f"must be in [0, 1), got {d!r}")
         for r in self.per_block("reduction_ratios", key=f"{p}.reduction_ratios"):
             _require(
-                isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0,
+                _is_number(r) and r > 0,
                 f"{p}.reduction_ratios",
                 f"must be numbers > 0, got {r!r}",
             )
@@ -378,7 +378,7 @@ class TuneConfig:
         for key, values in ((f"{p}.r_min", lows), (f"{p}.r_max", highs)):
             _require(len(values) >= 1, key, "must not be an empty list")
             for v in values:
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                ok = _is_number(v) and v > 0
                 _require(ok, key, f"must be numbers > 0, got {v!r}")
             _require(self.mode == "per_block" or len(values) == 1, key, "must be a scalar when mode is 'shared'")
         if len(lows) != len(highs) and min(len(lows), len(highs)) > 1:
