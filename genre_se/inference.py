@@ -287,9 +287,19 @@ class Prediction:
         return record
 
 
+def check_top_k(k) -> int:
+    """``k`` as an int >= 1, or a ConfigError: ``top(0)`` or ``top(-1)`` used to answer one genre silently."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"top_k must be a whole number >= 1, got {k!r}")
+    return int(k)
+
+
 def _top_k(labels: list[str], probabilities: np.ndarray, k: int) -> list[dict]:
-    """``[{"genre", "probability"}, ...]``: the ``k`` most probable, most probable first (ties: label order)."""
-    order = np.argsort(-np.asarray(probabilities), kind="stable")[: max(1, k)]
+    """``[{"genre", "probability"}, ...]``: the ``k`` most probable, most probable first (ties: label order).
+
+    ``k`` larger than the number of genres gives them all.
+    """
+    order = np.argsort(-np.asarray(probabilities), kind="stable")[: check_top_k(k)]
     return [{"genre": labels[i], "probability": float(probabilities[i])} for i in order]
 
 

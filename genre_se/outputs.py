@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ModelError
-from .inference import POOLS, Embedding, Failure, Prediction
+from .inference import POOLS, Embedding, Failure, Prediction, check_top_k
 
 __all__ = ["EMBED_FORMATS", "PredictionFormatter", "embedding_format", "embedding_table", "write_embeddings"]
 
@@ -50,7 +50,8 @@ class PredictionFormatter:
         if fmt not in self.FORMATS:
             raise ModelError(f"output format must be one of {', '.join(self.FORMATS)}, got {fmt!r}")
         self.fmt = fmt
-        self.top_k = max(1, int(top_k) if n_classes is None else min(int(top_k), int(n_classes)))
+        top_k = check_top_k(top_k)
+        self.top_k = top_k if n_classes is None else min(top_k, int(n_classes))
         self.timeline = timeline
         self.provenance = provenance or {}
         self._records: list[dict] = []

@@ -107,6 +107,21 @@ def test_predict_and_embed_every_format(clf, tmp_path, ext):
     np.testing.assert_array_equal(embedding.segment_starts, result.segment_starts)
 
 
+@pytest.mark.parametrize("k", [0, -1, 1.5, True, "2"])
+def test_top_k_below_one_or_not_a_whole_number_is_refused(clf, tmp_path, k):
+    from genre_se.errors import ConfigError
+    from genre_se.outputs import PredictionFormatter
+
+    result = clf.predict(write(tmp_path / "mid.wav", tone(BAND_HZ["mid"], 2.0, sr=8000), sr=8000))
+    with pytest.raises(ConfigError, match="top_k must be a whole number >= 1"):
+        result.top(k)
+    with pytest.raises(ConfigError, match="top_k"):
+        result.to_dict(top_k=k)
+    with pytest.raises(ConfigError, match="top_k"):
+        PredictionFormatter("json", top_k=k)
+    assert len(result.top(np.int64(10))) == len(clf.labels)  # more than there are: all of them
+
+
 def test_wav_and_mp3_give_near_identical_probabilities(clf, tmp_path):
     # between two bands, so the distribution is spread out and the comparison means something
     y = 0.5 * tone(BAND_HZ["low"] * 2, 4.0, sr=22050) + 0.5 * tone(BAND_HZ["mid"] * 2, 4.0, sr=22050, seed=1)
