@@ -26,7 +26,7 @@ import pandas as pd
 
 from .config import DEFAULT_GENRES, CorpusConfig, Params
 from .errors import ConfigError, DatasetError
-from .fileio import atomic_dir
+from .fileio import atomic_dir, check_replaceable
 
 #: Genres the synth knows; a clip's seed uses the genre's position here, so it does not depend on
 #: which genres (or in which order) ``corpus.genres`` lists.
@@ -901,22 +901,6 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
         out.writeframes(pcm.tobytes())
 
 
-def _check_replaceable(target: Path) -> None:
-    """Refuse to replace anything but a missing or empty folder or a corpus this module wrote.
-
-    Replacing ``out_dir`` deletes what was there, so a mistyped ``--out`` must not wipe a user's folder.
-    """
-    if not target.exists() and not target.is_symlink():
-        return
-    if not target.is_dir():
-        raise DatasetError(f"{target}: exists and is not a folder; cannot write the corpus there")
-    if any(target.iterdir()) and not (target / MARKER).is_file():
-        raise DatasetError(
-            f"{target}: folder is not empty and was not written by `genre-se corpus` (no {MARKER} file); "
-            "refusing to replace it: choose another output folder or remove it yourself"
-        )
-
-
 def is_builtin_corpus(root: str | Path) -> bool:
     """Whether ``root`` is a corpus `genre-se corpus` generated (synthetic pieces, not music to learn genre
     from): a model trained on it is a pipeline demo, and predict says so."""
@@ -949,7 +933,8 @@ def generate_corpus(cfg: CorpusConfig, out_dir, seed: int) -> pd.DataFrame:
     """
     _check_genres(cfg.genres)
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
+    # replacing out_dir deletes what was there: a mistyped --out must not wipe a user's folder
+    check_replaceable(out_dir, MARKER, "a corpus `genre-se corpus` wrote", DatasetError)
     rows = []
     with atomic_dir(out_dir) as staging:
         for genre in cfg.genres:
