@@ -13,6 +13,7 @@ ffmpeg exists. Every failure is an :class:`~genre_se.errors.AudioError` whose me
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
@@ -435,8 +436,11 @@ class _SoundFileDecoder:
     def _read(self, frames: int, position: int) -> np.ndarray:
         """Decode up to ``frames`` frames at ``position``; an empty array means end of file."""
         out = np.empty((frames, self.info.channels), dtype=np.float32)
+        # libmpg123 prints its resync notes to fd 2 mid-stream; the AudioError below says it once, in our words
+        silenced = native_stderr_silenced() if self.info.format == "MP3" else contextlib.nullcontext()
         try:
-            got = _readf_float(self._handle, out)
+            with silenced:
+                got = _readf_float(self._handle, out)
         except (sf.SoundFileError, RuntimeError, OSError) as exc:
             seconds = position / self.info.sample_rate
             raise AudioError(

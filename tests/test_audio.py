@@ -516,6 +516,31 @@ def test_corrupt_mp3_gives_one_plain_message_and_no_decoder_chatter(tmp_path):
     assert "unrecognised format or corrupt data" in out.stdout
 
 
+def test_mp3_corrupt_mid_stream_fails_plainly_without_decoder_chatter(tmp_path):
+    """A damaged stretch inside an MP3 (4 KB of zeros) makes libmpg123 print resync notes to fd 2 while the
+    stream is decoded, not only when the file is opened; the user must see only our error naming the file."""
+    import subprocess
+    import sys
+
+    t = np.arange(22050 * 6) / 22050
+    good = tmp_path / "good.mp3"
+    sf.write(good, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 22050, format="MP3")
+    data = good.read_bytes()
+    middle = len(data) // 2
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(data[:middle] + bytes(4096) + data[middle + 4096 :])
+    code = (
+        "from genre_se.audio import iter_audio_blocks, load_audio\n"
+        "from genre_se.errors import AudioError\n"
+        f"for read in (load_audio, lambda p: list(iter_audio_blocks(p))):\n"
+        f"    try:\n        read({str(bad)!r})\n    except AudioError as e:\n        print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and all(str(bad) in line and "corrupt or truncated audio data" in line for line in lines)
+
+
 def _non_utf8_name(folder: Path, name: bytes) -> Path:
     """A file name that is not valid UTF-8 (old Latin-1 archives); Python spells it with surrogate escapes."""
     path = Path(os.fsdecode(os.path.join(os.fsencode(folder), name)))
