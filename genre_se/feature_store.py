@@ -49,8 +49,19 @@ def features_key(cfg: FeatureConfig) -> str:
 
 
 def _shard_name(clip_id: str, path: str, augment: str = "", amount: float = 0.0) -> str:
-    key = f"{clip_id}\0{path}" + (f"\0{augment}\0{amount!r}" if augment else "")
-    return hashlib.sha1(key.encode()).hexdigest()[:20] + ".npz"
+    """The cached shard of one clip (or copy). The file's size and modification time are part of the name: a run
+    interrupted, then resumed after the audio at that path changed (corpus regenerated, a file fixed), must
+    compute it again rather than store the old audio's segments."""
+    key = f"{clip_id}\0{path}\0{_file_stamp(path)}" + (f"\0{augment}\0{amount!r}" if augment else "")
+    return hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:20] + ".npz"
+
+
+def _file_stamp(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:  # missing or unreadable: the worker reports it
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _compute_shard(task: tuple) -> tuple[str, str, int, str | None]:
@@ -108,6 +119,9 @@ class FeatureStore:
     labels: list[str]
     features: FeatureConfig
     augmented: pd.DataFrame | None = None  # segments of the augmented copies (augmented.csv), or None
+    #: sha1 of the segment values and tables (None for stores written before it was recorded): an interrupted
+    #: training or search resumes only on the very data it started on
+    content_digest: str | None = None
 
     @classmethod
     def open(cls, root: str | Path = "data/features") -> "FeatureStore":
@@ -132,7 +146,8 @@ class FeatureStore:
         if len(table) + n_copies != len(segments):
             raise DatasetError(f"{root}: segments.csv and augmented.csv have {len(table) + n_copies} rows but "
                                f"segments.npy {len(segments)}")
-        return cls(root, segments, table, list(meta["labels"]), FeatureConfig(**meta["features"]), augmented)
+        return cls(root, segments, table, list(meta["labels"]), FeatureConfig(**meta["features"]), augmented,
+                   meta.get("content_sha1"))
 
     @property
     def label_indices(self) -> np.ndarray:
@@ -324,6 +339,7 @@ def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: Feature
     total = int(sum(counts) + sum(copy_counts))
     shape = (total, cfg.n_mels, cfg.segment_frames, 1)
     label_index = {label: i for i, label in enumerate(labels)}
+    digest = hashlib.sha1()  # of the values and tables: what a resumed training or search must have trained on
     with atomic_dir(out_dir) as tmp:
         array = np.lib.format.open_memmap(tmp / "segments.npy", mode="w+", dtype=STORE_DTYPE, shape=shape)
         rows = []
@@ -331,6 +347,7 @@ def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: Feature
         for clip, count in zip(clips.itertuples(), counts):
             with np.load(shards[clip.clip_id]) as z:
                 array[pos : pos + count] = z["data"]
+                digest.update(np.ascontiguousarray(array[pos : pos + count]).tobytes())
                 for start, pad in zip(z["start_frames"], z["pad_frames"]):
                     row = {
                         "segment": pos,
@@ -350,6 +367,7 @@ def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: Feature
         for (clip_id, kind, amount, shard), count in zip(copies, copy_counts):
             with np.load(shard) as z:
                 array[pos : pos + count] = z["data"]
+                digest.update(np.ascontiguousarray(array[pos : pos + count]).tobytes())
                 for start, pad in zip(z["start_frames"], z["pad_frames"]):
                     copy_rows.append({"segment": pos, "clip_id": clip_id, "augment": kind, "amount": amount,
                                       "label": label_of[clip_id], "label_index": label_index[label_of[clip_id]],
@@ -358,8 +376,10 @@ def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: Feature
         array.flush()
         del array
         pd.DataFrame(rows).to_csv(tmp / "segments.csv", index=False)
+        digest.update((tmp / "segments.csv").read_bytes())
         if copies:
             pd.DataFrame(copy_rows).to_csv(tmp / "augmented.csv", index=False)
+            digest.update((tmp / "augmented.csv").read_bytes())
         if clip_stats:
             from .fusion import STATS_KEY, STATS_VERSION
 
@@ -381,6 +401,7 @@ def _assemble(clips: pd.DataFrame, shards: dict, labels: list[str], cfg: Feature
             "n_clips": int(len(clips)),
             "n_augmented_segments": len(copy_rows),
             "clip_stats": bool(clip_stats),
+            "content_sha1": digest.hexdigest(),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 

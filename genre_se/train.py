@@ -479,12 +479,11 @@ def _state_key(model_cfg: ModelConfig, train_cfg: TrainConfig, store: FeatureSto
                     if k not in ("fusion", "classifier")}  # the SVMs are fitted afterwards
     loop = {k: v for k, v in train_cfg.__dict__.items()
             if k not in resumable and not (k in LATE_TRAIN_FIELDS and v == LATE_TRAIN_FIELDS[k])}
-    blob = json.dumps(
-        [model_fields, loop, store.features.to_dict(), len(store.segments),
-         np.asarray(rows).tolist()[:50], len(rows), seed],
-        sort_keys=True,
-        default=str,
-    )
+    parts = [model_fields, loop, store.features.to_dict(), len(store.segments),
+             np.asarray(rows).tolist()[:50], len(rows), seed]
+    if store.content_digest:  # other audio or labels of the same counts: a new run (stores before it: as before)
+        parts.append(store.content_digest)
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -903,7 +902,9 @@ def run_train(
         train_rows, valid_rows = np.arange(len(store.table)), np.zeros(0, dtype=np.int64)
     else:
         train_rows, valid_rows = store.rows("train"), store.rows("valid")
-    resuming = (Path(state_dir) / STATE_FILE).exists()
+    # DVCLive continues its curves only when the loop resumes this very run: an abandoned run of other params or
+    # data starts afresh, and so must the curves (dvc.yaml keeps dvclive/ between runs)
+    resuming = _load_state(Path(state_dir), _state_key(model_cfg, train_cfg, store, train_rows, params.seed)) is not None
     with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=False) as live:
         result = train_model(
             store, model_cfg, train_cfg, train_rows=train_rows, valid_rows=valid_rows,

@@ -56,7 +56,7 @@ EXECUTION_SEED_STRIDE = 1000
 CHIEF_POLL_SECONDS = 0.2
 #: train.* settings a trial's training reads besides batch_size, spec_augment, mixup_alpha (see search_key)
 TRIAL_TRAIN_KEYS = ("label_smoothing", "gain_db", "eq_tilt_db", "compression", "noise_snr_db",
-                    "pitch_shift_semitones", "time_stretch", "lowpass_hz", "lowpass_slope_db")
+                    "pitch_shift_semitones", "time_stretch", "lowpass_hz", "lowpass_slope_db", "waveform_augment")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,6 +176,8 @@ def search_key(params: Params, space: SearchSpace, store: FeatureStore) -> str:
     except OSError as exc:
         raise DatasetError(f"{store.root / 'segments.csv'}: cannot read ({exc.strerror})") from None
     data = {"features": store.features.to_dict(), "shape": list(store.segments.shape), "table": table_digest}
+    if store.content_digest:  # the values too: segments.csv stays the same when only the audio changed
+        data["content"] = store.content_digest
     blob = json.dumps([space.describe(), tune, model, train, params.seed, data], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -592,22 +594,30 @@ def run_references(hypermodel: SEHyperModel, tuner: SETuner, project_dir: Path, 
     from .model import se_hidden_units
 
     cache_path = project_dir / "references.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    try:  # a cache: one cut short by a crash is trained again, not a traceback
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}
+    cache = cache if isinstance(cache, dict) else {}
     rows = []
     for ref in refs:
         label = reference_label(ref)
-        if label not in cache:
-            cfg = (dataclasses.replace(hypermodel.model_cfg, se=False) if ref == "no_se"
-                   else dataclasses.replace(hypermodel.model_cfg, reduction_ratios=float(ref)))
+        cfg = (dataclasses.replace(hypermodel.model_cfg, se=False) if ref == "no_se"
+               else dataclasses.replace(hypermodel.model_cfg, reduction_ratios=float(ref)))
+        # the search key leaves out what the search varies (train.learning_rate, model.dropout), yet a reference
+        # trains at the fixed values: a cached one of other values is trained again
+        protocol = hashlib.sha1(json.dumps([dataclasses.asdict(cfg), hypermodel.train_cfg.learning_rate],
+                                           sort_keys=True, default=str).encode()).hexdigest()[:16]
+        if cache.get(label, {}).get("protocol") != protocol:
             metrics, model = tuner.run_executions(lambda cfg=cfg: hypermodel.build_fixed(cfg), **fit_data)
             metrics["params"] = int(model.count_params())
             metrics["se_hidden"] = ("" if ref == "no_se" else "-".join(
                 str(se_hidden_units(f, float(ref))) for f in hypermodel.model_cfg.filters))
-            cache[label] = metrics
+            cache[label] = {**metrics, "protocol": protocol}
             write_json(cache_path, cache)
             if log is not None:
                 log(f"reference {label} done: {_format_values(metrics)}")
-        rows.append({"reference": label, **cache[label]})
+        rows.append({"reference": label, **{k: v for k, v in cache[label].items() if k != "protocol"}})
     return pd.DataFrame(rows, columns=["reference", "se_hidden", *TRIAL_METRICS, "params"])
 
 
@@ -654,7 +664,11 @@ def run_tune(
     project_dir = Path(project_root) / key
     with _keras_tuner_quiet():
         try:
-            tuner = _open_tuner(hypermodel, params, project_root, key, role, log)
+            try:
+                tuner = _open_tuner(hypermodel, params, project_root, key, role, log)
+            except (ValueError, OSError) as exc:  # keras-tuner writes its JSON in place: a crash can cut it
+                raise ModelError(f"{project_dir}: cannot resume the search, a project file is corrupt or unreadable "
+                                 f"({_first_and_last_line(str(exc))}); remove the folder to search afresh") from exc
             before = 0 if role == "worker" else _completed(tuner.oracle)
             if role != "worker" and log is not None:
                 log(f"search {project_dir} ({role}): {before} of {params.tune.max_trials} trials completed")

@@ -123,3 +123,30 @@ def test_numeric_label_folders_stay_labels_through_the_features_stage(tmp_path, 
     again = FeatureStore.open(tmp_path / "features")  # as train and evaluate read it
     assert again.table["label"].tolist() == [str(v) for v in again.table["label_index"]]
     assert again.table["clip_id"].map(type).eq(str).all()
+
+
+def test_resumed_features_do_not_reuse_the_shard_of_a_file_that_changed(tmp_path, index, monkeypatch):
+    """features interrupted, then the audio at the same path changes (corpus regenerated, dataset fixed):
+    the rerun must compute that clip again, not store the old audio's segments."""
+    cfg = dataclasses.replace(CFG, workers=1)
+    real, calls = feature_store._compute_shard, []
+
+    def interrupted(task):
+        calls.append(task[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(feature_store, "_compute_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(index, cfg, tmp_path / "features", tmp_path / "cache")
+    monkeypatch.setattr(feature_store, "_compute_shard", real)
+    clip = calls[0]  # its shard survived the interruption
+    path = index.set_index("clip_id").loc[clip, "path"]
+    old = sf.info(path)
+    sf.write(path, np.random.default_rng(9).standard_normal(old.frames).astype(np.float32) * 0.5, old.samplerate)
+    store, _ = build_store(index, cfg, tmp_path / "features", tmp_path / "cache")
+    rows = store.table[store.table["clip_id"] == clip]["segment"].to_numpy()
+    expected = extract_segments(path, cfg)
+    assert len(rows) == len(expected)
+    np.testing.assert_allclose(store.segments[rows], expected.data, atol=0.05)

@@ -148,3 +148,41 @@ def test_a_state_folder_holding_other_files_is_refused_not_deleted(tmp_path):
     state = tmp_path / "state"
     train_model(store, model, TrainConfig(epochs=1), train_rows=rows, valid_rows=rows[:0], seed=1, state_dir=state)
     train_model(store, model, TrainConfig(epochs=2), train_rows=rows, valid_rows=rows[:0], seed=1, state_dir=state)
+
+
+def test_training_state_key_changes_with_the_store_content(tmp_path):
+    """An interrupted train run must not resume on a feature store of other audio/labels (same counts)."""
+    from genre_se.config import ModelConfig, TrainConfig
+    from genre_se.train import _state_key
+    from tests.conftest import split_tone_store
+
+    a, _ = split_tone_store(tmp_path / "a", seed=0)
+    b, _ = split_tone_store(tmp_path / "b", seed=1)
+    assert not np.array_equal(np.asarray(a.segments), np.asarray(b.segments))
+    model, train = ModelConfig(filters=[4]), TrainConfig()
+    assert _state_key(model, train, a, a.rows("train"), 42) != _state_key(model, train, b, b.rows("train"), 42)
+
+
+def test_training_curves_of_an_abandoned_run_are_not_continued(tmp_path):
+    """An interrupted run's state of other params starts training afresh, and so must DVCLive (dvc.yaml keeps
+    dvclive/ with persist: true): no steps 0..n of the old run followed by 0..m of the new one."""
+    import json
+
+    from genre_se.config import ModelConfig, Params, TrainConfig
+    from genre_se.train import STATE_FILE, run_train
+    from tests.conftest import split_tone_store
+    from tests.test_inference import FEATURES
+
+    store, _ = split_tone_store(tmp_path, seed=0)
+    params = Params(features=FEATURES, model=ModelConfig(filters=[4], dropout=0.0, reduction_ratios=2),
+                    train=TrainConfig(epochs=2, batch_size=16))
+    state, live = tmp_path / "state", tmp_path / "dvclive"
+    state.mkdir()
+    (state / STATE_FILE).write_text(json.dumps({"key": "another-run", "epoch": 3}))  # of other params
+    tsv = live / "plots" / "metrics" / "train" / "loss.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("step\tloss\n0\t9.0\n1\t8.0\n2\t7.0\n")
+    run_train(params, store_dir=store.root, bundle_dir=tmp_path / "bundle", state_dir=state, live_dir=live,
+              best_params_path=None)
+    steps = [int(line.split("\t")[0]) for line in tsv.read_text().splitlines()[1:]]
+    assert steps == [0, 1]

@@ -263,6 +263,50 @@ def test_an_interrupted_search_resumes_where_it_stopped(workdir, shared_run):
     assert result.project_dir == project_root / shared_run[0].project_dir.name
 
 
+def test_a_corrupt_project_file_is_named_not_a_traceback(workdir, shared_run):
+    """keras-tuner writes oracle.json in place: a crash mid-write leaves half of it; resuming then must say
+    which folder is broken and what to do."""
+    from genre_se.errors import ModelError
+
+    params = params_for(workdir)
+
+    def interrupt_at_trial_1(line):
+        if line.startswith("trial 1 started"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune_in(workdir, params, "cut", log=interrupt_at_trial_1)
+    oracle = next((workdir / "cut" / "tuning").glob("*/oracle.json"))
+    oracle.write_text(oracle.read_text()[:40])
+    with pytest.raises(ModelError, match=r"tuning.*corrupt.*remove the folder"):
+        tune_in(workdir, params, "cut")
+
+
+def test_a_corrupt_references_cache_is_trained_again(tmp_path):
+    from genre_se import tune
+    from genre_se.config import ModelConfig, TrainConfig
+
+    trained = []
+
+    class FakeTuner:
+        def run_executions(self, build, **_):
+            trained.append(build())
+            return {"val_clip_accuracy": 0.5, "val_loss": 1.0, "epochs": 1, "best_epoch": 1, "seconds": 0.1}, \
+                type("M", (), {"count_params": lambda self: 1})()
+
+    class FakeHyperModel:
+        model_cfg, train_cfg = ModelConfig(filters=[4]), TrainConfig()
+
+        def build_fixed(self, cfg):
+            return cfg
+
+    (tmp_path / "references.json").write_text('{"r=16": {"val_clip')
+    rows = tune.run_references(FakeHyperModel(), FakeTuner(), tmp_path, [16])
+    assert len(trained) == 1 and list(rows["reference"]) == ["r=16"] and "protocol" not in rows.columns
+    tune.run_references(FakeHyperModel(), FakeTuner(), tmp_path, [16])
+    assert len(trained) == 1  # cached now
+
+
 def test_more_trials_extend_a_search_and_a_new_space_starts_a_new_one(workdir, shared_run):
     first = shared_run[0]
     lines = []
@@ -336,7 +380,8 @@ def test_the_search_key_ignores_the_fusion_switch_but_not_the_cnn(tmp_path):
     from genre_se.tune import SearchSpace, search_key
 
     (tmp_path / "segments.csv").write_text("segment,clip_id\n0,a\n")
-    store = SimpleNamespace(root=tmp_path, features=FeatureConfig(), segments=np.zeros((1, 4, 4, 1)))
+    store = SimpleNamespace(root=tmp_path, features=FeatureConfig(), segments=np.zeros((1, 4, 4, 1)),
+                            content_digest=None)
 
     def key(**overrides):
         params = params_for(tmp_path, **overrides)
@@ -344,3 +389,42 @@ def test_the_search_key_ignores_the_fusion_switch_but_not_the_cnn(tmp_path):
 
     assert key(**{"model.fusion": "svm"}) == key(**{"model.fusion": "none"})
     assert key(**{"model.filters": [8, 16, 32, 64, 32]}) != key()
+
+
+def test_search_key_changes_with_the_waveform_copies_trials_train_on(tmp_path):
+    """Trials train on train.waveform_augment's copies (training_dataset), so it must be part of the search."""
+    from genre_se.config import Params, TrainConfig
+    from genre_se.tune import SearchSpace, search_key
+    from tests.conftest import split_tone_store
+
+    store, _ = split_tone_store(tmp_path, seed=0)
+    mp3 = Params(train=TrainConfig(waveform_augment=["mp3"]))
+    pitch = Params(train=TrainConfig(waveform_augment=["pitch"]))
+    space = SearchSpace.from_params(mp3)
+    assert search_key(mp3, space, store) != search_key(pitch, space, store)
+
+
+def test_cached_references_are_not_reused_for_another_learning_rate(tmp_path):
+    """With tune.learning_rate searched, train.learning_rate is out of the search key, but the references are
+    trained at train.learning_rate: a cached reference of another rate must be trained again."""
+    from genre_se import tune
+    from genre_se.config import ModelConfig, TrainConfig
+
+    trained = []
+
+    class FakeTuner:
+        def run_executions(self, build, **_):
+            trained.append(build())
+            return {"val_clip_accuracy": 0.5, "val_loss": 1.0, "epochs": 1, "best_epoch": 1, "seconds": 0.1}, \
+                type("M", (), {"count_params": lambda self: 1})()
+
+    class FakeHyperModel:
+        def __init__(self, lr):
+            self.model_cfg, self.train_cfg = ModelConfig(filters=[4]), TrainConfig(learning_rate=lr)
+
+        def build_fixed(self, cfg):
+            return (cfg, self.train_cfg.learning_rate)
+
+    tune.run_references(FakeHyperModel(0.001), FakeTuner(), tmp_path, [16])
+    tune.run_references(FakeHyperModel(0.3), FakeTuner(), tmp_path, [16])
+    assert [lr for _, lr in trained] == [0.001, 0.3]
