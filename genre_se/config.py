@@ -439,6 +439,10 @@ class Params:
     def validate(self, p: str) -> None:
         # numpy's legacy seeding (keras.utils.set_random_seed) refuses 2**32 and above; SEED_MAX leaves headroom
         _require(0 <= self.seed <= SEED_MAX, "seed", f"must be in [0, {SEED_MAX}], got {self.seed}")
+        # a CV fold tests on fold f and early-stops on fold f+1: with two folds nothing is left to train on
+        _require(self.evaluate.folds != 2 or self.train.fit_all, "evaluate.folds",
+                 "2 folds leave no training fold (fold f is tested, fold f+1 early-stops); use 1, 3 or more, or "
+                 "train.fit_all: true (the early-stopping fold trains too)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -480,6 +484,15 @@ def _describe(hint: Any) -> str:
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
+def _all_finite(value) -> bool:
+    """False for a float (or one in a list) that is inf or nan, which no setting means."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True
+
+
 def from_dict(cls: type, raw: Any, prefix: str = ""):
     """Build dataclass ``cls`` from a mapping, checking keys, types and ranges."""
     where = prefix or "params"
@@ -504,6 +517,8 @@ def from_dict(cls: type, raw: Any, prefix: str = ""):
             value = float(value)
         if not _type_ok(value, hint):
             raise ConfigError(f"{key}: expected {_describe(hint)}, got {value!r}")
+        if not _all_finite(value):  # .inf or .nan in YAML: every setting is a finite number where it is one
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         if isinstance(value, tuple):
             value = list(value)
         kwargs[name] = value

@@ -196,6 +196,10 @@ def cross_validate(
         raise DatasetError("the feature store has no folds; run prepare and features with evaluate.folds > 1")
     folds = []
     fold_col = store.table["fold"].to_numpy()
+    dealt = sorted(int(f) for f in np.unique(fold_col) if f >= 0)
+    if dealt != list(range(k)):  # prepared for another evaluate.folds: some clips would never be tested
+        raise DatasetError(f"the feature store's clips are dealt into {len(dealt)} folds but evaluate.folds is {k}; "
+                           "run `genre-se prepare` and `genre-se features` again (dvc repro does)")
     for f in range(k):
         train_rows, valid_rows, test_rows = cv_fold_rows(fold_col, f, k, train_cfg.fit_all)
         result = train_model(

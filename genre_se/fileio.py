@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,7 +43,8 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         raise OutputError(f"{path}: is a folder; give a file name")
     with _as_output_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        _sweep_stale(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -119,7 +121,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     with _as_output_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        _sweep_stale(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     os.chmod(tmp, 0o777 & ~umask())
     try:
         yield tmp
@@ -138,6 +141,45 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temp_prefix(path: Path) -> str:
+    """Temporary siblings carry the writer's PID, so a later writer can tell a dead one's leftovers."""
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove the temporary siblings of ``path`` that a killed writer left (SIGKILL or power loss: no
+    ``finally`` ran); each could be as large as the output. A previous output moved aside (``.old-PID``) by a
+    writer killed between its two renames is put back if ``path`` is missing. Live writers' siblings stay."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(tmp|old)-(\d+)(-|$)")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or _process_alive(int(match.group(2))):
+            continue
+        with contextlib.suppress(OSError):
+            if match.group(1) == "old" and not path.exists() and not path.is_symlink():
+                os.replace(entry, path)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":  # elsewhere signal 0 is not a probe: keep everything
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process
+        return True
+    return True
 
 
 def umask() -> int:

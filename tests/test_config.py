@@ -105,3 +105,27 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("features: 3\n")
     with pytest.raises(ConfigError, match="features: expected a mapping"):
         load_params(bad)
+
+
+def test_two_folds_are_refused_when_the_params_are_loaded():
+    """evaluate.folds: 2 leaves no training fold (one tests, the next early-stops): refuse it at load time with
+    the key named, not after the whole pipeline ran with 'the train split has no segments'."""
+    from genre_se.config import EvaluateConfig, from_dict
+
+    with pytest.raises(ConfigError, match="evaluate.folds"):
+        from_dict(Params, {"evaluate": {"folds": 2}})
+    assert from_dict(Params, {"evaluate": {"folds": 2}, "train": {"fit_all": True}}).evaluate.folds == 2
+    assert from_dict(EvaluateConfig, {"folds": 3}, "evaluate").folds == 3
+
+
+@pytest.mark.parametrize("key, value", [("train.mixup_alpha", float("inf")), ("features.amin", float("inf")),
+                                        ("features.ref_power", float("inf")), ("tune.r_max", float("inf")),
+                                        ("train.learning_rate", float("nan")),
+                                        ("model.reduction_ratios", [16, float("inf"), 16, 16, 16])])
+def test_non_finite_numbers_are_refused(key, value):
+    from genre_se.config import from_dict, set_dotted
+
+    raw = {}
+    set_dotted(raw, key, value)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        from_dict(Params, raw)

@@ -334,6 +334,22 @@ def test_pipeline_cv_honours_fit_all_like_the_study(tiny_study, monkeypatch):
     assert seen == [({1, 2}, 0), ({0, 2}, 0), ({0, 1}, 0)]  # every fold but the test one; nothing validated
 
 
+def test_pipeline_cv_refuses_a_store_dealt_into_other_folds(tiny_study, monkeypatch):
+    """A store prepared with 3 folds and evaluate.folds: 4 (or 2 with fit_all) would test some clips never, or
+    no clip in fold 3: named before any training, with what to run."""
+    import genre_se.train as train_module
+    from genre_se.errors import DatasetError
+    from genre_se.evaluate import cross_validate
+
+    study, work = tiny_study
+    store = FeatureStore.open(work / "features")
+    monkeypatch.setattr(train_module, "train_model", lambda *a, **k: pytest.fail("trained on a mismatched store"))
+    for k in (4, 2):
+        params = load_params(study.params_path, {**study.overrides, "train.fit_all": True, "evaluate.folds": k})
+        with pytest.raises(DatasetError, match=f"dealt into 3 folds but evaluate.folds is {k}.*prepare"):
+            cross_validate(store, params, params.model, work / "cv-state")
+
+
 def test_study_file_and_tuned_ratio_errors_name_the_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("variants: {a: 3}\n")
