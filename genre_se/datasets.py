@@ -411,6 +411,15 @@ def assign_splits(index: pd.DataFrame, cfg: DataConfig, seed: int, folds: int = 
         result["fold"] = -1
         result.loc[members.index, "fold"] = _stratified_folds(members, folds, seed)
         result["fold"] = result["fold"].astype(int)
+    if cfg.split == "stratified" and not result["split"].isin(["valid", "test"]).any():
+        # every clip would train: tune would find no validation clip, train would early-stop on its own loss and
+        # evaluate would have nothing to test, each saying so in its own words, stages later
+        most = int(readable.groupby("label").size().max())
+        raise DatasetError(
+            f"data.root: at most {most} readable clip{'s' if most != 1 else ''} per genre, and a genre needs 3 to "
+            "give one to validation and one to test: nothing would be held out. Add clips (for the built-in "
+            "corpus, corpus.clips_per_genre >= 3)"
+        )
     return result
 
 

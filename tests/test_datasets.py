@@ -303,6 +303,16 @@ def test_small_classes_still_get_a_test_clip():
     assert (counts[["train", "valid", "test"]] >= 1).all().all()  # 3 * 0.1 rounds to 0, yet one test clip
 
 
+def test_too_few_clips_per_genre_to_hold_any_out_is_refused_at_prepare():
+    """With 2 clips per genre every clip would train: named here, not as 'set data.val_fraction > 0' by tune
+    and 'the split has no segments' by evaluate, stages later."""
+    with pytest.raises(DatasetError, match=r"at most 2 readable clips per genre.*clips_per_genre >= 3"):
+        assign_splits(ok_index({"a": 2, "b": 2, "c": 1}), DataConfig(), seed=0)
+    # one genre big enough is enough to hold clips out (the others train only)
+    split = assign_splits(ok_index({"a": 2, "b": 3}), DataConfig(), seed=0)
+    assert set(split.loc[split["label"] == "b", "split"]) == {"train", "valid", "test"}
+
+
 def test_zero_validation_fraction_gives_no_valid_clips():
     split = assign_splits(ok_index({"a": 10, "b": 10}), DataConfig(val_fraction=0.0, test_fraction=0.3), seed=1)
     assert set(split["split"]) == {"train", "test"}
