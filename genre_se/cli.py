@@ -155,7 +155,9 @@ def cmd_evaluate(args) -> int:
     metrics = run_evaluate(
         _params(args), store_dir=args.features, bundle_dir=args.model, reports_dir=args.reports, log=_log(args)
     )
-    line = (f"test clips: accuracy {metrics['clip']['accuracy']:.3f}, macro-F1 {metrics['clip']['macro_f1']:.3f} "
+    line = (("test clips, IN-SAMPLE (train.fit_all trained on them too; evaluate.folds > 1 gives held-out numbers): "
+             if metrics.get("in_sample") else "test clips: ")
+            + f"accuracy {metrics['clip']['accuracy']:.3f}, macro-F1 {metrics['clip']['macro_f1']:.3f} "
             f"(n={metrics['n_clips']}); segments: accuracy {metrics['segment']['accuracy']:.3f}; "
             f"clip ECE {metrics['clip']['ece']:.3f} -> {metrics['clip']['ece_calibrated']:.3f} "
             f"(T={metrics['temperature']:.2f})")

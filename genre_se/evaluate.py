@@ -271,6 +271,8 @@ def run_evaluate(
     metrics, predictions = evaluate_rows(bundle.model, store, store.rows("test"), calibration.temperature,
                                          svm=load_svm(bundle_dir, bundle.labels),
                                          embedding_svm=load_embedding_svm(bundle_dir, bundle.labels))
+    # train.fit_all trains the bundle on every clip, the test split's too: its test numbers are in-sample
+    metrics["in_sample"] = bool((bundle.extra.get("train_config") or {}).get("fit_all", False))
     reports = Path(reports_dir)
     if params.evaluate.folds > 1:
         from .config import ModelConfig, from_dict
@@ -286,7 +288,8 @@ def run_evaluate(
     write_csv(reports / "per_class.csv", per_class)
     write_csv(reports / "predictions.csv", predictions)
     plot_confusion(matrix, store.labels, reports / "confusion_matrix.png",
-                   f"test clips (n={metrics['n_clips']}), accuracy {metrics['clip']['accuracy']:.2f}")
+                   f"test clips (n={metrics['n_clips']}), accuracy {metrics['clip']['accuracy']:.2f}"
+                   + (" (in-sample: train.fit_all)" if metrics["in_sample"] else ""))
     plot_reliability(predictions, reports / "reliability.png", calibration.temperature)
     metrics["confusion_matrix"] = matrix
     metrics["per_class"] = per_class

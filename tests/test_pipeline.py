@@ -42,6 +42,7 @@ def test_stages_end_to_end(workdir):
     assert bundle.extra["training_data"]["builtin_corpus"] is False
 
     metrics = json.loads((workdir / "reports/metrics.json").read_text())
+    assert metrics["in_sample"] is False  # the test clips were held out
     for level in ("clip", "segment"):
         for key in ("accuracy", "macro_f1"):
             assert 0.0 <= metrics[level][key] <= 1.0
@@ -66,12 +67,16 @@ def test_no_clip_straddles_splits(workdir):
     assert (table.groupby("clip_id")["split"].nunique() == 1).all()
 
 
-def test_kfold_reports_mean_and_std(workdir):
+def test_kfold_reports_mean_and_std(workdir, capsys):
+    """With train.fit_all (the final bundle's recipe) the bundle saw the test clips: its test-split numbers are
+    marked in-sample, and the CV gives the held-out ones."""
     write_params(workdir / "params.yaml", {**TINY_PARAMS, "data.root": str(workdir / "tones"),
-                                           "evaluate.folds": 3, "train.epochs": 1})
+                                           "evaluate.folds": 3, "train.epochs": 1, "train.fit_all": True})
     for stage in ("prepare", "features", "tune", "train", "evaluate"):
         run(stage)
+    assert "test clips, IN-SAMPLE (train.fit_all" in capsys.readouterr().err
     metrics = json.loads((workdir / "reports/metrics.json").read_text())
+    assert metrics["in_sample"] is True
     cv = metrics["cv"]
     assert cv["folds"] == 3 and 0 <= cv["clip_accuracy_mean"] <= 1 and cv["clip_accuracy_std"] >= 0
     folds = pd.read_csv(workdir / "reports/cv_folds.csv")
