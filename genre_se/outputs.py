@@ -107,7 +107,7 @@ class PredictionFormatter:
         lines = [f"{_shown(prediction.path)}  ({prediction.duration:.1f} s, {_segments_note(prediction)})"]
         lines += [f"  {rank}. {genre:<{width}}  {p:.3f}" for rank, (genre, p) in enumerate(top, start=1)]
         if prediction.uncertain:  # the answer is a guess: said on the top line, the top-k stays
-            lines[1] += "  (uncertain: unlike the training recordings)" if prediction.unfamiliar else "  (uncertain)"
+            lines[1] += f"  (uncertain{_uncertain_reason(prediction)})"
         if self.timeline:
             lines.append("  timeline:")
             lines += [
@@ -126,6 +126,16 @@ def _spelt(path: str) -> str:
     """A file name as UTF-8 text can hold it: a name that is not UTF-8 (surrogate escapes, from an old Latin-1
     archive) is spelt as the error messages spell it (``caf\\udce9.flac``); UTF-8 files and Arrow refuse it."""
     return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _uncertain_reason(prediction: Prediction) -> str:
+    """Why, when the cause is known: a padded blip is far from the training data because it is mostly padding,
+    so that reason comes first."""
+    if prediction.short:
+        return ": shorter than one segment"
+    if prediction.unfamiliar:
+        return ": unlike the training recordings"
+    return ""
 
 
 def _segments_note(prediction: Prediction) -> str:

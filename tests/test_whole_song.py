@@ -159,7 +159,12 @@ def test_audio_shorter_than_a_segment_is_marked_short_and_uncertain(tiny, tmp_pa
     assert not whole.short and not whole.uncertain
     assert blip.to_dict()["short"] is True and whole.to_dict()["short"] is False
     table = PredictionFormatter("table").add(blip)
-    assert "padded: shorter than one segment" in table and "(uncertain)" in table
+    assert "padded: shorter than one segment" in table and "(uncertain: shorter than one segment)" in table
+    # far from the training data too (as padding makes a blip): the cause the user can act on comes first
+    import dataclasses
+
+    far = PredictionFormatter("table").add(dataclasses.replace(blip, distance=99.0, unfamiliar=True))
+    assert "(uncertain: shorter than one segment)" in far and "unlike the training" not in far
     assert "padded" not in PredictionFormatter("table").add(whole)
 
 
