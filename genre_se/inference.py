@@ -52,13 +52,13 @@ __all__ = [
 
 #: Where the DVC ``train`` stage writes the bundle (relative to the working directory).
 DEFAULT_BUNDLE = Path("models") / "bundle"
-#: The model shipped inside the package (71 GTZAN clips; MODEL.md): used when there is no other.
+#: The model shipped inside the package (51 of gtzan-mini's 71 GTZAN clips; MODEL.md): used when there is no other.
 SHIPPED_BUNDLE = Path(__file__).resolve().parent / "pretrained" / "gtzan-mini"
 #: Where :func:`locate_bundle` found the bundle, in words for the user.
 BUNDLE_SOURCES = {
     "given": "the model given with --model",
     "pipeline": "the pipeline's latest model (models/bundle)",
-    "shipped": "the shipped default model (trained on 71 GTZAN clips; see MODEL.md)",
+    "shipped": "the shipped default model (trained on 51 of gtzan-mini's 71 GTZAN clips; see MODEL.md)",
 }
 #: Ways to turn segment probabilities into a clip distribution; "mean" is the evaluate stage's rule.
 AGGREGATIONS = ("mean", "vote")
