@@ -263,6 +263,37 @@ def test_an_interrupted_search_resumes_where_it_stopped(workdir, shared_run):
     assert result.project_dir == project_root / shared_run[0].project_dir.name
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_dropped_inside_clear_session_still_stops_the_search(workdir, monkeypatch):
+    """Python drops an exception raised in a weakref callback, and clear_session() between trials runs many: a
+    Ctrl-C landing there let the search run to its end and exit 0."""
+    import signal
+    import weakref
+
+    import keras
+
+    real, calls = keras.backend.clear_session, []
+
+    def clear_session_hit_by_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        real(*args, **kwargs)
+        if len(calls) == 2:  # between trial 0 and trial 1
+            class Graph:
+                pass
+
+            graph = Graph()
+            keep = weakref.ref(graph, lambda _: signal.getsignal(signal.SIGINT)(signal.SIGINT, None))
+            del graph  # the callback runs here; its KeyboardInterrupt is printed and dropped
+            assert keep() is None
+
+    monkeypatch.setattr(keras.backend, "clear_session", clear_session_hit_by_ctrl_c)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        tune_in(workdir, params_for(workdir), "ctrl-c", log=lines.append)
+    assert started(lines) == [0, 1] and not (workdir / "ctrl-c/best_params.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the stage's handler is gone
+
+
 def test_a_corrupt_project_file_is_named_not_a_traceback(workdir, shared_run):
     """keras-tuner writes oracle.json in place: a crash mid-write leaves half of it; resuming then must say
     which folder is broken and what to do."""
