@@ -313,17 +313,24 @@ def test_a_corrupt_project_file_is_named_not_a_traceback(workdir, shared_run):
         tune_in(workdir, params, "cut")
 
 
+def _recording_tuner(trained: list):
+    """A stand-in for SETuner.run_executions that records what it was asked to train, and trains nothing."""
+
+    class RecordingTuner:
+        def run_executions(self, build, **_):
+            trained.append(build())
+            return {"val_clip_accuracy": 0.5, "val_loss": 1.0, "epochs": 1, "best_epoch": 1, "seconds": 0.1}, \
+                type("M", (), {"count_params": lambda self: 1})()
+
+    return RecordingTuner
+
+
 def test_a_corrupt_references_cache_is_trained_again(tmp_path):
     from genre_se import tune
     from genre_se.config import ModelConfig, TrainConfig
 
     trained = []
-
-    class FakeTuner:
-        def run_executions(self, build, **_):
-            trained.append(build())
-            return {"val_clip_accuracy": 0.5, "val_loss": 1.0, "epochs": 1, "best_epoch": 1, "seconds": 0.1}, \
-                type("M", (), {"count_params": lambda self: 1})()
+    FakeTuner = _recording_tuner(trained)
 
     class FakeHyperModel:
         model_cfg, train_cfg = ModelConfig(filters=[4]), TrainConfig()
@@ -442,12 +449,7 @@ def test_cached_references_are_not_reused_for_another_learning_rate(tmp_path):
     from genre_se.config import ModelConfig, TrainConfig
 
     trained = []
-
-    class FakeTuner:
-        def run_executions(self, build, **_):
-            trained.append(build())
-            return {"val_clip_accuracy": 0.5, "val_loss": 1.0, "epochs": 1, "best_epoch": 1, "seconds": 0.1}, \
-                type("M", (), {"count_params": lambda self: 1})()
+    FakeTuner = _recording_tuner(trained)
 
     class FakeHyperModel:
         def __init__(self, lr):
