@@ -933,7 +933,9 @@ def run_train(
         "train_clips": int(store.table.iloc[train_rows]["clip_id"].nunique()),
         "seed": params.seed,
         "train_config": dataclasses.asdict(train_cfg),  # the recipe, for provenance (MODEL.md, predict --format json)
-        "training_data": {"root": str(params.data.root), "builtin_corpus": is_builtin_corpus(params.data.root)},
+        # features_sha1: the store's values and tables, so two bundles can be told to have learned the same data
+        "training_data": {"root": str(params.data.root), "builtin_corpus": is_builtin_corpus(params.data.root),
+                          "features_sha1": store.content_digest},
         "calibration": calibration_record(result.model, store, valid_rows, train_cfg.calibrate,
                                           params.predict.uncertain_below, log, svm=svm, embedding_svm=head),
     }

@@ -40,6 +40,9 @@ def test_stages_end_to_end(workdir):
     assert bundle.feature_config.sample_rate == 8000
     # where the model learned, for predict's note (tones, not the built-in corpus)
     assert bundle.extra["training_data"]["builtin_corpus"] is False
+    store_meta = json.loads((workdir / "data/features/meta.json").read_text())
+    assert bundle.extra["training_data"]["features_sha1"] == store_meta["content_sha1"]
+    assert len(store_meta["content_sha1"]) == 40
 
     metrics = json.loads((workdir / "reports/metrics.json").read_text())
     assert metrics["in_sample"] is False  # the test clips were held out
