@@ -32,8 +32,6 @@ import hashlib
 import io
 import json
 import os
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,6 +46,7 @@ from .config import FeatureConfig, ModelConfig, Params, TrainConfig, TuneConfig,
 from .errors import ConfigError, DatasetError, GenreSEError, ModelError
 from .feature_store import FeatureStore
 from .fileio import atomic_path, write_csv, write_json
+from .interrupts import interrupts_noted, raise_if_interrupted
 
 #: objective name -> (key of :func:`genre_se.train.clip_scores`, direction)
 OBJECTIVES = {"val_clip_accuracy": ("clip_accuracy", "max"), "val_loss": ("loss", "min")}
@@ -256,7 +255,7 @@ class SEHyperModel(keras_tuner.HyperModel):
 
         class ValidationEarlyStopping(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                _raise_if_interrupted()
+                raise_if_interrupted()
                 history.append(clip_scores(self.model, store, valid_rows))
                 if len(history) - 1 - best_index() >= patience:
                     self.model.stop_training = True
@@ -319,7 +318,7 @@ class SETuner(keras_tuner.BayesianOptimization):
         for execution in range(self.executions):
             seed = self.base_seed + EXECUTION_SEED_STRIDE * execution
             keras.backend.clear_session()
-            _raise_if_interrupted()  # a Ctrl-C that landed in one of clear_session's weakref callbacks
+            raise_if_interrupted()  # a Ctrl-C that landed in one of clear_session's weakref callbacks
             keras.utils.set_random_seed(seed)
             if self.hypermodel.train_cfg.deterministic:
                 from .train import enable_determinism
@@ -625,38 +624,6 @@ def run_references(hypermodel: SEHyperModel, tuner: SETuner, project_dir: Path, 
     return pd.DataFrame(rows, columns=["reference", "se_hidden", *TRIAL_METRICS, "params"])
 
 
-_INTERRUPTED = threading.Event()
-
-
-@contextlib.contextmanager
-def _interrupts_noted():
-    """Remember a Ctrl-C as well as raising it. Python prints and drops an exception raised inside a weakref
-    callback or ``__del__``, and ``keras.backend.clear_session()`` (between trials) runs many: a Ctrl-C landing
-    there was lost and the search ran to its end. The trial loop re-raises a noted one at its next check."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield  # not ours to change: another thread, or the host installed its own handler
-        return
-
-    def noted(signum, frame):
-        _INTERRUPTED.set()
-        raise KeyboardInterrupt
-
-    _INTERRUPTED.clear()
-    signal.signal(signal.SIGINT, noted)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        _INTERRUPTED.clear()
-
-
-def _raise_if_interrupted() -> None:
-    if _INTERRUPTED.is_set():
-        _INTERRUPTED.clear()
-        raise KeyboardInterrupt
-
-
 def _completed(oracle) -> int:
     return sum(1 for t in oracle.trials.values() if str(t.status) == "COMPLETED")
 
@@ -708,7 +675,7 @@ def run_tune(
             before = 0 if role == "worker" else _completed(tuner.oracle)
             if role != "worker" and log is not None:
                 log(f"search {project_dir} ({role}): {before} of {params.tune.max_trials} trials completed")
-            with _interrupts_noted():
+            with interrupts_noted():
                 _search(tuner, role, store=store, train_rows=train_rows, valid_rows=valid_rows)
         except GenreSEError:
             raise

@@ -52,6 +52,7 @@ import yaml
 from genre_se.config import Params, load_params
 from genre_se.errors import ConfigError, DatasetError, GenreSEError
 from genre_se.fileio import write_csv, write_text
+from genre_se.interrupts import interrupts_noted, raise_if_interrupted
 
 BASELINE = "baseline"
 TUNED = "tuned"
@@ -221,15 +222,20 @@ def _external_result(scores: np.ndarray, classes: np.ndarray, external: External
 
 def variant_params(study: Study, variant: str, extra: dict | None = None,
                    best_params_path: str | Path | None = None) -> Params:
-    """The validated params of one CNN variant: base file + study ``set`` + ``extra`` + the variant's keys.
+    """The validated params of one CNN variant: base file + study ``set`` + the variant's keys + ``extra``.
 
-    ``model.reduction_ratios: tuned`` takes the ratios from ``best_params.json`` (the tune stage's output).
+    ``extra`` (the CLI's ``-S`` and ``--quick``) comes last: it applies to every variant, even one that sets the
+    same key (``--quick``'s one epoch, also for a variant of 30). ``model.reduction_ratios: tuned`` takes the
+    ratios from ``best_params.json`` (the tune stage's output). A bad key is named with its variant.
     """
-    overrides = {**study.overrides, **(extra or {}), **study.variants[variant]}
+    overrides = {**study.overrides, **study.variants[variant], **(extra or {})}
     overrides.pop(INIT_OFFSET, None)
     if overrides.get("model.reduction_ratios") == TUNED:
         overrides["model.reduction_ratios"] = tuned_ratios(best_params_path, variant)
-    return load_params(study.params_path, overrides)
+    try:
+        return load_params(study.params_path, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"variants.{variant}: {exc}") from None
 
 
 def init_offset(study: Study, variant: str) -> int:
@@ -636,10 +642,17 @@ def _run_study(
     unknown_seeds = [s for s in (seeds or []) if s not in study.seeds]
     if unknown_seeds:
         raise ConfigError(f"--seeds: {unknown_seeds[0]} is not in the study's seeds {study.seeds}")
-    seeds = study.seeds[:1] if quick else [s for s in study.seeds if seeds is None or s in seeds]
+    seeds = [s for s in study.seeds if seeds is None or s in seeds]
+    seeds = seeds[:1] if quick else seeds
     base = load_params(study.params_path, {**study.overrides, **extra})
     k = _fold_count(store, base)
     results = read_results(out_csv)
+    if quick and (pd.to_numeric(results["epochs_run"], errors="coerce") > 1).any():
+        raise ConfigError(f"--quick: {out_csv} holds results of full runs, which its one-epoch rows would replace; "
+                          "give another --out")
+    # every variant checked before the first fold: a typo in the last one must not surface hours later
+    cnn_params = {v: variant_params(study, v, extra, best_params_path) for v in chosen
+                  if study.variants[v] != BASELINE}
     clips_csv = clip_predictions_path(out_csv)
     clip_rows = read_clip_predictions(clips_csv)
     external_csv = external_predictions_path(out_csv)
@@ -652,57 +665,59 @@ def _run_study(
     done = {(r.variant, int(r.seed), int(r.fold)): r.config_key for r in results.itertuples()}
     features = labels = ext = None
     external = load_external(study.external, store.labels, store.features) if study.external else None
-    for seed in seeds:
-        folds_of_rows = row_folds(store, index, base, seed, k)
-        fold_key = config_key(folds_of_rows.tolist())
-        for variant in chosen:
-            is_baseline = study.variants[variant] == BASELINE
-            params = None if is_baseline else variant_params(study, variant, extra, best_params_path)
-            offset = init_offset(study, variant)
-            if params is not None:
-                check_store_features(variant, params.features, store.features, store_dir)
-            what = (("svm", fold_key) + (("external", config_key(external.paths)) if external else ())
-                    if is_baseline else (_changed(params.model), _changed(params.train), fold_key)
-                    + (("robustness",) if study.robustness else ()) + _feature_key(store.features)
-                    + ((("init_offset", offset),) if offset else ()))
-            key = config_key(*what)
-            for fold in range(k):
-                if done.get((variant, seed, fold)) == key:
-                    continue
-                if is_baseline:
-                    if features is None:
-                        features, labels, ids = baseline_features(store, index, state_root / "svm_features.npz")
-                        ext = (external_svm_features(external, state_root / "svm_external_features.npz"), external
-                               ) if external else None
-                    clip_fold = _clip_folds(store, folds_of_rows, ids)
-                    scores = run_baseline_fold(features, labels, clip_fold, fold, seed, ext, ids, store.labels)
-                else:
-                    state_dir = state_root / variant / f"seed{seed}" / f"fold{fold}"
-                    fold_log = (lambda line, v=variant, s=seed, f=fold: log(f"{v} seed {s} fold {f + 1}/{k}: {line}")
-                                ) if log else None
+    with interrupts_noted():  # a Ctrl-C is never lost between folds (see genre_se.interrupts)
+        for seed in seeds:
+            folds_of_rows = row_folds(store, index, base, seed, k)
+            fold_key = config_key(folds_of_rows.tolist())
+            for variant in chosen:
+                is_baseline = study.variants[variant] == BASELINE
+                params = cnn_params.get(variant)
+                offset = init_offset(study, variant)
+                if params is not None:
+                    check_store_features(variant, params.features, store.features, store_dir)
+                what = (("svm", fold_key) + (("external", config_key(external.paths)) if external else ())
+                        if is_baseline else (_changed(params.model), _changed(params.train), fold_key)
+                        + (("robustness",) if study.robustness else ()) + _feature_key(store.features)
+                        + ((("init_offset", offset),) if offset else ()))
+                key = config_key(*what)
+                for fold in range(k):
                     keep = state_root / "bundles" / variant / f"seed{seed}" / f"fold{fold}" \
-                        if variant in (keep_models or []) else None
-                    robust = None
-                    if study.robustness:
-                        test_clips = pd.unique(store.table["clip_id"].to_numpy()[folds_of_rows == fold])
-                        robust = index.set_index("clip_id").loc[test_clips, "path"].tolist()
-                    scores = run_cnn_fold(store, params, folds_of_rows, fold, k, seed, state_dir, fold_log, keep,
-                                          external, robust, offset)
-                    _remove_tree(state_dir)
-                # first, so that a row in the CSV has its per-clip and per-file answers beside it
-                run = {"variant": variant, "seed": seed, "fold": fold}
-                clip_rows = _record_answers(clip_rows, scores.pop("clips", None), run, key, clips_csv)
-                external_rows = _record_answers(external_rows, scores.pop("external_files", None), run, key,
-                                                external_csv)
-                robustness_rows = _record_answers(robustness_rows, scores.pop("robustness_transforms", None), run,
-                                                  key, robustness_csv, ROBUSTNESS_COLUMNS)
-                prob_rows = _record_answers(prob_rows, scores.pop("probs", None), run, key, probs_csv, prob_columns)
-                row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
-                results = replace_runs(results, pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS))
-                write_csv(out_csv, results)
-                if log:
-                    log(f"{variant} seed {seed} fold {fold + 1}/{k}: clip accuracy {scores['clip_accuracy']:.3f}, "
-                        f"macro-F1 {scores['clip_macro_f1']:.3f}, {scores['train_seconds']:.1f} s")
+                        if variant in (keep_models or []) and not is_baseline else None
+                    if done.get((variant, seed, fold)) == key and (keep is None or (keep / "bundle.json").is_file()):
+                        continue  # done (and, asked to keep it, its fold model is kept)
+                    if is_baseline:
+                        if features is None:
+                            features, labels, ids = baseline_features(store, index, state_root / "svm_features.npz")
+                            ext = (external_svm_features(external, state_root / "svm_external_features.npz"), external
+                                   ) if external else None
+                        clip_fold = _clip_folds(store, folds_of_rows, ids)
+                        scores = run_baseline_fold(features, labels, clip_fold, fold, seed, ext, ids, store.labels)
+                    else:
+                        state_dir = state_root / variant / f"seed{seed}" / f"fold{fold}"
+                        fold_log = (lambda line, v=variant, s=seed, f=fold:
+                                    log(f"{v} seed {s} fold {f + 1}/{k}: {line}")) if log else None
+                        robust = None
+                        if study.robustness:
+                            test_clips = pd.unique(store.table["clip_id"].to_numpy()[folds_of_rows == fold])
+                            robust = index.set_index("clip_id").loc[test_clips, "path"].tolist()
+                        scores = run_cnn_fold(store, params, folds_of_rows, fold, k, seed, state_dir, fold_log, keep,
+                                              external, robust, offset)
+                        _remove_tree(state_dir)
+                    # first, so that a row in the CSV has its per-clip and per-file answers beside it
+                    run = {"variant": variant, "seed": seed, "fold": fold}
+                    clip_rows = _record_answers(clip_rows, scores.pop("clips", None), run, key, clips_csv)
+                    external_rows = _record_answers(external_rows, scores.pop("external_files", None), run, key,
+                                                    external_csv)
+                    robustness_rows = _record_answers(robustness_rows, scores.pop("robustness_transforms", None), run,
+                                                      key, robustness_csv, ROBUSTNESS_COLUMNS)
+                    prob_rows = _record_answers(prob_rows, scores.pop("probs", None), run, key, probs_csv, prob_columns)
+                    row = {"variant": variant, "seed": seed, "fold": fold, **scores, "config_key": key}
+                    results = replace_runs(results, pd.DataFrame([row], columns=CSV_COLUMNS + OPTIONAL_COLUMNS))
+                    write_csv(out_csv, results)
+                    if log:
+                        log(f"{variant} seed {seed} fold {fold + 1}/{k}: clip accuracy {scores['clip_accuracy']:.3f}, "
+                            f"macro-F1 {scores['clip_macro_f1']:.3f}, {scores['train_seconds']:.1f} s")
+                    raise_if_interrupted()  # a Ctrl-C dropped inside the fold's clear_session(): stop, the row kept
     order = {name: i for i, name in enumerate(study.variants)}
     return results.sort_values(["variant", "seed", "fold"], key=lambda c: c.map(order) if c.name == "variant" else c,
                                kind="mergesort").reset_index(drop=True)
@@ -874,6 +889,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 0
         if args.command == "summary":
+            if not Path(args.out).is_file():  # a typo must not overwrite the summary with an empty table
+                raise ConfigError(f"--out {args.out}: no results CSV there (`run` writes it)")
             results = read_results(Path(args.out))
         else:
             paths = _paths(args)
@@ -887,6 +904,8 @@ def main(argv: list[str] | None = None) -> int:
         from study.summary import study_summary
 
         reference = args.reference or next((n for n, s in study.variants.items() if s == BASELINE), None)
+        if args.reference and args.reference not in study.variants:
+            raise ConfigError(f"--reference: {args.reference!r} is not in the study (has {', '.join(study.variants)})")
         table = study_summary(results, args.out, list(study.variants), reference)
         write_text(args.summary, table)
         print(table)

@@ -52,7 +52,12 @@ CONTRAST_KEYS = {"change", "variant", "reference", "verdict"}
 def load_contrasts(path: str | Path) -> tuple[list[Path], list[dict]]:
     """The result CSVs (relative to the file) and the contrasts of a what-helped file, checked."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("results"), list) or not isinstance(raw.get("contrasts"), list):
         raise ConfigError(f"{path}: expected 'results' (a list of CSVs) and 'contrasts' (a list of rows)")
     for i, row in enumerate(raw["contrasts"]):
@@ -209,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         csvs, contrasts = load_contrasts(args.contrasts)
+        for path in csvs:
+            if not path.is_file():  # a study not run yet, or a typo: its rows are left out of every verdict
+                print(f"what_helped: warning: {path} does not exist; its rows are left out", file=sys.stderr)
         results = pooled_results(csvs)
         table = what_helped_markdown(results, contrasts, pooled_clips(csvs, results), pooled_external(csvs, results))
     except GenreSEError as error:
