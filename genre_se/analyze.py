@@ -10,7 +10,7 @@ is), then per genre. :func:`plot_excitations` draws one panel per block and one 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,9 +265,30 @@ def plot_excitations(exc: ClassExcitations, path: str | Path, title: str | None 
 # The command
 
 
+def not_held_out(extra: dict, clip_ids) -> str | None:
+    """Why the clips are not all held out from the bundle that produced ``extra``, or None.
+
+    The store's split is only the pipeline's: a ``train.fit_all`` bundle trained on every clip, and a CV fold
+    model (study ``--keep-models``) records its own test clips, which are not the store's test split."""
+    clip_ids = list(dict.fromkeys(clip_ids))
+    if (extra.get("train_config") or {}).get("fit_all"):
+        return (f"in-sample: the bundle trained on every clip of its store (train.fit_all), these {len(clip_ids)} "
+                "included")
+    if "test_clips" in extra:
+        held_out = set(extra["test_clips"])
+        seen = [c for c in clip_ids if c not in held_out]
+        if seen:
+            return (f"in-sample: {len(seen)} of these {len(clip_ids)} clips are not among the fold model's own "
+                    f"{len(held_out)} test clips (extra.test_clips): it trained on them")
+    return None
+
+
 def run_analyze(model_dir: str | Path, store_dir: str | Path, split: str = "test", out_png: str | Path | None = None,
-                table_csv: str | Path | None = None) -> ClassExcitations:
-    """`genre-se analyze`: class-wise excitations of a bundle on a split of a store, as a PNG and a CSV."""
+                table_csv: str | Path | None = None, warn: Callable[[str], None] | None = None) -> ClassExcitations:
+    """`genre-se analyze`: class-wise excitations of a bundle on a split of a store, as a PNG and a CSV.
+
+    ``warn`` is told when the clips are not held out from the bundle (:func:`not_held_out`); the figure's title
+    says so too."""
     from .bundle import load_bundle
     from .feature_store import FeatureStore
     from .model import se_blocks
@@ -277,9 +298,12 @@ def run_analyze(model_dir: str | Path, store_dir: str | Path, split: str = "test
         raise ModelError(f"{model_dir}: the model has no SE blocks (trained with model.se: false)")
     store = FeatureStore.open(store_dir)
     exc = class_excitations(bundle, store, split_rows(store, split))
+    note = not_held_out(bundle.extra, exc.clip_ids)
+    if note is not None and warn is not None:
+        warn(note)
     if out_png is not None:
         plot_excitations(exc, out_png, f"Mean SE excitation per genre: {split} clips of {Path(store_dir).name} "
-                                        f"(n={len(exc.clip_ids)})")
+                                        f"(n={len(exc.clip_ids)}{', IN-SAMPLE' if note else ''})")
     if table_csv is not None:
         write_csv(table_csv, exc.to_frame())
     return exc

@@ -176,7 +176,8 @@ def cmd_analyze(args) -> int:
     for path in (args.out, args.table):  # before the model runs; else a bad --table fails after the PNG is written
         if path:
             check_writable(path)
-    exc = run_analyze(args.model, args.features, split=args.split, out_png=args.out, table_csv=args.table)
+    exc = run_analyze(args.model, args.features, split=args.split, out_png=args.out, table_csv=args.table,
+                      warn=lambda note: _err(f"warning: {note}"))
     for row in exc.summary().itertuples():
         print(f"{row.block}: {row.channels} channels, genre spread {row.genre_spread:.3f}, "
               f"eta^2 {row.eta_squared:.2f} (chance {row.eta_squared_chance:.2f})", file=sys.stderr)
