@@ -17,7 +17,7 @@ def _fake_row(*args, **kwargs):
             "best_epoch": 1, "n_test_clips": 6}
 
 
-def test_quick_is_one_epoch_even_for_a_variant_that_sets_its_epochs(tiny_study, tmp_path, monkeypatch):
+def test_quick_is_one_epoch_even_for_a_variant_that_sets_its_epochs(tiny_study, tmp_path, monkeypatch):  # noqa: F811
     """README: `--quick` (one seed, one epoch per fold) for a smoke test. gtzan_mini.yaml's se_r16 (15 epochs),
     small_data.yaml's epochs30/epochs60 set train.epochs themselves, and the variant's keys win over --quick."""
     study, work = tiny_study
@@ -30,7 +30,7 @@ def test_quick_is_one_epoch_even_for_a_variant_that_sets_its_epochs(tiny_study, 
     assert epochs and set(epochs) == {1}
 
 
-def test_a_typo_in_a_later_variant_is_reported_before_any_fold_runs(tiny_study, tmp_path, monkeypatch):
+def test_a_typo_in_a_later_variant_is_reported_before_any_fold_runs(tiny_study, tmp_path, monkeypatch):  # noqa: F811
     """A bad key in the last variant surfaced only after every earlier variant had run (hours on gtzan-mini)."""
     study, work = tiny_study
     study = dataclasses.replace(study, variants={"svm": "baseline", "bad": {"model.sqeeze": False}})
@@ -44,7 +44,7 @@ def test_a_typo_in_a_later_variant_is_reported_before_any_fold_runs(tiny_study, 
                           state_root=tmp_path / "st")
 
 
-def test_keep_models_keeps_the_fold_models_of_rows_already_done(tiny_study, tmp_path):
+def test_keep_models_keeps_the_fold_models_of_rows_already_done(tiny_study, tmp_path):  # noqa: F811
     """README: `run_gtzan_mini.sh --keep-models se_r16` then `study.excitations`: rows already in the CSV are
     skipped, so nothing is kept for them (and excitations then silently averages the folds that were rerun)."""
     study, work = tiny_study
@@ -55,7 +55,7 @@ def test_keep_models_keeps_the_fold_models_of_rows_already_done(tiny_study, tmp_
     assert bundles.is_dir() and sorted(p.name for p in bundles.iterdir()) == ["fold0", "fold1", "fold2"]
 
 
-def test_analyze_says_so_when_the_clips_are_not_held_out_from_the_bundle(tiny_study, tmp_path, capsys):
+def test_analyze_says_so_when_the_clips_are_not_held_out_from_the_bundle(tiny_study, tmp_path, capsys):  # noqa: F811
     """`genre-se analyze` ('on held-out clips') takes the store's split as held out; a fold bundle records its
     own test clips (extra.test_clips) and a train.fit_all bundle trained on every clip, but neither is checked."""
     from genre_se.cli import main
@@ -76,7 +76,7 @@ def test_analyze_says_so_when_the_clips_are_not_held_out_from_the_bundle(tiny_st
     assert "in-sample" in err or "trained on" in err
 
 
-def test_summary_of_a_missing_results_csv_is_an_error_not_an_empty_table(tiny_study, tmp_path):
+def test_summary_of_a_missing_results_csv_is_an_error_not_an_empty_table(tiny_study, tmp_path):  # noqa: F811
     """A mistyped --out (gtzan_mini.cvs) overwrote the committed summary with an empty table, exit 0."""
     study, work = tiny_study
     md = tmp_path / "summary.md"
@@ -86,7 +86,7 @@ def test_summary_of_a_missing_results_csv_is_an_error_not_an_empty_table(tiny_st
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_ctrl_c_dropped_inside_clear_session_still_stops_the_study(tiny_study, tmp_path, monkeypatch):
+def test_ctrl_c_dropped_inside_clear_session_still_stops_the_study(tiny_study, tmp_path, monkeypatch):  # noqa: F811
     """Same bug 8af7f19 fixed in tune: study.compare calls keras.backend.clear_session() after every fold
     (compare.py:359); a Ctrl-C raised in one of its weakref callbacks is printed and dropped and the run goes on."""
     import signal
