@@ -62,7 +62,8 @@ class ClassExcitations:
         gates that genre explains, averaged over channels (0: class-agnostic, 1: fully class-specific).
         With few clips per genre it is large by chance alone (about (genres - 1) / (clips - 1)), so
         ``eta_squared_chance`` is its mean over ``permutations`` shuffles of the clip labels and
-        ``eta_squared_excess`` the difference: the class-specificity the data support. NaN when there are
+        ``eta_squared_excess`` the difference: what the genre explains beyond chance, learned or not (the genre
+        differences of the input reach the gates through any weights: compare an untrained copy). NaN when there are
         no more clips than genres (every clip its own group: 1 whatever the gates), and for a block whose
         gates do not vary at all (a dead SE bottleneck: every hidden ReLU off, the gates a constant).
         """
