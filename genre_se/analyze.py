@@ -41,6 +41,9 @@ class ClassExcitations:
     clip_labels : ndarray
         Label index of each clip (rows of ``clip_means``).
     clip_ids : list of str
+    control : ClassExcitations, optional
+        The same clips through an untrained copy of the model (:func:`untrained_copy`): what the gates show
+        about genre without any learning, since the input's genre differences reach them through any weights.
     """
 
     labels: list
@@ -49,6 +52,7 @@ class ClassExcitations:
     clip_means: list
     clip_labels: np.ndarray
     clip_ids: list
+    control: ClassExcitations | None = None
 
     @property
     def clips_per_genre(self) -> np.ndarray:
@@ -84,7 +88,12 @@ class ClassExcitations:
                 "eta_squared_chance": chance,
                 "eta_squared_excess": eta - chance,
             })
-        return pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        if self.control is not None:  # beside each statistic, the untrained copy's: only the difference is learned
+            untrained = self.control.summary(permutations, seed)
+            table["genre_spread_untrained"] = untrained["genre_spread"].to_numpy()
+            table["eta_squared_excess_untrained"] = untrained["eta_squared_excess"].to_numpy()
+        return table
 
     def to_frame(self) -> pd.DataFrame:
         """Long table: block, genre, channel, excitation, clips (for CSV / DVC plots)."""
@@ -284,6 +293,17 @@ def not_held_out(extra: dict, clip_ids) -> str | None:
     return None
 
 
+def untrained_copy(bundle, seed: int = 0):
+    """``bundle`` with its model's weights drawn afresh: the same architecture and input normalisation (kept in
+    the layers' config), no learning. The control for :class:`ClassExcitations` statistics."""
+    import dataclasses
+
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return dataclasses.replace(bundle, model=keras.models.clone_model(bundle.model))
+
+
 def run_analyze(model_dir: str | Path, store_dir: str | Path, split: str = "test", out_png: str | Path | None = None,
                 table_csv: str | Path | None = None, warn: Callable[[str], None] | None = None) -> ClassExcitations:
     """`genre-se analyze`: class-wise excitations of a bundle on a split of a store, as a PNG and a CSV.
@@ -298,7 +318,9 @@ def run_analyze(model_dir: str | Path, store_dir: str | Path, split: str = "test
     if not se_blocks(bundle.model):
         raise ModelError(f"{model_dir}: the model has no SE blocks (trained with model.se: false)")
     store = FeatureStore.open(store_dir)
-    exc = class_excitations(bundle, store, split_rows(store, split))
+    rows = split_rows(store, split)
+    exc = class_excitations(bundle, store, rows)
+    exc.control = class_excitations(untrained_copy(bundle), store, rows)
     note = not_held_out(bundle.extra, exc.clip_ids)
     if note is not None and warn is not None:
         warn(note)

@@ -179,8 +179,10 @@ def cmd_analyze(args) -> int:
     exc = run_analyze(args.model, args.features, split=args.split, out_png=args.out, table_csv=args.table,
                       warn=lambda note: _err(f"warning: {note}"))
     for row in exc.summary().itertuples():
-        print(f"{row.block}: {row.channels} channels, genre spread {row.genre_spread:.3f}, "
-              f"eta^2 {row.eta_squared:.2f} (chance {row.eta_squared_chance:.2f})", file=sys.stderr)
+        print(f"{row.block}: {row.channels} channels, genre spread {row.genre_spread:.3f} "
+              f"(untrained copy {row.genre_spread_untrained:.3f}), eta^2 {row.eta_squared:.2f} "
+              f"(chance {row.eta_squared_chance:.2f}; excess {row.eta_squared_excess:+.2f}, untrained copy "
+              f"{row.eta_squared_excess_untrained:+.2f})", file=sys.stderr)
     written = " and ".join(str(p) for p in (args.out, args.table) if p)
     print(f"{len(exc.clip_ids)} {args.split} clips -> {written or 'nothing written'}", file=sys.stderr)
     return 0

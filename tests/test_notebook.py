@@ -100,6 +100,30 @@ def test_analyze_command_writes_the_figure_and_table(outputs, tmp_path, capsys):
     assert "--split" in capsys.readouterr().err
 
 
+def test_analyze_sets_every_statistic_beside_an_untrained_copys(outputs):
+    """The input's genre differences reach the gates through any weights: each statistic comes with the same
+    clips through an untrained copy of the model (fresh weights, same architecture and normalisation), and the
+    bundle's own model is left as it was."""
+    from genre_se.analyze import run_analyze, untrained_copy
+
+    root, bundle, store = outputs["root"], outputs["bundle"], outputs["store"]
+    before = [w.copy() for w in bundle.model.get_weights()]
+    copy = untrained_copy(bundle, seed=3)
+    after = bundle.model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert copy.model is not bundle.model and copy.normalisation == bundle.normalisation
+    trained_w, fresh_w = bundle.model.get_weights(), copy.model.get_weights()
+    assert [w.shape for w in trained_w] == [w.shape for w in fresh_w]
+    assert not all(np.array_equal(a, b) for a, b in zip(trained_w, fresh_w))
+
+    exc = run_analyze(root / "bundle", root / "features", split="all")
+    summary = exc.summary(permutations=20)
+    control = class_excitations(untrained_copy(outputs["bundle"]), store, split_rows(store, "all"))
+    np.testing.assert_allclose(summary["genre_spread_untrained"], control.summary(permutations=20)["genre_spread"])
+    assert np.isfinite(summary["genre_spread_untrained"]).all()
+    assert not np.allclose(summary["genre_spread_untrained"], summary["genre_spread"])
+
+
 def test_analyze_refuses_an_unwritable_output_before_the_work_and_writes_neither(outputs, tmp_path, capsys,
                                                                                   monkeypatch):
     """A --table that cannot be written was found only after the excitations, with the PNG already written
