@@ -893,6 +893,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--out {args.out}: no results CSV there (`run` writes it)")
             results = read_results(Path(args.out))
         else:
+            if args.work and not Path(args.work).is_dir():
+                raise ConfigError(f"--work {args.work}: no such folder (make it with `python -m study.compare prepare "
+                                  f"--study {args.study} --work {args.work}`)")
             paths = _paths(args)
             variants = args.variants.split(",") if args.variants else None
             seeds = _int_list(args.seeds, "--seeds") if args.seeds else None

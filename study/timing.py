@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from genre_se.config import load_params
+from genre_se.errors import GenreSEError
 
 
 def step_times(variants: dict, params_path: str = "params.yaml", rounds: int = 15, batch_size: int = 32,
@@ -60,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         name, _, rest = item.partition("=")
         pairs = [p.partition("=") for p in rest.split(",") if p]
         variants[name] = {key: yaml.safe_load(value) for key, _, value in pairs}
-    results = step_times(variants, args.params, args.rounds)
+    try:
+        results = step_times(variants, args.params, args.rounds)
+    except GenreSEError as exc:  # a mistyped key or value: one line, not a traceback
+        print(f"timing: error: {exc}", file=sys.stderr)
+        return 1
     base = next(iter(results.values()))["seconds_per_step"]
     print("| variant | params | s / training step (batch 32) | relative |\n|---|---|---|---|")
     for name, r in results.items():

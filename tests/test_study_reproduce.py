@@ -155,3 +155,12 @@ def test_what_helped_names_a_listed_results_csv_that_does_not_exist(tmp_path, ca
                     "contrasts:\n  - {change: more, variant: new, reference: base, verdict: kept}\n")
     assert what_helped.main(["--contrasts", str(spec), "--out", str(tmp_path / "w.md")]) == 0
     assert "smal_data.csv does not exist" in capsys.readouterr().err
+
+
+def test_timing_and_compare_name_bad_input_in_one_line(tmp_path, capsys):
+    from study import timing
+
+    assert timing.main(["--variants", "a=model.sqeeze=false", "--rounds", "1"]) == 1
+    assert "timing: error:" in capsys.readouterr().err
+    assert compare.main(["run", "--study", str(ROOT / "study/small_data.yaml"), "--work", str(tmp_path / "nope")]) == 1
+    assert "study.compare prepare" in capsys.readouterr().err
