@@ -77,7 +77,7 @@ def test_dvc_repro_runs_everything_then_nothing(repo_copy):
 STAGE_MODULES = {"corpus": "corpus", "prepare": "datasets", "features": "feature_store", "tune": "tune",
                  "train": "train", "evaluate": "evaluate"}
 #: left out of the deps on purpose (dvc.yaml's header): they do not compute any output
-PLUMBING = {"cli", "config", "errors", "fileio", "quiet", "__init__"}
+PLUMBING = {"cli", "config", "errors", "fileio", "interrupts", "quiet", "__init__"}
 
 
 def _module_level_imports(name: str) -> set[str]:
