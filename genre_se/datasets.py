@@ -411,16 +411,20 @@ def assign_splits(index: pd.DataFrame, cfg: DataConfig, seed: int, folds: int = 
         result["fold"] = -1
         result.loc[members.index, "fold"] = _stratified_folds(members, folds, seed)
         result["fold"] = result["fold"].astype(int)
-    if cfg.split == "stratified" and not result["split"].isin(["valid", "test"]).any():
-        # every clip would train: tune would find no validation clip, train would early-stop on its own loss and
-        # evaluate would have nothing to test, each saying so in its own words, stages later
-        most = int(readable.groupby("label").size().max())
-        raise DatasetError(
-            f"data.root: at most {most} readable clip{'s' if most != 1 else ''} per genre, and a genre needs 3 to "
-            "give one to validation and one to test: nothing would be held out. Add clips (for the built-in "
-            "corpus, corpus.clips_per_genre >= 3)"
-        )
     return result
+
+
+def _check_something_held_out(index: pd.DataFrame, cfg: DataConfig) -> None:
+    """The prepare stage's split must hold clips out: with every clip training, tune finds no validation clip,
+    train early-stops on its own loss and evaluate has nothing to test, each saying so stages later."""
+    if cfg.split != "stratified" or index["split"].isin(["valid", "test"]).any():
+        return
+    most = int(index[_readable(index)].groupby("label").size().max())
+    raise DatasetError(
+        f"{cfg.root}: at most {most} readable clip{'s' if most != 1 else ''} per genre, and a genre needs 3 to "
+        "give one to validation and one to test: nothing would be held out. Add clips (for the built-in corpus, "
+        "corpus.clips_per_genre >= 3)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -464,5 +468,6 @@ def run_prepare(
     unreadable = index.loc[index["status"].ne("ok"), ["path", "error"]]
     write_csv(errors_path, unreadable)
     index = assign_splits(index, params.data, params.seed, folds=params.evaluate.folds)
+    _check_something_held_out(index, params.data)
     write_csv(index_path, index)
     return index

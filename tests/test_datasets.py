@@ -305,11 +305,17 @@ def test_small_classes_still_get_a_test_clip():
 
 def test_too_few_clips_per_genre_to_hold_any_out_is_refused_at_prepare():
     """With 2 clips per genre every clip would train: named here, not as 'set data.val_fraction > 0' by tune
-    and 'the split has no segments' by evaluate, stages later."""
-    with pytest.raises(DatasetError, match=r"at most 2 readable clips per genre.*clips_per_genre >= 3"):
-        assign_splits(ok_index({"a": 2, "b": 2, "c": 1}), DataConfig(), seed=0)
+    and 'the split has no segments' by evaluate, stages later. assign_splits itself still deals folds (a
+    cross-validation only study may use so few)."""
+    from genre_se.datasets import _check_something_held_out
+
+    tiny = assign_splits(ok_index({"a": 2, "b": 2, "c": 1}), DataConfig(root="music"), seed=0, folds=2)
+    assert set(tiny["split"]) == {"train"} and set(tiny["fold"]) == {0, 1}
+    with pytest.raises(DatasetError, match=r"music: at most 2 readable clips per genre.*clips_per_genre >= 3"):
+        _check_something_held_out(tiny, DataConfig(root="music"))
     # one genre big enough is enough to hold clips out (the others train only)
     split = assign_splits(ok_index({"a": 2, "b": 3}), DataConfig(), seed=0)
+    _check_something_held_out(split, DataConfig())
     assert set(split.loc[split["label"] == "b", "split"]) == {"train", "valid", "test"}
 
 
@@ -447,3 +453,14 @@ def test_gtzan_mini_is_indexed_whole_and_readable():
     assert by_name["hiphop/hiphop.00000"] == "test"
     assert by_name["rock/rock.00000"] == "train"
     assert by_name["hiphop/hiphop.00001"] == "excluded"
+
+
+def test_prepare_refuses_a_dataset_that_holds_nothing_out(tmp_path):
+    from genre_se.config import Params
+    from tests.conftest import make_tone_dataset
+
+    root = make_tone_dataset(tmp_path / "tones", per_label=2, seconds=0.5)
+    params = Params(data=DataConfig(root=str(root)))
+    with pytest.raises(DatasetError, match="nothing would be held out"):
+        run_prepare(params, tmp_path / "index.csv", tmp_path / "errors.csv")
+    assert not (tmp_path / "index.csv").exists()
