@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -128,7 +129,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
         old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.old-{_writer_id()}")
             os.replace(path, old)
         try:
             os.replace(tmp, path)
@@ -144,23 +145,31 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def _temp_prefix(path: Path) -> str:
-    """Temporary siblings carry the writer's PID, so a later writer can tell a dead one's leftovers."""
-    return f".{path.name}.tmp-{os.getpid()}-"
+    """Temporary siblings carry the writer's PID and host, so a later writer can tell a dead one's leftovers."""
+    return f".{path.name}.tmp-{_writer_id()}-"
+
+
+def _writer_id() -> str:
+    """``PID@host``: a PID means something only on its own machine (a folder may be shared over NFS)."""
+    return f"{os.getpid()}@{_HOST}"
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "localhost"
 
 
 def _sweep_stale(path: Path) -> None:
     """Remove the temporary siblings of ``path`` that a killed writer left (SIGKILL or power loss: no
     ``finally`` ran); each could be as large as the output. A previous output moved aside (``.old-PID``) by a
     writer killed between its two renames is put back if ``path`` is missing. Live writers' siblings stay."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(tmp|old)-(\d+)(-|$)")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(tmp|old)-(\d+)@(\w+)(-|$)")
     try:
         entries = list(path.parent.iterdir())
     except OSError:
         return
     for entry in entries:
         match = pattern.match(entry.name)
-        if match is None or _process_alive(int(match.group(2))):
-            continue
+        if match is None or match.group(3) != _HOST or _process_alive(int(match.group(2))):
+            continue  # not ours, another machine's (its PID means nothing here), or a live writer's
         with contextlib.suppress(OSError):
             if match.group(1) == "old" and not path.exists() and not path.is_symlink():
                 os.replace(entry, path)
@@ -177,7 +186,7 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # EPERM: someone else's process
+    except (OSError, OverflowError, ValueError):  # EPERM: someone else's; a PID out of range: not ours to judge
         return True
     return True
 

@@ -73,34 +73,41 @@ def test_a_corrupt_best_params_file_is_a_config_error_naming_it(tmp_path, conten
 
 def test_a_killed_writers_temporaries_are_swept_and_a_live_ones_kept(tmp_path):
     """SIGKILL runs no ``finally``: its temporary sibling (as large as the output) stays. The next writer of
-    the same output removes those of dead processes, and puts back a previous output moved aside by a writer
-    killed between its two renames; a live writer's temporaries are left alone."""
+    the same output removes those of dead processes of this machine, and puts back a previous output moved
+    aside by a writer killed between its two renames; a live writer's temporaries, and another machine's (a
+    shared folder: its PIDs mean nothing here), are left alone."""
     import os
     import subprocess
     import sys
 
-    from genre_se.fileio import atomic_dir
+    from genre_se.fileio import _HOST, atomic_dir
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     dead_pid = int(dead.stdout)
     out = tmp_path / "features"
-    (tmp_path / f".features.tmp-{dead_pid}-abc123").mkdir()
-    (tmp_path / f".features.tmp-{dead_pid}-abc123" / "segments.npy").write_bytes(b"x" * 1000)
-    (tmp_path / f".notes.txt.tmp-{dead_pid}-q1.tmp").write_text("another output's")
-    live = tmp_path / f".features.tmp-{os.getppid()}-zz"  # the test runner's parent: alive
+    stale = tmp_path / f".features.tmp-{dead_pid}@{_HOST}-abc123"
+    stale.mkdir()
+    (stale / "segments.npy").write_bytes(b"x" * 1000)
+    notes_tmp = tmp_path / f".notes.txt.tmp-{dead_pid}@{_HOST}-q1.tmp"
+    notes_tmp.write_text("another output's")
+    live = tmp_path / f".features.tmp-{os.getppid()}@{_HOST}-zz"  # the test runner's parent: alive
     live.mkdir()
+    remote = tmp_path / f".features.tmp-{dead_pid}@elsewhere_{_HOST}-zz"  # another machine's writer
+    remote.mkdir()
+    huge = tmp_path / f".features.tmp-{10**30}@{_HOST}-zz"  # not a PID this system has: left alone
+    huge.mkdir()
     with atomic_dir(out) as staging:
         (staging / "meta.json").write_text("{}")
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(["features", live.name, f".notes.txt.tmp-{dead_pid}-q1.tmp"])
+    assert names == sorted(["features", live.name, remote.name, huge.name, notes_tmp.name])
 
     with atomic_path(tmp_path / "notes.txt") as tmp:
         tmp.write_text("new")
-    assert not (tmp_path / f".notes.txt.tmp-{dead_pid}-q1.tmp").exists()
+    assert not notes_tmp.exists()
 
     # killed after moving the previous output aside, before moving the new one in: the previous one comes back
-    os.replace(out, tmp_path / f".features.old-{dead_pid}")
+    os.replace(out, tmp_path / f".features.old-{dead_pid}@{_HOST}")
     with pytest.raises(RuntimeError):
         with atomic_dir(out):
             raise RuntimeError("this writer fails too")
