@@ -26,6 +26,7 @@ from .errors import ConfigError, DatasetError, OutputError
 from .feature_store import FeatureStore
 from .features import floor_db
 from .fileio import atomic_path, read_json_object, write_json
+from .interrupts import raise_if_interrupted
 from .metrics import aggregate_clips, cross_entropy
 
 STATE_FILE = "state.json"
@@ -597,6 +598,7 @@ def train_model(
                 shown = " ".join(f"val_{k}={v:.4f}" for k, v in val.items())
                 log(f"epoch {epoch + 1}/{train_cfg.epochs}: loss={logs.get('loss', float('nan')):.4f} {shown}"
                     f"{' *' if improved else ''}")
+            raise_if_interrupted()  # a Ctrl-C dropped somewhere (a weakref callback): stop here, the state saved
             if state["wait"] >= train_cfg.patience:
                 self.model.stop_training = True
 

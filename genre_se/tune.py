@@ -667,9 +667,13 @@ def run_tune(
     project_dir = Path(project_root) / key
     with _keras_tuner_quiet():
         try:
+            resuming = any((project_dir / name).exists() for name in ("oracle.json", "tuner0.json"))
             try:
                 tuner = _open_tuner(hypermodel, params, project_root, key, role, log)
             except (ValueError, OSError) as exc:  # keras-tuner writes its JSON in place: a crash can cut it
+                if not resuming:  # a new search: not a project file's fault
+                    raise ModelError(f"{project_dir}: cannot start the search ({_first_and_last_line(str(exc))})"
+                                     ) from exc
                 raise ModelError(f"{project_dir}: cannot resume the search, a project file is corrupt or unreadable "
                                  f"({_first_and_last_line(str(exc))}); remove the folder to search afresh") from exc
             before = 0 if role == "worker" else _completed(tuner.oracle)
@@ -691,7 +695,7 @@ def run_tune(
     best = best_params(table, space, params, key)
     references = None
     if params.tune.references:
-        with _keras_tuner_quiet():
+        with _keras_tuner_quiet(), interrupts_noted():
             references = run_references(hypermodel, tuner, project_dir, params.tune.references, log,
                                         store=store, train_rows=train_rows, valid_rows=valid_rows)
         best["references"] = {row.reference: {params.tune.objective: getattr(row, params.tune.objective),

@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from genre_se.config import FeatureConfig
 from genre_se.feature_store import FeatureStore
@@ -186,3 +187,23 @@ def test_training_curves_of_an_abandoned_run_are_not_continued(tmp_path):
               best_params_path=None)
     steps = [int(line.split("\t")[0]) for line in tsv.read_text().splitlines()[1:]]
     assert steps == [0, 1]
+
+
+def test_a_dropped_ctrl_c_stops_training_at_the_next_epoch_end_with_the_state_saved(tmp_path):
+    """A Ctrl-C raised where Python drops it (a weakref callback) is noted (genre_se.interrupts); the loop
+    re-raises it after the epoch's state is written, so a rerun resumes there."""
+    import json
+
+    from genre_se import interrupts
+    from genre_se.config import ModelConfig, TrainConfig
+    from genre_se.train import STATE_FILE, train_model
+    from tests.conftest import split_tone_store
+
+    store, _ = split_tone_store(tmp_path, seed=0)
+    model = ModelConfig(filters=[4], dropout=0.0, reduction_ratios=2)
+    with interrupts.interrupts_noted():
+        interrupts._INTERRUPTED.set()  # as the handler does when its KeyboardInterrupt is dropped
+        with pytest.raises(KeyboardInterrupt):
+            train_model(store, model, TrainConfig(epochs=3, batch_size=16), train_rows=store.rows("train"),
+                        valid_rows=store.rows("valid"), seed=1, state_dir=tmp_path / "state")
+    assert json.loads((tmp_path / "state" / STATE_FILE).read_text())["epoch"] == 1
