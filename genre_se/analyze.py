@@ -275,12 +275,16 @@ def plot_excitations(exc: ClassExcitations, path: str | Path, title: str | None 
 # The command
 
 
-def not_held_out(extra: dict, clip_ids) -> str | None:
+def not_held_out(extra: dict, clip_ids, splits=(), store_digest: str | None = None) -> str | None:
     """Why the clips are not all held out from the bundle that produced ``extra``, or None.
 
-    The store's split is only the pipeline's: a ``train.fit_all`` bundle trained on every clip, and a CV fold
-    model (study ``--keep-models``) records its own test clips, which are not the store's test split."""
+    The store's split is only the pipeline's: a ``train.fit_all`` bundle trained on every clip, a CV fold
+    model (study ``--keep-models``) records its own test clips, which are not the store's test split, and the
+    train split is the bundle's training data. ``splits``: the store splits of the clips; ``store_digest``:
+    the store's content digest, compared with the one the bundle trained on (another store: unknown)."""
     clip_ids = list(dict.fromkeys(clip_ids))
+    trained_on = (extra.get("training_data") or {}).get("features_sha1")
+    own_store = not (trained_on and store_digest and trained_on != store_digest)  # else its splits are not the bundle's
     if (extra.get("train_config") or {}).get("fit_all"):
         return (f"in-sample: the bundle trained on every clip of its store (train.fit_all), these {len(clip_ids)} "
                 "included")
@@ -290,6 +294,8 @@ def not_held_out(extra: dict, clip_ids) -> str | None:
         if seen:
             return (f"in-sample: {len(seen)} of these {len(clip_ids)} clips are not among the fold model's own "
                     f"{len(held_out)} test clips (extra.test_clips): it trained on them")
+    elif own_store and "train" in set(splits):
+        return "in-sample: the train split is what the bundle trained on"
     return None
 
 
@@ -321,7 +327,8 @@ def run_analyze(model_dir: str | Path, store_dir: str | Path, split: str = "test
     rows = split_rows(store, split)
     exc = class_excitations(bundle, store, rows)
     exc.control = class_excitations(untrained_copy(bundle), store, rows)
-    note = not_held_out(bundle.extra, exc.clip_ids)
+    splits = set(store.table["split"].iloc[rows]) if "split" in store.table.columns else set()
+    note = not_held_out(bundle.extra, exc.clip_ids, splits, store.content_digest)
     if note is not None and warn is not None:
         warn(note)
     if out_png is not None:

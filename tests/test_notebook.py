@@ -162,6 +162,7 @@ def test_notebook_runs_top_to_bottom(outputs, tmp_path, monkeypatch):
         exec(compile(source, f"{NOTEBOOK.name}[code cell {number}]", "exec"), namespace)  # noqa: S102 (the notebook's own code)
     assert out.stat().st_size > 5000
     assert list(namespace["summary"]["block"]) == ["block1_se", "block2_se"]
+    assert "genre_spread_untrained" in namespace["summary"].columns  # the control the notebook's text promises
     assert namespace["ROOT"] == ROOT
 
 
@@ -202,3 +203,17 @@ def test_pooling_analyses_of_one_model_equals_one_analysis_of_all_their_clips(ou
         split_rows(store, "fold0")  # this store was built without k-fold folds
     with pytest.raises(Exception, match="nope"):
         clip_rows(store, ["nope"])
+
+
+def test_analyze_warns_when_the_clips_are_the_bundles_training_clips(outputs):
+    from genre_se.analyze import not_held_out, run_analyze
+
+    root = outputs["root"]
+    notes = []
+    run_analyze(root / "bundle", root / "features", split="test", warn=notes.append)
+    assert notes == []
+    run_analyze(root / "bundle", root / "features", split="train,test", warn=notes.append)
+    assert notes == ["in-sample: the train split is what the bundle trained on"]
+    extra = outputs["bundle"].extra
+    assert not_held_out(extra, ["a"], {"train"}, store_digest="another store's") is None  # its splits are not ours
+    assert "train.fit_all" in not_held_out({**extra, "train_config": {"fit_all": True}}, ["a"], {"test"})
