@@ -877,6 +877,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = load_study(args.study)
         extra = _overrides(args.set)
+        if getattr(args, "reference", None) and args.reference not in study.variants:  # before hours of training
+            raise ConfigError(f"--reference: {args.reference!r} is not in the study (has {', '.join(study.variants)})")
         if args.command in ("prepare", "tune") and not args.work:
             raise ConfigError(f"{args.command}: --work is required (the pipeline's own outputs belong to dvc repro)")
         if args.command == "prepare":
@@ -907,8 +909,6 @@ def main(argv: list[str] | None = None) -> int:
         from study.summary import study_summary
 
         reference = args.reference or next((n for n, s in study.variants.items() if s == BASELINE), None)
-        if args.reference and args.reference not in study.variants:
-            raise ConfigError(f"--reference: {args.reference!r} is not in the study (has {', '.join(study.variants)})")
         table = study_summary(results, args.out, list(study.variants), reference)
         write_text(args.summary, table)
         print(table)

@@ -164,3 +164,10 @@ def test_timing_and_compare_name_bad_input_in_one_line(tmp_path, capsys):
     assert "timing: error:" in capsys.readouterr().err
     assert compare.main(["run", "--study", str(ROOT / "study/small_data.yaml"), "--work", str(tmp_path / "nope")]) == 1
     assert "study.compare prepare" in capsys.readouterr().err
+
+
+def test_an_unknown_reference_is_refused_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(compare, "run_study", lambda *a, **k: pytest.fail("ran before checking --reference"))
+    assert compare.main(["run", "--study", str(ROOT / "study/small_data.yaml"), "--work", str(tmp_path),
+                         "--reference", "epoch30"]) == 1
+    assert "--reference: 'epoch30' is not in the study" in capsys.readouterr().err
