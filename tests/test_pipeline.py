@@ -70,16 +70,17 @@ def test_no_clip_straddles_splits(workdir):
     assert (table.groupby("clip_id")["split"].nunique() == 1).all()
 
 
-def test_kfold_reports_mean_and_std(workdir, capsys):
-    """With train.fit_all (the final bundle's recipe) the bundle saw the test clips: its test-split numbers are
-    marked in-sample, and the CV gives the held-out ones."""
+@pytest.mark.parametrize("fit_all", [False, True])
+def test_kfold_reports_mean_and_std(workdir, capsys, fit_all):
+    """The CV (fold f+1 early-stops, or with train.fit_all trains too). With fit_all (the final bundle's recipe)
+    the bundle saw the test clips: its test-split numbers are marked in-sample, and the CV gives held-out ones."""
     write_params(workdir / "params.yaml", {**TINY_PARAMS, "data.root": str(workdir / "tones"),
-                                           "evaluate.folds": 3, "train.epochs": 1, "train.fit_all": True})
+                                           "evaluate.folds": 3, "train.epochs": 1, "train.fit_all": fit_all})
     for stage in ("prepare", "features", "tune", "train", "evaluate"):
         run(stage)
-    assert "test clips, IN-SAMPLE (train.fit_all" in capsys.readouterr().err
+    assert ("test clips, IN-SAMPLE (train.fit_all" in capsys.readouterr().err) is fit_all
     metrics = json.loads((workdir / "reports/metrics.json").read_text())
-    assert metrics["in_sample"] is True
+    assert metrics["in_sample"] is fit_all
     cv = metrics["cv"]
     assert cv["folds"] == 3 and 0 <= cv["clip_accuracy_mean"] <= 1 and cv["clip_accuracy_std"] >= 0
     folds = pd.read_csv(workdir / "reports/cv_folds.csv")
