@@ -420,7 +420,7 @@ class _SoundFileDecoder:
         position = self._seek(start) if start and seeks_exactly else 0
         while stop is None or position < stop:
             want = READ_FRAMES if stop is None else min(READ_FRAMES, stop - position)
-            block = self._read(want, position)
+            block = self._read(want, position, locate=True)
             if block.shape[0] == 0:
                 return
             first, position = position, position + block.shape[0]
@@ -433,8 +433,11 @@ class _SoundFileDecoder:
         except (sf.SoundFileError, RuntimeError, OSError) as exc:
             raise AudioError(f"{self._path}: cannot seek to frame {frame} ({_reason(exc)})") from exc
 
-    def _read(self, frames: int, position: int) -> np.ndarray:
-        """Decode up to ``frames`` frames at ``position``; an empty array means end of file."""
+    def _read(self, frames: int, position: int, locate: bool = False) -> np.ndarray:
+        """Decode up to ``frames`` frames at ``position``; an empty array means end of file.
+
+        A failed read returns nothing, so the error knows only the block's start; ``locate`` (the sequential
+        decode, not the window reader's probes) finds where decoding really stops, for the message."""
         out = np.empty((frames, self.info.channels), dtype=np.float32)
         # libmpg123 prints its resync notes to fd 2 mid-stream; the AudioError below says it once, in our words
         silenced = native_stderr_silenced() if self.info.format == "MP3" else contextlib.nullcontext()
@@ -442,11 +445,38 @@ class _SoundFileDecoder:
             with silenced:
                 got = _readf_float(self._handle, out)
         except (sf.SoundFileError, RuntimeError, OSError) as exc:
-            seconds = position / self.info.sample_rate
+            good = self._decodable_until(position, position + frames) if locate else position
+            seconds = good / self.info.sample_rate
             raise AudioError(
                 f"{self._path}: corrupt or truncated audio data after {seconds:.2f} s ({_reason(exc)})"
             ) from exc
         return out[:got]
+
+
+    def _decodable_until(self, start: int, stop: int, step: int = 4096) -> int:
+        """The frame in ``[start, stop)`` where decoding fails, to ``step`` frames, read on a fresh handle (MP3
+        from the beginning: its seeks are approximate); ``start`` when that cannot be found. The error path only."""
+        position = start
+        try:
+            with native_stderr_silenced():
+                handle = sf.SoundFile(_sndfile_name(self._path))
+        except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError):
+            return start
+        out = np.empty((step, self.info.channels), dtype=np.float32)
+        with handle:
+            try:
+                with native_stderr_silenced():
+                    exact = self.info.format in _EXACT_SEEK_FORMATS
+                    reached = int(handle.seek(start)) if start and exact else 0
+                    while reached < stop:
+                        got = _readf_float(handle, out)
+                        if got == 0:
+                            break
+                        reached += got
+                        position = max(start, min(reached, stop))
+            except (sf.SoundFileError, RuntimeError, OSError):
+                pass
+        return position
 
 
 def _readf_float(handle: sf.SoundFile, out: np.ndarray) -> int:
