@@ -567,12 +567,16 @@ def _first_and_last_line(text: str) -> str:
 def _open_tuner(hypermodel: SEHyperModel, params: Params, project_root, key: str, role: str, log) -> SETuner:
     """The tuner on project ``<project_root>/<key>``, reloading the search found there."""
     project_dir = Path(project_root) / key
-    tuner_file = project_dir / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json"
-    tuner_file_existed = tuner_file.exists()  # keras-tuner reloads only when the tuner's own file exists
+    tuner_file_existed = _tuner_file(project_dir).exists()  # keras-tuner reloads only when the tuner's own file exists
     tuner = SETuner(hypermodel, params.tune, params.seed, project_root, key, log=log)
     if role != "worker" and not tuner_file_existed and (project_dir / "oracle.json").exists():
         tuner.oracle.reload()  # killed during its first trial, or last run as a chief: the same search
     return tuner
+
+
+def _tuner_file(project_dir: Path) -> Path:
+    """This process's tuner state file in a keras-tuner project (one per tuner id)."""
+    return project_dir / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json"
 
 
 def _search(tuner: SETuner, role: str, **fit_data) -> None:
@@ -667,7 +671,7 @@ def run_tune(
     project_dir = Path(project_root) / key
     with _keras_tuner_quiet():
         try:
-            resuming = any((project_dir / name).exists() for name in ("oracle.json", "tuner0.json"))
+            resuming = (project_dir / "oracle.json").exists() or _tuner_file(project_dir).exists()
             try:
                 tuner = _open_tuner(hypermodel, params, project_root, key, role, log)
             except (ValueError, OSError) as exc:  # keras-tuner writes its JSON in place: a crash can cut it
