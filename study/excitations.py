@@ -2,9 +2,12 @@
 
 ``python -m study.compare run --keep-models se_r16`` keeps every fold model of a variant as a bundle
 (``<state>/bundles/<variant>/seed<s>/fold<f>``, its test clips in ``extra``). Each fold model is analysed on
-its own test fold; per block, the class-specificity statistics (genre spread, eta squared and its chance
-level) are then averaged over the folds. The channels themselves are never pooled across models: channel k
-of one fold model has nothing to do with channel k of another. The figure shows one fold model::
+its own test fold, and the same clips through untrained copies of it (fresh weights: the input's genre
+differences reach the gates through any weights, so only trained minus untrained is learned); per block, the
+class-specificity statistics (genre spread, the spread scaled by each channel's clip-to-clip deviation, eta
+squared and its chance level) and what training added to them are then averaged over the folds. The channels
+themselves are never pooled across models: channel k of one fold model has nothing to do with channel k of
+another. The figure shows one fold model::
 
     python -m study.excitations --bundles study/work/gtzan/state/bundles/se_r16/seed42 \\
         --features study/work/gtzan/features --out study/results/excitations_se_r16.png
@@ -14,17 +17,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from genre_se.analyze import ClassExcitations
 from genre_se.errors import DatasetError, GenreSEError
 from genre_se.fileio import write_csv
 
 
-def fold_excitations(bundles_dir: str | Path, store_dir: str | Path) -> list:
-    """:class:`genre_se.analyze.ClassExcitations` of every ``fold*`` bundle on its own test clips, in fold order."""
-    from genre_se.analyze import class_excitations, clip_rows
+@dataclass
+class FoldAnalysis:
+    """One fold model's excitations on its own test clips, and the same clips through untrained copies of it."""
+
+    trained: ClassExcitations
+    untrained: list = field(default_factory=list)
+
+
+def fold_excitations(bundles_dir: str | Path, store_dir: str | Path, controls: int = 3) -> list[FoldAnalysis]:
+    """Every ``fold*`` bundle analysed on its own test clips, in fold order, each beside ``controls`` untrained
+    copies of it (fresh weights drawn with seeds 0, 1, ...: the control's own draw is noise too, so several)."""
+    from genre_se.analyze import class_excitations, clip_rows, untrained_copy
     from genre_se.bundle import load_bundle
     from genre_se.feature_store import FeatureStore
 
@@ -35,20 +49,45 @@ def fold_excitations(bundles_dir: str | Path, store_dir: str | Path) -> list:
     analyses = []
     for folder in folds:
         bundle = load_bundle(folder)
-        analyses.append(class_excitations(bundle, store, clip_rows(store, bundle.extra["test_clips"])))
+        rows = clip_rows(store, bundle.extra["test_clips"])
+        analyses.append(FoldAnalysis(class_excitations(bundle, store, rows),
+                                     [class_excitations(untrained_copy(bundle, seed), store, rows)
+                                      for seed in range(controls)]))
     return analyses
 
 
-def fold_summary(analyses: list) -> pd.DataFrame:
-    """Per block: mean and std over the fold models of genre spread, eta squared, its chance level and excess."""
-    frames = [a.summary().assign(fold=i) for i, a in enumerate(analyses)]
-    table = pd.concat(frames, ignore_index=True)
-    stats = ["genre_spread", "eta_squared", "eta_squared_chance", "eta_squared_excess"]
+TRAINED = ["genre_spread", "genre_spread_scaled", "eta_squared", "eta_squared_chance", "eta_squared_excess"]
+CONTROLLED = ["genre_spread", "genre_spread_scaled", "eta_squared_excess"]  # each beside the untrained copies'
+
+
+def fold_table(analyses: list[FoldAnalysis]) -> pd.DataFrame:
+    """One row per fold and block: the trained model's statistics, the untrained copies' mean of each
+    statistic in CONTROLLED (``*_untrained``) and what training added (``*_gain``: trained - untrained)."""
+    frames = []
+    for i, fold in enumerate(analyses):
+        table = fold.trained.summary()[["block", "channels", *TRAINED]].assign(fold=i)
+        if fold.untrained:
+            copies = pd.concat([c.summary()[CONTROLLED] for c in fold.untrained], keys=range(len(fold.untrained)))
+            untrained = copies.groupby(level=1).mean()  # mean over the copies, row by row (block)
+            for name in CONTROLLED:
+                table[f"{name}_untrained"] = untrained[name].to_numpy()
+                table[f"{name}_gain"] = table[name] - table[f"{name}_untrained"]
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def fold_summary(analyses: list[FoldAnalysis]) -> pd.DataFrame:
+    """Per block, mean and std over the fold models of every statistic of :func:`fold_table`, and per gain the
+    number of fold models where training added something (``*_gain_folds_above``: gain > 0)."""
+    table = fold_table(analyses)
+    stats = [c for c in table.columns if c not in ("block", "channels", "fold")]
     grouped = table.groupby("block", sort=False)
     summary = grouped[stats].agg(["mean", "std"])
     summary.columns = [f"{name}_{how}" for name, how in summary.columns]
+    for gain in [c for c in stats if c.endswith("_gain")]:
+        summary[f"{gain}_folds_above"] = grouped[gain].agg(lambda v: int((v > 0).sum()))
     summary.insert(0, "channels", grouped["channels"].first())
-    summary.insert(1, "clips", sum(len(a.clip_ids) for a in analyses))
+    summary.insert(1, "clips", sum(len(a.trained.clip_ids) for a in analyses))
     summary.insert(2, "folds", len(analyses))
     return summary.reset_index()
 
@@ -58,21 +97,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundles", required=True, help="folder of fold0, fold1, ... bundles")
     parser.add_argument("--features", required=True, help="the feature store the study used")
     parser.add_argument("--out", required=True, help="PNG to write: the first fold model's figure")
-    parser.add_argument("--table", help="CSV of the per-block summary over the folds (default: OUT with .csv)")
+    parser.add_argument("--table", help="CSV of the per-block summary over the folds (default: OUT with .csv; "
+                                            "the per-fold rows beside it, *_folds.csv)")
+    parser.add_argument("--controls", type=int, default=3,
+                        help="untrained copies of each fold model to compare with (default 3; 0: none)")
     args = parser.parse_args(argv)
     from genre_se.analyze import plot_excitations
 
+    if args.controls < 0:
+        print(f"excitations: error: --controls must be 0 or more, not {args.controls}", file=sys.stderr)
+        return 2
     try:
-        analyses = fold_excitations(args.bundles, args.features)
+        analyses = fold_excitations(args.bundles, args.features, args.controls)
     except GenreSEError as error:
         print(f"excitations: error: {error}", file=sys.stderr)
         return 1
-    first = analyses[0]
+    first = analyses[0].trained
     plot_excitations(first, args.out, f"Mean SE excitation per genre: fold-0 model on its {len(first.clip_ids)} "
                                       "held-out clips")
+    table = Path(args.table or Path(args.out).with_suffix(".csv"))
     summary = fold_summary(analyses)
-    write_csv(args.table or Path(args.out).with_suffix(".csv"), summary)
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    write_csv(table, summary)
+    write_csv(table.with_name(f"{table.stem}_folds.csv"), fold_table(analyses))
+    for row in summary.itertuples():
+        line = f"{row.block}: spread {row.genre_spread_mean:.3f}, scaled {row.genre_spread_scaled_mean:.2f}, " \
+               f"eta^2 excess {row.eta_squared_excess_mean:+.2f}"
+        if args.controls:
+            line += (f"; trained - untrained: scaled {row.genre_spread_scaled_gain_mean:+.2f} ± "
+                     f"{row.genre_spread_scaled_gain_std:.2f} ({row.genre_spread_scaled_gain_folds_above} of "
+                     f"{row.folds} folds above), eta^2 excess {row.eta_squared_excess_gain_mean:+.2f} ± "
+                     f"{row.eta_squared_excess_gain_std:.2f} ({row.eta_squared_excess_gain_folds_above} above)")
+        print(line)
     return 0
 
 

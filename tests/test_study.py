@@ -522,10 +522,11 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
     assert sorted(p.name for p in bundles.iterdir()) == ["fold0", "fold1", "fold2"]
     analyses = excitations.fold_excitations(bundles, work / "features")
     assert len(analyses) == 3
-    held_out = sorted(c for a in analyses for c in a.clip_ids)
+    held_out = sorted(c for a in analyses for c in a.trained.clip_ids)
     assert held_out == sorted(pd.read_csv(work / "index.csv")["clip_id"])  # every clip once, by its own fold model
+    assert all(len(a.untrained) == 3 and a.untrained[0].clip_ids == a.trained.clip_ids for a in analyses)
     summary = excitations.fold_summary(analyses)
-    per_fold = [a.summary().set_index("block").loc["block2_se", "eta_squared"] for a in analyses]
+    per_fold = [a.trained.summary().set_index("block").loc["block2_se", "eta_squared"] for a in analyses]
     row = summary.set_index("block").loc["block2_se"]
     # a dead SE block (every gate constant: possible on tiny data, see study/README.md) has no eta squared:
     # the summary averages the folds that have one
@@ -534,9 +535,22 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
     else:
         assert np.isnan(row["eta_squared_mean"])
     assert row["folds"] == 3 and row["clips"] == 18
+    # what training added: the trained statistic minus the mean of the untrained copies', fold by fold
+    folds = excitations.fold_table(analyses)
+    fold0 = folds[(folds["fold"] == 0) & (folds["block"] == "block2_se")].iloc[0]
+    copies = [c.summary().set_index("block").loc["block2_se", "genre_spread_scaled"] for c in analyses[0].untrained]
+    assert fold0["genre_spread_scaled_untrained"] == pytest.approx(np.mean(copies))
+    assert fold0["genre_spread_scaled_gain"] == pytest.approx(fold0["genre_spread_scaled"] - np.mean(copies))
+    gains = folds[folds["block"] == "block2_se"]["eta_squared_excess_gain"]
+    assert row["eta_squared_excess_gain_mean"] == pytest.approx(gains.mean(), nan_ok=True)
+    assert row["eta_squared_excess_gain_folds_above"] == (gains > 0).sum()
     out = tmp_path / "exc.png"
-    assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out)]) == 0
+    assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out),
+                             "--controls", "1"]) == 0
     assert out.stat().st_size > 5000 and len(pd.read_csv(tmp_path / "exc.csv")) == 2  # one row per SE block
+    assert len(pd.read_csv(tmp_path / "exc_folds.csv")) == 2 * 3  # and one per block and fold
+    assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out),
+                             "--controls", "-1"]) == 2
 
 
 def test_fit_all_in_cv_trains_on_every_fold_but_the_test_one(tiny_study, tmp_path, monkeypatch):
