@@ -72,6 +72,12 @@ class ClassExcitations:
         differences of the input reach the gates through any weights: compare an untrained copy). NaN when there are
         no more clips than genres (every clip its own group: 1 whatever the gates), and for a block whose
         gates do not vary at all (a dead SE bottleneck: every hidden ReLU off, the gates a constant).
+
+        ``nearest_genre``: the share of clips whose genre is the nearest genre centroid of the gates (each
+        channel standardised over the clips, the clip itself left out of its genre's centroid), over the
+        ``nearest_genre_clips`` clips whose genre has another clip; ``nearest_genre_chance`` its mean over the
+        same label shuffles. Unlike the spreads and eta squared it asks whether the gates as a whole point to the
+        genre, one clip at a time, so it can be pooled over models that share no channels (the fold models).
         """
         present = self.clips_per_genre > 0
         measurable = len(self.clip_labels) > present.sum() >= 2
@@ -81,6 +87,8 @@ class ClassExcitations:
         for name, means, clips in zip(self.blocks, self.means, self.clip_means):
             eta = _eta_squared(clips, self.clip_labels) if measurable else float("nan")
             chance = float(np.mean([_eta_squared(clips, s) for s in shuffles])) if measurable else float("nan")
+            hits = nearest_genre_hits(clips, self.clip_labels)
+            nearest_chance = [np.mean(nearest_genre_hits(clips, s)) for s in shuffles] if len(hits) else []
             rows.append({
                 "block": name,
                 "channels": means.shape[1],
@@ -90,6 +98,9 @@ class ClassExcitations:
                 "eta_squared": eta,
                 "eta_squared_chance": chance,
                 "eta_squared_excess": eta - chance,
+                "nearest_genre": float(np.mean(hits)) if len(hits) else float("nan"),
+                "nearest_genre_chance": float(np.mean(nearest_chance)) if nearest_chance else float("nan"),
+                "nearest_genre_clips": len(hits),
             })
         table = pd.DataFrame(rows)
         if self.control is not None:  # beside each statistic, the untrained copy's: only the difference is learned
@@ -97,6 +108,7 @@ class ClassExcitations:
             table["genre_spread_untrained"] = untrained["genre_spread"].to_numpy()
             table["genre_spread_scaled_untrained"] = untrained["genre_spread_scaled"].to_numpy()
             table["eta_squared_excess_untrained"] = untrained["eta_squared_excess"].to_numpy()
+            table["nearest_genre_untrained"] = untrained["nearest_genre"].to_numpy()
         return table
 
     def to_frame(self) -> pd.DataFrame:
@@ -126,6 +138,35 @@ def _scaled_spread(genre_means: np.ndarray, clips: np.ndarray) -> float:
     if not varying.any() or len(genre_means) < 2:
         return float("nan")
     return float(np.mean(np.std(genre_means[:, varying], axis=0) / np.std(clips[:, varying], axis=0)))
+
+
+def nearest_genre_hits(clips: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per clip whose genre has another clip: is its genre the nearest genre centroid (leave-one-clip-out)?
+
+    Channels are standardised over the clips first (scale-free: an untrained gate that barely moves counts as
+    much as a trained one), so that a few high-variance channels do not decide alone. Empty when no genre has
+    two clips or the gates do not vary.
+    """
+    varying = _varying(clips)
+    if not varying.any():
+        return np.zeros(0, dtype=bool)
+    z = clips[:, varying]
+    z = (z - z.mean(axis=0)) / z.std(axis=0)
+    genres = np.unique(labels)
+    sums = np.stack([z[labels == g].sum(axis=0) for g in genres])
+    counts = np.array([(labels == g).sum() for g in genres], dtype=float)
+    hits = []
+    for clip, label in zip(z, labels):
+        own = int(np.searchsorted(genres, label))
+        if counts[own] < 2:
+            continue
+        centroids, n = sums.copy(), counts.copy()
+        centroids[own] -= clip  # the clip left out of its own genre's centroid
+        n[own] -= 1
+        distances = np.square(centroids / n[:, None] - clip).sum(axis=1)
+        hits.append(int(np.argmin(distances)) == own)
+    return np.asarray(hits, dtype=bool)
+
 
 
 def _eta_squared(clips: np.ndarray, labels: np.ndarray) -> float:

@@ -184,7 +184,9 @@ def cmd_analyze(args) -> int:
               f"{row.genre_spread_scaled:.2f} (untrained copy {row.genre_spread_scaled_untrained:.2f}), "
               f"eta^2 {row.eta_squared:.2f} "
               f"(chance {row.eta_squared_chance:.2f}; excess {row.eta_squared_excess:+.2f}, untrained copy "
-              f"{row.eta_squared_excess_untrained:+.2f})", file=sys.stderr)
+              f"{row.eta_squared_excess_untrained:+.2f}), nearest genre {row.nearest_genre:.2f} of "
+              f"{row.nearest_genre_clips} clips (chance {row.nearest_genre_chance:.2f}, untrained copy "
+              f"{row.nearest_genre_untrained:.2f})", file=sys.stderr)
     written = " and ".join(str(p) for p in (args.out, args.table) if p)
     print(f"{len(exc.clip_ids)} {args.split} clips -> {written or 'nothing written'}", file=sys.stderr)
     return 0

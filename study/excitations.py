@@ -56,8 +56,11 @@ def fold_excitations(bundles_dir: str | Path, store_dir: str | Path, controls: i
     return analyses
 
 
-TRAINED = ["genre_spread", "genre_spread_scaled", "eta_squared", "eta_squared_chance", "eta_squared_excess"]
-CONTROLLED = ["genre_spread", "genre_spread_scaled", "eta_squared_excess"]  # each beside the untrained copies'
+TRAINED = ["genre_spread", "genre_spread_scaled", "eta_squared", "eta_squared_chance", "eta_squared_excess",
+           "nearest_genre", "nearest_genre_chance", "nearest_genre_clips"]
+CONTROLLED = ["genre_spread", "genre_spread_scaled", "eta_squared_excess", "nearest_genre"]  # each beside the
+# untrained copies'
+POOLED = ["nearest_genre", "nearest_genre_chance", "nearest_genre_untrained"]  # shares of clips: pooled over folds
 
 
 def fold_table(analyses: list[FoldAnalysis]) -> pd.DataFrame:
@@ -77,15 +80,21 @@ def fold_table(analyses: list[FoldAnalysis]) -> pd.DataFrame:
 
 
 def fold_summary(analyses: list[FoldAnalysis]) -> pd.DataFrame:
-    """Per block, mean and std over the fold models of every statistic of :func:`fold_table`, and per gain the
-    number of fold models where training added something (``*_gain_folds_above``: gain > 0)."""
+    """Per block, mean and std over the fold models of every statistic of :func:`fold_table`, per gain the
+    number of fold models where training added something (``*_gain_folds_above``: gain > 0), and the
+    nearest-genre shares pooled over every fold's clips (``*_pooled``: each clip counts once, whatever its fold)."""
     table = fold_table(analyses)
-    stats = [c for c in table.columns if c not in ("block", "channels", "fold")]
+    stats = [c for c in table.columns if c not in ("block", "channels", "fold", "nearest_genre_clips")]
     grouped = table.groupby("block", sort=False)
     summary = grouped[stats].agg(["mean", "std"])
     summary.columns = [f"{name}_{how}" for name, how in summary.columns]
     for gain in [c for c in stats if c.endswith("_gain")]:
         summary[f"{gain}_folds_above"] = grouped[gain].agg(lambda v: int((v > 0).sum()))
+    clips = grouped["nearest_genre_clips"].sum()
+    summary["nearest_genre_clips"] = clips
+    for share in [c for c in POOLED if c in table.columns]:
+        hits = (table[share].fillna(0) * table["nearest_genre_clips"]).groupby(table["block"], sort=False).sum()
+        summary[f"{share}_pooled"] = hits / clips.where(clips > 0)
     summary.insert(0, "channels", grouped["channels"].first())
     summary.insert(1, "clips", sum(len(a.trained.clip_ids) for a in analyses))
     summary.insert(2, "folds", len(analyses))
@@ -126,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             line += (f"; trained - untrained: scaled {row.genre_spread_scaled_gain_mean:+.2f} ± "
                      f"{row.genre_spread_scaled_gain_std:.2f} ({row.genre_spread_scaled_gain_folds_above} of "
                      f"{row.folds} folds above), eta^2 excess {row.eta_squared_excess_gain_mean:+.2f} ± "
-                     f"{row.eta_squared_excess_gain_std:.2f} ({row.eta_squared_excess_gain_folds_above} above)")
+                     f"{row.eta_squared_excess_gain_std:.2f} ({row.eta_squared_excess_gain_folds_above} above); "
+                     f"nearest genre {row.nearest_genre_pooled:.2f} of {row.nearest_genre_clips} clips "
+                     f"(untrained {row.nearest_genre_untrained_pooled:.2f}, chance {row.nearest_genre_chance_pooled:.2f})")
         print(line)
     return 0
 

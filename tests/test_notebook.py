@@ -108,6 +108,30 @@ def test_scaled_spread_is_the_genre_spread_in_units_of_each_channels_clip_to_cli
     assert np.isnan(summary(np.full((12, 6), 0.7))["genre_spread_scaled"])  # a dead block: nothing to scale by
 
 
+def test_nearest_genre_asks_whether_each_held_out_clips_gates_point_to_its_genre():
+    from genre_se.analyze import nearest_genre_hits
+
+    labels = np.repeat([0, 1, 2, 3], 3)
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((4, 8))
+    clips = 0.5 + 1e-3 * (centres[labels] + 0.2 * rng.standard_normal((12, 8)))  # faint but genre-driven gates
+    hits = nearest_genre_hits(clips, labels)
+    assert hits.shape == (12,) and hits.all()
+    noise = rng.standard_normal((12, 8))
+    assert nearest_genre_hits(noise, labels).mean() < 0.6  # chance: about 1 in 4
+    # the clip itself never counts toward its own genre: two identical clips of different genres and a third
+    # clip equal to the first, of the second's genre, would be "right" if the clip were left in
+    tricky = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.2]])
+    assert nearest_genre_hits(tricky, np.array([0, 1, 0, 1])).tolist() == [False, False, False, False]
+    one_each = nearest_genre_hits(noise[:4], np.arange(4))
+    assert one_each.size == 0  # no genre with a second clip: nothing to ask
+    assert nearest_genre_hits(np.full((12, 8), 0.3), labels).size == 0  # a dead block
+    exc = ClassExcitations(["a", "b", "c", "d"], ["b1"], [np.stack([clips[labels == g].mean(0) for g in range(4)])],
+                           [clips], labels, [f"c{i}" for i in range(12)])
+    row = exc.summary(permutations=30).iloc[0]
+    assert row["nearest_genre"] == 1.0 and row["nearest_genre_clips"] == 12 and row["nearest_genre_chance"] < 0.5
+
+
 def test_analyze_command_writes_the_figure_and_table(outputs, tmp_path, capsys):
     root = outputs["root"]
     png, csv = tmp_path / "exc.png", tmp_path / "exc.csv"
@@ -116,7 +140,8 @@ def test_analyze_command_writes_the_figure_and_table(outputs, tmp_path, capsys):
     assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     table = pd.read_csv(csv)
     assert len(table) == 3 * (4 + 8) and table.groupby("genre")["clips"].first().sum() == 18
-    assert "block2_se" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "block2_se" in err and "nearest genre" in err and "untrained copy" in err
     assert main(["-q", "analyze", "--model", str(root / "bundle"), "--features", str(root / "features"),
                  "--split", "holdout", "--out", str(png)]) == 1
     assert "--split" in capsys.readouterr().err

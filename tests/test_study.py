@@ -544,6 +544,11 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
     gains = folds[folds["block"] == "block2_se"]["eta_squared_excess_gain"]
     assert row["eta_squared_excess_gain_mean"] == pytest.approx(gains.mean(), nan_ok=True)
     assert row["eta_squared_excess_gain_folds_above"] == (gains > 0).sum()
+    block2 = folds[folds["block"] == "block2_se"]
+    hits = (block2["nearest_genre"].fillna(0) * block2["nearest_genre_clips"]).sum()
+    assert row["nearest_genre_clips"] == block2["nearest_genre_clips"].sum()  # clips pooled over the folds
+    if row["nearest_genre_clips"]:
+        assert row["nearest_genre_pooled"] == pytest.approx(hits / row["nearest_genre_clips"])
     out = tmp_path / "exc.png"
     assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out),
                              "--controls", "1"]) == 0
