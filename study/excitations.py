@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from genre_se.analyze import ClassExcitations
@@ -79,6 +80,43 @@ def fold_table(analyses: list[FoldAnalysis]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def clip_hits(analyses: list[FoldAnalysis]) -> pd.DataFrame:
+    """One row per fold, block and clip whose genre has another clip in the fold: whether the trained gates'
+    nearest genre is the clip's (``trained``) and the share of the untrained copies for which it is
+    (``untrained``). A block whose gates do not vary (dead) in the model or a copy is left out for that fold."""
+    from genre_se.analyze import nearest_genre_hits
+
+    rows = []
+    for i, fold in enumerate(analyses):
+        exc = fold.trained
+        ids = np.asarray(exc.clip_ids)[np.bincount(exc.clip_labels)[exc.clip_labels] >= 2]
+        for b, block in enumerate(exc.blocks):
+            trained = nearest_genre_hits(exc.clip_means[b], exc.clip_labels)
+            copies = [nearest_genre_hits(c.clip_means[b], c.clip_labels) for c in fold.untrained]
+            if len(trained) != len(ids) or any(len(c) != len(ids) for c in copies):
+                continue
+            untrained = np.mean(copies, axis=0) if copies else np.full(len(ids), np.nan)
+            rows.append(pd.DataFrame({"fold": i, "block": block, "clip_id": ids, "trained": trained,
+                                      "untrained": untrained}))
+    columns = ["fold", "block", "clip_id", "trained", "untrained"]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
+
+
+def nearest_genre_sign_test(hits: pd.DataFrame) -> pd.DataFrame:
+    """Per block: clips where the trained gates point to the genre more often than the untrained copies'
+    (``better``), less often (``worse``), and the two-sided sign test's p of better against worse."""
+    from scipy.stats import binomtest
+
+    rows = []
+    for block, group in hits.groupby("block", sort=False):
+        better = int((group["trained"] > group["untrained"]).sum())
+        worse = int((group["trained"] < group["untrained"]).sum())
+        p = binomtest(better, better + worse, 0.5).pvalue if better + worse else float("nan")
+        rows.append({"block": block, "nearest_genre_better": better, "nearest_genre_worse": worse,
+                     "nearest_genre_sign_p": float(p)})
+    return pd.DataFrame(rows, columns=["block", "nearest_genre_better", "nearest_genre_worse", "nearest_genre_sign_p"])
+
+
 def fold_summary(analyses: list[FoldAnalysis]) -> pd.DataFrame:
     """Per block, mean and std over the fold models of every statistic of :func:`fold_table`, per gain the
     number of fold models where training added something (``*_gain_folds_above``: gain > 0), and the
@@ -98,7 +136,10 @@ def fold_summary(analyses: list[FoldAnalysis]) -> pd.DataFrame:
     summary.insert(0, "channels", grouped["channels"].first())
     summary.insert(1, "clips", sum(len(a.trained.clip_ids) for a in analyses))
     summary.insert(2, "folds", len(analyses))
-    return summary.reset_index()
+    summary = summary.reset_index()
+    if any(a.untrained for a in analyses):
+        summary = summary.merge(nearest_genre_sign_test(clip_hits(analyses)), on="block", how="left")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{row.folds} folds above), eta^2 excess {row.eta_squared_excess_gain_mean:+.2f} ± "
                      f"{row.eta_squared_excess_gain_std:.2f} ({row.eta_squared_excess_gain_folds_above} above); "
                      f"nearest genre {row.nearest_genre_pooled:.2f} of {row.nearest_genre_clips} clips "
-                     f"(untrained {row.nearest_genre_untrained_pooled:.2f}, chance {row.nearest_genre_chance_pooled:.2f})")
+                     f"(untrained {row.nearest_genre_untrained_pooled:.2f}, chance {row.nearest_genre_chance_pooled:.2f}; "
+                     f"clips better {row.nearest_genre_better:.0f}, worse {row.nearest_genre_worse:.0f}, sign test "
+                     f"p {row.nearest_genre_sign_p:.2g})")
         print(line)
     return 0
 

@@ -549,6 +549,11 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
     assert row["nearest_genre_clips"] == block2["nearest_genre_clips"].sum()  # clips pooled over the folds
     if row["nearest_genre_clips"]:
         assert row["nearest_genre_pooled"] == pytest.approx(hits / row["nearest_genre_clips"])
+    per_clip = excitations.clip_hits(analyses)
+    clips2 = per_clip[per_clip["block"] == "block2_se"]
+    assert len(clips2) == row["nearest_genre_clips"] and clips2["untrained"].between(0, 1).all()
+    assert clips2["trained"].mean() == pytest.approx(row["nearest_genre_pooled"], nan_ok=True)
+    assert row["nearest_genre_better"] == (clips2["trained"] > clips2["untrained"]).sum()
     out = tmp_path / "exc.png"
     assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out),
                              "--controls", "1"]) == 0
@@ -556,6 +561,18 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
     assert len(pd.read_csv(tmp_path / "exc_folds.csv")) == 2 * 3  # and one per block and fold
     assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out),
                              "--controls", "-1"]) == 2
+
+
+def test_nearest_genre_sign_test_counts_clips_better_and_worse_than_the_untrained_copies():
+    from study import excitations
+
+    hits = pd.DataFrame({"fold": 0, "block": ["b1"] * 12 + ["b2"] * 4, "clip_id": [f"c{i}" for i in range(16)],
+                         "trained": [True] * 11 + [False] + [True, False, True, False],
+                         "untrained": [0.0] * 10 + [1.0, 1 / 3] + [1.0, 0.0, 1.0, 0.0]})
+    table = excitations.nearest_genre_sign_test(hits).set_index("block")
+    assert table.loc["b1", "nearest_genre_better"] == 10 and table.loc["b1", "nearest_genre_worse"] == 1
+    assert table.loc["b1", "nearest_genre_sign_p"] == pytest.approx(2 * (1 + 11) / 2**11)  # P(X <= 1), X ~ B(11, .5)
+    assert table.loc["b2", "nearest_genre_better"] == 0 and np.isnan(table.loc["b2", "nearest_genre_sign_p"])
 
 
 def test_fit_all_in_cv_trains_on_every_fold_but_the_test_one(tiny_study, tmp_path, monkeypatch):
