@@ -148,24 +148,20 @@ def nearest_genre_hits(clips: np.ndarray, labels: np.ndarray) -> np.ndarray:
     two clips or the gates do not vary.
     """
     varying = _varying(clips)
-    if not varying.any():
+    if not varying.any() or len(np.unique(labels)) < 2:  # one genre: its centroid is the nearest whatever the gates
         return np.zeros(0, dtype=bool)
     z = clips[:, varying]
     z = (z - z.mean(axis=0)) / z.std(axis=0)
     genres = np.unique(labels)
     sums = np.stack([z[labels == g].sum(axis=0) for g in genres])
     counts = np.array([(labels == g).sum() for g in genres], dtype=float)
-    hits = []
-    for clip, label in zip(z, labels):
-        own = int(np.searchsorted(genres, label))
-        if counts[own] < 2:
-            continue
-        centroids, n = sums.copy(), counts.copy()
-        centroids[own] -= clip  # the clip left out of its own genre's centroid
-        n[own] -= 1
-        distances = np.square(centroids / n[:, None] - clip).sum(axis=1)
-        hits.append(int(np.argmin(distances)) == own)
-    return np.asarray(hits, dtype=bool)
+    own = np.searchsorted(genres, labels)
+    distances = np.square(z[:, None, :] - (sums / counts[:, None])[None]).sum(axis=2)
+    rows = np.flatnonzero(counts[own] >= 2)
+    # the clip left out of its own genre's centroid: (sum - x) / (n - 1) - x = n / (n - 1) * (mean - x)
+    n = counts[own[rows]]
+    distances[rows, own[rows]] *= np.square(n / (n - 1))
+    return distances[rows].argmin(axis=1) == own[rows]
 
 
 

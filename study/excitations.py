@@ -7,7 +7,10 @@ differences reach the gates through any weights, so only trained minus untrained
 class-specificity statistics (genre spread, the spread scaled by each channel's clip-to-clip deviation, eta
 squared and its chance level) and what training added to them are then averaged over the folds. The channels
 themselves are never pooled across models: channel k of one fold model has nothing to do with channel k of
-another. The figure shows one fold model::
+another. What can be pooled is a per-clip question: is a held-out clip's nearest genre centroid of the gates
+its own genre (``nearest_genre``), for the trained model and for its untrained copies? An exact test per block
+over every fold's clips says whether training made the gates point to the genre more often. The figure shows
+one fold model::
 
     python -m study.excitations --bundles study/work/gtzan/state/bundles/se_r16/seed42 \\
         --features study/work/gtzan/features --out study/results/excitations_se_r16.png
@@ -83,7 +86,8 @@ def fold_table(analyses: list[FoldAnalysis]) -> pd.DataFrame:
 def clip_hits(analyses: list[FoldAnalysis]) -> pd.DataFrame:
     """One row per fold, block and clip whose genre has another clip in the fold: whether the trained gates'
     nearest genre is the clip's (``trained``) and the share of the untrained copies for which it is
-    (``untrained``). A block whose gates do not vary (dead) in the model or a copy is left out for that fold."""
+    (``untrained``) of the ``copies`` whose gates vary. A block that is dead in the model, or in every copy, is
+    left out for that fold."""
     from genre_se.analyze import nearest_genre_hits
 
     rows = []
@@ -93,28 +97,42 @@ def clip_hits(analyses: list[FoldAnalysis]) -> pd.DataFrame:
         for b, block in enumerate(exc.blocks):
             trained = nearest_genre_hits(exc.clip_means[b], exc.clip_labels)
             copies = [nearest_genre_hits(c.clip_means[b], c.clip_labels) for c in fold.untrained]
-            if len(trained) != len(ids) or any(len(c) != len(ids) for c in copies):
+            copies = [c for c in copies if len(c) == len(ids)]  # a dead copy is left out, as fold_table's mean does
+            if len(trained) != len(ids) or (fold.untrained and not copies):
                 continue
             untrained = np.mean(copies, axis=0) if copies else np.full(len(ids), np.nan)
             rows.append(pd.DataFrame({"fold": i, "block": block, "clip_id": ids, "trained": trained,
-                                      "untrained": untrained}))
-    columns = ["fold", "block", "clip_id", "trained", "untrained"]
+                                      "untrained": untrained, "copies": len(copies)}))
+    columns = ["fold", "block", "clip_id", "trained", "untrained", "copies"]
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
 
 
-def nearest_genre_sign_test(hits: pd.DataFrame) -> pd.DataFrame:
+def nearest_genre_test(hits: pd.DataFrame) -> pd.DataFrame:
     """Per block: clips where the trained gates point to the genre more often than the untrained copies'
-    (``better``), less often (``worse``), and the two-sided sign test's p of better against worse."""
-    from scipy.stats import binomtest
-
+    (``better``), less often (``worse``), and a two-sided exact conditional test's p: were training to add
+    nothing, the trained model would be one more draw beside its K copies, so for a clip with s hits among the
+    K + 1 models the trained one's is a hit with probability s / (K + 1); p is that of the trained hits' total
+    under this Poisson binomial (for K = 1 the sign test of better against worse). A plain sign test of
+    better against worse is not valid for K > 1: better needs the trained hit and one copy's miss, worse the
+    trained miss and one copy's hit, unequally likely under the null unless the hit rate is 1/2."""
     rows = []
     for block, group in hits.groupby("block", sort=False):
         better = int((group["trained"] > group["untrained"]).sum())
         worse = int((group["trained"] < group["untrained"]).sum())
-        p = binomtest(better, better + worse, 0.5).pvalue if better + worse else float("nan")
+        t = group["trained"].to_numpy(float)
+        k = group["copies"].to_numpy(float)
+        q = (t + k * group["untrained"].to_numpy(float)) / (k + 1)
+        informative = (q > 0) & (q < 1)  # NaN (no copies) is neither
+        p = float("nan")
+        if informative.any():
+            pmf = np.array([1.0])
+            for each in q[informative]:
+                pmf = np.convolve(pmf, [1 - each, each])
+            observed = pmf[int(round(t[informative].sum()))]
+            p = min(1.0, float(pmf[pmf <= observed * (1 + 1e-7)].sum()))
         rows.append({"block": block, "nearest_genre_better": better, "nearest_genre_worse": worse,
-                     "nearest_genre_sign_p": float(p)})
-    return pd.DataFrame(rows, columns=["block", "nearest_genre_better", "nearest_genre_worse", "nearest_genre_sign_p"])
+                     "nearest_genre_p": float(p)})
+    return pd.DataFrame(rows, columns=["block", "nearest_genre_better", "nearest_genre_worse", "nearest_genre_p"])
 
 
 def fold_summary(analyses: list[FoldAnalysis]) -> pd.DataFrame:
@@ -128,17 +146,20 @@ def fold_summary(analyses: list[FoldAnalysis]) -> pd.DataFrame:
     summary.columns = [f"{name}_{how}" for name, how in summary.columns]
     for gain in [c for c in stats if c.endswith("_gain")]:
         summary[f"{gain}_folds_above"] = grouped[gain].agg(lambda v: int((v > 0).sum()))
-    clips = grouped["nearest_genre_clips"].sum()
+    pooled = [c for c in POOLED if c in table.columns]
+    # only the folds where every pooled share was measured (a dead untrained copy's NaN is not 0 hits)
+    weights = table["nearest_genre_clips"].where(table[pooled].notna().all(axis=1), 0)
+    clips = weights.groupby(table["block"], sort=False).sum()
     summary["nearest_genre_clips"] = clips
-    for share in [c for c in POOLED if c in table.columns]:
-        hits = (table[share].fillna(0) * table["nearest_genre_clips"]).groupby(table["block"], sort=False).sum()
+    for share in pooled:
+        hits = (table[share].fillna(0) * weights).groupby(table["block"], sort=False).sum()
         summary[f"{share}_pooled"] = hits / clips.where(clips > 0)
     summary.insert(0, "channels", grouped["channels"].first())
     summary.insert(1, "clips", sum(len(a.trained.clip_ids) for a in analyses))
     summary.insert(2, "folds", len(analyses))
     summary = summary.reset_index()
     if any(a.untrained for a in analyses):
-        summary = summary.merge(nearest_genre_sign_test(clip_hits(analyses)), on="block", how="left")
+        summary = summary.merge(nearest_genre_test(clip_hits(analyses)), on="block", how="left")
     return summary
 
 
@@ -179,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{row.eta_squared_excess_gain_std:.2f} ({row.eta_squared_excess_gain_folds_above} above); "
                      f"nearest genre {row.nearest_genre_pooled:.2f} of {row.nearest_genre_clips} clips "
                      f"(untrained {row.nearest_genre_untrained_pooled:.2f}, chance {row.nearest_genre_chance_pooled:.2f}; "
-                     f"clips better {row.nearest_genre_better:.0f}, worse {row.nearest_genre_worse:.0f}, sign test "
-                     f"p {row.nearest_genre_sign_p:.2g})")
+                     f"clips better {row.nearest_genre_better:.0f}, worse {row.nearest_genre_worse:.0f}, exact test "
+                     f"p {row.nearest_genre_p:.2g})")
         print(line)
     return 0
 

@@ -126,6 +126,7 @@ def test_nearest_genre_asks_whether_each_held_out_clips_gates_point_to_its_genre
     one_each = nearest_genre_hits(noise[:4], np.arange(4))
     assert one_each.size == 0  # no genre with a second clip: nothing to ask
     assert nearest_genre_hits(np.full((12, 8), 0.3), labels).size == 0  # a dead block
+    assert nearest_genre_hits(noise[:6], np.zeros(6, dtype=int)).size == 0  # one genre: right whatever the gates
     exc = ClassExcitations(["a", "b", "c", "d"], ["b1"], [np.stack([clips[labels == g].mean(0) for g in range(4)])],
                            [clips], labels, [f"c{i}" for i in range(12)])
     row = exc.summary(permutations=30).iloc[0]

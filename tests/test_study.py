@@ -563,16 +563,16 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
                              "--controls", "-1"]) == 2
 
 
-def test_nearest_genre_sign_test_counts_clips_better_and_worse_than_the_untrained_copies():
+def test_nearest_genre_test_counts_clips_better_and_worse_than_the_untrained_copies():
     from study import excitations
 
     hits = pd.DataFrame({"fold": 0, "block": ["b1"] * 12 + ["b2"] * 4, "clip_id": [f"c{i}" for i in range(16)],
                          "trained": [True] * 11 + [False] + [True, False, True, False],
-                         "untrained": [0.0] * 10 + [1.0, 1 / 3] + [1.0, 0.0, 1.0, 0.0]})
-    table = excitations.nearest_genre_sign_test(hits).set_index("block")
+                         "untrained": [0.0] * 10 + [1.0, 1.0] + [1.0, 0.0, 1.0, 0.0], "copies": 1})
+    table = excitations.nearest_genre_test(hits).set_index("block")
     assert table.loc["b1", "nearest_genre_better"] == 10 and table.loc["b1", "nearest_genre_worse"] == 1
-    assert table.loc["b1", "nearest_genre_sign_p"] == pytest.approx(2 * (1 + 11) / 2**11)  # P(X <= 1), X ~ B(11, .5)
-    assert table.loc["b2", "nearest_genre_better"] == 0 and np.isnan(table.loc["b2", "nearest_genre_sign_p"])
+    assert table.loc["b1", "nearest_genre_p"] == pytest.approx(2 * (1 + 11) / 2**11)  # one copy: the sign test
+    assert table.loc["b2", "nearest_genre_better"] == 0 and np.isnan(table.loc["b2", "nearest_genre_p"])
 
 
 def test_fit_all_in_cv_trains_on_every_fold_but_the_test_one(tiny_study, tmp_path, monkeypatch):
@@ -1131,3 +1131,44 @@ def test_the_heads_ece_pools_the_test_clips_of_every_fold():
 
     rows = pd.DataFrame({"test_confidence": [[0.9, 0.9], [0.9]], "test_correct": [[True, False], [True]]})
     assert pooled_ece(rows) == pytest.approx(0.9 - 2 / 3)  # one bin: accuracy 2/3 at confidence 0.9 (mean per fold: 0.25)
+
+
+def test_nearest_genre_test_holds_its_level_when_the_trained_model_is_one_more_untrained_copy():
+    """Three copies and a 25 % hit rate: under 'training added nothing' a trained miss beside a copy's hit
+    (worse) is likelier than a trained hit beside a copy's miss (better); the test must not call that a loss."""
+    from study import excitations
+
+    rng = np.random.default_rng(0)
+    rejections = 0
+    for _ in range(200):
+        models = rng.random((4, 200)) < 0.25  # 200 clips, the trained model and 3 copies alike
+        hits = pd.DataFrame({"fold": 0, "block": "b", "clip_id": np.arange(200), "trained": models[0],
+                             "untrained": models[1:].mean(axis=0), "copies": 3})
+        rejections += excitations.nearest_genre_test(hits).iloc[0]["nearest_genre_p"] < 0.05
+    assert rejections < 0.1 * 200  # about 5 %; the plain sign test of better against worse: about 90 %
+
+
+def test_pooled_nearest_genre_of_the_untrained_copies_skips_folds_where_they_are_dead():
+    from genre_se.analyze import ClassExcitations
+    from study import excitations
+
+    labels = np.repeat(np.arange(4), 5)
+    rng = np.random.default_rng(0)
+
+    def exc(clips):
+        means = np.stack([clips[labels == g].mean(0) for g in range(4)])
+        return ClassExcitations(list("abcd"), ["b"], [means], [clips], labels, [f"c{i}" for i in range(20)])
+
+    def signal():
+        return np.eye(4)[labels] @ rng.standard_normal((4, 6)) + 0.3 * rng.standard_normal((20, 6))
+
+    analyses = [excitations.FoldAnalysis(exc(signal()), [exc(np.full((20, 6), 0.5))]),  # the copy dead
+                excitations.FoldAnalysis(exc(signal()), [exc(rng.standard_normal((20, 6)))])]
+    row = excitations.fold_summary(analyses).iloc[0]
+    alive = excitations.fold_table(analyses)["nearest_genre_untrained"][1]
+    assert row["nearest_genre_untrained_pooled"] == pytest.approx(alive)  # not alive / 2: a dead copy is no miss
+    assert row["nearest_genre_clips"] == len(excitations.clip_hits(analyses)) == 20
+    half = [excitations.FoldAnalysis(exc(signal()), [exc(np.full((20, 6), 0.5)), exc(rng.standard_normal((20, 6)))])]
+    assert len(excitations.clip_hits(half)) == excitations.fold_summary(half).iloc[0]["nearest_genre_clips"] == 20
+    dead = [excitations.FoldAnalysis(exc(signal()), [exc(np.full((20, 6), 0.5))])]
+    assert np.isnan(excitations.fold_summary(dead).iloc[0]["nearest_genre_untrained_pooled"])
