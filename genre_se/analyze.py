@@ -62,9 +62,8 @@ class ClassExcitations:
         """One row per block: channels, mean gate, genre spread and eta squared against its chance level.
 
         ``genre_spread`` is the mean over channels of the standard deviation of the genre means (how far
-        apart the lines of a panel are). It grows with how much the gates vary at all (an untrained gate
-        barely moves), so ``genre_spread_scaled`` divides each channel's spread by its clip-to-clip standard
-        deviation first: how far apart the genres are in units of how much the gate varies. ``eta_squared`` is the share of the clip-to-clip variance of the
+        apart the lines of a panel are; it grows with how much the gates vary at all, and an untrained gate
+        barely moves). ``eta_squared`` is the share of the clip-to-clip variance of the
         gates that genre explains, averaged over channels (0: class-agnostic, 1: fully class-specific).
         With few clips per genre it is large by chance alone (about (genres - 1) / (clips - 1)), so
         ``eta_squared_chance`` is its mean over ``permutations`` shuffles of the clip labels and
@@ -94,7 +93,6 @@ class ClassExcitations:
                 "channels": means.shape[1],
                 "mean_excitation": float(np.mean(clips)),
                 "genre_spread": float(np.mean(np.std(means[present], axis=0))),
-                "genre_spread_scaled": _scaled_spread(means[present], clips),
                 "eta_squared": eta,
                 "eta_squared_chance": chance,
                 "eta_squared_excess": eta - chance,
@@ -106,7 +104,6 @@ class ClassExcitations:
         if self.control is not None:  # beside each statistic, the untrained copy's: only the difference is learned
             untrained = self.control.summary(permutations, seed)
             table["genre_spread_untrained"] = untrained["genre_spread"].to_numpy()
-            table["genre_spread_scaled_untrained"] = untrained["genre_spread_scaled"].to_numpy()
             table["eta_squared_excess_untrained"] = untrained["eta_squared_excess"].to_numpy()
             table["nearest_genre_untrained"] = untrained["nearest_genre"].to_numpy()
         return table
@@ -130,14 +127,6 @@ class ClassExcitations:
 def _varying(clips: np.ndarray) -> np.ndarray:
     """Channels whose gate differs between clips (a dead SE bottleneck's are one constant)."""
     return np.square(clips - clips.mean(axis=0)).sum(axis=0) > 1e-12
-
-
-def _scaled_spread(genre_means: np.ndarray, clips: np.ndarray) -> float:
-    """Mean over the varying channels of (std of the genre means) / (std of the clip means): scale-free."""
-    varying = _varying(clips)
-    if not varying.any() or len(genre_means) < 2:
-        return float("nan")
-    return float(np.mean(np.std(genre_means[:, varying], axis=0) / np.std(clips[:, varying], axis=0)))
 
 
 def nearest_genre_hits(clips: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -180,9 +180,7 @@ def cmd_analyze(args) -> int:
                       warn=lambda note: _err(f"warning: {note}"))
     for row in exc.summary().itertuples():
         print(f"{row.block}: {row.channels} channels, genre spread {row.genre_spread:.3f} "
-              f"(untrained copy {row.genre_spread_untrained:.3f}), scaled by the clip-to-clip deviation "
-              f"{row.genre_spread_scaled:.2f} (untrained copy {row.genre_spread_scaled_untrained:.2f}), "
-              f"eta^2 {row.eta_squared:.2f} "
+              f"(untrained copy {row.genre_spread_untrained:.3f}), eta^2 {row.eta_squared:.2f} "
               f"(chance {row.eta_squared_chance:.2f}; excess {row.eta_squared_excess:+.2f}, untrained copy "
               f"{row.eta_squared_excess_untrained:+.2f}), nearest genre {row.nearest_genre:.2f} of "
               f"{row.nearest_genre_clips} clips (chance {row.nearest_genre_chance:.2f}, untrained copy "

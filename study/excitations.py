@@ -4,8 +4,7 @@
 (``<state>/bundles/<variant>/seed<s>/fold<f>``, its test clips in ``extra``). Each fold model is analysed on
 its own test fold, and the same clips through untrained copies of it (fresh weights: the input's genre
 differences reach the gates through any weights, so only trained minus untrained is learned); per block, the
-class-specificity statistics (genre spread, the spread scaled by each channel's clip-to-clip deviation, eta
-squared and its chance level) and what training added to them are then averaged over the folds. The channels
+class-specificity statistics (genre spread, eta squared and its chance level, nearest genre) and what training added to them are then averaged over the folds. The channels
 themselves are never pooled across models: channel k of one fold model has nothing to do with channel k of
 another. What can be pooled is a per-clip question: is a held-out clip's nearest genre centroid of the gates
 its own genre (``nearest_genre``), for the trained model and for its untrained copies? An exact test per block
@@ -60,9 +59,9 @@ def fold_excitations(bundles_dir: str | Path, store_dir: str | Path, controls: i
     return analyses
 
 
-TRAINED = ["genre_spread", "genre_spread_scaled", "eta_squared", "eta_squared_chance", "eta_squared_excess",
+TRAINED = ["genre_spread", "eta_squared", "eta_squared_chance", "eta_squared_excess",
            "nearest_genre", "nearest_genre_chance", "nearest_genre_clips"]
-CONTROLLED = ["genre_spread", "genre_spread_scaled", "eta_squared_excess", "nearest_genre"]  # each beside the
+CONTROLLED = ["genre_spread", "eta_squared_excess", "nearest_genre"]  # each beside the
 # untrained copies'
 POOLED = ["nearest_genre", "nearest_genre_chance", "nearest_genre_untrained"]  # shares of clips: pooled over folds
 
@@ -191,13 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(table, summary)
     write_csv(table.with_name(f"{table.stem}_folds.csv"), fold_table(analyses))
     for row in summary.itertuples():
-        line = f"{row.block}: spread {row.genre_spread_mean:.3f}, scaled {row.genre_spread_scaled_mean:.2f}, " \
+        line = f"{row.block}: spread {row.genre_spread_mean:.3f}, " \
                f"eta^2 excess {row.eta_squared_excess_mean:+.2f}"
         if args.controls:
-            line += (f"; trained - untrained: scaled {row.genre_spread_scaled_gain_mean:+.2f} ± "
-                     f"{row.genre_spread_scaled_gain_std:.2f} ({row.genre_spread_scaled_gain_folds_above} of "
-                     f"{row.folds} folds above), eta^2 excess {row.eta_squared_excess_gain_mean:+.2f} ± "
-                     f"{row.eta_squared_excess_gain_std:.2f} ({row.eta_squared_excess_gain_folds_above} above); "
+            line += (f"; trained - untrained: eta^2 excess {row.eta_squared_excess_gain_mean:+.2f} ± "
+                     f"{row.eta_squared_excess_gain_std:.2f} ({row.eta_squared_excess_gain_folds_above} of "
+                     f"{row.folds} folds above); "
                      f"nearest genre {row.nearest_genre_pooled:.2f} of {row.nearest_genre_clips} clips "
                      f"(untrained {row.nearest_genre_untrained_pooled:.2f}, chance {row.nearest_genre_chance_pooled:.2f}; "
                      f"clips better {row.nearest_genre_better:.0f}, worse {row.nearest_genre_worse:.0f}, exact test "

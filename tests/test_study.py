@@ -538,9 +538,9 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
     # what training added: the trained statistic minus the mean of the untrained copies', fold by fold
     folds = excitations.fold_table(analyses)
     fold0 = folds[(folds["fold"] == 0) & (folds["block"] == "block2_se")].iloc[0]
-    copies = [c.summary().set_index("block").loc["block2_se", "genre_spread_scaled"] for c in analyses[0].untrained]
-    assert fold0["genre_spread_scaled_untrained"] == pytest.approx(np.mean(copies))
-    assert fold0["genre_spread_scaled_gain"] == pytest.approx(fold0["genre_spread_scaled"] - np.mean(copies))
+    copies = [c.summary().set_index("block").loc["block2_se", "genre_spread"] for c in analyses[0].untrained]
+    assert fold0["genre_spread_untrained"] == pytest.approx(np.mean(copies))
+    assert fold0["genre_spread_gain"] == pytest.approx(fold0["genre_spread"] - np.mean(copies))
     gains = folds[folds["block"] == "block2_se"]["eta_squared_excess_gain"]
     assert row["eta_squared_excess_gain_mean"] == pytest.approx(gains.mean(), nan_ok=True)
     assert row["eta_squared_excess_gain_folds_above"] == (gains > 0).sum()
