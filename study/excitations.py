@@ -36,26 +36,31 @@ class FoldAnalysis:
 
     trained: ClassExcitations
     untrained: list = field(default_factory=list)
+    name: str = ""  # which model: "<seed folder>/<fold folder>"
 
 
-def fold_excitations(bundles_dir: str | Path, store_dir: str | Path, controls: int = 3) -> list[FoldAnalysis]:
-    """Every ``fold*`` bundle analysed on its own test clips, in fold order, each beside ``controls`` untrained
-    copies of it (fresh weights drawn with seeds 0, 1, ...: the control's own draw is noise too, so several)."""
+def fold_excitations(bundles_dirs, store_dir: str | Path, controls: int = 3) -> list[FoldAnalysis]:
+    """Every ``fold*`` bundle of one folder or several (e.g. one per seed) analysed on its own test clips, in fold
+    order, each beside ``controls`` untrained copies of it (fresh weights drawn with seeds 0, 1, ...: the
+    control's own draw is noise too, so several)."""
     from genre_se.analyze import class_excitations, clip_rows, untrained_copy
     from genre_se.bundle import load_bundle
     from genre_se.feature_store import FeatureStore
 
     store = FeatureStore.open(store_dir)
-    folds = sorted(Path(bundles_dir).glob("fold*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1)
-    if not folds:
-        raise DatasetError(f"{bundles_dir}: no fold bundles (run the study with --keep-models)")
+    folds = []
+    for bundles_dir in [bundles_dirs] if isinstance(bundles_dirs, (str, Path)) else bundles_dirs:
+        found = sorted(Path(bundles_dir).glob("fold*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1)
+        if not found:
+            raise DatasetError(f"{bundles_dir}: no fold bundles (run the study with --keep-models)")
+        folds += found
     analyses = []
     for folder in folds:
         bundle = load_bundle(folder)
         rows = clip_rows(store, bundle.extra["test_clips"])
         analyses.append(FoldAnalysis(class_excitations(bundle, store, rows),
                                      [class_excitations(untrained_copy(bundle, seed), store, rows)
-                                      for seed in range(controls)]))
+                                      for seed in range(controls)], f"{folder.parent.name}/{folder.name}"))
     return analyses
 
 
@@ -71,7 +76,7 @@ def fold_table(analyses: list[FoldAnalysis]) -> pd.DataFrame:
     statistic in CONTROLLED (``*_untrained``) and what training added (``*_gain``: trained - untrained)."""
     frames = []
     for i, fold in enumerate(analyses):
-        table = fold.trained.summary()[["block", "channels", *TRAINED]].assign(fold=i)
+        table = fold.trained.summary()[["block", "channels", *TRAINED]].assign(fold=i, model=fold.name)
         if fold.untrained:
             copies = pd.concat([c.summary()[CONTROLLED] for c in fold.untrained], keys=range(len(fold.untrained)))
             untrained = copies.groupby(level=1).mean()  # mean over the copies, row by row (block)
@@ -139,7 +144,7 @@ def fold_summary(analyses: list[FoldAnalysis]) -> pd.DataFrame:
     number of fold models where training added something (``*_gain_folds_above``: gain > 0), and the
     nearest-genre shares pooled over every fold's clips (``*_pooled``: each clip counts once, whatever its fold)."""
     table = fold_table(analyses)
-    stats = [c for c in table.columns if c not in ("block", "channels", "fold", "nearest_genre_clips")]
+    stats = [c for c in table.columns if c not in ("block", "channels", "fold", "model", "nearest_genre_clips")]
     grouped = table.groupby("block", sort=False)
     summary = grouped[stats].agg(["mean", "std"])
     summary.columns = [f"{name}_{how}" for name, how in summary.columns]
@@ -164,7 +169,8 @@ def fold_summary(analyses: list[FoldAnalysis]) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.excitations", description=__doc__.split("\n")[0])
-    parser.add_argument("--bundles", required=True, help="folder of fold0, fold1, ... bundles")
+    parser.add_argument("--bundles", required=True, nargs="+",
+                        help="folder of fold0, fold1, ... bundles; several (one per seed) are pooled")
     parser.add_argument("--features", required=True, help="the feature store the study used")
     parser.add_argument("--out", required=True, help="PNG to write: the first fold model's figure")
     parser.add_argument("--table", help="CSV of the per-block summary over the folds (default: OUT with .csv; "

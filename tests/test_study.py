@@ -554,6 +554,10 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
     assert len(clips2) == row["nearest_genre_clips"] and clips2["untrained"].between(0, 1).all()
     assert clips2["trained"].mean() == pytest.approx(row["nearest_genre_pooled"], nan_ok=True)
     assert row["nearest_genre_better"] == (clips2["trained"] > clips2["untrained"]).sum()
+    assert folds["model"].iloc[0] == "seed42/fold0"
+    twice = excitations.fold_excitations([bundles, bundles], work / "features", controls=0)  # e.g. two seeds
+    assert [a.name for a in twice] == [f"seed42/fold{i}" for i in (0, 1, 2)] * 2
+    assert excitations.fold_summary(twice).iloc[0]["folds"] == 6
     out = tmp_path / "exc.png"
     assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out),
                              "--controls", "1"]) == 0
