@@ -27,7 +27,7 @@ import pandas as pd
 
 from genre_se.analyze import ClassExcitations
 from genre_se.errors import DatasetError, GenreSEError
-from genre_se.fileio import write_csv
+from genre_se.fileio import write_csv, write_text
 
 
 @dataclass
@@ -167,6 +167,23 @@ def fold_summary(analyses: list[FoldAnalysis]) -> pd.DataFrame:
     return summary
 
 
+def markdown_table(summary: pd.DataFrame) -> str:
+    """The per-block comparison with the untrained copies, as the Markdown table study/README.md shows."""
+    lines = ["| block | channels | genre spread (untrained) | eta² excess (untrained) | trained - untrained "
+             "(folds above) | nearest genre: trained / untrained / chance (clips) | clips better / worse, p |",
+             "|---|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(
+            f"| {r.block} | {r.channels} | {r.genre_spread_mean:.3f} ({r.genre_spread_untrained_mean:.3f}) | "
+            f"{r.eta_squared_excess_mean:+.2f} ({r.eta_squared_excess_untrained_mean:+.2f}) | "
+            f"{r.eta_squared_excess_gain_mean:+.2f} ± {r.eta_squared_excess_gain_std:.2f} "
+            f"({r.eta_squared_excess_gain_folds_above} of {r.folds}) | "
+            f"{r.nearest_genre_pooled:.2f} / {r.nearest_genre_untrained_pooled:.2f} / "
+            f"{r.nearest_genre_chance_pooled:.2f} ({r.nearest_genre_clips}) | "
+            f"{r.nearest_genre_better:.0f} / {r.nearest_genre_worse:.0f}, {r.nearest_genre_p:.2g} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.excitations", description=__doc__.split("\n")[0])
     parser.add_argument("--bundles", required=True, nargs="+",
@@ -175,13 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="PNG to write: the first fold model's figure")
     parser.add_argument("--table", help="CSV of the per-block summary over the folds (default: OUT with .csv; "
                                             "the per-fold rows beside it, *_folds.csv)")
+    parser.add_argument("--markdown", help="also write the comparison with the untrained copies as a Markdown table")
     parser.add_argument("--controls", type=int, default=3,
                         help="untrained copies of each fold model to compare with (default 3; 0: none)")
     args = parser.parse_args(argv)
     from genre_se.analyze import plot_excitations
 
-    if args.controls < 0:
-        print(f"excitations: error: --controls must be 0 or more, not {args.controls}", file=sys.stderr)
+    if args.controls < 0 or (args.markdown and not args.controls):
+        print(f"excitations: error: --controls must be 1 or more with --markdown, 0 or more without, not "
+              f"{args.controls}", file=sys.stderr)
         return 2
     try:
         analyses = fold_excitations(args.bundles, args.features, args.controls)
@@ -195,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = fold_summary(analyses)
     write_csv(table, summary)
     write_csv(table.with_name(f"{table.stem}_folds.csv"), fold_table(analyses))
+    if args.markdown:
+        write_text(args.markdown, markdown_table(summary))
     for row in summary.itertuples():
         line = f"{row.block}: spread {row.genre_spread_mean:.3f}, " \
                f"eta^2 excess {row.eta_squared_excess_mean:+.2f}"

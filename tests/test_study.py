@@ -563,6 +563,11 @@ def test_kept_fold_models_give_excitations_of_every_clip_held_out(tiny_study, tm
                              "--controls", "1"]) == 0
     assert out.stat().st_size > 5000 and len(pd.read_csv(tmp_path / "exc.csv")) == 2  # one row per SE block
     assert len(pd.read_csv(tmp_path / "exc_folds.csv")) == 2 * 3  # and one per block and fold
+    markdown = excitations.markdown_table(summary).splitlines()
+    assert len(markdown) == 2 + 2 and markdown[3].startswith("| block2_se | ")
+    assert f"({int(row['nearest_genre_clips'])})" in markdown[3]
+    assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out),
+                             "--controls", "0", "--markdown", str(tmp_path / "exc.md")]) == 2  # no control, no table
     assert excitations.main(["--bundles", str(bundles), "--features", str(work / "features"), "--out", str(out),
                              "--controls", "-1"]) == 2
 
