@@ -4,15 +4,16 @@
 (``<state>/bundles/<variant>/seed<s>/fold<f>``, its test clips in ``extra``). Each fold model is analysed on
 its own test fold, and the same clips through untrained copies of it (fresh weights: the input's genre
 differences reach the gates through any weights, so only trained minus untrained is learned); per block, the
-class-specificity statistics (genre spread, eta squared and its chance level, nearest genre) and what training added to them are then averaged over the folds. The channels
-themselves are never pooled across models: channel k of one fold model has nothing to do with channel k of
-another. What can be pooled is a per-clip question: is a held-out clip's nearest genre centroid of the gates
+class-specificity statistics (genre spread, eta squared and its chance level, nearest genre) and what training
+added to them are then averaged over the folds. The channels themselves are never pooled across models:
+channel k of one fold model has nothing to do with channel k of another. What can be pooled is a per-clip question: is a held-out clip's nearest genre centroid of the gates
 its own genre (``nearest_genre``), for the trained model and for its untrained copies? An exact test per block
 over every fold's clips says whether training made the gates point to the genre more often. The figure shows
 one fold model::
 
     python -m study.excitations --bundles study/work/gtzan/state/bundles/se_r16/seed42 \\
-        --features study/work/gtzan/features --out study/results/excitations_se_r16.png
+        study/work/gtzan/state/bundles/se_r16/seed43 --features study/work/gtzan/features \\
+        --out study/results/excitations_se_r16.png --markdown study/results/excitations_se_r16.md
 """
 
 from __future__ import annotations
