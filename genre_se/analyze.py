@@ -129,8 +129,14 @@ def _varying(clips: np.ndarray) -> np.ndarray:
     return np.square(clips - clips.mean(axis=0)).sum(axis=0) > 1e-12
 
 
+def with_genre_partner(labels: np.ndarray) -> np.ndarray:
+    """Clips whose genre has another clip: the ones :func:`nearest_genre_hits` can ask about."""
+    _, genre, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return counts[genre] >= 2
+
+
 def nearest_genre_hits(clips: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per clip whose genre has another clip: is its genre the nearest genre centroid (leave-one-clip-out)?
+    """Per clip whose genre has another clip (:func:`with_genre_partner`): is its genre the nearest genre centroid (leave-one-clip-out)?
 
     Channels are standardised over the clips first (scale-free: an untrained gate that barely moves counts as
     much as a trained one), so that a few high-variance channels do not decide alone. Empty when no genre has
@@ -146,12 +152,11 @@ def nearest_genre_hits(clips: np.ndarray, labels: np.ndarray) -> np.ndarray:
     counts = np.array([(labels == g).sum() for g in genres], dtype=float)
     own = np.searchsorted(genres, labels)
     distances = np.square(z[:, None, :] - (sums / counts[:, None])[None]).sum(axis=2)
-    rows = np.flatnonzero(counts[own] >= 2)
+    rows = np.flatnonzero(with_genre_partner(labels))
     # the clip left out of its own genre's centroid: (sum - x) / (n - 1) - x = n / (n - 1) * (mean - x)
     n = counts[own[rows]]
     distances[rows, own[rows]] *= np.square(n / (n - 1))
     return distances[rows].argmin(axis=1) == own[rows]
-
 
 
 def _eta_squared(clips: np.ndarray, labels: np.ndarray) -> float:

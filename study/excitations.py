@@ -6,10 +6,10 @@ its own test fold, and the same clips through untrained copies of it (fresh weig
 differences reach the gates through any weights, so only trained minus untrained is learned); per block, the
 class-specificity statistics (genre spread, eta squared and its chance level, nearest genre) and what training
 added to them are then averaged over the folds. The channels themselves are never pooled across models:
-channel k of one fold model has nothing to do with channel k of another. What can be pooled is a per-clip question: is a held-out clip's nearest genre centroid of the gates
-its own genre (``nearest_genre``), for the trained model and for its untrained copies? An exact test per block
-over every fold's clips says whether training made the gates point to the genre more often. The figure shows
-one fold model::
+channel k of one fold model has nothing to do with channel k of another. What can be pooled is a per-clip
+question: is a held-out clip's nearest genre centroid of the gates its own genre (``nearest_genre``), for the
+trained model and for its untrained copies? An exact test per block over every fold's clips says whether
+training made the gates point to the genre more often. The figure shows one fold model::
 
     python -m study.excitations --bundles study/work/gtzan/state/bundles/se_r16/seed42 \\
         study/work/gtzan/state/bundles/se_r16/seed43 --features study/work/gtzan/features \\
@@ -67,8 +67,7 @@ def fold_excitations(bundles_dirs, store_dir: str | Path, controls: int = 3) -> 
 
 TRAINED = ["genre_spread", "eta_squared", "eta_squared_chance", "eta_squared_excess",
            "nearest_genre", "nearest_genre_chance", "nearest_genre_clips"]
-CONTROLLED = ["genre_spread", "eta_squared_excess", "nearest_genre"]  # each beside the
-# untrained copies'
+CONTROLLED = ["genre_spread", "eta_squared_excess", "nearest_genre"]  # each beside the untrained copies'
 POOLED = ["nearest_genre", "nearest_genre_chance", "nearest_genre_untrained"]  # shares of clips: pooled over folds
 
 
@@ -93,12 +92,12 @@ def clip_hits(analyses: list[FoldAnalysis]) -> pd.DataFrame:
     nearest genre is the clip's (``trained``) and the share of the untrained copies for which it is
     (``untrained``) of the ``copies`` whose gates vary. A block that is dead in the model, or in every copy, is
     left out for that fold."""
-    from genre_se.analyze import nearest_genre_hits
+    from genre_se.analyze import nearest_genre_hits, with_genre_partner
 
     rows = []
     for i, fold in enumerate(analyses):
         exc = fold.trained
-        ids = np.asarray(exc.clip_ids)[np.bincount(exc.clip_labels)[exc.clip_labels] >= 2]
+        ids = np.asarray(exc.clip_ids)[with_genre_partner(exc.clip_labels)]
         for b, block in enumerate(exc.blocks):
             trained = nearest_genre_hits(exc.clip_means[b], exc.clip_labels)
             copies = [nearest_genre_hits(c.clip_means[b], c.clip_labels) for c in fold.untrained]
@@ -140,11 +139,12 @@ def nearest_genre_test(hits: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["block", "nearest_genre_better", "nearest_genre_worse", "nearest_genre_p"])
 
 
-def fold_summary(analyses: list[FoldAnalysis]) -> pd.DataFrame:
+def fold_summary(analyses: list[FoldAnalysis], table: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per block, mean and std over the fold models of every statistic of :func:`fold_table`, per gain the
     number of fold models where training added something (``*_gain_folds_above``: gain > 0), and the
-    nearest-genre shares pooled over every fold's clips (``*_pooled``: each clip counts once, whatever its fold)."""
-    table = fold_table(analyses)
+    nearest-genre shares pooled over every fold's clips (``*_pooled``: each clip counts once, whatever its fold).
+    ``table``: :func:`fold_table` of ``analyses`` where the caller has it already (its permutations are the cost)."""
+    table = fold_table(analyses) if table is None else table
     stats = [c for c in table.columns if c not in ("block", "channels", "fold", "model", "nearest_genre_clips")]
     grouped = table.groupby("block", sort=False)
     summary = grouped[stats].agg(["mean", "std"])
@@ -212,9 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     plot_excitations(first, args.out, f"Mean SE excitation per genre: fold-0 model on its {len(first.clip_ids)} "
                                       "held-out clips")
     table = Path(args.table or Path(args.out).with_suffix(".csv"))
-    summary = fold_summary(analyses)
+    per_fold = fold_table(analyses)
+    summary = fold_summary(analyses, per_fold)
     write_csv(table, summary)
-    write_csv(table.with_name(f"{table.stem}_folds.csv"), fold_table(analyses))
+    write_csv(table.with_name(f"{table.stem}_folds.csv"), per_fold)
     if args.markdown:
         write_text(args.markdown, markdown_table(summary))
     for row in summary.itertuples():
