@@ -105,7 +105,11 @@ def make_dataset(
         return x, y
 
     def load_tf(batch_rows):
-        x, y = tf.numpy_function(load, [batch_rows], [tf.float32, tf.float32])
+        # stateless: the same rows give the same batch. A stateful py-func would make op determinism's tf.data
+        # rewrite (make_deterministic) turn every map of the pipeline sequential and drop the prefetch, and its
+        # ParallelMap -> Map conversion keeps the `use_unbounded_threadpool` attr that MapDataset lacks, so
+        # TensorFlow logged an E-level "NodeDef mentions attribute use_unbounded_threadpool" line on every training
+        x, y = tf.numpy_function(load, [batch_rows], [tf.float32, tf.float32], stateful=False)
         x.set_shape((None, *shape))
         y.set_shape((None, n_classes))
         return x, y

@@ -49,6 +49,38 @@ def test_dataset_yields_the_requested_rows_with_one_hot_labels(tmp_path):
         assert onehot.argmax() == row % 3 and onehot.sum() == 1.0
 
 
+def test_the_deterministic_pipeline_logs_no_tensorflow_error_line(tmp_path):
+    """Under op determinism (train.deterministic, the default) tf.data's make_deterministic rewrite turned the
+    pipeline's parallel maps into MapDataset nodes still carrying `use_unbounded_threadpool`, and TensorFlow logged
+    an E-level "NodeDef mentions attribute use_unbounded_threadpool" line on every training. Run in a child
+    process: determinism cannot be switched off again, and the line is written by C++ to the process's stderr."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import numpy as np, pandas as pd, tensorflow as tf\n"
+        "from genre_se.config import FeatureConfig\n"
+        "from genre_se.feature_store import FeatureStore\n"
+        "from genre_se.train import enable_determinism, make_dataset\n"
+        "enable_determinism()\n"
+        "tf.random.set_seed(0)\n"
+        "segments = np.zeros((8, 2, 3, 1), np.float16)\n"
+        "table = pd.DataFrame({'segment': range(8), 'clip_id': [f'c{i}' for i in range(8)],\n"
+        "                      'label_index': [i % 2 for i in range(8)], 'split': 'train'})\n"
+        f"store = FeatureStore({str(tmp_path)!r}, segments, table, ['a', 'b'], FeatureConfig())\n"
+        "ds = make_dataset(store, np.arange(8), 4, shuffle=True, seed=1, n_classes=2, gain_db=3.0)\n"
+        "print(sum(1 for _ in ds))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the package's default level
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "2", proc.stderr
+    assert "use_unbounded_threadpool" not in proc.stderr, proc.stderr
+
+
 def test_the_same_seed_trains_the_same_weights(tmp_path, monkeypatch):
     """train.deterministic (the default): two trainings with one seed give identical weights, augmentations on
     (without op determinism, a parallel input pipeline and threaded kernels made them differ by 0.17)."""
