@@ -9,6 +9,8 @@ Decoding uses libsndfile (via ``soundfile``: WAV, Sun/NeXT .au, AIFF, FLAC, Ogg 
 libsndfile rejects but whose extension names an audio format is retried with ``audioread`` (ffmpeg,
 GStreamer or Python's own WAV/AIFF/AU readers, whichever is installed), which is how .m4a/.aac decode where
 ffmpeg exists. Every failure is an :class:`~genre_se.errors.AudioError` whose message starts with the file.
+A truncated file (a partial download) decodes what is there; an MP3 whose middle is missing or damaged, which
+libmpg123 would silently splice together, is an error (see :data:`_MPG123_RESYNCED`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,7 +30,7 @@ import soundfile as sf
 import soxr
 
 from .errors import AudioError
-from .quiet import native_stderr_silenced
+from .quiet import native_stderr_captured, native_stderr_silenced
 
 #: File extensions (lower case, no dot) that name audio formats genre-se tries to decode.
 AUDIO_EXTENSIONS: tuple[str, ...] = (
@@ -66,6 +69,14 @@ _EXACT_SEEK_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AU", "AIFF", "F
 #: (and end) transient lies outside the window. soxr HQ's transient is a few ms (tests: 10 ms already give
 #: the whole-stream samples within 3e-7).
 WINDOW_CONTEXT_SECONDS = 0.1
+
+#: libmpg123's note when it lost the frame sync inside the stream and found it again further on ("Note: Skipped
+#: 38 bytes in input."): it dropped what lay between and joined the audio either side with no gap, so the file's
+#: middle is missing or damaged (bytes cut out, a bad stretch overwritten). It is the only report of that splice:
+#: the read succeeds, and a LAME/Xing header's frame count cannot tell a missing middle from a missing end. Not
+#: printed for a healthy file (CBR, VBR, Xing/Info, ID3 tags, seeks), a truncated one, or tags and junk after the
+#: last frame (those end "Hit end of (available) data during resync"). With "Giving up resync" the read fails.
+_MPG123_RESYNCED = re.compile(r"Skipped (\d+) bytes in input")
 
 
 def _window_seek_formats() -> frozenset[str]:
@@ -285,15 +296,21 @@ class WindowReader:
             with native_stderr_silenced():
                 for block in self._native(good, bad + 1):
                     end += block.shape[0]
+        except _SplicedStream:
+            raise
         except AudioError:  # a broken last frame (FLAC): the data ends where decoding stopped
             pass
         return end
 
     def _decodes_at(self, frame: int) -> bool:
+        """Whether a frame decodes. The first probe (the declared end) walks an MP3's frames, so a stream spliced
+        on the way raises :class:`_SplicedStream` here, as the sequential decode would."""
         try:
             with native_stderr_silenced():  # libmpg123 complains about the cut frame
                 self._decoder._seek(frame)
                 return self._decoder._read(1, frame).shape[0] > 0
+        except _SplicedStream:
+            raise
         except AudioError:
             return False
 
@@ -397,6 +414,19 @@ def _frame_window(path: str, native_sr: int, offset: float, duration: float | No
 # --------------------------------------------------------------------------- decoders
 
 
+class _SplicedStream(AudioError):
+    """An MP3 whose decoder skipped data mid-stream (see :data:`_MPG123_RESYNCED`); never a truncated file."""
+
+
+def _resync_skip(notes: str) -> int | None:
+    """Bytes libmpg123 skipped to find its way back into the stream, or None (also when it gave up: that read
+    fails by itself, as a file that breaks off there)."""
+    match = _MPG123_RESYNCED.search(notes)
+    if match is None or "Giving up resync" in notes:
+        return None
+    return int(match.group(1))
+
+
 class _SoundFileDecoder:
     """libsndfile reader that decodes in :data:`READ_FRAMES` reads and reads MP3 to EOF."""
 
@@ -428,10 +458,29 @@ class _SoundFileDecoder:
                 yield block[max(0, start - first) :]
 
     def _seek(self, frame: int) -> int:
-        try:
-            return int(self._handle.seek(frame))
-        except (sf.SoundFileError, RuntimeError, OSError) as exc:
-            raise AudioError(f"{self._path}: cannot seek to frame {frame} ({_reason(exc)})") from exc
+        # a seek forward makes libmpg123 walk the frames on the way: a splice there shows now (the window reader)
+        with self._notes() as notes:
+            try:
+                position = int(self._handle.seek(frame))
+            except (sf.SoundFileError, RuntimeError, OSError) as exc:
+                raise AudioError(f"{self._path}: cannot seek to frame {frame} ({_reason(exc)})") from exc
+        self._refuse_splice(notes)
+        return position
+
+    def _notes(self):
+        """Capture fd 2 around a libmpg123 call (MP3 only): its notes are the only sign of a spliced stream."""
+        return native_stderr_captured() if self.info.format == "MP3" else contextlib.nullcontext(None)
+
+    def _refuse_splice(self, notes) -> None:
+        """Raise :class:`_SplicedStream` if libmpg123 resynchronised mid-stream during the call ``notes`` watched."""
+        skipped = None if notes is None else _resync_skip(notes.text)
+        if skipped is None:
+            return
+        seconds = self._decodable_until(0, None) / self.info.sample_rate
+        raise _SplicedStream(
+            f"{self._path}: corrupt audio data after {seconds:.2f} s (the MP3 stream breaks off there and "
+            f"resumes {skipped} bytes further on: part of the file is missing or damaged)"
+        )
 
     def _read(self, frames: int, position: int, locate: bool = False) -> np.ndarray:
         """Decode up to ``frames`` frames at ``position``; an empty array means end of file.
@@ -440,9 +489,8 @@ class _SoundFileDecoder:
         decode, not the window reader's probes) finds where decoding really stops, for the message."""
         out = np.empty((frames, self.info.channels), dtype=np.float32)
         # libmpg123 prints its resync notes to fd 2 mid-stream; the AudioError below says it once, in our words
-        silenced = native_stderr_silenced() if self.info.format == "MP3" else contextlib.nullcontext()
         try:
-            with silenced:
+            with self._notes() as notes:
                 got = _readf_float(self._handle, out)
         except (sf.SoundFileError, RuntimeError, OSError) as exc:
             good = self._decodable_until(position, position + frames) if locate else position
@@ -450,12 +498,13 @@ class _SoundFileDecoder:
             raise AudioError(
                 f"{self._path}: corrupt or truncated audio data after {seconds:.2f} s ({_reason(exc)})"
             ) from exc
+        self._refuse_splice(notes)
         return out[:got]
 
-
-    def _decodable_until(self, start: int, stop: int, step: int = 4096) -> int:
-        """The frame in ``[start, stop)`` where decoding fails, to ``step`` frames, read on a fresh handle (MP3
-        from the beginning: its seeks are approximate); ``start`` when that cannot be found. The error path only."""
+    def _decodable_until(self, start: int, stop: int | None, step: int = 4096) -> int:
+        """The frame in ``[start, stop)`` (``stop`` None: to the end) where decoding fails or an MP3 stream is
+        spliced, to ``step`` frames, read on a fresh handle (MP3 from the beginning: its seeks are approximate);
+        ``start`` when that cannot be found. The error path only."""
         position = start
         try:
             with native_stderr_silenced():
@@ -463,17 +512,17 @@ class _SoundFileDecoder:
         except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError):
             return start
         out = np.empty((step, self.info.channels), dtype=np.float32)
-        with handle:
+        with handle, native_stderr_silenced():
             try:
-                with native_stderr_silenced():
-                    exact = self.info.format in _EXACT_SEEK_FORMATS
-                    reached = int(handle.seek(start)) if start and exact else 0
-                    while reached < stop:
+                exact = self.info.format in _EXACT_SEEK_FORMATS
+                reached = int(handle.seek(start)) if start and exact else 0
+                while stop is None or reached < stop:
+                    with self._notes() as notes:
                         got = _readf_float(handle, out)
-                        if got == 0:
-                            break
-                        reached += got
-                        position = max(start, min(reached, stop))
+                    if got == 0 or (notes is not None and _resync_skip(notes.text) is not None):
+                        break
+                    reached += got
+                    position = max(start, reached if stop is None else min(reached, stop))
             except (sf.SoundFileError, RuntimeError, OSError):
                 pass
         return position

@@ -2,7 +2,8 @@
 
 libmpg123 ("Note: Illegal Audio-MPEG-Header"), TensorFlow's start-up banner and the LiteRT/MLIR
 converter write straight to file descriptor 2, past Python's ``sys.stderr``. genre-se reports what went
-wrong once, as a Python exception, so those lines are noise.
+wrong once, as a Python exception, so those lines are noise; where one of them is the only sign of a problem
+(libmpg123 resynchronising mid-stream), :func:`native_stderr_captured` keeps it for the caller to read.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import threading
 from typing import Iterator
 
@@ -33,6 +35,46 @@ def native_stderr_silenced() -> Iterator[None]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+class CapturedStderr:
+    """What C code wrote to fd 2 during :func:`native_stderr_captured` (``text`` is filled when it ends)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+
+@contextlib.contextmanager
+def native_stderr_captured(limit: int = 65536) -> Iterator[CapturedStderr]:
+    """Like :func:`native_stderr_silenced`, but keep what is written (its first ``limit`` bytes) instead of
+    discarding it: libmpg123's notes are the only report of a stream it spliced (see audio.py). The text is
+    read after fd 2 is restored, into the yielded object's ``text``; nothing reaches the terminal."""
+    captured = CapturedStderr()
+    with contextlib.ExitStack() as stack:
+        try:
+            sink = stack.enter_context(tempfile.TemporaryFile())
+        except OSError:  # no writable temporary directory: silence only
+            sink = None
+        if sink is None:
+            with native_stderr_silenced():
+                yield captured
+            return
+        with _LOCK:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError):  # no real fd 2: nothing to capture
+                yield captured
+                return
+            try:
+                os.dup2(sink.fileno(), 2)
+                yield captured
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                if os.fstat(sink.fileno()).st_size:
+                    sink.seek(0)
+                    captured.text = sink.read(limit).decode("utf-8", "replace")
 
 
 @contextlib.contextmanager

@@ -547,6 +547,178 @@ def test_mp3_corrupt_mid_stream_fails_plainly_without_decoder_chatter(tmp_path):
     assert all(2.0 <= s <= 3.05 for s in seconds), seconds
 
 
+# ----------------------------------------------------------------------------- MP3 with its middle missing
+#
+# libmpg123 meets a stretch it cannot parse, skips to the next frame header it finds and carries on: a file
+# with a chunk cut out of its middle decodes without an error, the two sides joined, and a LAME file's Xing
+# header still declares the whole length. A truncated file must still decode what is there.
+
+#: kbps of MPEG-1 Layer III by the header's bitrate index
+_MPEG1_L3_KBPS = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+
+
+def _frame_size(data: bytes, at: int = 0) -> int:
+    """Bytes of the 44.1 kHz MPEG-1 Layer III frame starting at ``at`` (all frames libsndfile's LAME writes here)."""
+    assert data[at] == 0xFF and data[at + 1] & 0xFE == 0xFA and (data[at + 2] >> 2) & 3 == 0, data[at : at + 4].hex()
+    return 144000 * _MPEG1_L3_KBPS[data[at + 2] >> 4] // 44100 + ((data[at + 2] >> 1) & 1)
+
+
+def _frame_starts(data: bytes) -> list[int]:
+    """Where the frames of an MP3 start, after its ID3v2 tag if any (a walk from header to header)."""
+    at = 10 + sum((b & 0x7F) << (21 - 7 * i) for i, b in enumerate(data[6:10])) if data[:3] == b"ID3" else 0
+    starts = []
+    while at + 4 <= len(data) and data[at] == 0xFF and data[at + 1] & 0xFE == 0xFA:
+        starts.append(at)
+        at += _frame_size(data, at)
+    return starts
+
+
+def _id3v2(size: int) -> bytes:
+    syncsafe = bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
+    return b"ID3\x04\x00\x00" + syncsafe + bytes(size)
+
+
+#: an APE tag (header, one item, footer) after the last frame: libmpg123 tries to resync over it to the end
+_APE_TAG = b"".join(
+    [b"APETAGEX", (2000).to_bytes(4, "little"), (48).to_bytes(4, "little"), (1).to_bytes(4, "little"), bytes(12),
+     (5).to_bytes(4, "little"), bytes(4), b"Title\x00hello",
+     b"APETAGEX", (2000).to_bytes(4, "little"), (48).to_bytes(4, "little"), (1).to_bytes(4, "little"), bytes(12)]
+)
+
+MP3_KINDS = ("vbr_xing", "cbr_info", "cbr_plain", "tagged", "cbr_plain_ape")
+
+
+def _mp3(tmp_path: Path, kind: str, seconds: float = 6.0) -> Path:
+    """A 44.1 kHz stereo MP3 of a given make, all from libsndfile's LAME: ``vbr_xing`` (the default: VBR with a
+    Xing/LAME header), ``cbr_info`` (CBR with LAME's Info header), ``cbr_plain`` (CBR without any header frame,
+    as older encoders write), ``tagged`` (VBR with ID3v2 before and ID3v1 after), ``cbr_plain_ape`` (an APE
+    tag after the last frame)."""
+    rng = np.random.default_rng(RNG_SEED)
+    t = np.arange(int(44100 * seconds)) / 44100
+    swell = 0.5 + 0.5 * np.sin(2 * np.pi * 0.3 * t)  # louder and quieter stretches: frame sizes vary in VBR
+    left = 0.3 * swell * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
+    right = 0.2 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(t.size)
+    signal = np.stack([left, right], axis=1).astype(np.float32)
+    cbr = kind.startswith("cbr")
+    options = {"bitrate_mode": "CONSTANT", "compression_level": 0.5} if cbr else {}
+    path = _write(tmp_path / f"{kind}.mp3", signal, 44100, format="MP3", **options)
+    data = path.read_bytes()
+    assert (b"Info" if cbr else b"Xing") in data[:200]  # what LAME writes into the first frame
+    if kind.startswith("cbr_plain"):
+        data = data[_frame_size(data) :]
+        assert b"Info" not in data[:200] and data[0] == 0xFF
+    if kind == "tagged":
+        data = _id3v2(3000) + data + b"TAG" + b" " * 125
+    if kind == "cbr_plain_ape":
+        data = data + _APE_TAG
+    path.write_bytes(data)
+    return path
+
+
+def _damaged(path: Path, damage: str) -> Path:
+    """A copy with a third of its frames cut out (a bad concatenation, a lost stretch of a download) or one frame
+    header overwritten (a bad sector). Cut 100 bytes into one frame and 300 into another, so the two sides never
+    meet on a frame boundary: a cut that does is a valid stream to any decoder, and cannot be detected."""
+    data = path.read_bytes()
+    starts = _frame_starts(data)
+    if damage == "a third cut out":
+        data = data[: starts[len(starts) // 3] + 100] + data[starts[2 * len(starts) // 3] + 300 :]
+    else:  # 300 bytes from 100 before a frame header, never 0xFF (no byte of them can pass for a frame's sync)
+        at = starts[len(starts) // 2] - 100
+        junk = np.random.default_rng(RNG_SEED).integers(0, 255, 300, dtype=np.uint8).tobytes()
+        data = data[:at] + junk + data[at + 300 :]
+    bad = path.with_name(f"bad-{path.name}")
+    bad.write_bytes(data)
+    return bad
+
+
+def _seconds_after(message: str) -> float:
+    import re
+
+    return float(re.search(r"after ([0-9.]+) s", message).group(1))
+
+
+@pytest.mark.parametrize("damage", ["a third cut out", "a frame header overwritten"])
+@pytest.mark.parametrize("kind", ["vbr_xing", "cbr_info", "cbr_plain", "tagged"])
+def test_an_mp3_whose_middle_is_missing_is_corrupt_not_spliced(tmp_path, capfd, kind, damage):
+    """libmpg123 used to splice such a file silently (a 20-s clip with a third cut out decoded as 13 s, its
+    header still saying 20). Its resync is the only sign; every reader reports it, naming the file and where
+    the stream breaks (the cut at 2.0 s of 6, the overwritten header at 3.0 s), and nothing reaches fd 2."""
+    from genre_se.audio import _window_seek_formats, open_windows
+
+    bad = _damaged(_mp3(tmp_path, kind), damage)
+    messages = []
+    for read in (lambda p: load_audio(p, 22050), lambda p: list(iter_audio_blocks(p, 22050))):
+        with pytest.raises(AudioError) as caught:
+            read(bad)
+        messages.append(str(caught.value))
+    if "MP3" in _window_seek_formats():  # the window reader (long files) probes the end first: same verdict
+        with pytest.raises(AudioError) as caught, open_windows(bad, 22050):
+            pass
+        messages.append(str(caught.value))
+    assert len(set(messages)) == 1, messages
+    message = messages[0]
+    assert message.startswith(f"{bad}: corrupt audio data after ") and "missing or damaged" in message
+    where = 2.0 if damage == "a third cut out" else 3.0
+    assert where - 0.6 <= _seconds_after(message) <= where + 0.1, message
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("kind", MP3_KINDS)
+def test_healthy_and_truncated_mp3s_of_every_kind_decode_without_a_false_alarm(tmp_path, capfd, kind):
+    """The resync check must not fire on a healthy file (an APE tag after the last frame makes libmpg123 try to
+    resync to the end of the file), nor on a truncated one, which decodes what is there; window reads agree."""
+    from genre_se.audio import _window_seek_formats, open_windows
+
+    path = _mp3(tmp_path, kind)
+    whole = load_audio(path, sr=None)
+    if kind in ("vbr_xing", "tagged", "cbr_info"):  # the LAME header gives the exact length
+        assert len(whole) == 6 * 44100
+    else:
+        assert abs(len(whole) - 6 * 44100) < 3 * 1152
+    half = tmp_path / f"half-{path.name}"
+    half.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    part = load_audio(half, sr=None)
+    assert 0.3 * len(whole) < len(part) < 0.7 * len(whole)
+    np.testing.assert_allclose(part[:44100], whole[:44100], atol=1e-6)
+    if "MP3" in _window_seek_formats():
+        for file, signal in ((path, whole), (half, part)):
+            with open_windows(file, 44100) as reader:
+                assert reader is not None and reader.n_samples == len(signal)
+                np.testing.assert_allclose(reader.read(len(signal) - 3000, len(signal)), signal[-3000:], atol=1e-5)
+    assert capfd.readouterr().err == ""
+
+
+def test_the_real_clips_decode_and_copies_with_their_middle_cut_out_fail(tmp_path):
+    """The shared real-world clips (LAME 3.100 VBR, Xing header) decode without alarm; copies of them with a third
+    cut out are refused, copies cut in half decode their first part."""
+    clips = sorted((SHARED_DATA / "real-clips").glob("*/*.mp3"))
+    if not clips:
+        pytest.skip(f"shared real-clips not found under {SHARED_DATA}")
+    for clip in clips:
+        whole = load_audio(clip, sr=None)
+        assert len(whole) == audio_info(clip).frames
+        data = clip.read_bytes()
+        cut = tmp_path / f"cut-{clip.name}"
+        cut.write_bytes(data[: len(data) // 3] + data[2 * len(data) // 3 :])
+        with pytest.raises(AudioError, match="corrupt audio data after .* missing or damaged"):
+            load_audio(cut, sr=None)
+        half = tmp_path / f"half-{clip.name}"
+        half.write_bytes(data[: len(data) // 2])
+        assert 0.3 * len(whole) < len(load_audio(half, sr=None)) < 0.7 * len(whole)
+
+
+def test_captured_native_stderr_is_returned_and_never_shown(capfd):
+    from genre_se.quiet import native_stderr_captured
+
+    with native_stderr_captured() as notes:
+        os.write(2, b"Note: Skipped 38 bytes in input.\n")
+    assert notes.text == "Note: Skipped 38 bytes in input.\n"
+    assert capfd.readouterr().err == ""
+    os.write(2, b"after\n")  # fd 2 is back
+    assert capfd.readouterr().err == "after\n"
+
+
 def _non_utf8_name(folder: Path, name: bytes) -> Path:
     """A file name that is not valid UTF-8 (old Latin-1 archives); Python spells it with surrogate escapes."""
     path = Path(os.fsdecode(os.path.join(os.fsencode(folder), name)))
