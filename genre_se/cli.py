@@ -397,9 +397,19 @@ def _trained_on_builtin_corpus(bundle_dir) -> bool:
         return False
 
 
+def _output_format(args) -> str:
+    """--format as given, else what the -o suffix names (.json, .csv), else the table: `-o out.json` must not
+    leave a text table in a file named .json."""
+    if args.format is not None:
+        return args.format
+    suffix = Path(args.output).suffix.lower() if args.output not in (None, "-") else ""
+    return {".json": "json", ".csv": "csv"}.get(suffix, "table")
+
+
 def cmd_predict(args) -> int:
     from .inference import DEFAULT_MAX_SEGMENTS, GenreClassifier
 
+    args.format = _output_format(args)
     _say_which_model(args)
 
     # a timeline shows every segment, so it reads them all unless --max-segments says otherwise
@@ -491,6 +501,7 @@ def cmd_robustness(args) -> int:
     from .fileio import check_writable
     from .inference import GenreClassifier
 
+    args.format = _output_format(args)
     if args.output not in (None, "-"):
         check_writable(args.output)  # before minutes of transforms, not after
     _say_which_model(args)
@@ -509,7 +520,7 @@ def _robustness_files(args, classifier, files: list[str], n_empty: int, shown) -
     bar = factory(total=len(files), unit="file", delay=0.5) if factory is not None else None
     results, failures = [], []
     try:
-        for result in map(shown, iter_robustness(classifier, files)):
+        for result in map(shown, iter_robustness(classifier, files, max_seconds=args.max_seconds or None)):
             if isinstance(result, FileRobustness):
                 results.append(result)
             else:
@@ -630,6 +641,19 @@ def _int_at_least(minimum: int):
     return parse
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
 _count = _int_at_least(0)
 _positive_int = _int_at_least(1)
 
@@ -726,7 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="genre of audio files and folders (top-k, optional timeline)")
     _add_inference_args(p)
     p.add_argument("--top-k", type=_positive_int, default=3, help="genres shown per file (default: %(default)s)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--format", choices=("table", "json", "csv"),
+                   help="output format (default: json or csv when the --output name ends so, else table)")
     p.add_argument("-o", "--output", help="write the output to this file (atomically) instead of stdout")
     p.add_argument("--timeline", action="store_true", help="also give the genre of every segment with its times")
     p.add_argument("--aggregate", choices=("mean", "vote"), default="mean",
@@ -758,9 +783,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("robustness", help="how predictions move under gain, MP3, resampling, low-pass, noise, "
                                           "compression and leading silence")
     _add_inference_args(p)
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+    p.add_argument("--format", choices=("table", "csv", "json"),
                    help="table/csv: per-transform summary (top-1 agreement, mean TV distance); json: summary, "
-                        "per-file rows and errors")
+                        "per-file rows and errors (default: json or csv when the --output name ends so, else "
+                        "table)")
+    p.add_argument("--max-seconds", type=_seconds, default=60.0, metavar="S",
+                   help="use at most S seconds from the middle of each file: every transform holds a few copies "
+                        "of the whole signal in memory (default: %(default)s; 0: the whole file)")
     p.add_argument("--per-file", action="store_true", help="table/csv: one row per file and transform instead")
     p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
     _add_fusion_arg(p)

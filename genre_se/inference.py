@@ -657,7 +657,8 @@ class GenreClassifier:
     def load(
         cls, path: str | os.PathLike | None = None, *, backend: str = "auto", threads: int | None = None, **kwargs
     ) -> "GenreClassifier":
-        """Load a bundle (default: ``models/bundle`` under the cwd); see the class for ``kwargs``.
+        """Load a bundle (default: ``models/bundle`` under the cwd if it exists, else the model shipped in the
+        package; :func:`locate_bundle`); see the class for ``kwargs``.
 
         Parameters
         ----------

@@ -129,10 +129,12 @@ def _spelt(path: str) -> str:
 
 
 def _uncertain_reason(prediction: Prediction) -> str:
-    """Why, when the cause is known: a padded blip is far from the training data because it is mostly padding,
-    so that reason comes first."""
+    """Why, when the cause is known: a padded blip (or silence) is far from the training data because it is mostly
+    padding (or has no music), so those reasons come first."""
     if prediction.short:
         return ": shorter than one segment"
+    if prediction.all_silent:
+        return ": near-silent throughout"
     if prediction.unfamiliar:
         return ": unlike the training recordings"
     return ""

@@ -365,18 +365,23 @@ TRANSFORMS: dict[str, Transform] = {
 # Loading with channels kept
 
 
-def load_channels(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+def load_channels(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode a whole file at its native rate with its channels: ``((frames, channels) float32, sr)``.
 
     The same decoders as :func:`genre_se.audio.load_audio` (so MP3 is read to its true end), without the
     mono mix: stereo transforms and the untouched reference then start from the file's real channels.
+    ``max_seconds``: only that many seconds from the middle of a longer file (by its header's length).
     """
     from .audio import _check_path, _open_decoder
 
     checked = _check_path(path)
     with _open_decoder(checked) as decoder:
-        blocks = list(decoder.blocks(0, None))
         sr = decoder.info.sample_rate
+        start, stop = 0, None
+        if max_seconds is not None and decoder.info.frames > max_seconds * sr:
+            start = (decoder.info.frames - int(max_seconds * sr)) // 2
+            stop = start + int(max_seconds * sr)
+        blocks = list(decoder.blocks(start, stop))
     if not blocks:
         raise AudioError(f"{checked}: no audio samples")
     return np.concatenate(blocks).astype(np.float32, copy=False), int(sr)
@@ -412,8 +417,8 @@ class FileRobustness:
     rows: list[dict]
 
 
-def file_robustness(classifier, path: str | os.PathLike, transforms: dict[str, Transform] | None = None
-                    ) -> FileRobustness:
+def file_robustness(classifier, path: str | os.PathLike, transforms: dict[str, Transform] | None = None,
+                    max_seconds: float | None = None) -> FileRobustness:
     """Predict one file untouched and under each transform; compare each prediction with the untouched one.
 
     Raises
@@ -423,7 +428,7 @@ def file_robustness(classifier, path: str | os.PathLike, transforms: dict[str, T
     """
     transforms = TRANSFORMS if transforms is None else transforms
     path = os.fspath(path)
-    signal, sr = load_channels(path)
+    signal, sr = load_channels(path, max_seconds)
     try:
         reference = classifier.predict_array(signal, sr)
     except GenreSEError as exc:  # array-input messages do not name the file
@@ -448,14 +453,14 @@ def file_robustness(classifier, path: str | os.PathLike, transforms: dict[str, T
     return FileRobustness(path, reference.genre, rows)
 
 
-def iter_robustness(classifier, paths: Iterable[str | os.PathLike], transforms: dict[str, Transform] | None = None
-                    ) -> Iterator[FileRobustness | Failure]:
+def iter_robustness(classifier, paths: Iterable[str | os.PathLike], transforms: dict[str, Transform] | None = None,
+                    max_seconds: float | None = None) -> Iterator[FileRobustness | Failure]:
     """:func:`file_robustness` for each path in order; a file that fails yields an inference ``Failure``."""
     from .inference import Failure
 
     for path in paths:
         try:
-            yield file_robustness(classifier, path, transforms)
+            yield file_robustness(classifier, path, transforms, max_seconds)
         except GenreSEError as exc:
             yield Failure(os.fspath(path), exc)
 

@@ -47,6 +47,15 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("genre-se: error:")]
 
 
+@pytest.mark.parametrize("suffix, check", [(".json", lambda text: json.loads(text)["predictions"]),
+                                            (".csv", lambda text: pd.read_csv(io.StringIO(text))["genre_1"])])
+def test_output_suffix_picks_the_format(capsys, bundle, folder, tmp_path, suffix, check):
+    target = tmp_path / f"out{suffix}"
+    code, out, _ = run(capsys, "predict", str(folder / "a_low.wav"), "--model", bundle, "-o", str(target))
+    assert code == 0 and out == ""
+    assert len(check(target.read_text())) == 1  # not a text table in a file named .json/.csv
+
+
 def test_json_over_a_folder_with_a_corrupt_file(capsys, bundle, folder):
     code, out, err = run(capsys, "predict", str(folder), "--model", bundle, "--format", "json", "--top-k", "2")
     assert code == 1  # a file failed, the others were still predicted

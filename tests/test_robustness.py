@@ -229,6 +229,15 @@ def test_load_channels_keeps_stereo(tmp_path):
         rb.load_channels(tmp_path / "missing.wav")
 
 
+def test_load_channels_reads_only_the_middle_of_a_long_file(tmp_path):
+    y = np.stack([music_like(4.0, 16000), -music_like(4.0, 16000)], axis=1)
+    sf.write(tmp_path / "s.wav", y, 16000, subtype="FLOAT")
+    loaded, sr = rb.load_channels(tmp_path / "s.wav", max_seconds=1.0)
+    assert sr == 16000 and loaded.shape == (16000, 2)
+    np.testing.assert_array_equal(loaded, y[24000:40000])  # the centred second
+    assert rb.load_channels(tmp_path / "s.wav", max_seconds=10.0)[0].shape == y.shape  # shorter: whole
+
+
 # --------------------------------------------------------------------------------------------------
 # Comparing distributions and the report
 

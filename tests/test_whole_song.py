@@ -144,6 +144,13 @@ def test_a_silent_file_falls_back_to_every_segment(clf, tmp_path, kind):  # noqa
     confident = GenreClassifier.load(clf.bundle.path, uncertain_below=0.0)
     again = confident.predict(tmp_path / "quiet.wav")
     assert again.all_silent and again.uncertain and not again.short
+    # the table says why, and silence comes before "unlike the training recordings" (silence is far from them too)
+    import dataclasses
+
+    from genre_se.outputs import PredictionFormatter
+
+    far = PredictionFormatter("table").add(dataclasses.replace(again, distance=99.0, unfamiliar=True))
+    assert "(uncertain: near-silent throughout)" in far and "unlike the training" not in far
 
 
 def test_audio_shorter_than_a_segment_is_marked_short_and_uncertain(tiny, tmp_path):  # noqa: F811
