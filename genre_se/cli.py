@@ -753,7 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "csv"),
                    help="output format (default: json or csv when the --output name ends so, else table)")
     p.add_argument("-o", "--output", help="write the output to this file (atomically) instead of stdout")
-    p.add_argument("--timeline", action="store_true", help="also give the genre of every segment with its times")
+    p.add_argument("--timeline", action="store_true", help="also give the genre of every segment with its times (CSV: one row per segment "
+                        "instead of one per file, with a silent column; the file's answer is in table and JSON)")
     p.add_argument("--aggregate", choices=("mean", "vote"), default="mean",
                    help="segment probabilities -> file distribution (default: %(default)s, as evaluate)")
     p.add_argument("--uncertain-below", type=_probability, metavar="P",

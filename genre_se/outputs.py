@@ -62,10 +62,11 @@ class PredictionFormatter:
         if self.fmt != "csv":
             return ""
         if self.timeline:
-            return _csv_line(["path", "segment", "start", "end", "genre", "probability"])
+            return _csv_line(["path", "segment", "start", "end", "genre", "probability", "silent"])
         ranks = [[f"genre_{r}", f"probability_{r}"] for r in range(1, self.top_k + 1)]
+        # short / all_silent / distance say why a row is uncertain, as the table's reason and the JSON do
         return _csv_line(["path", "duration", "n_segments", *[c for pair in ranks for c in pair], "uncertain",
-                          "unfamiliar"])
+                          "unfamiliar", "short", "all_silent", "distance"])
 
     def add(self, prediction: Prediction) -> str:
         """Text for one prediction (empty for JSON, which is written by :meth:`end`)."""
@@ -92,14 +93,16 @@ class PredictionFormatter:
         if self.timeline:
             return "".join(
                 _csv_line([_shown(prediction.path), i, f"{row['start']:.3f}", f"{row['end']:.3f}", row["genre"],
-                           f"{row['probability']:.6f}"])
+                           f"{row['probability']:.6f}", _flag(row["silent"])])
                 for i, row in enumerate(prediction.timeline())
             )
         cells = [_shown(prediction.path), f"{prediction.duration:.3f}", prediction.n_segments]
         for genre, probability in prediction.top(self.top_k):
             cells += [genre, f"{probability:.6f}"]
-        unfamiliar = "" if prediction.distance is None else ("true" if prediction.unfamiliar else "false")
-        return _csv_line([*cells, "true" if prediction.uncertain else "false", unfamiliar])  # "": not measured
+        measured = prediction.distance is not None  # "": no familiarity statistics in the bundle
+        return _csv_line([*cells, _flag(prediction.uncertain), _flag(prediction.unfamiliar) if measured else "",
+                          _flag(prediction.short), _flag(prediction.all_silent),
+                          f"{prediction.distance:.3f}" if measured else ""])  # as the JSON rounds it
 
     def _table(self, prediction: Prediction) -> str:
         top = prediction.top(self.top_k)
@@ -116,6 +119,10 @@ class PredictionFormatter:
                 for row in prediction.timeline()
             ]
         return "\n".join(lines) + "\n"
+
+
+def _flag(value) -> str:
+    return "true" if value else "false"
 
 
 def _shown(path: str | None) -> str:

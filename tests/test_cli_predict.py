@@ -93,9 +93,17 @@ def test_top_k_beyond_the_genres_lists_every_genre_once(capsys, bundle, folder):
     code, out, _ = run(capsys, "predict", good, "--model", bundle, "--format", "csv", "--top-k", "5")
     assert code == 0
     header, row = [line.split(",") for line in out.splitlines()]
-    assert len(header) == len(row) and header[-4:] == ["genre_3", "probability_3", "uncertain", "unfamiliar"]
+    assert len(header) == len(row) and header[-7:] == ["genre_3", "probability_3", "uncertain", "unfamiliar",
+                                                       "short", "all_silent", "distance"]
     code, out, _ = run(capsys, "predict", good, "--model", bundle, "--format", "json", "--top-k", "5")
-    assert sorted(t["genre"] for t in json.loads(out)["predictions"][0]["top"]) == ["high", "low", "mid"]
+    record = json.loads(out)["predictions"][0]
+    assert sorted(t["genre"] for t in record["top"]) == ["high", "low", "mid"]
+    # the CSV says why a row is uncertain as the JSON does
+    cells = dict(zip(header, row))
+    for key in ("uncertain", "short", "all_silent"):
+        assert cells[key] == str(record[key]).lower()
+    assert cells["unfamiliar"] == (str(record["unfamiliar"]).lower() if "distance" in record else "")
+    assert cells["distance"] == (f"{record['distance']:.3f}" if "distance" in record else "")
 
 
 def test_timeline_csv_covers_each_file(capsys, bundle, folder):
@@ -103,7 +111,8 @@ def test_timeline_csv_covers_each_file(capsys, bundle, folder):
     code, out, _ = run(capsys, "predict", path, "--model", bundle, "--format", "csv", "--timeline")
     assert code == 0
     timeline = pd.read_csv(io.StringIO(out))
-    assert list(timeline.columns) == ["path", "segment", "start", "end", "genre", "probability"]
+    assert list(timeline.columns) == ["path", "segment", "start", "end", "genre", "probability", "silent"]
+    assert timeline["silent"].dtype == bool and not timeline["silent"].any()  # a tone throughout
     assert timeline["start"].iloc[0] == 0.0 and timeline["end"].iloc[-1] == pytest.approx(2.0)
     assert (timeline["start"].iloc[1:].to_numpy() <= timeline["end"].iloc[:-1].to_numpy()).all()
     assert set(timeline["genre"]) == {"high"}
