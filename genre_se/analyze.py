@@ -135,6 +135,16 @@ def with_genre_partner(labels: np.ndarray) -> np.ndarray:
     return counts[genre] >= 2
 
 
+def too_few_clips(labels: np.ndarray) -> str | None:
+    """Why eta squared or the nearest genre cannot be measured on these clips (they come out NaN), else None."""
+    labels = np.asarray(labels)
+    genres = len(np.unique(labels))
+    if genres < 2 or len(labels) <= genres:  # more clips than genres: some genre has two (the nearest genre)
+        return (f"{len(labels)} clips of {genres} genre(s): eta squared and the nearest genre need two genres and "
+                f"more clips than genres")
+    return None
+
+
 def nearest_genre_hits(clips: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per clip whose genre has another clip (:func:`with_genre_partner`): is its genre the nearest genre centroid (leave-one-clip-out)?
 
@@ -379,6 +389,9 @@ def run_analyze(model_dir: str | Path, store_dir: str | Path, split: str = "test
     note = not_held_out(bundle.extra, exc.clip_ids, splits, store.content_digest)
     if note is not None and warn is not None:
         warn(note)
+    few = too_few_clips(exc.clip_labels)
+    if few is not None and warn is not None:
+        warn(f"{few}: try more clips (--split valid,test)")
     if out_png is not None:
         plot_excitations(exc, out_png, f"Mean SE excitation per genre: {split} clips of {Path(store_dir).name} "
                                         f"(n={len(exc.clip_ids)}{', IN-SAMPLE' if note else ''})")

@@ -234,14 +234,32 @@ def test_pooling_analyses_of_one_model_equals_one_analysis_of_all_their_clips(ou
 
 
 def test_analyze_warns_when_the_clips_are_the_bundles_training_clips(outputs):
-    from genre_se.analyze import not_held_out, run_analyze
+    from genre_se.analyze import not_held_out, run_analyze, too_few_clips
 
     root = outputs["root"]
     notes = []
-    run_analyze(root / "bundle", root / "features", split="test", warn=notes.append)
-    assert notes == []
+    exc = run_analyze(root / "bundle", root / "features", split="test", warn=notes.append)
+    # held out; the tiny test split may be too small to measure, which is said (and only that)
+    few = too_few_clips(exc.clip_labels)
+    assert notes == ([] if few is None else [f"{few}: try more clips (--split valid,test)"])
+    notes.clear()
     run_analyze(root / "bundle", root / "features", split="train,test", warn=notes.append)
     assert notes == ["in-sample: the train split is what the bundle trained on"]
     extra = outputs["bundle"].extra
     assert not_held_out(extra, ["a"], {"train"}, store_digest="another store's") is None  # its splits are not ours
     assert "train.fit_all" in not_held_out({**extra, "train_config": {"fit_all": True}}, ["a"], {"test"})
+
+
+def test_analyze_says_why_when_the_split_has_too_few_clips_to_measure():
+    """gtzan-mini's 5-fold test split holds one clip per genre: every statistic came out 'nan' without a word."""
+    from genre_se.analyze import too_few_clips
+
+    one_each = np.array([0, 1, 2, 3])
+    assert "more clips than genres" in too_few_clips(one_each)
+    assert "two genres" in too_few_clips(np.array([2, 2, 2]))
+    assert too_few_clips(np.array([0, 0, 1, 1, 2])) is None
+    exc = ClassExcitations(labels=["x", "y", "z"], blocks=["b"], means=[np.zeros((3, 2))],
+                           clip_means=[np.random.default_rng(0).random((3, 2))], clip_labels=np.array([0, 1, 2]),
+                           clip_ids=["a", "b", "c"])
+    row = exc.summary(permutations=5).iloc[0]
+    assert np.isnan(row["eta_squared"]) and np.isnan(row["nearest_genre"])  # what the warning explains
