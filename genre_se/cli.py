@@ -851,6 +851,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="summarise this trained bundle instead of the params' architecture")
     s.add_argument("--classes", type=int, default=10, help="number of genres (default: %(default)s)")
     s.set_defaults(func=cmd_model_summary, needs_tf=True)
+    # -q after the subcommand too (`genre-se features -q`), as predict has always taken it
+    for command in [*sub.choices.values(), *model_sub.choices.values()]:
+        if "--quiet" not in command._option_string_actions:
+            command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                 help="no progress bars")
     return parser
 
 

@@ -398,3 +398,23 @@ def test_a_file_name_that_is_not_utf8_is_predicted_and_written_everywhere(capsys
         assert code == 0 and "Traceback" not in err, err
     assert pd.read_parquet(tmp_path / "e.parquet")["path"].tolist() == [spelt]
     assert pd.read_csv(tmp_path / "e_npy" / "rows.csv")["path"].tolist() == [spelt]
+
+
+def test_quiet_is_taken_before_and_after_every_subcommand():
+    """`genre-se features -q` was refused ('unrecognized arguments') while `genre-se -q features` and
+    `genre-se predict -q` worked; a subcommand's -q must not reset a -q given before it either."""
+    from genre_se.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name in commands:
+        argv = ["model", "summary"] if name == "model" else [name]
+        extra = {"predict": ["x.wav"], "embed": ["x.wav"], "robustness": ["x.wav"]}.get(name, [])
+        try:
+            after = parser.parse_args([*argv, *extra, "-q"])
+        except SystemExit:  # a command whose other arguments are required: -q is not what it refused
+            continue
+        assert after.quiet is True, name
+        assert parser.parse_args(["-q", *argv, *extra]).quiet is True, name
+        assert parser.parse_args([*argv, *extra]).quiet is False, name
+    assert parser.parse_args(["features", "-q"]).quiet is True
