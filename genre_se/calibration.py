@@ -40,7 +40,9 @@ class Calibration:
     Attributes
     ----------
     temperature : float
-        Segment log-probabilities are divided by it before aggregation; 1.0 is no calibration.
+        The temperature of the bundle's answer: segment log-probabilities are divided by it before aggregation;
+        with an SVM head (``model.classifier: svm``) or late fusion (``model.fusion: svm``) it scales the head's
+        (the fused) clip distribution instead, the distribution it was fitted on. 1.0 is no calibration.
     uncertain_below : float
         Prediction marks a file uncertain when its top probability is below this.
     ece_before, ece_after : float or None
@@ -51,6 +53,11 @@ class Calibration:
         The split ``T`` was fitted on ("val"), None when it was not fitted (``T = 1``).
     n_clips : int
         Clips in that split.
+    cnn_temperature : float or None
+        The CNN softmax's own segment temperature, fitted on the same clips (or the given one, or 1 like
+        ``temperature``): what prediction applies when the softmax answers alone (``--softmax``,
+        ``--no-fusion``). Equal to ``temperature`` without a head; None in bundles written before it was
+        recorded (:meth:`softmax_temperature` then decides).
     """
 
     temperature: float = 1.0
@@ -61,9 +68,18 @@ class Calibration:
     nll_after: float | None = None
     fit_on: str | None = None
     n_clips: int = 0
+    cnn_temperature: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def softmax_temperature(self, has_head: bool) -> float | None:
+        """The temperature for the CNN's softmax answering alone: ``cnn_temperature`` when recorded; for an older
+        record, ``temperature`` when the bundle has no head and no fusion (it was fitted on the softmax), else
+        None: it was fitted on another distribution and the softmax has no calibration of its own (use T = 1)."""
+        if self.cnn_temperature is not None:
+            return self.cnn_temperature
+        return None if has_head else self.temperature
 
     @classmethod
     def from_dict(cls, raw: dict | None, where: str = "bundle") -> "Calibration":
@@ -75,6 +91,8 @@ class Calibration:
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
         calibration = cls(**known)
         check_temperature(calibration.temperature, f"{where}: extra.calibration.temperature")
+        if calibration.cnn_temperature is not None:
+            check_temperature(calibration.cnn_temperature, f"{where}: extra.calibration.cnn_temperature")
         check_threshold(calibration.uncertain_below, f"{where}: extra.calibration.uncertain_below")
         return calibration
 

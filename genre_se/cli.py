@@ -386,6 +386,13 @@ def _say_which_model(args) -> None:
                  f"music; for real songs use --model {SHIPPED_BUNDLE} (MODEL.md) or train on GTZAN (README)")
 
 
+def _say_which_calibration(args, classifier) -> None:
+    """A bundle whose head or fusion is switched off and that records no temperature for its softmax alone answers
+    uncalibrated: say so once (stderr; not with -q; the JSON's model.calibration.note keeps it)."""
+    if classifier.calibration_note is not None and not args.quiet:
+        _err(f"note: {classifier.calibration_note}")
+
+
 def _trained_on_builtin_corpus(bundle_dir) -> bool:
     """What the train stage recorded in the bundle (read as JSON: no TensorFlow); False when unknown."""
     import json
@@ -419,6 +426,7 @@ def cmd_predict(args) -> int:
                                       uncertain_below=args.uncertain_below, max_segments=max_segments,
                                       silence_db=args.silence_db, fusion=args.fusion,
                                       embedding_svm=args.embedding_svm)
+    _say_which_calibration(args, classifier)
     inputs = _Inputs(args.paths)
     with inputs as (files, n_empty):
         return _predict_files(args, classifier, files, n_empty, inputs.shown)
@@ -508,6 +516,7 @@ def cmd_robustness(args) -> int:
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
                                       batch_size=args.batch_size, fusion=args.fusion,
                                       embedding_svm=args.embedding_svm)
+    _say_which_calibration(args, classifier)
     inputs = _Inputs(args.paths)
     with inputs as (files, n_empty):
         return _robustness_files(args, classifier, files, n_empty, inputs.shown)
@@ -686,11 +695,13 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
 
 def _add_fusion_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fusion", dest="fusion", action="store_false",
-                   help="a bundle trained with model.fusion: svm answers with its CNN alone (default: the mean "
-                        "of the CNN's and the SVM's distributions, as it was evaluated)")
+                   help="a bundle trained with model.fusion: svm answers with its CNN alone, scaled by the CNN's "
+                        "own temperature (T = 1, with a note, for an older bundle that records none) (default: "
+                        "the mean of the CNN's and the SVM's distributions, as it was evaluated)")
     p.add_argument("--softmax", dest="embedding_svm", action="store_false",
-                   help="a bundle trained with model.classifier: svm answers with the network's softmax "
-                        "(default: the SVM on the mean embedding, as it was evaluated)")
+                   help="a bundle trained with model.classifier: svm answers with the network's softmax, scaled "
+                        "by the softmax's own temperature (T = 1, with a note, for an older bundle that records "
+                        "none) (default: the SVM on the mean embedding, as it was evaluated)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -816,9 +827,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, what, store_note, func in (
             ("fusion", "the fusion SVM (model.fusion: svm) without training its CNN again; the temperature is "
-                       "refitted on the fused answers", ", built with model.fusion: svm", cmd_fusion),
+                       "refitted on the fused answers, the CNN's own on its answers", ", built with model.fusion: svm",
+             cmd_fusion),
             ("classifier", "the SVM head on its embeddings (model.classifier: svm) without training the network "
-                           "again; the temperature is refitted", "", cmd_classifier)):
+                           "again; the temperature is refitted on its answers, the softmax's own on the softmax's", "",
+                           cmd_classifier)):
         p = sub.add_parser(name, help=f"give a trained bundle {what}")
         p.add_argument("--model", default="models/bundle", help="model bundle (default: %(default)s)")
         p.add_argument("--features", default="data/features",

@@ -570,9 +570,14 @@ class GenreClassifier:
         stay the network's softmax. False: the softmax alone.
 
     The bundle's calibration temperature (``extra.calibration.temperature``, fitted on the validation split;
-    1 for bundles without one) scales every segment's probabilities before aggregation; with the fusion SVM it
-    scales the fused distribution instead (the segment probabilities are then the CNN's own), and with the
-    embedding SVM the head's distribution.
+    1 for bundles without one) scales the distribution it was fitted on: with the fusion SVM the fused
+    distribution, with the embedding SVM the head's (the segment probabilities are then the CNN's own, untempered).
+    When the CNN's softmax answers alone (a bundle without either, or ``fusion=False`` / ``embedding_svm=False``)
+    every segment's probabilities are scaled before aggregation by the softmax's own temperature
+    (``extra.calibration.cnn_temperature``, fitted on the same clips). A bundle with a head or fusion written before
+    that was recorded has none for its softmax: switched off, its softmax is uncalibrated (T = 1), never scaled by
+    a temperature fitted on another distribution; :attr:`calibration_note` says so. ``temperature`` is the
+    temperature applied to the answer.
     """
 
     def __init__(self, bundle, *, batch_size: int = 64, aggregate: str = "mean", block_seconds: float = 30.0,
@@ -606,7 +611,6 @@ class GenreClassifier:
         self.prefetch = prefetch
         extra = getattr(bundle, "extra", None) or {}
         self.calibration = Calibration.from_dict(extra.get("calibration"), str(getattr(bundle, "path", "bundle")))
-        self.temperature = self.calibration.temperature
         self.uncertain_below = (self.calibration.uncertain_below if uncertain_below is None
                                 else check_threshold(uncertain_below, "uncertain_below"))
         self._embedding_model = None
@@ -615,6 +619,39 @@ class GenreClassifier:
         self.svm = self._load_svm() if fusion else None
         self.head = self._load_head() if embedding_svm else None
         self._check_input_shape()
+        #: the temperature applied to the answer, and a note when the softmax answers without one of its own
+        self.temperature, self.calibration_note = self._answer_temperature()
+
+    def _answer_temperature(self) -> tuple[float, str | None]:
+        """(T, note): the bundle's temperature when its head or fusion answers (fitted on that distribution),
+        else the softmax's own (:meth:`~genre_se.calibration.Calibration.softmax_temperature`); T = 1 with a
+        note for a bundle that records none for its softmax and whose temperature was fitted on another."""
+        calibration = self.calibration
+        if self.head is not None or self.svm is not None:
+            return calibration.temperature, None
+        temperature = calibration.softmax_temperature(self._bundle_has_head())
+        if temperature is not None:
+            return temperature, None
+        kind = "fused distribution" if self._bundle_has("fusion") else "SVM head's distribution"
+        where = str(self.bundle.path) if self.bundle.path is not None else "the bundle"
+        command = "fusion" if self._bundle_has("fusion") else "classifier"
+        return 1.0, (f"{where}: its temperature ({calibration.temperature:.3g}) was fitted on the {kind} and it "
+                     f"records none for the softmax alone, so the softmax's probabilities are uncalibrated "
+                     f"(T = 1); retrain, or rerun genre-se {command} on it, to record the softmax's own")
+
+    def _bundle_has(self, kind: str) -> bool:
+        """Whether the bundle has the fusion SVM (``kind`` "fusion") or the embedding SVM ("classifier"), loaded
+        or not: its model config says so or the file is there."""
+        from .embedding_svm import EMBEDDING_SVM_FILE
+        from .fusion import FUSION_FILE
+
+        config = getattr(self.bundle, "model_config", None) or {}
+        root = getattr(self.bundle, "path", None)
+        name = FUSION_FILE if kind == "fusion" else EMBEDDING_SVM_FILE
+        return config.get(kind) == "svm" or (root is not None and (Path(root) / name).is_file())
+
+    def _bundle_has_head(self) -> bool:
+        return self._bundle_has("fusion") or self._bundle_has("classifier")
 
     def _load_head(self):
         """The bundle's SVM head on the embeddings (:mod:`genre_se.embedding_svm`), None without one."""
@@ -731,8 +768,11 @@ class GenreClassifier:
             "aggregate": self.aggregate,
             "max_segments": self.max_segments,
             "silence_db": self.silence_db,
-            "calibration": {"temperature": self.temperature, "fit_on": self.calibration.fit_on,
-                            "uncertain_below": self.uncertain_below},
+            # the temperature applied to the answer (the head's, the fusion's or the softmax's own)
+            "calibration": {"temperature": self.temperature,
+                            "fit_on": None if self.calibration_note is not None else self.calibration.fit_on,
+                            "uncertain_below": self.uncertain_below,
+                            **({} if self.calibration_note is None else {"note": self.calibration_note})},
             "familiarity": None if self.familiarity is None else self.familiarity.record(),
             "fusion": None if self.svm is None else {"kind": "svm", "n_parameters": self.svm.n_parameters,
                                                      "max_windows": self.svm.max_windows},
@@ -817,8 +857,8 @@ class GenreClassifier:
         outputs, embeddings = raw.outputs[:, :n_classes], raw.outputs[:, n_classes:]
         fused = svm_distribution is not None
         parts = None
-        # the temperature calibrates segments, aggregated; or the distribution of a clip head, the segment
-        # probabilities then the network's own
+        # the temperature calibrates segments, aggregated (the softmax's own); or the distribution of a clip head
+        # (fitted on it), the segment probabilities then the network's own
         probs = apply_temperature(outputs, 1.0 if fused or self.head is not None else self.temperature)
         starts, ends, duration = self._times(raw)
         silent = self._silent(raw)

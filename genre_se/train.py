@@ -700,16 +700,23 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
     untempered, and the SVM's), so it is fitted on the validation clips' fused distributions.
 
     ``embedding_svm`` (``model.classifier: svm``): the temperature scales the head's clip distributions.
+
+    Either way ``cnn_temperature`` is the softmax's own segment temperature, fitted on the same clips (the given
+    one for ``fit`` a number, 1 where ``temperature`` is 1): prediction applies it when the CNN answers alone
+    (``--softmax``, ``--no-fusion``), since the head's temperature was fitted on another distribution. Without
+    a head or fusion it is ``temperature``.
     """
+    import dataclasses
+
     import pandas as pd
 
     from .calibration import T_MAX, T_MIN, Calibration, calibrate
 
     fixed = None if isinstance(fit, bool) else float(fit)
     if len(valid_rows) == 0:
-        # nothing held out: T = 1 (fit_on null), or the given one
-        record = Calibration(uncertain_below=uncertain_below) if fixed is None else \
-            Calibration(temperature=fixed, uncertain_below=uncertain_below, fit_on="fixed")
+        # nothing held out: T = 1 (fit_on null), or the given one; the softmax's likewise
+        record = Calibration(uncertain_below=uncertain_below, cnn_temperature=1.0) if fixed is None else \
+            Calibration(temperature=fixed, uncertain_below=uncertain_below, fit_on="fixed", cnn_temperature=fixed)
         if log is not None and fit is True:
             log("calibration: no validation clips (train.fit_all), temperature 1")
         return record.to_dict()
@@ -717,27 +724,31 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
     first = np.zeros(len(uniques), dtype=np.intp)
     first[codes[::-1]] = np.arange(len(codes))[::-1]
     labels = store.table["label_index"].to_numpy()[valid_rows][first]
-    if embedding_svm is None:  # the softmax's segments (the head answers from the embeddings alone)
-        probs = predict_rows(model, store, valid_rows)
+    softmax = predict_rows(model, store, valid_rows)  # the softmax's segments
+    # the softmax's own temperature, for when it answers alone
+    cnn = calibrate(softmax, codes, labels, uncertain_below=uncertain_below, fit=fit is True, fit_on="val",
+                    temperature=fixed)
     if svm is not None:  # one "segment" per clip: the fused distribution
         from .calibration import clip_distributions
         from .fusion import fuse, svm_clip_distributions
 
-        probs = fuse(clip_distributions(probs, codes, len(uniques)),
+        probs = fuse(clip_distributions(softmax, codes, len(uniques)),
                      svm_clip_distributions(svm, store, [str(c) for c in uniques]))
-        codes = np.arange(len(uniques))
     elif embedding_svm is not None:  # one "segment" per clip: the head's distribution (same clip order)
         from .embedding_svm import embedding_svm_distributions
 
         _, probs = embedding_svm_distributions(embedding_svm, model, store, valid_rows)
-        codes = np.arange(len(uniques))
-    record = calibrate(probs, codes, labels, uncertain_below=uncertain_below, fit=fit is True, fit_on="val",
-                       temperature=fixed)
+    headed = svm is not None or embedding_svm is not None
+    record = cnn if not headed else calibrate(probs, np.arange(len(uniques)), labels, uncertain_below=uncertain_below,
+                                              fit=fit is True, fit_on="val", temperature=fixed)
+    record = dataclasses.replace(record, cnn_temperature=cnn.temperature)
     if log is not None:
         how = "given" if fixed is not None else "fitted"
+        alone = (f"; the softmax alone: temperature {cnn.temperature:.3f}, clip ECE {cnn.ece_before:.3f} -> "
+                 f"{cnn.ece_after:.3f}") if headed else ""
         log(f"calibration on {record.n_clips} validation clips: temperature {record.temperature:.3f} ({how}), "
-            f"clip ECE {record.ece_before:.3f} -> {record.ece_after:.3f}")
-        if fixed is None and not T_MIN * 1.001 < record.temperature < T_MAX / 1.001:
+            f"clip ECE {record.ece_before:.3f} -> {record.ece_after:.3f}{alone}")
+        if fixed is None and not all(T_MIN * 1.001 < t < T_MAX / 1.001 for t in (record.temperature, cnn.temperature)):
             log("calibration: the temperature is at the edge of its search range; the validation split is "
                 "probably too small to calibrate on")
     return record.to_dict()

@@ -260,6 +260,7 @@ def test_train_stage_stores_the_fitted_calibration(trained):
     best_on_grid = min(objective(g) for g in np.exp(np.linspace(np.log(T_MIN), np.log(T_MAX), 60)))
     assert objective(t) <= best_on_grid + 1e-4 and objective(t) <= objective(1.0) + 1e-9
     assert record["nll_after"] <= record["nll_before"]
+    assert record["cnn_temperature"] == t  # no head: the softmax's own temperature is the bundle's
     assert any(line.startswith("calibration on 6 validation clips") for line in trained["log"])
     # the fast path reads the same bundle.json
     assert load_litert_bundle(trained["bundle"]).extra["calibration"] == record
@@ -273,10 +274,12 @@ def test_no_validation_clips_or_calibrate_off_keep_temperature_one(trained):
     store = trained["store"]
     record = calibration_record(None, store, np.zeros(0, dtype=np.int64), True, 0.3)  # train.fit_all
     assert record["temperature"] == 1.0 and record["fit_on"] is None and record["ece_before"] is None
+    assert record["cnn_temperature"] == 1.0
     assert record["uncertain_below"] == 0.3
     model = load_bundle(trained["bundle"]).model
     record = calibration_record(model, store, store.rows("valid"), False, 0.4)  # train.calibrate: false
     assert record["temperature"] == 1.0 and record["fit_on"] is None and record["n_clips"] == 6
+    assert record["cnn_temperature"] == 1.0
     assert record["ece_before"] == record["ece_after"]
 
 
@@ -293,6 +296,7 @@ def test_a_given_temperature_is_stored_and_scored_on_the_validation_clips(traine
     lines = []
     record = calibration_record(model, store, rows, 2.5, 0.4, lines.append)
     assert record["temperature"] == 2.5 and record["fit_on"] == "fixed" and record["n_clips"] == 6
+    assert record["cnn_temperature"] == 2.5
     codes, _ = pd.factorize(store.table["clip_id"].to_numpy()[rows])
     labels = pd.Series(store.table["label_index"].to_numpy()[rows]).groupby(codes).first().to_numpy()
     probs = predict_rows(model, store, rows)
@@ -305,6 +309,23 @@ def test_a_given_temperature_is_stored_and_scored_on_the_validation_clips(traine
                      f"{record['ece_before']:.3f} -> {record['ece_after']:.3f}"]
     held_out_none = calibration_record(None, store, np.zeros(0, dtype=np.int64), 0.8, 0.4)  # train.fit_all
     assert held_out_none["temperature"] == 0.8 and held_out_none["fit_on"] == "fixed"
+    assert held_out_none["cnn_temperature"] == 0.8
+
+
+def test_the_softmax_temperature_is_optional_checked_and_older_records_still_load():
+    """extra.calibration.cnn_temperature: the CNN softmax's own temperature (when a head or fusion answers, the
+    bundle's temperature is fitted on theirs). Older records lack it: their temperature is the softmax's when the
+    bundle has neither, else the softmax has none (None: T = 1)."""
+    old = Calibration.from_dict({"temperature": 0.4, "fit_on": "val", "n_clips": 10})
+    assert old.cnn_temperature is None
+    assert old.softmax_temperature(has_head=False) == 0.4
+    assert old.softmax_temperature(has_head=True) is None
+    new = Calibration.from_dict({"temperature": 0.4, "cnn_temperature": 0.7})
+    assert new.softmax_temperature(True) == new.softmax_temperature(False) == 0.7
+    assert Calibration.from_dict(new.to_dict()) == new and new.to_dict()["cnn_temperature"] == 0.7
+    for bad in (0, -1.0, float("nan"), "0.5", True):
+        with pytest.raises(ModelError, match="extra.calibration.cnn_temperature"):
+            Calibration.from_dict({"temperature": 0.4, "cnn_temperature": bad})
 
 
 def test_params_accept_a_temperature_for_calibrate(tmp_path):
@@ -388,8 +409,10 @@ def test_predict_applies_the_temperature_and_flags_uncertain_answers(trained, tm
     predict("--format", "csv", "--uncertain-below", "1", "--output", str(csv_path))
     table = pd.read_csv(csv_path)
     assert list(table.columns) == ["path", "duration", "n_segments", "genre_1", "probability_1", "genre_2",
-                                   "probability_2", "genre_3", "probability_3", "uncertain", "unfamiliar"]
+                                   "probability_2", "genre_3", "probability_3", "uncertain", "unfamiliar",
+                                   "short", "all_silent", "distance"]
     assert table["uncertain"].tolist() == [True] and table["unfamiliar"].isna().all()  # not measured
+    assert table["distance"].isna().all() and table["short"].tolist() == [False]
     with pytest.raises(SystemExit) as usage:
         main(["predict", str(path), "--model", str(trained["bundle"]), "--uncertain-below", "1.5"])
     assert usage.value.code == 2

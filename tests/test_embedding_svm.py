@@ -106,12 +106,70 @@ def test_evaluate_and_predict_answer_with_the_heads_distribution_the_temperature
     assert set(answer.parts) == {"cnn", "svm"} and clf.provenance()["classifier"]["kind"] == "svm"
     softmax = GenreClassifier.load(bundle_dir, backend="keras", silence_db=None, embedding_svm=False).predict(wav)
     assert softmax.parts is None
+    cnn_temperature = bundle.extra["calibration"]["cnn_temperature"]  # the softmax's own, not the head's
     np.testing.assert_allclose(softmax.segment_probabilities, apply_temperature(answer.segment_probabilities,
-                                                                               temperature), atol=1e-5)
+                                                                               cnn_temperature), atol=1e-5)
     # the LiteRT export gives the same embeddings, so the same answer
     quick = GenreClassifier.load(bundle_dir, backend="litert", silence_db=None).predict(wav)
     np.testing.assert_allclose(quick.probabilities, answer.probabilities, atol=0.02)
     np.testing.assert_allclose(quick.parts["svm"], answer.parts["svm"], atol=0.02)
+
+
+@pytest.mark.slow
+def test_the_softmax_alone_is_scaled_by_its_own_temperature_not_the_heads(headed, tmp_path, capsys):
+    """--softmax: the bundle's temperature was fitted on the head's distribution, so the softmax answers with its
+    own (cnn_temperature, fitted on the validation clips' segments); a bundle written before that was recorded
+    answers uncalibrated (T = 1) and says so, rather than scale the softmax by the head's temperature."""
+    from genre_se.bundle import load_bundle
+    from genre_se.calibration import apply_temperature, fit_temperature
+    from genre_se.cli import main
+    from genre_se.inference import GenreClassifier, aggregate_segments
+    from genre_se.train import predict_rows
+
+    store = headed["store"]
+    rows = store.rows("valid")
+    record = load_bundle(headed["bundle"]).extra["calibration"]
+    codes, _ = pd.factorize(store.table["clip_id"].to_numpy()[rows], sort=False)
+    labels = pd.Series(store.table["label_index"].to_numpy()[rows]).groupby(codes).first().to_numpy()
+    segments = predict_rows(load_bundle(headed["bundle"]).model, store, rows)
+    assert record["cnn_temperature"] == pytest.approx(fit_temperature(segments, codes, labels), rel=1e-6)
+
+    copy = tmp_path / "bundle"  # a head temperature unlike the softmax's, and only the probability flag
+    shutil.copytree(headed["bundle"], copy)
+    (copy / "familiarity.npz").unlink()
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["extra"]["calibration"].update(temperature=3.0, cnn_temperature=0.5, uncertain_below=0.4)
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    wav = headed["index"]["path"].iloc[-1]
+    answer = GenreClassifier.load(copy, backend="keras", silence_db=None).predict(wav)
+    raw = answer.segment_probabilities  # with the head on, the network's own softmax
+    np.testing.assert_allclose(answer.probabilities, apply_temperature(answer.parts["svm"][None], 3.0)[0], atol=1e-12)
+    clf = GenreClassifier.load(copy, backend="keras", silence_db=None, embedding_svm=False)
+    alone = clf.predict(wav)
+    expected = apply_temperature(raw, 0.5)
+    assert clf.temperature == 0.5 and clf.calibration_note is None
+    np.testing.assert_allclose(alone.segment_probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(alone.probabilities, aggregate_segments(expected), atol=1e-5)
+    assert not alone.short and alone.uncertain == (alone.probabilities.max() < 0.4)
+
+    del meta["extra"]["calibration"]["cnn_temperature"]  # a bundle from before: nothing for the softmax alone
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    assert GenreClassifier.load(copy, backend="keras").temperature == 3.0  # the head answers: its temperature
+    clf = GenreClassifier.load(copy, backend="keras", silence_db=None, embedding_svm=False)
+    alone = clf.predict(wav)
+    assert clf.temperature == 1.0 and "uncalibrated" in clf.calibration_note
+    np.testing.assert_allclose(alone.segment_probabilities, raw, atol=1e-5)
+    np.testing.assert_allclose(alone.probabilities, aggregate_segments(raw), atol=1e-5)
+    assert alone.uncertain == (alone.probabilities.max() < 0.4)
+    args = ["predict", wav, "--model", str(copy), "--format", "json", "--backend", "keras"]
+    assert main(args + ["--softmax"]) == 0
+    out = capsys.readouterr()
+    document = json.loads(out.out)
+    assert document["model"]["calibration"]["temperature"] == 1.0 and document["model"]["calibration"]["fit_on"] is None
+    assert "T = 1" in document["model"]["calibration"]["note"] and "note:" in out.err and "T = 1" in out.err
+    assert main(args) == 0  # the head answers: no note
+    out = capsys.readouterr()
+    assert "note:" not in out.err and "note" not in json.loads(out.out)["model"]["calibration"]
 
 
 @pytest.mark.slow
@@ -162,6 +220,9 @@ def test_the_classifier_command_gives_a_bundle_the_head_the_train_stage_would_ha
     before = json.loads((headed["bundle"] / "bundle.json").read_text())
     assert after["model_config"]["classifier"] == "svm" and after["extra"]["classifier"] == before["extra"]["classifier"]
     assert after["extra"]["calibration"]["temperature"] == pytest.approx(before["extra"]["calibration"]["temperature"])
+    # the softmax keeps its own temperature (the auditor's repro: the head's refit must not reach --softmax)
+    assert after["extra"]["calibration"]["cnn_temperature"] == pytest.approx(
+        before["extra"]["calibration"]["cnn_temperature"])
     # a bundle with late fusion is refused by name
     meta["model_config"]["fusion"] = "svm"
     (plain / "bundle.json").write_text(json.dumps(meta))

@@ -237,11 +237,28 @@ def test_evaluate_and_predict_answer_with_the_fused_distribution_the_temperature
                                  temperature)[0]
     np.testing.assert_allclose(answer.probabilities, expected, atol=1e-3)  # the store holds float16
     assert clf.provenance()["fusion"]["kind"] == "svm"
+    # --no-fusion: the CNN alone, scaled by its own temperature (fitted on the validation clips' segments)
+    cnn_temperature = bundle.extra["calibration"]["cnn_temperature"]
+    valid_rows = store.rows("valid")
+    codes = pd.factorize(store.table["clip_id"].to_numpy()[valid_rows], sort=False)[0]
+    assert cnn_temperature == pytest.approx(fit_temperature(
+        np.asarray(bundle.model(np.asarray(store.segments[valid_rows], np.float32), training=False), np.float64),
+        codes, labels), rel=1e-4)
     alone = GenreClassifier.load(bundle_dir, backend="keras", silence_db=None, fusion=False).predict(wav)
-    np.testing.assert_allclose(alone.probabilities, np.asarray(apply_temperature(
-        np.asarray(bundle.model(np.asarray(store.segments[test_rows[store.table["clip_id"].to_numpy()[test_rows]
-                                                                    == clip_id]], np.float32), training=False)),
-        temperature)).mean(0), atol=1e-3)
+    segments = np.asarray(bundle.model(np.asarray(store.segments[test_rows[store.table["clip_id"].to_numpy()[test_rows]
+                                                                           == clip_id]], np.float32), training=False))
+    np.testing.assert_allclose(alone.probabilities, np.asarray(apply_temperature(segments, cnn_temperature)).mean(0),
+                               atol=1e-3)
+    # a bundle from before cnn_temperature: the CNN alone is uncalibrated (T = 1), not scaled by the fused T
+    old = tmp_path / "old"
+    shutil.copytree(bundle_dir, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    del meta["extra"]["calibration"]["cnn_temperature"]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    clf = GenreClassifier.load(old, backend="keras", silence_db=None, fusion=False)
+    assert clf.temperature == 1.0 and "fused distribution" in clf.calibration_note
+    np.testing.assert_allclose(clf.predict(wav).probabilities, segments.mean(0), atol=1e-3)
+    assert GenreClassifier.load(old, backend="keras").temperature == temperature
     assert np.abs(alone.probabilities - answer.probabilities).max() > 1e-3  # the SVM changed the answer
     # the LiteRT export serves the same fusion
     quick = GenreClassifier.load(bundle_dir, backend="litert", silence_db=None).predict(wav)
@@ -341,6 +358,8 @@ def test_the_fusion_command_gives_a_cnn_bundle_the_svm_the_train_stage_would_hav
     before = json.loads((fused["bundle"] / "bundle.json").read_text())
     assert after["model_config"]["fusion"] == "svm" and after["extra"]["fusion"] == before["extra"]["fusion"]
     assert after["extra"]["calibration"]["temperature"] == pytest.approx(before["extra"]["calibration"]["temperature"])
+    assert after["extra"]["calibration"]["cnn_temperature"] == pytest.approx(
+        before["extra"]["calibration"]["cnn_temperature"])
     # a store without the statistics is refused by name, nothing written
     bare = tmp_path / "bare"
     shutil.copytree(fused["store"].root, bare)

@@ -53,6 +53,20 @@ def test_the_shipped_model_loads_safely_on_both_runtimes_and_agrees():
     assert (quantized.argmax(axis=1) == exact.argmax(axis=1))[clear].all()
 
 
+def test_the_shipped_models_softmax_keeps_its_own_temperature():
+    """The shipped bundle has no head and no fusion and predates cnn_temperature: its temperature was fitted on its
+    softmax, so prediction applies it unchanged, without a note."""
+    from genre_se.inference import GenreClassifier
+
+    meta = json.loads((SHIPPED_BUNDLE / "bundle.json").read_text())
+    assert "cnn_temperature" not in meta["extra"]["calibration"]
+    for switch in ({}, {"embedding_svm": False, "fusion": False}):
+        clf = GenreClassifier.load(SHIPPED_BUNDLE, **switch)
+        assert clf.temperature == meta["extra"]["calibration"]["temperature"] and clf.calibration_note is None
+        assert clf.provenance()["calibration"] == {"temperature": clf.temperature, "fit_on": "val",
+                                                   "uncertain_below": 0.4}
+
+
 def test_model_card_describes_this_very_model():
     card = (ROOT / "MODEL.md").read_text()
     meta = json.loads((SHIPPED_BUNDLE / "bundle.json").read_text())
