@@ -55,6 +55,8 @@ EXPORT_FORMAT = 1
 QUANTIZATIONS = ("none", "int8")
 #: The largest Keras/LiteRT difference in probabilities an export may show on its probe inputs.
 PARITY_TOLERANCE = {"none": 1e-4, "int8": 0.05}
+#: The same for the embedding (familiarity, the SVM head and `embed` read it), relative to its RMS on the probes.
+EMBEDDING_PARITY_TOLERANCE = {"none": 1e-4, "int8": 0.1}
 GENRE_OUTPUT = "genre"
 EMBEDDING_OUTPUT = "embedding"
 
@@ -278,10 +280,35 @@ def _two_output_model(model):
 
 
 def _probe_inputs(bundle, n: int, seed: int) -> np.ndarray:
-    """Random segments at the scale the model was trained on (its standardisation mean and std)."""
-    mean, std = bundle.normalisation or (0.0, 1.0)
+    """Random segments at the scale the model's input has in use.
+
+    Without a front end: normal at the standardisation mean and std, which describe the input dB segments.
+    With one (loudness normalisation, PCEN) those statistics describe the front end's *output*, not its
+    input, so noise drawn at them is nothing like a log-mel segment (PCEN turns it into a near-constant map);
+    the probes are then the bundle's own features of random coloured noise with tones, at random levels.
+    """
+    from .model import PCEN, LoudnessNormalize
+
     rng = np.random.default_rng(seed)
-    return rng.normal(mean, std, size=(n, *bundle.input_shape)).astype(np.float32)
+    if not any(isinstance(layer, (PCEN, LoudnessNormalize)) for layer in bundle.model.layers):
+        mean, std = bundle.normalisation or (0.0, 1.0)
+        return rng.normal(mean, std, size=(n, *bundle.input_shape)).astype(np.float32)
+    from .features import extract_segments
+
+    cfg = bundle.feature_config
+    length = (cfg.segment_frames - 1) * cfg.hop_length  # exactly one segment of frames, no padding
+    t = np.arange(length) / cfg.sample_rate
+    probes = []
+    for _ in range(n):
+        spectrum = np.fft.rfft(rng.standard_normal(length))
+        spectrum[1:] /= np.arange(1, spectrum.size) ** rng.uniform(0.0, 1.0)  # white .. brown
+        y = np.fft.irfft(spectrum, length)
+        y /= np.sqrt(np.mean(y**2)) + 1e-12
+        for freq in rng.uniform(50.0, 0.4 * cfg.sample_rate, size=3):
+            y += rng.uniform(0.0, 3.0) * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
+        y *= 10 ** (rng.uniform(-50.0, -10.0) / 20) / np.sqrt(np.mean(y**2))
+        probes.append(extract_segments(y.astype(np.float32), cfg).data[0])
+    return np.stack(probes).astype(np.float32)
 
 
 def _parity(keras_model, litert_model: LiteRTModel, probes: np.ndarray) -> dict[str, float]:
@@ -289,6 +316,12 @@ def _parity(keras_model, litert_model: LiteRTModel, probes: np.ndarray) -> dict[
     expected = {name: np.asarray(value) for name, value in keras_model(probes, training=False).items()}
     served = litert_model.run(probes)
     return {name: float(np.max(np.abs(served[name] - expected[name]))) for name in expected}
+
+
+def _relative_to_rms(difference: float, keras_model, probes: np.ndarray) -> float:
+    """``difference`` over the RMS of the Keras embedding on the probes (its scale depends on the model)."""
+    embedding = np.asarray(keras_model(probes, training=False)[EMBEDDING_OUTPUT], dtype=np.float64)
+    return difference / max(float(np.sqrt(np.mean(np.square(embedding)))), 1e-12)
 
 
 def _write_tflite(model, target: Path, quantize: str) -> None:
@@ -352,11 +385,18 @@ def export_litert(bundle_dir: str | Path, *, quantize: str = "none", probe_segme
         _write_frontend(bundle.feature_config, root / FRONTEND_FILE)
     except OSError as exc:
         raise ModelError(f"{root}: cannot write the LiteRT export ({exc})") from exc
-    differences = _parity(two_outputs, LiteRTModel(root / LITERT_FILE), _probe_inputs(bundle, probe_segments, seed))
+    probes = _probe_inputs(bundle, probe_segments, seed)
+    differences = _parity(two_outputs, LiteRTModel(root / LITERT_FILE), probes)
+    embedding_relative = _relative_to_rms(differences[EMBEDDING_OUTPUT], two_outputs, probes)
     if not differences[GENRE_OUTPUT] <= PARITY_TOLERANCE[quantize]:
         raise ModelError(
             f"{root / LITERT_FILE}: the LiteRT model differs from Keras by {differences[GENRE_OUTPUT]:.3g} in "
             f"probability (tolerance {PARITY_TOLERANCE[quantize]:g}); the export is not used"
+        )
+    if not embedding_relative <= EMBEDDING_PARITY_TOLERANCE[quantize]:
+        raise ModelError(
+            f"{root / LITERT_FILE}: the LiteRT embedding differs from Keras by {embedding_relative:.3g} "
+            f"of its RMS (tolerance {EMBEDDING_PARITY_TOLERANCE[quantize]:g}); the export is not used"
         )
     record = {
         "format": EXPORT_FORMAT,
@@ -367,7 +407,8 @@ def export_litert(bundle_dir: str | Path, *, quantize: str = "none", probe_segme
         "source_sha1": source_sha1,
         "quantize": quantize,
         "outputs": [GENRE_OUTPUT, EMBEDDING_OUTPUT],
-        "parity": {"probe_segments": probe_segments, "max_abs_diff": differences},
+        "parity": {"probe_segments": probe_segments, "max_abs_diff": differences,
+                   "embedding_relative": embedding_relative},
         "bytes": {LITERT_FILE: (root / LITERT_FILE).stat().st_size, MODEL_FILE: (root / MODEL_FILE).stat().st_size},
         "genre_se_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

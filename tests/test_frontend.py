@@ -271,3 +271,39 @@ def test_pipeline_trains_and_predicts_with_the_front_end(tmp_path, tone_dataset,
     assert answers[0]["genre"] == answers[1]["genre"]
     for genre, p in answers[0]["probabilities"].items():
         assert abs(p - answers[1]["probabilities"][genre]) < 0.02
+
+
+@pytest.mark.parametrize("front", [{"pcen": True}, {"loudness_norm": "r128"}])
+def test_export_parity_probes_look_like_log_mel_segments_after_the_front_end(tmp_path, front):
+    """The LiteRT parity probes must reach the network at the spread real segments do: drawn at the
+    Standardize statistics (which describe the front end's output), PCEN flattened them to near-constant maps."""
+    from genre_se.bundle import load_bundle, save_bundle
+    from genre_se.litert import _probe_inputs
+
+    cfg = ModelConfig(filters=[4, 8], reduction_ratios=2, input_norm="dataset", **front)
+    rng = np.random.default_rng(3)
+    t = np.arange(3 * 8000) / 8000
+    real = extract_segments((0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)
+                             ).astype(np.float32), SMALL).data
+    after = front_end(cfg, SMALL)(real)
+    model = build_model(cfg, (16, 16, 1), 3, mean=float(after.mean()), std=float(after.std()), features=SMALL)
+    save_bundle(tmp_path / "b", model, ["a", "b", "c"], dataclasses.asdict(SMALL), dataclasses.asdict(cfg))
+    probes = front_end(cfg, SMALL)(_probe_inputs(load_bundle(tmp_path / "b"), 8, 0))
+    assert probes.std(axis=(1, 2, 3)).mean() > 0.25 * after.std(axis=(1, 2, 3)).mean()
+
+
+def test_export_is_refused_when_only_the_embedding_differs(tmp_path, monkeypatch):
+    """familiarity, the SVM head and `embed` read the LiteRT embedding: the parity check must cover it."""
+    from genre_se.bundle import save_bundle
+    from genre_se.errors import ModelError
+    from genre_se.litert import EXPORT_FILE, LiteRTModel, export_litert
+
+    cfg = ModelConfig(filters=[4, 8], reduction_ratios=2)
+    model = build_model(cfg, (16, 16, 1), 3, mean=-40.0, std=12.0, features=SMALL)
+    save_bundle(tmp_path / "b", model, ["a", "b", "c"], dataclasses.asdict(SMALL), dataclasses.asdict(cfg))
+    run = LiteRTModel.run
+    monkeypatch.setattr(LiteRTModel, "run", lambda self, x: (lambda out: out | {"embedding": out["embedding"] * 1.5})(
+        run(self, x)))
+    with pytest.raises(ModelError, match="embedding differs"):
+        export_litert(tmp_path / "b")
+    assert not (tmp_path / "b" / EXPORT_FILE).exists()
