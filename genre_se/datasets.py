@@ -396,6 +396,13 @@ def assign_splits(index: pd.DataFrame, cfg: DataConfig, seed: int, folds: int = 
     if cfg.split == "stratified":
         split = _stratified_split(readable, cfg, seed)
     elif cfg.split == "gtzan-fault-filtered":
+        if folds > 1:
+            # Folds are dealt clip by clip: they would put one artist's clips (GTZAN's blues.00000-00011 are all
+            # John Lee Hooker) in several folds, undoing the artist-disjoint lists the split exists for.
+            raise DatasetError(
+                "evaluate.folds: k-fold cross-validation deals folds clip by clip, which would put one artist on "
+                "both sides and undo data.split: gtzan-fault-filtered; use evaluate.folds: 1 with that split"
+            )
         split = _fault_filtered_split(readable)
     else:
         raise DatasetError(f"data.split: unknown split {cfg.split!r} (stratified, gtzan-fault-filtered)")
@@ -412,6 +419,19 @@ def assign_splits(index: pd.DataFrame, cfg: DataConfig, seed: int, folds: int = 
         result.loc[members.index, "fold"] = _stratified_folds(members, folds, seed)
         result["fold"] = result["fold"].astype(int)
     return result
+
+
+def _check_every_label_trains(index: pd.DataFrame) -> None:
+    """Every label that takes part in a split must have a training clip: a fixed split (the fault-filtered
+    lists on a partial GTZAN copy) can leave a genre only in valid or test, and the model would then have an
+    output it never learnt, scored as if it had."""
+    members = index[index["split"].ne(EXCLUDED)]
+    untrained = sorted(set(members["label"]) - set(members.loc[members["split"].eq("train"), "label"]))
+    if untrained:
+        raise DatasetError(
+            f"data.split: label(s) {', '.join(map(str, untrained))} have no training clip "
+            "(their clips are all in valid/test); add clips or use data.split: stratified"
+        )
 
 
 def _check_something_held_out(index: pd.DataFrame, cfg: DataConfig) -> None:
@@ -469,5 +489,6 @@ def run_prepare(
     write_csv(errors_path, unreadable)
     index = assign_splits(index, params.data, params.seed, folds=params.evaluate.folds)
     _check_something_held_out(index, params.data)
+    _check_every_label_trains(index)
     write_csv(index_path, index)
     return index

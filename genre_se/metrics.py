@@ -61,21 +61,32 @@ def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def classification_scores(y_true, y_pred, labels: list[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    The confusion matrix and the per-class table always cover every label (rows of a label absent from the
+    test clips are zeros). Macro-F1 averages over the labels that occur among the true *or* predicted labels
+    (scikit-learn's default): a genre with no test clip that is never predicted has no F1 and is left out
+    instead of counting as 0; one that is predicted without being present counts as 0 (its false positives).
+    Per-class recall (and F1, unless the label was predicted) is NaN for a label with no test clip.
+    """
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     idx = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=idx, zero_division=0
     )
+    predicted = np.bincount(y_pred.astype(np.int64), minlength=len(labels)) if len(y_pred) else np.zeros(len(labels))
+    scored = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    nan = float("nan")
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=idx, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=scored, average="macro", zero_division=0)),
         "per_class": {
             name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
+                "precision": float(precision[i]) if predicted[i] else (nan if not support[i] else 0.0),
+                "recall": float(recall[i]) if support[i] else nan,
+                "f1": float(f1[i]) if support[i] or predicted[i] else nan,
                 "support": int(support[i]),
             }
             for i, name in enumerate(labels)
