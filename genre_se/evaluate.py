@@ -222,7 +222,7 @@ def cross_validate(
         folds.append({"fold": f, "clip_accuracy": metrics["clip"]["accuracy"],
                       "clip_macro_f1": metrics["clip"]["macro_f1"], **parts,
                       "segment_accuracy": metrics["segment"]["accuracy"], "n_clips": metrics["n_clips"]})
-    summary = {"folds": k}
+    summary = {"folds": k, "std_ddof": 1}  # the sample standard deviation over the folds
     for name in ("clip_accuracy", "clip_macro_f1", "cnn_clip_accuracy", "svm_clip_accuracy"):
         values = np.array([f[name] for f in folds if name in f])
         if len(values):
@@ -282,6 +282,8 @@ def run_evaluate(
         metrics["cv"] = {k: v for k, v in cv.items() if k != "per_fold"}
         write_csv(reports / "cv_folds.csv", pd.DataFrame(cv["per_fold"]))
         shutil.rmtree(cv_state_dir, ignore_errors=True)
+    else:  # an earlier k-fold run's table would sit beside metrics that have no cv any more
+        (reports / "cv_folds.csv").unlink(missing_ok=True)
     per_class = pd.DataFrame([{"genre": g, **s} for g, s in metrics.pop("per_class").items()])
     matrix = metrics.pop("confusion_matrix")
     write_json(reports / "metrics.json", metrics)
