@@ -873,7 +873,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports numpy and the inference module: a Ctrl-C lands here often enough
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
     args = parser.parse_args(argv)
     try:
         needs_tf = getattr(args, "needs_tf", False)

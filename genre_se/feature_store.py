@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -103,6 +104,22 @@ def _compute_shard(task: tuple) -> tuple[str, str, int, str | None]:
     )
     os.replace(tmp, shard)
     return clip_id, augment, len(segs), None
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, be killed when the stage's process dies. A SIGKILL of the stage (kill -9,
+    the OOM killer, a killed `dvc repro`) left its workers waiting for work forever, each holding its memory."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
 
 
 #: Columns of segments.csv / augmented.csv read as text: a label or clip id such as "7" must stay a string.
@@ -276,7 +293,8 @@ def build_store(
         if n_workers == 1:
             results = map(_compute_shard, todo)
         else:
-            pool = ProcessPoolExecutor(n_workers, mp_context=get_context("fork" if os.name == "posix" else "spawn"))
+            pool = ProcessPoolExecutor(n_workers, mp_context=get_context("fork" if os.name == "posix" else "spawn"),
+                                       initializer=_die_with_parent)
             results = pool.map(_compute_shard, todo, chunksize=1)
         if progress is not None:
             results = progress(results, total=len(todo))

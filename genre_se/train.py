@@ -2,8 +2,10 @@
 best-model bundle, per-epoch DVCLive metrics, and resume after an interruption.
 
 Resume works at epoch granularity: after every epoch the full model (optimizer included) and the loop's
-state (epoch, best score, patience counter) are saved atomically in ``state_dir``; a new run with the
-same parameters continues from there (an epoch cut short is run again). Different parameters start over.
+state (epoch, best score, patience counter) are saved atomically in ``state_dir``, the model files under
+names carrying their epoch and ``state.json``, written last, naming them; a new run with the same parameters
+continues from there (an epoch cut short is run again). Different parameters start over, and so does a
+smaller ``train.epochs`` or ``train.patience`` than the saved run already went past.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,12 +29,15 @@ from .errors import ConfigError, DatasetError, OutputError
 from .feature_store import FeatureStore
 from .features import floor_db
 from .fileio import atomic_path, read_json_object, write_json
-from .interrupts import raise_if_interrupted
+from .interrupts import interrupts_noted, raise_if_interrupted
 from .metrics import aggregate_clips, cross_entropy
 
 STATE_FILE = "state.json"
-LAST_MODEL = "last.keras"
+LAST_MODEL = "last.keras"  # the names of states written before the files carried their epoch
 BEST_WEIGHTS = "best.weights.h5"
+#: ``last-<epoch>.keras`` and ``best-<epoch>.weights.h5``, each written under a new name; ``state.json``, written
+#: last, names the pair that belongs to it (a kill between the files leaves the previous epoch's state whole)
+CHECKPOINT = re.compile(r"(last|best)-\d+\.(keras|weights\.h5)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -536,14 +542,16 @@ def train_model(
     n_classes = len(store.labels)
     monitor_max = train_cfg.monitor == "val_clip_accuracy"
     key = _state_key(model_cfg, train_cfg, store, train_rows, seed)
-    state = _load_state(state_dir, key)
+    state = _load_state(state_dir, key, train_cfg, log)
 
     keras.utils.set_random_seed(seed)
     if train_cfg.deterministic:
         enable_determinism()
     if state is not None:
-        model = keras.saving.load_model(state_dir / LAST_MODEL, safe_mode=True, compile=True)
+        model = keras.saving.load_model(state_dir / state.get("last_file", LAST_MODEL), safe_mode=True, compile=True)
         mean, std = state["mean"], state["std"]
+        if log is not None:
+            log(f"resuming after epoch {state['epoch']} (state in {state_dir})")
     else:
         shutil.rmtree(state_dir, ignore_errors=True)
         mean, std = standardization_stats(store.segments, train_rows,
@@ -555,7 +563,7 @@ def train_model(
             metrics=["accuracy"],
         )
         state = {"key": key, "epoch": 0, "best": None, "best_key": None, "best_epoch": 0, "wait": 0,
-                 "mean": mean, "std": std}
+                 "mean": mean, "std": std, "waits": []}
     state.setdefault("lr", train_cfg.learning_rate)
     state.setdefault("train_seconds", 0.0)
     resumed_from, seconds_before = state["epoch"], state["train_seconds"]
@@ -581,15 +589,19 @@ def train_model(
             state["train_seconds"] = seconds_before + time.perf_counter() - self.started
             if improved:
                 state.update(best=_reported(val, logs, monitor_max), best_key=list(score), best_epoch=epoch + 1,
-                             wait=0)
-                with atomic_path(state_dir / BEST_WEIGHTS, suffix=".weights.h5") as tmp:
+                             wait=0, best_file=f"best-{epoch + 1}.weights.h5")
+                with atomic_path(state_dir / state["best_file"], suffix=".weights.h5") as tmp:
                     self.model.save_weights(tmp)
             else:
                 state["wait"] += 1
                 state["lr"] = plateau_decay(train_cfg, state["lr"], state["wait"])
-            with atomic_path(state_dir / LAST_MODEL, suffix=".keras") as tmp:
+            if "waits" in state:  # the patience counter after every epoch (a state of an older version has none)
+                state["waits"].append(state["wait"])
+            state["last_file"] = f"last-{epoch + 1}.keras"
+            with atomic_path(state_dir / state["last_file"], suffix=".keras") as tmp:
                 self.model.save(tmp)
-            write_json(state_dir / STATE_FILE, state)
+            write_json(state_dir / STATE_FILE, state)  # the commit: until here the previous epoch's state holds
+            _prune_checkpoints(state_dir, state)
             if live is not None:
                 live.step = epoch  # the epoch, not a counter: a resumed run continues the same curve
                 live.log_metric("train/loss", float(logs.get("loss", np.nan)))
@@ -608,9 +620,10 @@ def train_model(
 
     state_dir.mkdir(parents=True, exist_ok=True)
     if state["epoch"] < train_cfg.epochs and state["wait"] < train_cfg.patience:
-        model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=state["epoch"], callbacks=[Loop()], shuffle=False,
-                  verbose=0)
-    model.load_weights(state_dir / BEST_WEIGHTS)
+        with interrupts_noted():  # a Ctrl-C dropped in a weakref callback surfaces at the next epoch end
+            model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=state["epoch"], callbacks=[Loop()],
+                      shuffle=False, verbose=0)
+    model.load_weights(state_dir / state.get("best_file", BEST_WEIGHTS))
     return TrainResult(model, mean, std, state["best_epoch"], state["best"], state["epoch"], resumed_from,
                        float(state["train_seconds"]))
 
@@ -641,21 +654,55 @@ def _check_state_dir(state_dir: Path) -> None:
         raise OutputError(f"{state_dir}: exists and is not a folder; cannot keep the training state there")
     ours = (STATE_FILE, LAST_MODEL, BEST_WEIGHTS)
     others = [p.name for p in state_dir.iterdir()
-              if p.name not in ours and not any(p.name.startswith(f".{name}.") for name in ours)]
+              if p.name not in ours and not any(p.name.startswith(f".{name}.") for name in ours)
+              and not CHECKPOINT.fullmatch(p.name.lstrip(".").split(".tmp-")[0])]
     if others:
         raise OutputError(f"{state_dir}: holds {others[0]!r}, not a training state; refusing to delete it: choose "
                           "another --state folder or remove it yourself")
 
 
-def _load_state(state_dir: Path, key: str) -> dict | None:
-    """The saved loop state if it belongs to this very run (same params, data and seed), else None."""
+def _load_state(state_dir: Path, key: str, train_cfg: TrainConfig | None = None,
+                log: Callable[[str], None] | None = None) -> dict | None:
+    """The saved loop state if it belongs to this very run (same params, data and seed), else None.
+
+    ``train_cfg``: also None when the state went on past where a run of these ``train.epochs`` and
+    ``train.patience`` stops (both are left out of the key so that a longer budget resumes): it holds a
+    model trained longer than this run's, which a resume could only hand on."""
     try:
         state = json.loads((state_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if state.get("key") != key or not (state_dir / LAST_MODEL).exists() or not (state_dir / BEST_WEIGHTS).exists():
+    if not isinstance(state, dict) or state.get("key") != key:
+        return None
+    if not (state_dir / state.get("last_file", LAST_MODEL)).exists() or \
+            not (state_dir / state.get("best_file", BEST_WEIGHTS)).exists():
+        return None
+    if train_cfg is not None and (past := _trained_past(state, train_cfg)):
+        if log is not None:
+            log(f"{state_dir}: the interrupted run trained {past}; starting afresh")
         return None
     return state
+
+
+def _trained_past(state: dict, cfg: TrainConfig) -> str | None:
+    """Why a saved state went on past where a run of ``cfg`` stops, or None."""
+    epoch = int(state.get("epoch", 0))
+    if epoch > cfg.epochs:
+        return f"{epoch} epochs, more than train.epochs: {cfg.epochs}"
+    waits = state.get("waits")
+    if isinstance(waits, list) and len(waits) == epoch:
+        stop = next((i + 1 for i, wait in enumerate(waits) if wait >= cfg.patience), None)
+        if stop is not None and stop < epoch:
+            return f"{epoch} epochs, where train.patience: {cfg.patience} stops after epoch {stop}"
+    return None
+
+
+def _prune_checkpoints(state_dir: Path, state: dict) -> None:
+    """Remove the checkpoint files the state just written no longer names."""
+    keep = {state.get("last_file"), state.get("best_file")}
+    for path in state_dir.iterdir():
+        if path.name not in keep and (CHECKPOINT.fullmatch(path.name) or path.name in (LAST_MODEL, BEST_WEIGHTS)):
+            path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -921,7 +968,8 @@ def run_train(
         train_rows, valid_rows = store.rows("train"), store.rows("valid")
     # DVCLive continues its curves only when the loop resumes this very run: an abandoned run of other params or
     # data starts afresh, and so must the curves (dvc.yaml keeps dvclive/ between runs)
-    resuming = _load_state(Path(state_dir), _state_key(model_cfg, train_cfg, store, train_rows, params.seed)) is not None
+    resuming = _load_state(Path(state_dir), _state_key(model_cfg, train_cfg, store, train_rows, params.seed),
+                           train_cfg) is not None
     with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=False) as live:
         result = train_model(
             store, model_cfg, train_cfg, train_rows=train_rows, valid_rows=valid_rows,

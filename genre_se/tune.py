@@ -45,7 +45,7 @@ import pandas as pd
 from .config import FeatureConfig, ModelConfig, Params, TrainConfig, TuneConfig, from_dict
 from .errors import ConfigError, DatasetError, GenreSEError, ModelError
 from .feature_store import FeatureStore
-from .fileio import atomic_path, write_csv, write_json
+from .fileio import atomic_path, write_csv, write_json, write_text
 from .interrupts import interrupts_noted, raise_if_interrupted
 
 #: objective name -> (key of :func:`genre_se.train.clip_scores`, direction)
@@ -541,6 +541,30 @@ def _passthrough(params: Params, out_path, trials_path, plot_path) -> TuneResult
 
 
 @contextlib.contextmanager
+def _keras_tuner_saves_atomic():
+    """keras-tuner writes its project files (oracle.json, trial.json, tuner0.json) in place: a Ctrl-C or a kill
+    landing in a save (every trial's start and end) left an empty or cut file, and the search could not resume:
+    every finished trial was lost. For the duration, its JSON goes through :func:`genre_se.fileio.write_text`
+    (temporary file, then rename); remote paths (``gs://``) are left to keras-tuner."""
+    from keras_tuner.src import utils as kt_utils
+
+    original = kt_utils.save_json
+
+    def save_json(path, obj):
+        if "://" in str(path):
+            return original(path, obj)
+        text = json.dumps(obj)
+        write_text(path, text)
+        return text
+
+    kt_utils.save_json = save_json
+    try:
+        yield
+    finally:
+        kt_utils.save_json = original
+
+
+@contextlib.contextmanager
 def _keras_tuner_quiet():
     """keras-tuner prints progress and failed trials' tracebacks (we report through ``log`` and errors), and
     its Gaussian process warns about length scales on few, flat points."""
@@ -549,7 +573,7 @@ def _keras_tuner_quiet():
     saved_debug = kt_config.DEBUG
     kt_config.DEBUG = False
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _keras_tuner_saves_atomic():
             warnings.filterwarnings("ignore", message=".*close to the specified (lower|upper) bound")
             yield
     finally:

@@ -129,3 +129,16 @@ def test_non_finite_numbers_are_refused(key, value):
     set_dotted(raw, key, value)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         from_dict(Params, raw)
+
+
+def test_a_ctrl_c_while_the_command_line_is_built_is_one_line_not_a_traceback(capsys, monkeypatch):
+    """build_parser imports the inference module (numpy and friends): a Ctrl-C in the first fraction of a
+    second of any `genre-se` command printed a traceback instead of the usual 'interrupted', exit 130."""
+    from genre_se import cli
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", ctrl_c)
+    assert cli.main(["train"]) == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted")

@@ -1,6 +1,9 @@
 """The features stage: store contents, failures reported not fatal, resume after an interruption."""
 
 import dataclasses
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -150,3 +153,43 @@ def test_resumed_features_do_not_reuse_the_shard_of_a_file_that_changed(tmp_path
     expected = extract_segments(path, cfg)
     assert len(rows) == len(expected)
     np.testing.assert_allclose(store.segments[rows], expected.data, atol=0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_workers_die_with_a_killed_stage(tmp_path):
+    """kill -9 of the features stage (or the OOM killer) left its pool workers waiting for work forever."""
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "from genre_se import feature_store\n"
+        "init = getattr(feature_store, '_die_with_parent', None)\n"
+        "pool = ProcessPoolExecutor(2, mp_context=get_context('fork'), initializer=init)\n"
+        f"open({str(tmp_path / 'pids')!r}, 'w').write(' '.join(str(pool.submit(os.getpid).result()) for _ in range(4)))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, timeout=120)  # no pipes: an orphaned worker would hold them
+    assert out.returncode == -signal.SIGKILL
+    workers = {int(pid) for pid in (tmp_path / "pids").read_text().split()}
+    assert workers
+
+    def running(pid):  # a zombie (killed, not yet reaped) counts as gone
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(running(pid) for pid in workers):
+        time.sleep(0.1)
+    alive = [pid for pid in workers if running(pid)]
+    for pid in alive:  # do not leave them behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive

@@ -239,3 +239,68 @@ def test_a_dropped_ctrl_c_stops_training_at_the_next_epoch_end_with_the_state_sa
             train_model(store, model, TrainConfig(epochs=3, batch_size=16), train_rows=store.rows("train"),
                         valid_rows=store.rows("valid"), seed=1, state_dir=tmp_path / "state")
     assert json.loads((tmp_path / "state" / STATE_FILE).read_text())["epoch"] == 1
+
+
+def test_a_kill_between_the_checkpoint_files_resumes_from_the_last_whole_epoch(tmp_path, monkeypatch):
+    """After each epoch the best weights, the last model and state.json were written one after the other under
+    fixed names: a kill after the model's rename but before state.json's left the epoch-N model under an epoch
+    N-1 state, and the rerun trained epoch N again on top of it (an epoch repeated, the bundle mislabelled)."""
+    import json
+
+    import keras
+
+    import genre_se.train
+    from genre_se.config import ModelConfig, TrainConfig
+    from genre_se.train import STATE_FILE, train_model
+    from tests.conftest import split_tone_store
+
+    store, _ = split_tone_store(tmp_path, seed=0)
+    model = ModelConfig(filters=[4], dropout=0.0, reduction_ratios=2)
+    rows = dict(train_rows=store.rows("train"), valid_rows=store.rows("valid"), seed=1)
+    train_model(store, model, TrainConfig(epochs=1, batch_size=16), state_dir=tmp_path / "one", **rows)
+
+    real = genre_se.train.write_json
+
+    def killed_before_the_state_of_epoch_2(path, obj):
+        if str(path).endswith(STATE_FILE) and obj.get("epoch") == 2:
+            raise KeyboardInterrupt  # as a SIGKILL here: the epoch's model files are in place, its state is not
+        return real(path, obj)
+
+    monkeypatch.setattr(genre_se.train, "write_json", killed_before_the_state_of_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(store, model, TrainConfig(epochs=2, batch_size=16), state_dir=tmp_path / "cut", **rows)
+    monkeypatch.undo()
+
+    def last_weights(state_dir):
+        state = json.loads((state_dir / STATE_FILE).read_text())
+        last = keras.saving.load_model(state_dir / state.get("last_file", "last.keras"), compile=False)
+        return state["epoch"], np.concatenate([w.ravel() for w in last.get_weights()])
+
+    epoch, weights = last_weights(tmp_path / "cut")
+    reference_epoch, reference = last_weights(tmp_path / "one")
+    assert epoch == reference_epoch == 1
+    np.testing.assert_array_equal(weights, reference)  # the state's model is epoch 1's, not epoch 2's
+    resumed = train_model(store, model, TrainConfig(epochs=2, batch_size=16), state_dir=tmp_path / "cut", **rows)
+    assert resumed.resumed_from == 1 and resumed.epochs_run == 2
+
+
+def test_a_state_trained_past_a_smaller_budget_starts_afresh(tmp_path):
+    """train.epochs and train.patience are left out of the state key so a longer budget resumes; a state that
+    went on past a smaller one was resumed as finished, and the bundle came from more epochs than asked."""
+    from genre_se.config import ModelConfig, TrainConfig
+    from genre_se.train import _trained_past, train_model
+    from tests.conftest import split_tone_store
+
+    store, _ = split_tone_store(tmp_path, seed=0)
+    model = ModelConfig(filters=[4], dropout=0.0, reduction_ratios=2)
+    rows = dict(train_rows=store.rows("train"), valid_rows=store.rows("valid"), seed=1, state_dir=tmp_path / "s")
+    assert train_model(store, model, TrainConfig(epochs=3, batch_size=16), **rows).epochs_run == 3
+    lines = []
+    again = train_model(store, model, TrainConfig(epochs=2, batch_size=16), log=lines.append, **rows)
+    assert again.resumed_from == 0 and again.epochs_run == 2 and again.best_epoch <= 2
+    assert any("starting afresh" in line for line in lines)
+    # patience: a run that would have stopped before the state's last epoch
+    state = {"epoch": 3, "waits": [0, 1, 2]}
+    assert _trained_past(state, TrainConfig(epochs=5, patience=2)) is None  # stops after epoch 3: the same run
+    assert "patience" in _trained_past(state, TrainConfig(epochs=5, patience=1))  # would stop after epoch 2
+    assert _trained_past({"epoch": 3}, TrainConfig(epochs=5, patience=1)) is None  # an older state: resumed

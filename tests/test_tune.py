@@ -313,6 +313,52 @@ def test_a_corrupt_project_file_is_named_not_a_traceback(workdir, shared_run):
         tune_in(workdir, params, "cut")
 
 
+def test_a_ctrl_c_landing_in_a_project_save_does_not_break_the_search(workdir, monkeypatch):
+    """keras-tuner saves trial.json and oracle.json at every trial's start and end; it wrote them in place, so a
+    Ctrl-C (or a kill) landing in that save left an empty file and the search could not resume: every finished
+    trial was lost. The interrupt here lands in the first file written after trial 1 ends, once its file was
+    opened for writing, whichever way it is written (TensorFlow's GFile or a plain Python file)."""
+    import pathlib
+
+    from tensorflow.python.lib.io import file_io
+
+    armed = []
+    real_gfile_write, real_write_text = file_io.FileIO.write, pathlib.Path.write_text
+
+    def gfile_write(self, data):
+        if armed:
+            armed.clear()
+            self._prewrite_check()  # opened for writing (truncated), then the Ctrl-C
+            raise KeyboardInterrupt
+        return real_gfile_write(self, data)
+
+    def write_text(self, data, *args, **kwargs):
+        if armed:
+            armed.clear()
+            real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+            raise KeyboardInterrupt
+        return real_write_text(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(file_io.FileIO, "write", gfile_write)
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    params = params_for(workdir)
+
+    def arm_after_trial_1(line):
+        if line.startswith("trial 1 done"):
+            armed.append(1)
+
+    with pytest.raises(KeyboardInterrupt):
+        tune_in(workdir, params, "torn", log=arm_after_trial_1)
+    assert not armed  # the interrupt did land in a save
+    monkeypatch.undo()
+    lines = []
+    tune_in(workdir, params, "torn", log=lines.append)  # resumes: no "project file is corrupt"
+    assert re.search(r"[12] of 3 trials completed", lines[0])
+    assert 0 not in started(lines)  # the finished trial 0 was kept
+    table = pd.read_csv(workdir / "torn/trials.csv")
+    assert list(table["trial"]) == [0, 1, 2] and (table["status"] == "COMPLETED").all()
+
+
 def _recording_tuner(trained: list):
     """A stand-in for SETuner.run_executions that records what it was asked to train, and trains nothing."""
 
