@@ -421,10 +421,8 @@ class _SplicedStream(AudioError):
 def _resync_skip(notes: str) -> int | None:
     """Bytes libmpg123 skipped to find its way back into the stream, or None (also when it gave up: that read
     fails by itself, as a file that breaks off there)."""
-    match = _MPG123_RESYNCED.search(notes)
-    if match is None or "Giving up resync" in notes:
-        return None
-    return int(match.group(1))
+    match = _MPG123_RESYNCED.search(notes.split("Giving up resync")[0])  # a splice before the give-up counts
+    return None if match is None else int(match.group(1))
 
 
 class _SoundFileDecoder:

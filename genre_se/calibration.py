@@ -79,7 +79,8 @@ class Calibration:
         None: it was fitted on another distribution and the softmax has no calibration of its own (use T = 1)."""
         if self.cnn_temperature is not None:
             return self.cnn_temperature
-        return None if has_head else self.temperature
+        # an unfitted record (T = 1, fit_on None) is the same for any distribution: no note needed
+        return None if has_head and self.fit_on is not None else self.temperature
 
     @classmethod
     def from_dict(cls, raw: dict | None, where: str = "bundle") -> "Calibration":

@@ -29,7 +29,10 @@ def _progress(quiet: bool):
         return None
     from tqdm import tqdm
 
-    return functools.partial(tqdm, file=sys.stderr, unit="clip", dynamic_ncols=True)
+    from .quiet import LockedStderr
+
+    # the decoding thread points fd 2 away while it reads an MP3: a bar refresh must wait for it, not vanish
+    return functools.partial(tqdm, file=LockedStderr(), unit="clip", dynamic_ncols=True)
 
 
 def _params(args):

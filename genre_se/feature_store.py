@@ -106,7 +106,7 @@ def _compute_shard(task: tuple) -> tuple[str, str, int, str | None]:
     return clip_id, augment, len(segs), None
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Worker initializer: on Linux, be killed when the stage's process dies. A SIGKILL of the stage (kill -9,
     the OOM killer, a killed `dvc repro`) left its workers waiting for work forever, each holding its memory."""
     if not sys.platform.startswith("linux"):
@@ -118,7 +118,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before the call
+    if os.getppid() != parent:  # the stage died before the call (orphans go to PID 1 or a subreaper)
         os._exit(1)
 
 
@@ -294,7 +294,7 @@ def build_store(
             results = map(_compute_shard, todo)
         else:
             pool = ProcessPoolExecutor(n_workers, mp_context=get_context("fork" if os.name == "posix" else "spawn"),
-                                       initializer=_die_with_parent)
+                                       initializer=_die_with_parent, initargs=(os.getpid(),))
             results = pool.map(_compute_shard, todo, chunksize=1)
         if progress is not None:
             results = progress(results, total=len(todo))

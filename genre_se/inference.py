@@ -633,7 +633,8 @@ class GenreClassifier:
         if temperature is not None:
             return temperature, None
         kind = "fused distribution" if self._bundle_has("fusion") else "SVM head's distribution"
-        where = str(self.bundle.path) if self.bundle.path is not None else "the bundle"
+        path = getattr(self.bundle, "path", None)
+        where = str(path) if path is not None else "the bundle"
         command = "fusion" if self._bundle_has("fusion") else "classifier"
         return 1.0, (f"{where}: its temperature ({calibration.temperature:.3g}) was fitted on the {kind} and it "
                      f"records none for the softmax alone, so the softmax's probabilities are uncalibrated "

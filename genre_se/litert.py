@@ -354,7 +354,8 @@ def export_litert(bundle_dir: str | Path, *, quantize: str = "none", probe_segme
     """Write a bundle's LiteRT export (``model.tflite``, ``frontend.npz``, then ``litert.json``).
 
     The exported network is checked against Keras on ``probe_segments`` random segments before the
-    export is recorded; a larger difference than :data:`PARITY_TOLERANCE` raises ModelError and leaves no
+    export is recorded; a larger difference in probability than :data:`PARITY_TOLERANCE`, or in the embedding
+    (relative to its RMS) than :data:`EMBEDDING_PARITY_TOLERANCE`, raises ModelError and leaves no
     ``litert.json`` (so the bundle keeps being served by Keras).
 
     Parameters

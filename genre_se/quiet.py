@@ -20,7 +20,8 @@ _LOCK = threading.RLock()
 
 @contextlib.contextmanager
 def native_stderr_silenced() -> Iterator[None]:
-    """Point fd 2 at /dev/null for the duration (process-wide, so held briefly and under a lock)."""
+    """Point fd 2 at /dev/null for the duration (process-wide, so under a lock: writers to stderr take it too,
+    :func:`stderr_message`, :class:`LockedStderr`)."""
     with _LOCK:
         try:
             sys.stderr.flush()
@@ -77,9 +78,26 @@ def native_stderr_captured(limit: int = 65536) -> Iterator[CapturedStderr]:
                     captured.text = sink.read(limit).decode("utf-8", "replace")
 
 
+class LockedStderr:
+    """``sys.stderr`` whose writes wait for fd 2 to be pointed back (progress bars written from the main thread
+    while the decoding thread silences or captures fd 2 would land in /dev/null or in the capture)."""
+
+    def write(self, text: str) -> int:
+        with _LOCK:
+            return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        with _LOCK:
+            sys.stderr.flush()
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...: sys.stderr's
+        return getattr(sys.stderr, name)
+
+
 @contextlib.contextmanager
 def stderr_message() -> Iterator[None]:
-    """Hold while writing a message to stderr. fd 2 is silenced process-wide, and the decoding thread does
-    so while it opens the next file: a failure reported meanwhile by the main thread would go to /dev/null."""
+    """Hold while writing a message to stderr. fd 2 is silenced (or captured) process-wide, and the decoding
+    thread does so while it opens the next file and reads an MP3: a failure reported meanwhile by the main thread
+    would go to /dev/null."""
     with _LOCK:
         yield

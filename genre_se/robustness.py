@@ -366,11 +366,12 @@ TRANSFORMS: dict[str, Transform] = {
 
 
 def load_channels(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """Decode a whole file at its native rate with its channels: ``((frames, channels) float32, sr)``.
+    """Decode a file at its native rate with its channels: ``((frames, channels) float32, sr)``.
 
     The same decoders as :func:`genre_se.audio.load_audio` (so MP3 is read to its true end), without the
     mono mix: stereo transforms and the untouched reference then start from the file's real channels.
-    ``max_seconds``: only that many seconds from the middle of a longer file (by its header's length).
+    ``max_seconds``: only that many seconds from the middle of a longer file (by its header's length; a
+    truncated file whose data ends before that middle gives its first ``max_seconds`` instead).
     """
     from .audio import _check_path, _open_decoder
 
@@ -382,6 +383,9 @@ def load_channels(path: str | os.PathLike, max_seconds: float | None = None) -> 
             start = (decoder.info.frames - int(max_seconds * sr)) // 2
             stop = start + int(max_seconds * sr)
         blocks = list(decoder.blocks(start, stop))
+    if not blocks and start:  # the header claims more than there is (a partial download): read from the start
+        with _open_decoder(checked) as decoder:
+            blocks = list(decoder.blocks(0, stop - start))
     if not blocks:
         raise AudioError(f"{checked}: no audio samples")
     return np.concatenate(blocks).astype(np.float32, copy=False), int(sr)
@@ -469,7 +473,7 @@ REPORT_COLUMNS = ["path", "transform", "reference_genre", "genre", "top1_agree",
 
 
 def robustness_report(classifier, paths: Iterable[str | os.PathLike], transforms: dict[str, Transform] | None = None,
-                      failures: list | None = None) -> pd.DataFrame:
+                      failures: list | None = None, max_seconds: float | None = None) -> pd.DataFrame:
     """Per file x transform: top-1 agreement with the untouched audio and the TV distance between the two.
 
     Parameters
@@ -480,6 +484,9 @@ def robustness_report(classifier, paths: Iterable[str | os.PathLike], transforms
     failures : list, optional
         If given, files that fail are appended to it as ``Failure`` and skipped; otherwise the first
         failure is raised.
+    max_seconds : float, optional
+        Only that many seconds from the middle of each longer file (:func:`load_channels`); None: all of it.
+        Every transform holds a few copies of the signal, so an hour-long file needs gigabytes without it.
 
     Returns
     -------
@@ -487,7 +494,7 @@ def robustness_report(classifier, paths: Iterable[str | os.PathLike], transforms
         Columns ``path, transform, reference_genre, genre, top1_agree, tv_distance``.
     """
     results = []
-    for result in iter_robustness(classifier, paths, transforms):
+    for result in iter_robustness(classifier, paths, transforms, max_seconds):
         if isinstance(result, FileRobustness):
             results.append(result)
         elif failures is None:

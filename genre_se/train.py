@@ -699,7 +699,7 @@ def _trained_past(state: dict, cfg: TrainConfig) -> str | None:
 
 def _prune_checkpoints(state_dir: Path, state: dict) -> None:
     """Remove the checkpoint files the state just written no longer names."""
-    keep = {state.get("last_file"), state.get("best_file")}
+    keep = {state.get("last_file", LAST_MODEL), state.get("best_file", BEST_WEIGHTS)}  # an older state's names
     for path in state_dir.iterdir():
         if path.name not in keep and (CHECKPOINT.fullmatch(path.name) or path.name in (LAST_MODEL, BEST_WEIGHTS)):
             path.unlink(missing_ok=True)

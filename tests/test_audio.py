@@ -768,3 +768,34 @@ def test_a_pipe_is_refused_as_not_a_file_not_called_empty(tmp_path, kind):
     finally:
         for fd in keep:
             os.close(fd)
+
+
+def test_progress_bar_writes_wait_for_fd2_to_come_back():
+    """The decoding thread points fd 2 at /dev/null (or a capture) while it reads an MP3; a progress bar written
+    by the main thread meanwhile was lost. LockedStderr waits for it. In a child process: sys.stderr must be
+    the real fd 2 (pytest's capture writes around it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading, time\n"
+        "from genre_se.quiet import LockedStderr, native_stderr_silenced\n"
+        "silenced = threading.Event()\n"
+        "def decoder():\n"
+        "    with native_stderr_silenced():\n"
+        "        silenced.set()\n"
+        "        time.sleep(0.3)\n"
+        "for name, stream in (('plain', sys.stderr), ('locked', LockedStderr())):\n"
+        "    silenced.clear()\n"
+        "    thread = threading.Thread(target=decoder)\n"
+        "    thread.start()\n"
+        "    silenced.wait(5)\n"
+        "    stream.write(f'{name} bar\\n')\n"
+        "    stream.flush()\n"
+        "    thread.join()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert "locked bar" in out.stderr
+    assert "plain bar" not in out.stderr  # what happened to the bar before: the test can tell

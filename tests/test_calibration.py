@@ -444,3 +444,13 @@ def test_evaluate_cross_validates_at_the_bundles_learning_rate(trained, monkeypa
                           reports_dir=trained["root"] / "reports-cv", cv_state_dir=trained["root"] / "cv-state")
     assert seen["train"].learning_rate == pytest.approx(recorded)
     assert seen["train"].epochs == params.train.epochs  # the rest of the recipe is params.train's
+
+
+def test_an_unfitted_record_of_a_bundle_with_a_head_is_the_softmaxs_too():
+    """T = 1 never fitted (fit_on None) is the same for any distribution: no 'fitted on the head' note."""
+    from genre_se.calibration import Calibration
+
+    assert Calibration(temperature=1.0, fit_on=None).softmax_temperature(has_head=True) == 1.0
+    assert Calibration(temperature=0.5, fit_on="val").softmax_temperature(has_head=True) is None
+    assert Calibration(temperature=0.5, fit_on="val").softmax_temperature(has_head=False) == 0.5
+    assert Calibration(temperature=0.5, fit_on="val", cnn_temperature=0.7).softmax_temperature(has_head=True) == 0.7

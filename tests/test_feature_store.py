@@ -170,7 +170,8 @@ def test_the_workers_die_with_a_killed_stage(tmp_path):
         "from multiprocessing import get_context\n"
         "from genre_se import feature_store\n"
         "init = getattr(feature_store, '_die_with_parent', None)\n"
-        "pool = ProcessPoolExecutor(2, mp_context=get_context('fork'), initializer=init)\n"
+        "pool = ProcessPoolExecutor(2, mp_context=get_context('fork'), initializer=init,\n"
+        "                           initargs=(os.getpid(),) if init else ())\n"
         f"open({str(tmp_path / 'pids')!r}, 'w').write(' '.join(str(pool.submit(os.getpid).result()) for _ in range(4)))\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )

@@ -238,6 +238,20 @@ def test_load_channels_reads_only_the_middle_of_a_long_file(tmp_path):
     assert rb.load_channels(tmp_path / "s.wav", max_seconds=10.0)[0].shape == y.shape  # shorter: whole
 
 
+def test_load_channels_of_a_truncated_mp3_whose_data_ends_before_its_middle(tmp_path):
+    """A partial download keeps a header claiming the whole length: its 'middle' may lie past the data, and the
+    excerpt then comes from the start instead of 'no audio samples'."""
+    y = np.stack([music_like(10.0, 44100), music_like(10.0, 44100)], axis=1).astype(np.float32)
+    sf.write(tmp_path / "full.mp3", y, 44100)
+    data = (tmp_path / "full.mp3").read_bytes()
+    (tmp_path / "cut.mp3").write_bytes(data[: len(data) * 3 // 10])  # about 3 s of a declared 10
+    whole, _ = rb.load_channels(tmp_path / "cut.mp3")
+    assert 2.5 * 44100 < len(whole) < 3.5 * 44100
+    loaded, sr = rb.load_channels(tmp_path / "cut.mp3", max_seconds=2.0)  # the declared middle: 4-6 s
+    assert sr == 44100 and loaded.shape == (2 * 44100, 2)
+    np.testing.assert_array_equal(loaded, whole[: 2 * 44100])
+
+
 # --------------------------------------------------------------------------------------------------
 # Comparing distributions and the report
 

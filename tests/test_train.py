@@ -284,6 +284,31 @@ def test_a_kill_between_the_checkpoint_files_resumes_from_the_last_whole_epoch(t
     assert resumed.resumed_from == 1 and resumed.epochs_run == 2
 
 
+def test_a_state_of_the_fixed_name_layout_resumes_and_keeps_its_best_weights(tmp_path):
+    """A train state written before checkpoints carried their epoch (last.keras, best.weights.h5, no file names in
+    state.json) must still resume; an epoch that does not improve must not prune its best weights."""
+    import json
+
+    from genre_se.config import ModelConfig, TrainConfig
+    from genre_se.train import BEST_WEIGHTS, LAST_MODEL, STATE_FILE, train_model
+    from tests.conftest import split_tone_store
+
+    store, _ = split_tone_store(tmp_path, seed=0)
+    model = ModelConfig(filters=[4], dropout=0.0, reduction_ratios=2)
+    state_dir = tmp_path / "s"
+    rows = dict(train_rows=store.rows("train"), valid_rows=store.rows("valid"), seed=1, state_dir=state_dir)
+    train_model(store, model, TrainConfig(epochs=1, batch_size=16), **rows)
+    state = json.loads((state_dir / STATE_FILE).read_text())
+    (state_dir / state.pop("last_file")).rename(state_dir / LAST_MODEL)
+    (state_dir / state.pop("best_file")).rename(state_dir / BEST_WEIGHTS)
+    state.pop("waits")
+    state["best_key"] = [float("inf")] * len(state["best_key"])  # nothing beats it: epoch 2 does not improve
+    (state_dir / STATE_FILE).write_text(json.dumps(state))
+    resumed = train_model(store, model, TrainConfig(epochs=2, batch_size=16), **rows)
+    assert resumed.resumed_from == 1 and resumed.epochs_run == 2 and resumed.best_epoch == 1
+    assert (state_dir / BEST_WEIGHTS).exists()  # still named by the state: the best weights are epoch 1's
+
+
 def test_a_state_trained_past_a_smaller_budget_starts_afresh(tmp_path):
     """train.epochs and train.patience are left out of the state key so a longer budget resumes; a state that
     went on past a smaller one was resumed as finished, and the bundle came from more epochs than asked."""
