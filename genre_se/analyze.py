@@ -79,7 +79,7 @@ class ClassExcitations:
         genre, one clip at a time, so it can be pooled over models that share no channels (the fold models).
         """
         present = self.clips_per_genre > 0
-        measurable = len(self.clip_labels) > present.sum() >= 2
+        measurable = too_few_clips(self.clip_labels) is None
         rng = np.random.default_rng(seed)
         shuffles = [rng.permutation(self.clip_labels) for _ in range(permutations)] if measurable else []
         rows = []
