@@ -632,10 +632,10 @@ class GenreClassifier:
         temperature = calibration.softmax_temperature(self._bundle_has_head())
         if temperature is not None:
             return temperature, None
-        kind = "fused distribution" if self._bundle_has("fusion") else "SVM head's distribution"
+        fusion = self._bundle_has("fusion")
+        kind, command = ("fused distribution", "fusion") if fusion else ("SVM head's distribution", "classifier")
         path = getattr(self.bundle, "path", None)
         where = str(path) if path is not None else "the bundle"
-        command = "fusion" if self._bundle_has("fusion") else "classifier"
         return 1.0, (f"{where}: its temperature ({calibration.temperature:.3g}) was fitted on the {kind} and it "
                      f"records none for the softmax alone, so the softmax's probabilities are uncalibrated "
                      f"(T = 1); retrain, or rerun genre-se {command} on it, to record the softmax's own")

@@ -311,17 +311,14 @@ def _probe_inputs(bundle, n: int, seed: int) -> np.ndarray:
     return np.stack(probes).astype(np.float32)
 
 
-def _parity(keras_model, litert_model: LiteRTModel, probes: np.ndarray) -> dict[str, float]:
-    """Largest absolute Keras/LiteRT difference of each output on the probe segments."""
+def _parity(keras_model, litert_model: LiteRTModel, probes: np.ndarray) -> tuple[dict[str, float], float]:
+    """Largest absolute Keras/LiteRT difference of each output on the probe segments, and the embedding's over
+    the RMS of the Keras embedding (its scale depends on the model)."""
     expected = {name: np.asarray(value) for name, value in keras_model(probes, training=False).items()}
     served = litert_model.run(probes)
-    return {name: float(np.max(np.abs(served[name] - expected[name]))) for name in expected}
-
-
-def _relative_to_rms(difference: float, keras_model, probes: np.ndarray) -> float:
-    """``difference`` over the RMS of the Keras embedding on the probes (its scale depends on the model)."""
-    embedding = np.asarray(keras_model(probes, training=False)[EMBEDDING_OUTPUT], dtype=np.float64)
-    return difference / max(float(np.sqrt(np.mean(np.square(embedding)))), 1e-12)
+    differences = {name: float(np.max(np.abs(served[name] - expected[name]))) for name in expected}
+    rms = float(np.sqrt(np.mean(np.square(expected[EMBEDDING_OUTPUT].astype(np.float64)))))
+    return differences, differences[EMBEDDING_OUTPUT] / max(rms, 1e-12)
 
 
 def _write_tflite(model, target: Path, quantize: str) -> None:
@@ -387,8 +384,7 @@ def export_litert(bundle_dir: str | Path, *, quantize: str = "none", probe_segme
     except OSError as exc:
         raise ModelError(f"{root}: cannot write the LiteRT export ({exc})") from exc
     probes = _probe_inputs(bundle, probe_segments, seed)
-    differences = _parity(two_outputs, LiteRTModel(root / LITERT_FILE), probes)
-    embedding_relative = _relative_to_rms(differences[EMBEDDING_OUTPUT], two_outputs, probes)
+    differences, embedding_relative = _parity(two_outputs, LiteRTModel(root / LITERT_FILE), probes)
     if not differences[GENRE_OUTPUT] <= PARITY_TOLERANCE[quantize]:
         raise ModelError(
             f"{root / LITERT_FILE}: the LiteRT model differs from Keras by {differences[GENRE_OUTPUT]:.3g} in "

@@ -19,23 +19,30 @@ _LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Point fd 2 at /dev/null for the duration (process-wide, so under a lock: writers to stderr take it too,
-    :func:`stderr_message`, :class:`LockedStderr`)."""
+def _fd2_pointed_at(target) -> Iterator[bool]:
+    """Point fd 2 at the open file ``target`` for the duration, under the lock (fd 2 is process-wide: writers to
+    stderr take the lock too, :func:`stderr_message`, :class:`LockedStderr`). Yields False, changing nothing,
+    where there is no real fd 2 (embedded interpreters, some test runners)."""
     with _LOCK:
         try:
             sys.stderr.flush()
             saved = os.dup(2)
-        except (OSError, ValueError):  # no real fd 2 (embedded interpreters, some test runners)
-            yield
+        except (OSError, ValueError):
+            yield False
             return
         try:
-            with open(os.devnull, "wb") as devnull:
-                os.dup2(devnull.fileno(), 2)
-                yield
+            os.dup2(target.fileno(), 2)
+            yield True
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Point fd 2 at /dev/null for the duration (process-wide, so under a lock)."""
+    with open(os.devnull, "wb") as devnull, _fd2_pointed_at(devnull):
+        yield
 
 
 class CapturedStderr:
@@ -51,31 +58,17 @@ def native_stderr_captured(limit: int = 65536) -> Iterator[CapturedStderr]:
     discarding it: libmpg123's notes are the only report of a stream it spliced (see audio.py). The text is
     read after fd 2 is restored, into the yielded object's ``text``; nothing reaches the terminal."""
     captured = CapturedStderr()
-    with contextlib.ExitStack() as stack:
-        try:
-            sink = stack.enter_context(tempfile.TemporaryFile())
-        except OSError:  # no writable temporary directory: silence only
-            sink = None
-        if sink is None:
-            with native_stderr_silenced():
-                yield captured
-            return
-        with _LOCK:
-            try:
-                sys.stderr.flush()
-                saved = os.dup(2)
-            except (OSError, ValueError):  # no real fd 2: nothing to capture
-                yield captured
-                return
-            try:
-                os.dup2(sink.fileno(), 2)
-                yield captured
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                if os.fstat(sink.fileno()).st_size:
-                    sink.seek(0)
-                    captured.text = sink.read(limit).decode("utf-8", "replace")
+    try:
+        sink = tempfile.TemporaryFile()
+    except OSError:  # no writable temporary directory: silence only
+        with native_stderr_silenced():
+            yield captured
+        return
+    with sink:
+        with _fd2_pointed_at(sink):
+            yield captured
+        sink.seek(0)
+        captured.text = sink.read(limit).decode("utf-8", "replace")
 
 
 class LockedStderr:
