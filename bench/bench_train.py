@@ -98,7 +98,7 @@ def train_child(smoke: bool, n_segments: int, repeats: int, scratch: Path, deter
     import numpy as np
 
     from genre_se.model import build_model
-    from genre_se.train import enable_determinism, make_dataset
+    from genre_se.train import enable_determinism, make_dataset, steps_per_epoch
 
     if deterministic:
         enable_determinism()
@@ -112,7 +112,8 @@ def train_child(smoke: bool, n_segments: int, repeats: int, scratch: Path, deter
     model.compile(optimizer=keras.optimizers.Adam(params.train.learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     rows = np.arange(n_segments)
-    dataset = make_dataset(store, rows, params.train.batch_size, shuffle=True, seed=0, n_classes=N_CLASSES)
+    dataset = make_dataset(store, rows, params.train.batch_size, shuffle=True, seed=0, n_classes=N_CLASSES,
+                           epochs=(0, 1 + repeats))
 
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -122,7 +123,8 @@ def train_child(smoke: bool, n_segments: int, repeats: int, scratch: Path, deter
             seconds.append(time.perf_counter() - self.start)
 
     seconds: list[float] = []
-    model.fit(dataset, epochs=1 + repeats, callbacks=[EpochTimer()], shuffle=False, verbose=0)  # shuffled by tf.data
+    model.fit(dataset, epochs=1 + repeats, steps_per_epoch=steps_per_epoch(n_segments, params.train.batch_size),
+              callbacks=[EpochTimer()], shuffle=False, verbose=0)  # shuffled by tf.data
     store_bytes = (scratch / "store" / "segments.npy").stat().st_size
     return {"epoch_seconds": seconds[1:], "warmup_seconds": seconds[0], "peak_kib": peak_kib(),
             "store_bytes": store_bytes, "batch_size": params.train.batch_size, "segments": n_segments,

@@ -4,8 +4,9 @@ best-model bundle, per-epoch DVCLive metrics, and resume after an interruption.
 Resume works at epoch granularity: after every epoch the full model (optimizer included) and the loop's
 state (epoch, best score, patience counter) are saved atomically in ``state_dir``, the model files under
 names carrying their epoch and ``state.json``, written last, naming them; a new run with the same parameters
-continues from there (an epoch cut short is run again). Different parameters start over, and so does a
-smaller ``train.epochs`` or ``train.patience`` than the saved run already went past.
+continues from there (an epoch cut short is run again), on the batches and dropout masks the uninterrupted run
+would have drawn, so it ends with the same weights. Different parameters start over, and so does a smaller
+``train.epochs`` or ``train.patience`` than the saved run already went past.
 """
 
 from __future__ import annotations
@@ -88,8 +89,15 @@ def make_dataset(
     mel_hz: np.ndarray | None = None,
     lowpass_hz: list | tuple | None = None,
     lowpass_slope_db: float = TrainConfig.lowpass_slope_db,
+    epochs: tuple[int, int] = (0, 1),
 ):
     """A tf.data pipeline reading batches of segments from the memmap (shuffled, batched, prefetched).
+
+    ``epochs = (first, stop)``: the pipeline yields epochs ``first .. stop - 1`` one after the other (fit it with
+    ``steps_per_epoch``, :func:`steps_per_epoch`). Every random draw (the shuffle order, each augmentation) is
+    a stateless function of ``seed``, the epoch and the batch's place in it, never of how many times the
+    dataset was iterated: a training resumed at epoch ``first`` sees the very batches of the run it continues,
+    and the draws do not depend on the parallelism of the maps.
 
     Augmentations apply in this order: random gain (``gain_db``, values kept >= ``floor_db``), the recording
     conditions (EQ tilt, low-pass, compression, noise, pitch shift, time stretch: :class:`RecordingConditions`),
@@ -103,6 +111,9 @@ def make_dataset(
     segments = store.segments
     targets = store.label_indices  # originals and augmented copies
     shape = store.input_shape
+    first, stop = (int(e) for e in epochs)
+    if not 0 <= first < stop:
+        raise ValueError(f"epochs must be (first, stop) with 0 <= first < stop, got {epochs!r}")
 
     def load(batch_rows):
         order = np.sort(batch_rows)  # sorted reads are sequential on disk
@@ -110,7 +121,7 @@ def make_dataset(
         y = np.eye(n_classes, dtype=np.float32)[targets[order]]
         return x, y
 
-    def load_tf(batch_rows):
+    def load_tf(batch_rows, key):
         # stateless: the same rows give the same batch. A stateful py-func would make op determinism's tf.data
         # rewrite (make_deterministic) turn every map of the pipeline sequential and drop the prefetch, and its
         # ParallelMap -> Map conversion keeps the `use_unbounded_threadpool` attr that MapDataset lacks, so
@@ -118,39 +129,58 @@ def make_dataset(
         x, y = tf.numpy_function(load, [batch_rows], [tf.float32, tf.float32], stateful=False)
         x.set_shape((None, *shape))
         y.set_shape((None, n_classes))
-        return x, y
+        return x, y, key
 
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(rows, dtype=np.int64))
-    if shuffle:
-        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=tf.data.AUTOTUNE)
+    rows_t = tf.constant(np.asarray(rows, dtype=np.int64))
+    n_batches = steps_per_epoch(len(rows), batch_size)
+
+    def one_epoch(epoch):
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = rows_t
+        if shuffle:
+            order = tf.gather(rows_t, tf.argsort(tf.random.stateless_uniform(tf.shape(rows_t), epoch_seed)))
+        # one int64 key per batch; the batch's augmentations draw from it statelessly (see _draw)
+        keys = tf.random.stateless_uniform([n_batches], epoch_seed + tf.constant([0, 1 << 32], tf.int64),
+                                           minval=None, maxval=None, dtype=tf.int64)
+        return tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices(order).batch(batch_size),
+                                    tf.data.Dataset.from_tensor_slices(keys)))
+
+    ds = tf.data.Dataset.range(first, stop).flat_map(one_epoch)
+    ds = ds.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE)
     if gain_db > 0:
-        ds = ds.map(lambda x, y: (_random_gain(x, gain_db, floor_db), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, k: (_random_gain(x, k, gain_db, floor_db), y, k), num_parallel_calls=tf.data.AUTOTUNE)
     recording = RecordingConditions(eq_tilt_db=eq_tilt_db, compression=compression, noise_snr_db=noise_snr_db,
                                     pitch_shift_semitones=pitch_shift_semitones, time_stretch=time_stretch,
                                     floor_db=floor_db, mel_hz=mel_hz, lowpass_hz=lowpass_hz,
                                     lowpass_slope_db=lowpass_slope_db)
     if recording.active:
         recording.check(shape[0])
-        # one int64 per batch from a seeded stream that differs every epoch: the stateless draws of the batch's
-        # augmentations are a function of it, so a run is reproducible whatever the parallelism of the map
-        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, draws)).map(
-            lambda xy, key: (recording(xy[0], key), xy[1]), num_parallel_calls=tf.data.AUTOTUNE
-        )
+        ds = ds.map(lambda x, y, k: (recording(x, k), y, k), num_parallel_calls=tf.data.AUTOTUNE)
     if spec_augment:
-        ds = ds.map(lambda x, y: (_spec_augment(x, seed), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, k: (_spec_augment(x, k), y, k), num_parallel_calls=tf.data.AUTOTUNE)
     if mixup_alpha > 0:
-        ds = ds.map(lambda x, y: _mixup(x, y, mixup_alpha, seed), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, k: (*_mixup(x, y, k, mixup_alpha), k), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda x, y, k: (x, y)).prefetch(tf.data.AUTOTUNE)
 
 
-def _random_gain(x, gain_db: float, floor_db: float):
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    """Batches in one epoch of ``n_rows`` segments (the last one may be short)."""
+    return max(1, -(-int(n_rows) // int(batch_size)))
+
+
+def _draw(key, op: int):
+    """The stateless seed of one augmentation's draws for one batch: its ``op`` number and the batch's key."""
+    import tensorflow as tf
+
+    return tf.stack([tf.cast(key, tf.int64), tf.constant(op, tf.int64)])
+
+
+def _random_gain(x, key, gain_db: float, floor_db: float):
     """Waveform gain augmentation, done where it is cheap: the log-mel dB have a fixed reference, so a gain
     of g dB adds g to every value; one uniform g per segment, never below the store's silence floor."""
     import tensorflow as tf
 
-    gain = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], -gain_db, gain_db)
+    gain = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], _draw(key, 100), -gain_db, gain_db)
     return tf.maximum(x + gain, floor_db)
 
 
@@ -206,8 +236,7 @@ class RecordingConditions:
         batch = tf.shape(x)[0]
 
         def uniform(op: int, low: float, high: float):
-            seed = tf.stack([tf.cast(key, tf.int64), tf.constant(op, tf.int64)])
-            return tf.random.stateless_uniform([batch], seed, low, high)
+            return tf.random.stateless_uniform([batch], _draw(key, op), low, high)
 
         if self.eq_tilt_db > 0:
             x = eq_tilt(x, uniform(1, -self.eq_tilt_db, self.eq_tilt_db), self.floor_db)
@@ -355,9 +384,16 @@ def time_stretch(x, rate):
     return (a * (1.0 - w) + b * w)[..., None]
 
 
-def training_dataset(store: FeatureStore, rows: np.ndarray, train_cfg: TrainConfig, *, seed: int, n_classes: int):
+def training_dataset(store: FeatureStore, rows: np.ndarray, train_cfg: TrainConfig, *, seed: int, n_classes: int,
+                     epochs: tuple[int, int] = (0, 1)):
     """The shuffled, augmented training pipeline exactly as a TrainConfig describes it (the train stage, CV
-    folds and tuning trials all train on this)."""
+    folds and tuning trials all train on this): epochs ``first .. stop - 1`` of it (:func:`make_dataset`).
+
+    Returns
+    -------
+    (dataset, steps_per_epoch): fit with ``steps_per_epoch`` so each epoch ends where the next one's batches
+    begin.
+    """
     feats = store.features
     needs_mel = (train_cfg.pitch_shift_semitones > 0 or train_cfg.noise_snr_db is not None
                  or train_cfg.lowpass_hz is not None)
@@ -368,18 +404,19 @@ def training_dataset(store: FeatureStore, rows: np.ndarray, train_cfg: TrainConf
             raise DatasetError(f"train.waveform_augment asks for {sorted(missing)} copies but the feature store "
                                f"{store.root} has none; run `genre-se features` again (dvc repro does)")
         rows = np.concatenate([np.asarray(rows, dtype=np.int64), copies])
-    return make_dataset(
+    dataset = make_dataset(
         store, rows, train_cfg.batch_size, shuffle=True, seed=seed, n_classes=n_classes,
         spec_augment=train_cfg.spec_augment, mixup_alpha=train_cfg.mixup_alpha,
         gain_db=train_cfg.gain_db, floor_db=floor_db(feats),
         eq_tilt_db=train_cfg.eq_tilt_db, compression=train_cfg.compression_amount,
         noise_snr_db=train_cfg.noise_snr_db, pitch_shift_semitones=train_cfg.pitch_shift_semitones,
         time_stretch=train_cfg.time_stretch, mel_hz=mel_centre_frequencies(feats) if needs_mel else None,
-        lowpass_hz=train_cfg.lowpass_hz, lowpass_slope_db=train_cfg.lowpass_slope_db,
+        lowpass_hz=train_cfg.lowpass_hz, lowpass_slope_db=train_cfg.lowpass_slope_db, epochs=epochs,
     )
+    return dataset, steps_per_epoch(len(rows), train_cfg.batch_size)
 
 
-def _spec_augment(x, seed: int, max_freq: float = 0.15, max_time: float = 0.15):
+def _spec_augment(x, key, max_freq: float = 0.15, max_time: float = 0.15):
     """SpecAugment-style masking: one frequency band and one time span per segment set to the batch mean."""
     import tensorflow as tf
 
@@ -387,26 +424,26 @@ def _spec_augment(x, seed: int, max_freq: float = 0.15, max_time: float = 0.15):
     n_mels, n_frames = x.shape[1], x.shape[2]
     fill = tf.reduce_mean(x)
 
-    def mask(size, fraction):
-        width = tf.random.uniform([batch, 1], 0, int(size * fraction) + 1, dtype=tf.int32)
-        start = tf.random.uniform([batch, 1], 0, size, dtype=tf.int32)
+    def mask(size, fraction, op):
+        width = tf.random.stateless_uniform([batch, 1], _draw(key, op), 0, int(size * fraction) + 1, dtype=tf.int32)
+        start = tf.random.stateless_uniform([batch, 1], _draw(key, op + 1), 0, size, dtype=tf.int32)
         idx = tf.range(size)[None, :]
         return (idx >= start) & (idx < start + width)
 
-    freq = mask(n_mels, max_freq)[:, :, None, None]
-    time = mask(n_frames, max_time)[:, None, :, None]
+    freq = mask(n_mels, max_freq, 200)[:, :, None, None]
+    time = mask(n_frames, max_time, 202)[:, None, :, None]
     return tf.where(freq | time, fill, x)
 
 
-def _mixup(x, y, alpha: float, seed: int):
+def _mixup(x, y, key, alpha: float):
     """mixup (Zhang et al. 2018): convex combinations of a batch with its own permutation."""
     import tensorflow as tf
 
     batch = tf.shape(x)[0]
-    g1 = tf.random.gamma([batch], alpha)
-    g2 = tf.random.gamma([batch], alpha)
+    g1 = tf.random.stateless_gamma([batch], _draw(key, 300), alpha)
+    g2 = tf.random.stateless_gamma([batch], _draw(key, 301), alpha)
     lam = g1 / (g1 + g2)
-    perm = tf.random.shuffle(tf.range(batch))
+    perm = tf.argsort(tf.random.stateless_uniform([batch], _draw(key, 302)))
     lx = tf.reshape(lam, [-1, 1, 1, 1])
     ly = tf.reshape(lam, [-1, 1])
     return lx * x + (1 - lx) * tf.gather(x, perm), ly * y + (1 - ly) * tf.gather(y, perm)
@@ -550,6 +587,7 @@ def train_model(
     if state is not None:
         model = keras.saving.load_model(state_dir / state.get("last_file", LAST_MODEL), safe_mode=True, compile=True)
         mean, std = state["mean"], state["std"]
+        _restore_seed_states(model, state.get("seed_states"))
         if log is not None:
             log(f"resuming after epoch {state['epoch']} (state in {state_dir})")
     else:
@@ -567,7 +605,9 @@ def train_model(
     state.setdefault("lr", train_cfg.learning_rate)
     state.setdefault("train_seconds", 0.0)
     resumed_from, seconds_before = state["epoch"], state["train_seconds"]
-    train_ds = training_dataset(store, train_rows, train_cfg, seed=seed, n_classes=n_classes)
+    # epochs resumed_from .. the last: a resumed run sees the batches of the run it continues
+    train_ds, steps = training_dataset(store, train_rows, train_cfg, seed=seed, n_classes=n_classes,
+                                       epochs=(resumed_from, max(train_cfg.epochs, resumed_from + 1)))
     has_valid = len(valid_rows) > 0
 
     class Loop(keras.callbacks.Callback):
@@ -598,6 +638,7 @@ def train_model(
             if "waits" in state:  # the patience counter after every epoch (a state of an older version has none)
                 state["waits"].append(state["wait"])
             state["last_file"] = f"last-{epoch + 1}.keras"
+            state["seed_states"] = [v.numpy().tolist() for v in _seed_state_variables(self.model)]
             with atomic_path(state_dir / state["last_file"], suffix=".keras") as tmp:
                 self.model.save(tmp)
             write_json(state_dir / STATE_FILE, state)  # the commit: until here the previous epoch's state holds
@@ -621,11 +662,25 @@ def train_model(
     state_dir.mkdir(parents=True, exist_ok=True)
     if state["epoch"] < train_cfg.epochs and state["wait"] < train_cfg.patience:
         with interrupts_noted():  # a Ctrl-C dropped in a weakref callback surfaces at the next epoch end
-            model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=state["epoch"], callbacks=[Loop()],
-                      shuffle=False, verbose=0)
+            model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
+                      callbacks=[Loop()], shuffle=False, verbose=0)
     model.load_weights(state_dir / state.get("best_file", BEST_WEIGHTS))
     return TrainResult(model, mean, std, state["best_epoch"], state["best"], state["epoch"], resumed_from,
                        float(state["train_seconds"]))
+
+
+def _seed_state_variables(model) -> list:
+    """The state of every random layer's seed generator (dropout's): Keras saves none of them with a model, so
+    a loaded model would draw its first epoch's dropout masks again; the train state keeps them instead."""
+    return [v for v in model.non_trainable_variables if v.path.split("/")[-1] == "seed_generator_state"]
+
+
+def _restore_seed_states(model, states: list | None) -> None:
+    variables = _seed_state_variables(model)
+    if states is None or len(states) != len(variables):  # a state of an older version: fresh dropout draws
+        return
+    for variable, value in zip(variables, states):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 def _score(val: dict, logs: dict, monitor_max: bool) -> tuple[float, float]:

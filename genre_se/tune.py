@@ -261,9 +261,10 @@ class SEHyperModel(keras_tuner.HyperModel):
                     self.model.stop_training = True
 
         # the train stage's pipeline: every augmentation switch of params.train (epochs/patience are tune's)
-        dataset = training_dataset(store, train_rows, self.train_cfg, seed=seed, n_classes=self.n_classes)
-        model.fit(dataset, epochs=self.tune_cfg.epochs, callbacks=[ValidationEarlyStopping()], shuffle=False,
-                  verbose=0)
+        dataset, steps = training_dataset(store, train_rows, self.train_cfg, seed=seed, n_classes=self.n_classes,
+                                          epochs=(0, self.tune_cfg.epochs))
+        model.fit(dataset, epochs=self.tune_cfg.epochs, steps_per_epoch=steps, callbacks=[ValidationEarlyStopping()],
+                  shuffle=False, verbose=0)
         best = best_index()
         return {
             "val_clip_accuracy": history[best]["clip_accuracy"],

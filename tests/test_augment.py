@@ -294,6 +294,8 @@ def _store(tmp_path, n=24, seed=5) -> FeatureStore:
 
 
 def _batches(ds) -> list:
+    if isinstance(ds, tuple):  # training_dataset's (dataset, steps_per_epoch)
+        ds = ds[0]
     return [(x.numpy(), y.numpy()) for x, y in ds]
 
 
@@ -327,9 +329,12 @@ def test_every_switch_reaches_the_training_dataset(tmp_path, name):
 def test_augmented_batches_depend_on_the_seed_and_change_every_epoch(tmp_path):
     store = _store(tmp_path)
     cfg = TrainConfig(batch_size=24, eq_tilt_db=6.0, noise_snr_db=[10.0, 30.0])
-    ds = training_dataset(store, np.arange(24), cfg, seed=3, n_classes=2)
-    epoch1, epoch2 = _batches(ds)[0][0], _batches(ds)[0][0]
+    both, steps = training_dataset(store, np.arange(24), cfg, seed=3, n_classes=2, epochs=(0, 2))
+    assert steps == 1
+    epoch1, epoch2 = (x for x, _ in _batches(both))
     again = _batches(training_dataset(store, np.arange(24), cfg, seed=3, n_classes=2))[0][0]
+    np.testing.assert_array_equal(epoch2, _batches(training_dataset(store, np.arange(24), cfg, seed=3, n_classes=2,
+                                                                    epochs=(1, 2)))[0][0])  # resumed at epoch 1
     other = _batches(training_dataset(store, np.arange(24), cfg, seed=4, n_classes=2))[0][0]
     np.testing.assert_array_equal(epoch1, again)  # same seed: same run
     key = lambda x: np.sort(x.reshape(24, -1).sum(axis=1))  # noqa: E731 (order-free: the shuffle differs too)

@@ -109,12 +109,12 @@ def test_training_reads_the_copies_of_its_own_clips_only(tmp_path, index):
     assert set(store.augmented.set_index("segment").loc[store.copies_of(train_rows, ["mp3"]), "augment"]) == {"mp3"}
     assert store.rows("valid").max() < len(store.table)  # scoring rows are originals only
     cfg = TrainConfig(batch_size=1000, waveform_augment=["mp3", "pitch"])
-    x, y = next(iter(training_dataset(store, train_rows, cfg, seed=0, n_classes=3)))
+    x, y = next(iter(training_dataset(store, train_rows, cfg, seed=0, n_classes=3)[0]))
     assert len(x) == len(train_rows) + len(copies)
     expected_labels = np.sort(store.label_indices[np.concatenate([train_rows, copies])])
     np.testing.assert_array_equal(np.sort(np.argmax(y.numpy(), axis=1)), expected_labels)
     without = next(iter(training_dataset(store, train_rows, dataclasses.replace(cfg, waveform_augment=[]), seed=0,
-                                         n_classes=3)))
+                                         n_classes=3)[0]))
     assert len(without[0]) == len(train_rows)
 
 
