@@ -770,7 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", action="store_true", help="also give the genre of every segment with its times (CSV: one row per segment "
                         "instead of one per file, with a silent column; the file's answer is in table and JSON)")
     p.add_argument("--aggregate", choices=("mean", "vote"), default="mean",
-                   help="segment probabilities -> file distribution (default: %(default)s, as evaluate)")
+                   help="segment probabilities -> file distribution (default: %(default)s, as evaluate); vote: the "
+                        "fraction of segments each genre wins, a tie broken by the mean")
     p.add_argument("--uncertain-below", type=_probability, metavar="P",
                    help="mark a file uncertain when its top probability is below P (default: the bundle's "
                         "predict.uncertain_below, 0.4)")

@@ -235,11 +235,16 @@ class Prediction:
     @property
     def genre(self) -> str:
         """The most probable genre."""
-        return self.labels[int(np.argmax(self.probabilities))]
+        return self.labels[int(self._ranking()[0])]
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable genres with their probabilities, most probable first."""
-        return [(g["genre"], g["probability"]) for g in _top_k(self.labels, self.probabilities, k)]
+        return [(self.labels[i], float(self.probabilities[i])) for i in self._ranking()[: check_top_k(k)]]
+
+    def _ranking(self) -> np.ndarray:
+        probs = np.asarray(self.segment_probabilities, dtype=np.float64)
+        used = probs if self.all_silent or not self.silent.any() else probs[~self.silent]  # as aggregated
+        return rank_genres(self.probabilities, used.mean(axis=0) if len(used) else None)
 
     def distribution(self) -> dict[str, float]:
         """Every genre's probability, in label order."""
@@ -285,6 +290,19 @@ class Prediction:
         if timeline:
             record["timeline"] = self.timeline()
         return record
+
+
+def rank_genres(probabilities: np.ndarray, tie_break: np.ndarray | None = None) -> np.ndarray:
+    """Genre indices, most probable first; equal probabilities are ordered by ``tie_break`` (larger first),
+    then by label order.
+
+    With ``aggregate="vote"`` ties are common (5 segments of 10 say rock, 5 say metal), and the vote alone
+    always answered the genre that sorts first; :class:`Prediction` breaks them with the mean of the segment
+    probabilities it voted with.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    tie_break = np.zeros_like(probabilities) if tie_break is None else np.asarray(tie_break, dtype=np.float64)
+    return np.lexsort((np.arange(len(probabilities)), -tie_break, -probabilities))
 
 
 def check_top_k(k) -> int:

@@ -52,6 +52,15 @@ def clip_rule(segment_probs: np.ndarray, rule: str) -> np.ndarray:
     raise GenreSEError(f"unknown clip rule {rule!r}; expected one of {', '.join(RULES)}")
 
 
+def _top(segment_probs: np.ndarray, rule: str) -> int:
+    """The clip's answer under ``rule``, a tie (common under "vote") broken as predict breaks it: by the mean
+    of the segment probabilities."""
+    from genre_se.inference import rank_genres
+
+    probs = np.asarray(segment_probs, dtype=np.float64)
+    return int(rank_genres(clip_rule(probs, rule), probs.mean(axis=0))[0])
+
+
 def rule_scores(probs: pd.DataFrame, labels: list[str], rules=RULES) -> pd.DataFrame:
     """Per (variant, seed, fold, rule): clip accuracy and macro-F1 on the fold's test clips and top-1 on the
     external files, every clip answered by the top genre of its distribution under the rule."""
@@ -63,8 +72,7 @@ def rule_scores(probs: pd.DataFrame, labels: list[str], rules=RULES) -> pd.DataF
         actual = np.array([group["actual"].iloc[0] for _, group in clips], dtype=object)
         test = np.array([which == "test" for (which, _), _ in clips])
         for rule in rules:
-            answer = np.array([labels[int(np.argmax(clip_rule(group[labels].to_numpy(), rule)))]
-                               for _, group in clips], dtype=object)
+            answer = np.array([labels[_top(group[labels].to_numpy(), rule)] for _, group in clips], dtype=object)
             hit = answer == actual
             rows.append({"variant": variant, "seed": seed, "fold": fold, "rule": rule,
                          "clip_accuracy": hit[test].mean() if test.any() else np.nan,

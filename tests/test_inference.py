@@ -301,6 +301,37 @@ def test_vote_aggregation_counts_segment_winners(tiny, tmp_path):
         GenreClassifier.load(tiny["bundle"], aggregate="median")
 
 
+def test_a_tied_vote_is_broken_by_the_segments_mean_not_by_label_order():
+    """Two segments say "blues" (barely), two say "rock" (surely): the votes tie at 0.5, and the answer was
+    always the label that sorts first. The mean segment distribution decides a tie; silent segments, left out
+    of the vote, are left out of the tie-break too."""
+    from genre_se.inference import Prediction, aggregate_segments
+
+    labels = ["blues", "country", "rock"]
+    segments = np.array([[0.50, 0.10, 0.40], [0.50, 0.10, 0.40], [0.05, 0.05, 0.90], [0.05, 0.05, 0.90]])
+
+    def predicted(segs, silent=None):
+        kept = segs if silent is None else segs[~silent]
+        n = len(segs)
+        return Prediction(path=None, labels=labels, probabilities=aggregate_segments(kept, "vote"),
+                          segment_probabilities=segs, segment_starts=np.arange(n, dtype=float),
+                          segment_ends=np.arange(n, dtype=float) + 1, duration=float(n), aggregate="vote",
+                          uncertain=False, segment_silent=silent)
+
+    tied = predicted(segments)
+    np.testing.assert_allclose(tied.probabilities, [0.5, 0.0, 0.5])  # the vote fractions themselves unchanged
+    assert tied.genre == "rock"
+    assert tied.top(3) == [("rock", 0.5), ("blues", 0.5), ("country", 0.0)]
+    assert [g["genre"] for g in tied.to_dict(top_k=2)["top"]] == ["rock", "blues"]
+    # a silent segment (here one that would have favoured blues in the mean) takes no part in the tie-break
+    loud_blues = np.vstack([segments, [[0.99, 0.005, 0.005]] * 3])
+    silent = np.array([False] * 4 + [True] * 3)
+    assert predicted(loud_blues, silent).genre == "rock"
+    assert predicted(loud_blues).genre == "blues"  # counted, those segments win the vote outright
+    # no tie: the vote decides, whatever the mean says
+    assert predicted(segments[[0, 1, 2]]).genre == "blues"
+
+
 # --------------------------------------------------------------------------------------------------
 # Many files, failures, the decoding thread
 

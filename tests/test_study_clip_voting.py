@@ -28,6 +28,14 @@ def test_each_rule_makes_the_clip_distribution_it_says():
         clip_voting.clip_rule(segments, "median")
 
 
+def test_a_tied_vote_is_scored_as_predict_answers_it():
+    """Votes tie 1-1; the mean of the segments says b. Scored by the label that sorts first, the study
+    measured a vote rule that predict --aggregate vote does not apply."""
+    frame = pd.DataFrame(_rows(0, "x", "b", [[0.55, 0.45], [0.1, 0.9]]))
+    scores = clip_voting.rule_scores(frame, LABELS, rules=("vote",))
+    assert scores["clip_accuracy"].tolist() == [1.0]
+
+
 def _study(tmp_path, recorded_accuracy=0.5):
     """A study CSV and its kept distributions: fold 0 has clip x (the rules disagree: mean says b, vote a;
     actual a) and clip y (every rule right); fold 1 one clip every rule gets right; one external file."""
