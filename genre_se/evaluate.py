@@ -243,6 +243,11 @@ def _cv_train_config(params: Params, bundle_extra: dict):
     return dataclasses.replace(params.train, learning_rate=float(recorded))
 
 
+#: What the evaluate stage writes under ``reports/`` (``cv_folds.csv`` with ``evaluate.folds`` > 1).
+REPORTS = ("metrics.json", "per_class.csv", "predictions.csv", "confusion_matrix.png", "reliability.png",
+           "cv_folds.csv")
+
+
 def run_evaluate(
     params: Params,
     store_dir: str | Path = "data/features",
@@ -280,19 +285,24 @@ def run_evaluate(
         cv = cross_validate(store, params, from_dict(ModelConfig, bundle.model_config, "model"), cv_state_dir, log,
                             train_cfg=_cv_train_config(params, bundle.extra))
         metrics["cv"] = {k: v for k, v in cv.items() if k != "per_fold"}
-        write_csv(reports / "cv_folds.csv", pd.DataFrame(cv["per_fold"]))
-        shutil.rmtree(cv_state_dir, ignore_errors=True)
-    else:  # an earlier k-fold run's table would sit beside metrics that have no cv any more
-        (reports / "cv_folds.csv").unlink(missing_ok=True)
     per_class = pd.DataFrame([{"genre": g, **s} for g, s in metrics.pop("per_class").items()])
     matrix = metrics.pop("confusion_matrix")
-    write_json(reports / "metrics.json", metrics)
+    # the reports are one set: the last run's go first, so an interrupted write leaves some missing (and no
+    # metrics.json, written last), never new files beside old ones. An earlier k-fold run's cv_folds.csv goes
+    # too: it would sit beside metrics that have no cv any more
+    for name in REPORTS:
+        (reports / name).unlink(missing_ok=True)
+    if params.evaluate.folds > 1:
+        write_csv(reports / "cv_folds.csv", pd.DataFrame(cv["per_fold"]))
     write_csv(reports / "per_class.csv", per_class)
     write_csv(reports / "predictions.csv", predictions)
     plot_confusion(matrix, store.labels, reports / "confusion_matrix.png",
                    f"test clips (n={metrics['n_clips']}), accuracy {metrics['clip']['accuracy']:.2f}"
                    + (" (in-sample: train.fit_all)" if metrics["in_sample"] else ""))
     plot_reliability(predictions, reports / "reliability.png", calibration.temperature)
+    write_json(reports / "metrics.json", metrics)  # last: its presence says the set is complete
+    if params.evaluate.folds > 1:
+        shutil.rmtree(cv_state_dir, ignore_errors=True)  # the folds' states, once their results are written
     metrics["confusion_matrix"] = matrix
     metrics["per_class"] = per_class
     return metrics

@@ -340,6 +340,38 @@ def test_params_accept_a_temperature_for_calibrate(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_interrupted_evaluate_leaves_no_old_report_beside_new_ones(trained, tmp_path, monkeypatch):
+    """A kill while the reports were written left a mix: the new metrics.json beside the last run's plots.
+    The old set goes first and metrics.json comes last, so an interrupted write leaves files missing (and
+    no metrics.json), never stale ones; the next run writes the whole set."""
+    import genre_se.evaluate
+    from genre_se.evaluate import REPORTS, run_evaluate
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for name in REPORTS:
+        (reports / name).write_text("stale")
+    (reports / "prepare_errors.csv").write_text("another stage's")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(genre_se.evaluate, "plot_reliability", killed)
+    kwargs = dict(store_dir=trained["store"].root, bundle_dir=trained["bundle"], reports_dir=reports)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluate(trained["params"], **kwargs)
+    left = {p.name: p.read_bytes() for p in reports.iterdir()}
+    assert b"stale" not in [left[name] for name in REPORTS if name in left]
+    assert "metrics.json" not in left and "reliability.png" not in left and "cv_folds.csv" not in left
+    assert {"per_class.csv", "predictions.csv", "confusion_matrix.png"} <= set(left)
+    assert left["prepare_errors.csv"] == b"another stage's"
+    monkeypatch.undo()
+    run_evaluate(trained["params"], **kwargs)
+    assert {"metrics.json", "reliability.png"} <= {p.name for p in reports.iterdir()}
+    assert json.loads((reports / "metrics.json").read_text())["n_clips"] > 0
+
+
+@pytest.mark.slow
 def test_evaluate_reports_raw_and_calibrated_ece(trained):
     from genre_se.bundle import load_bundle
     from genre_se.evaluate import run_evaluate
