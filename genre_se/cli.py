@@ -471,7 +471,7 @@ def cmd_embed(args) -> int:
     check_writable(target, folder=fmt == "npy")  # and so does a place it cannot be written
     _say_which_model(args)
     classifier = GenreClassifier.load(args.model, backend=args.backend, threads=args.threads,
-                                      batch_size=args.batch_size)
+                                      batch_size=args.batch_size, silence_db=args.silence_db)
     inputs = _Inputs(args.paths)
     with inputs as (files, n_empty):
         return _embed_files(args, classifier, files, n_empty, inputs.shown)
@@ -794,6 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="folder (npy) or file (npz, parquet); default embeddings.npz")
     p.add_argument("--format", choices=("npy", "npz", "parquet"),
                    help="default: from the --output suffix (.npz, .parquet), else npy into a folder")
+    p.add_argument("--silence-db", type=_decibels_or_off, default=DEFAULT_SILENCE_DB, metavar="DB",
+                   help="leave segments whose loudest frame is below DB (re full scale) out of the pooled "
+                        "embedding, as predict leaves them out, unless all are (--pool none: marked in a silent "
+                        "column); 'off': keep all (default: %(default)s)")
     p.set_defaults(func=cmd_embed, needs_tf=_inference_needs_tf)
 
     p = sub.add_parser("robustness", help="how predictions move under gain, MP3, resampling, low-pass, noise, "

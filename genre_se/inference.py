@@ -328,8 +328,15 @@ class Embedding:
     Attributes
     ----------
     segments : ndarray (n_segments, dim) float32
-    pooled : ndarray (dim,) float32, the mean over segments
+    pooled : ndarray (dim,) float32, the mean over the segments that are not near-silent (over all of them
+        when every one is, ``all_silent``): the vector an SVM head (``model.classifier: svm``) and the
+        familiarity check of :meth:`GenreClassifier.predict` take
     segment_starts, segment_ends : ndarray (n_segments,) seconds
+    segment_silent : ndarray (n_segments,) of bool, optional
+        Near-silent segments (loudest frame below the classifier's ``silence_db``), as ``Prediction.segment_silent``.
+    all_silent : bool
+    short : bool
+        The audio is shorter than one segment (the one segment is mostly padding), as ``Prediction.short``.
     """
 
     path: str | None
@@ -338,10 +345,20 @@ class Embedding:
     segment_starts: np.ndarray
     segment_ends: np.ndarray
     duration: float
+    segment_silent: np.ndarray | None = None
+    all_silent: bool = False
+    short: bool = False
 
     @property
     def n_segments(self) -> int:
         return len(self.segments)
+
+    @property
+    def silent(self) -> np.ndarray:
+        """Which segments are near-silent (all False when silence was not measured)."""
+        if self.segment_silent is None:
+            return np.zeros(self.n_segments, dtype=bool)
+        return np.asarray(self.segment_silent, dtype=bool)
 
     @property
     def dim(self) -> int:
@@ -574,7 +591,8 @@ class GenreClassifier:
         always use every segment.
     silence_db : float or None
         Segments whose loudest frame is below this level (dB re full scale) are left out of the file's
-        distribution (still listed, ``Prediction.segment_silent``); if every segment is, all are used
+        distribution (still listed, ``Prediction.segment_silent``) and out of the pooled embedding
+        (``Embedding.pooled``; ``Embedding.segment_silent``); if every segment is, all are used
         (``Prediction.all_silent``). None: no segment is left out.
 
     fusion : bool
@@ -928,7 +946,8 @@ class GenreClassifier:
     # ------------------------------------------------------------------ embeddings
 
     def embed(self, path: str | os.PathLike, *, on_progress: ProgressCallback | None = None) -> Embedding:
-        """Per-segment and mean-pooled embeddings (the classifier's input layer) of one file."""
+        """Per-segment and mean-pooled embeddings (the classifier's input layer) of one file; the pooled vector
+        leaves near-silent segments out, as :meth:`predict` does."""
         return _single(self.embed_many([path], on_progress=on_progress))
 
     def embed_array(self, y: np.ndarray, sr: int) -> Embedding:
@@ -960,7 +979,12 @@ class GenreClassifier:
                 continue
             starts, ends, duration = self._times(result)
             vectors = result.outputs.astype(np.float32, copy=False)
-            yield Embedding(result.path, vectors, vectors.mean(axis=0), starts, ends, duration)
+            silent = self._silent(result)
+            all_silent = bool(silent.all())
+            # near-silent segments left out as predict leaves them out of the head's and familiarity's mean
+            pooled = (vectors if all_silent else vectors[~silent]).mean(axis=0, dtype=np.float64).astype(np.float32)
+            yield Embedding(result.path, vectors, pooled, starts, ends, duration, segment_silent=silent,
+                            all_silent=all_silent, short=bool(duration < self.feature_config.segment_seconds))
 
     # ------------------------------------------------------------------ the shared loop
 

@@ -180,6 +180,10 @@ def embedding_table(embeddings: Sequence[Embedding], pool: str) -> tuple[dict, n
             "path": [_path_cell(e.path) for e in embeddings],
             "duration": np.array([e.duration for e in embeddings], dtype=np.float64),
             "n_segments": np.array([e.n_segments for e in embeddings], dtype=np.int64),
+            # the pooled vector leaves the silent segments out (all used when all are silent), as predict does
+            "silent_segments": np.array([int(e.silent.sum()) for e in embeddings], dtype=np.int64),
+            "all_silent": np.array([e.all_silent for e in embeddings], dtype=bool),
+            "short": np.array([e.short for e in embeddings], dtype=bool),
         }
         return columns, np.stack([e.pooled for e in embeddings]).astype(np.float32)
     columns = {
@@ -187,6 +191,7 @@ def embedding_table(embeddings: Sequence[Embedding], pool: str) -> tuple[dict, n
         "segment": np.concatenate([np.arange(e.n_segments) for e in embeddings]).astype(np.int64),
         "start": np.concatenate([e.segment_starts for e in embeddings]).astype(np.float64),
         "end": np.concatenate([e.segment_ends for e in embeddings]).astype(np.float64),
+        "silent": np.concatenate([e.silent for e in embeddings]).astype(bool),
     }
     return columns, np.concatenate([e.segments for e in embeddings]).astype(np.float32)
 

@@ -420,3 +420,45 @@ def test_cli_bounds_segments_unless_a_timeline_is_asked(tiny, six_minutes, tmp_p
     assert json.loads(capsys.readouterr().out)["predictions"][0]["silent_segments"] == 0
     with pytest.raises(SystemExit):
         main(["predict", str(quiet), "--model", str(tiny["bundle"]), "--max-segments", "-1"])
+
+
+def test_the_pooled_embedding_leaves_silence_out_as_predict_does(tiny, clf, tmp_path, capsys):  # noqa: F811
+    """``embed``'s pooled vector is the one predict's SVM head and familiarity check take (silent segments left
+    out): a song with a quiet ending used to get the mean over its silence too, another vector than the head's."""
+    from genre_se.cli import main
+    from genre_se.inference import GenreClassifier, _sources
+
+    sr = FEATURES.sample_rate
+    path = write(tmp_path / "tone_then_silence.wav", np.concatenate([tone(BAND_HZ["mid"], 5.0),
+                                                                    np.zeros(5 * sr, np.float32)]))
+    prediction, embedding = clf.predict(path), clf.embed(path)
+    assert prediction.silent.any() and not prediction.all_silent
+    np.testing.assert_array_equal(embedding.silent, prediction.silent)
+    # what predict computes its mean embedding from (the head's input), through its own model call
+    (raw,) = clf._run(_sources([str(path)]), clf._genre_and_embedding_model(), None)
+    used = raw.outputs[:, len(clf.labels):][~prediction.silent]
+    np.testing.assert_allclose(embedding.pooled, used.mean(axis=0, dtype=np.float64), rtol=1e-5, atol=1e-6)
+    assert np.abs(embedding.pooled - embedding.segments.mean(axis=0)).max() > 1e-2  # the silence would move it
+    everything = GenreClassifier.load(tiny["bundle"], silence_db=None).embed(path)
+    np.testing.assert_allclose(everything.pooled, everything.segments.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+    quiet = clf.embed(write(tmp_path / "quiet.wav", np.zeros(3 * sr, np.float32)))
+    assert quiet.all_silent and quiet.silent.all()
+    np.testing.assert_allclose(quiet.pooled, quiet.segments.mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert clf.embed(write(tmp_path / "blip.wav", tone(BAND_HZ["mid"], 0.1))).short and not embedding.short
+
+    # the CLI writes the same vector, says how many segments it left out, and marks them per segment
+    code = main(["-q", "embed", str(path), "--model", str(tiny["bundle"]), "-o", str(tmp_path / "e.npz")])
+    with np.load(tmp_path / "e.npz") as z:
+        assert code == 0 and z["silent_segments"][0] == prediction.silent.sum() and not z["all_silent"][0]
+        np.testing.assert_allclose(z["embeddings"][0], embedding.pooled)
+    code = main(["-q", "embed", str(path), "--model", str(tiny["bundle"]), "--pool", "none",
+                 "-o", str(tmp_path / "s.npz")])
+    with np.load(tmp_path / "s.npz") as z:
+        assert code == 0 and z["silent"].tolist() == prediction.silent.tolist()
+    code = main(["-q", "embed", str(path), "--model", str(tiny["bundle"]), "--silence-db", "off",
+                 "-o", str(tmp_path / "all.npz")])
+    with np.load(tmp_path / "all.npz") as z:
+        assert code == 0 and z["silent_segments"][0] == 0
+        np.testing.assert_allclose(z["embeddings"][0], everything.pooled)
+    capsys.readouterr()
