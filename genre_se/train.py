@@ -774,18 +774,35 @@ def _best_params(best_params_path: str | Path | None) -> dict:
     return best
 
 
+def _tuned(params: Params, best_params_path: str | Path | None, section: str) -> dict:
+    """The tune stage's choices for ``section``; none from a search (``"source": "tune"``) while
+    ``tune.enabled`` is false, which means "train with params.yaml's values": a best_params.json left by an
+    earlier search (the default path) applied its r, dropout and learning rate without a word."""
+    best = _best_params(best_params_path)
+    if not params.tune.enabled and best.get("source") == "tune":
+        return {}
+    return best.get(section, {})
+
+
+def _resolved(cls, base, section: str, params: Params, best_params_path):
+    tuned = _tuned(params, best_params_path, section)
+    try:
+        return from_dict(cls, {**base.__dict__, **tuned}, section)
+    except ConfigError as exc:
+        if not tuned:
+            raise
+        raise ConfigError(f"{best_params_path}: {exc} (the tune stage's choices do not fit params.yaml; run "
+                          "`genre-se tune` again)") from None
+
+
 def resolve_model_config(params: Params, best_params_path: str | Path | None) -> ModelConfig:
     """params.model with the tune stage's choices (``best_params.json``: ``{"model": {...}}``) applied."""
-    cfg = params.model.__dict__.copy()
-    cfg.update(_best_params(best_params_path).get("model", {}))
-    return from_dict(ModelConfig, cfg, "model")
+    return _resolved(ModelConfig, params.model, "model", params, best_params_path)
 
 
 def resolve_train_config(params: Params, best_params_path: str | Path | None) -> TrainConfig:
     """params.train with a tuned learning rate (``{"train": {...}}``) applied."""
-    cfg = params.train.__dict__.copy()
-    cfg.update(_best_params(best_params_path).get("train", {}))
-    return from_dict(TrainConfig, cfg, "train")
+    return _resolved(TrainConfig, params.train, "train", params, best_params_path)
 
 
 def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: bool | float, uncertain_below: float,

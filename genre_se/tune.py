@@ -250,13 +250,24 @@ class SEHyperModel(keras_tuner.HyperModel):
         history: list[dict] = []
 
         def best_index() -> int:
-            scores = [h[score_key] for h in history]
-            return int(np.argmax(scores) if direction == "max" else np.argmin(scores))
+            """The best epoch, a diverged one never (np.argmax/argmin take a NaN for the best); all diverged: the
+            last, whose NaN objective keras-tuner records as a failed trial."""
+            scores = np.array([h[score_key] for h in history], dtype=np.float64)
+            if np.isnan(scores).all():
+                return len(scores) - 1
+            return int(np.nanargmax(scores) if direction == "max" else np.nanargmin(scores))
 
         class ValidationEarlyStopping(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 raise_if_interrupted()
-                history.append(clip_scores(self.model, store, valid_rows))
+                scores = clip_scores(self.model, store, valid_rows)
+                if not np.isfinite(scores["loss"]):
+                    # NaN probabilities (diverged weights): the argmax of a NaN row is label 0, so the clip
+                    # accuracy would be the share of label-0 clips, a score the model never earned. Such weights
+                    # do not recover: the epoch scores nothing and training stops.
+                    scores = {**scores, "loss": float("nan"), "accuracy": float("nan"), "clip_accuracy": float("nan")}
+                    self.model.stop_training = True
+                history.append(scores)
                 if len(history) - 1 - best_index() >= patience:
                     self.model.stop_training = True
 
@@ -289,7 +300,7 @@ class SETuner(keras_tuner.BayesianOptimization):
             objective=keras_tuner.Objective(tune_cfg.objective, direction),
             max_trials=tune_cfg.max_trials,
             num_initial_points=tune_cfg.initial_points,
-            seed=seed,
+            seed=oracle_seed(seed),
             directory=str(directory),
             project_name=project_name,
             overwrite=False,
@@ -334,6 +345,14 @@ class SETuner(keras_tuner.BayesianOptimization):
     def _say(self, line: str) -> None:
         if self.log is not None:
             self.log(line)
+
+
+def oracle_seed(seed: int) -> int:
+    """The oracle's seed for ``params.seed``: keras-tuner takes ``seed or random.randint(1, 10000)``, so seed 0 gave
+    every run other trials. 0 maps to ``SEED_MAX + 1``, which no other ``params.seed`` can be."""
+    from .config import SEED_MAX
+
+    return int(seed) if seed else SEED_MAX + 1
 
 
 def _format_values(values: dict) -> str:
@@ -576,6 +595,7 @@ def _keras_tuner_quiet():
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _keras_tuner_saves_atomic():
             warnings.filterwarnings("ignore", message=".*close to the specified (lower|upper) bound")
+            warnings.filterwarnings("ignore", message="All-NaN (slice|axis) encountered")  # a diverged trial's metrics
             yield
     finally:
         kt_config.DEBUG = saved_debug
@@ -718,7 +738,12 @@ def run_tune(
         return TuneResult(None, None, role, tuner.tuner_id, project_dir, tuner.trials_run)
     if _completed(tuner.oracle) == 0:
         failures = [t.message for t in tuner.oracle.trials.values() if t.message]
-        reason = failures[-1].strip().splitlines()[-1] if failures else "no trial ran"
+        if failures:
+            reason = failures[-1].strip().splitlines()[-1]
+        elif tuner.oracle.trials:  # keras-tuner fails a trial whose objective is NaN without a message
+            reason = f"every trial's {params.tune.objective} was NaN (training diverged; try a lower learning rate)"
+        else:
+            reason = "no trial ran"
         raise ModelError(f"{project_dir}: no trial completed: {reason}")
     table = trial_table(tuner.oracle, space, params.model)
     best = best_params(table, space, params, key)
@@ -729,8 +754,9 @@ def run_tune(
                                         store=store, train_rows=train_rows, valid_rows=valid_rows)
         best["references"] = {row.reference: {params.tune.objective: getattr(row, params.tune.objective),
                                               "epochs": row.epochs} for row in references.itertuples()}
-    if references is not None and trials_path is not None:
-        write_csv(references_path(trials_path), references)
+    if trials_path is not None:  # a declared output (dvc.yaml): present, and empty with tune.references: []
+        write_csv(references_path(trials_path), references if references is not None else
+                  pd.DataFrame(columns=["reference", "se_hidden", *TRIAL_METRICS, "params"]))
     _write_outputs(best, table, out_path, trials_path, plot_path,
                    lambda path: plot_objective(table, space, params.tune.objective, path, references=references))
     return TuneResult(best, table, role, tuner.tuner_id, project_dir, tuner.trials_run, before, references)

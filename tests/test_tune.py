@@ -507,3 +507,97 @@ def test_cached_references_are_not_reused_for_another_learning_rate(tmp_path):
     tune.run_references(FakeHyperModel(0.001), FakeTuner(), tmp_path, [16])
     tune.run_references(FakeHyperModel(0.3), FakeTuner(), tmp_path, [16])
     assert [lr for _, lr in trained] == [0.001, 0.3]
+
+
+# --------------------------------------------------------------------------------------------------
+# Audit fixes: diverged trials, seed 0, an empty references list, a stale best_params.json
+
+
+def _nan_probabilities_from_epoch(monkeypatch, first_nan_epoch: int):
+    """Every model's validation probabilities become NaN (diverged weights) from its ``first_nan_epoch``."""
+    import genre_se.train as train_module
+
+    real, calls = train_module.predict_rows, {}
+
+    def predict_rows(model, *args, **kwargs):
+        probs = real(model, *args, **kwargs)
+        calls[id(model)] = calls.get(id(model), 0) + 1
+        return np.full_like(probs, np.nan) if calls[id(model)] >= first_nan_epoch else probs
+
+    monkeypatch.setattr(train_module, "predict_rows", predict_rows)
+
+
+def test_a_trial_that_diverges_after_a_good_epoch_reports_that_epoch(workdir, monkeypatch):
+    """np.argmin took the NaN val_loss of the diverged epoch 2 for the best: the trial, fine at epoch 1, was
+    reported NaN and failed (every trial here: 'no trial completed')."""
+    _nan_probabilities_from_epoch(monkeypatch, 2)
+    params = params_for(workdir, **{"tune.max_trials": 1, "tune.epochs": 3, "tune.patience": 3})
+    result = tune_in(workdir, params, "diverged-late")
+    row = result.table.iloc[0]
+    assert row["status"] == "COMPLETED" and row["best_epoch"] == 1 and np.isfinite(row["objective"])
+    assert row["epochs"] == 2  # stopped at the diverged epoch, not run to tune.epochs
+    assert result.best["objective"]["value"] == pytest.approx(row["val_loss"])
+
+
+def test_a_diverged_model_earns_no_clip_accuracy(workdir, monkeypatch):
+    """The argmax of a NaN row is label 0: a model with NaN outputs scored the share of label-0 clips (1/3 here)
+    as its val_clip_accuracy, a completed trial the Gaussian process and best_params.json could pick."""
+    from genre_se.errors import ModelError
+
+    _nan_probabilities_from_epoch(monkeypatch, 1)
+    params = params_for(workdir, **{"tune.max_trials": 1, "tune.objective": "val_clip_accuracy"})
+    with pytest.raises(ModelError, match="no trial completed: every trial's val_clip_accuracy was NaN"):
+        tune_in(workdir, params, "diverged")
+    assert not (workdir / "diverged/best_params.json").exists()
+
+
+def test_seed_0_proposes_the_same_trials_every_run(workdir):
+    """keras-tuner seeds its oracle with ``seed or random.randint(1, 10000)``: params.seed 0 gave another search
+    each run."""
+    from genre_se.tune import SearchSpace, SEHyperModel, SETuner
+
+    params = params_for(workdir, seed=0)
+    space = SearchSpace.from_params(params)
+
+    def first_proposal(name):
+        hypermodel = SEHyperModel(space, params.model, params.train, params.tune, (16, 16, 1), 3, 0.0, 1.0)
+        tuner = SETuner(hypermodel, params.tune, params.seed, workdir / "seed0", name)
+        assert tuner.base_seed == 0  # the trials still train with params.seed
+        return tuner.oracle.seed, tuner.oracle.create_trial("tuner0").hyperparameters.values
+
+    assert first_proposal("a") == first_proposal("b")
+
+
+def test_an_empty_references_list_still_writes_the_declared_references_table(workdir):
+    """dvc.yaml declares reports/tune_references.csv: with tune.references: [] it was not written, so `dvc repro`
+    failed ('output does not exist'), and outside DVC an earlier run's table stayed beside the new results."""
+    out = workdir / "no-references"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "references.csv").write_text("reference,val_loss\nr=16,0.5\n")  # an earlier run's
+    tune_in(workdir, params_for(workdir, **{"tune.max_trials": 1, "tune.references": []}), "no-references")
+    table = pd.read_csv(out / "references.csv")
+    assert table.empty and {"reference", "se_hidden", "val_loss", "params"} <= set(table.columns)
+
+
+def test_train_ignores_a_searchs_best_params_when_tuning_is_off(tmp_path):
+    """tune.enabled: false means "train with params.yaml's values"; a best_params.json an earlier search left at
+    the default path applied its r, dropout and learning rate anyway."""
+    from genre_se.train import resolve_model_config, resolve_train_config
+
+    best = tmp_path / "best_params.json"
+    best.write_text(json.dumps({"source": "tune", "model": {"reduction_ratios": [3.5, 7.5], "dropout": 0.3},
+                                "train": {"learning_rate": 0.05}}))
+    off = params_for(tmp_path, **{"tune.enabled": False})
+    assert resolve_model_config(off, best).reduction_ratios == off.model.reduction_ratios
+    assert resolve_model_config(off, best).dropout == off.model.dropout
+    assert resolve_train_config(off, best).learning_rate == off.train.learning_rate
+    on = params_for(tmp_path)
+    assert resolve_model_config(on, best).reduction_ratios == [3.5, 7.5]
+    assert resolve_train_config(on, best).learning_rate == 0.05
+    # tuning off writes its own pass-through file: that one is used
+    best.write_text(json.dumps({"source": "params", "model": {"reduction_ratios": [3, 5]}}))
+    assert resolve_model_config(off, best).reduction_ratios == [3, 5]
+    # a tuned file that no longer fits the model is named as the cause
+    best.write_text(json.dumps({"source": "tune", "model": {"reduction_ratios": [3.5, 7.5, 9.0]}}))
+    with pytest.raises(ConfigError, match=re.escape(f"{best}: model.reduction_ratios: has 3 entries")):
+        resolve_model_config(on, best)
