@@ -26,7 +26,7 @@ import numpy as np
 
 from .config import ModelConfig, Params, TrainConfig, from_dict
 from .corpus import is_builtin_corpus
-from .errors import ConfigError, DatasetError, OutputError
+from .errors import ConfigError, DatasetError, ModelError, OutputError
 from .feature_store import FeatureStore
 from .features import floor_db
 from .fileio import atomic_path, read_json_object, write_json
@@ -623,6 +623,17 @@ def train_model(
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
             val = clip_scores(self.model, store, valid_rows) if has_valid else {}
+            if not np.isfinite(float(logs.get("loss", 0.0))) or not np.isfinite(val.get("loss", 0.0)):
+                # diverged weights do not recover, and their NaN probabilities would score the share of
+                # label-0 clips as clip accuracy (even "improving" on the best): the epoch is not kept, and the
+                # state stays at the last finite one (a rerun ends the same way, the draws being the same)
+                diverged.append(epoch + 1)
+                self.model.stop_training = True
+                if log is not None:
+                    log(f"epoch {epoch + 1}/{train_cfg.epochs}: the loss is not finite (training diverged); "
+                        + (f"keeping epoch {state['best_epoch']}'s weights" if state["best_key"] is not None
+                           else "no epoch to keep"))
+                return
             score = _score(val, logs, monitor_max)
             improved = state["best_key"] is None or score > tuple(state["best_key"])
             state["epoch"] = epoch + 1
@@ -660,10 +671,14 @@ def train_model(
                 self.model.stop_training = True
 
     state_dir.mkdir(parents=True, exist_ok=True)
+    diverged: list[int] = []
     if state["epoch"] < train_cfg.epochs and state["wait"] < train_cfg.patience:
         with interrupts_noted():  # a Ctrl-C dropped in a weakref callback surfaces at the next epoch end
             model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
                       callbacks=[Loop()], shuffle=False, verbose=0)
+    if diverged and state["best_key"] is None:
+        raise ModelError(f"training diverged in epoch {diverged[0]} (the loss is NaN or infinite) before any epoch "
+                         f"ended with a finite one; try a lower train.learning_rate (now {state['lr']:g})")
     model.load_weights(state_dir / state.get("best_file", BEST_WEIGHTS))
     return TrainResult(model, mean, std, state["best_epoch"], state["best"], state["epoch"], resumed_from,
                        float(state["train_seconds"]))
@@ -908,7 +923,6 @@ def save_bundle_familiarity(bundle_dir: str | Path, stats) -> None:
 def _bundle_and_its_store(bundle_dir: Path, store_dir: str | Path):
     """The bundle (Keras) and the feature store it was trained on, refused unless features and labels match."""
     from .bundle import load_bundle
-    from .errors import ModelError
 
     bundle = load_bundle(bundle_dir)
     store = FeatureStore.open(store_dir)
@@ -943,7 +957,6 @@ def add_embedding_svm(bundle_dir: str | Path, store_dir: str | Path, seed: int |
 
 def _add_svm(bundle_dir: str | Path, store_dir: str | Path, seed: int | None, log, kind: str) -> Path:
     from .bundle import META_FILE, read_bundle_meta
-    from .errors import ModelError
     from .fileio import write_text
 
     bundle_dir = Path(bundle_dir)
@@ -996,7 +1009,6 @@ def add_familiarity(bundle_dir: str | Path, store_dir: str | Path, quantile: flo
     for bundles trained before the train stage wrote them. The store must be the bundle's own (same features).
     """
     from .bundle import META_FILE, read_bundle_meta
-    from .errors import ModelError
     from .fileio import write_text
 
     bundle_dir = Path(bundle_dir)

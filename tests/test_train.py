@@ -367,3 +367,41 @@ def test_a_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_pa
     assert resumed.best_epoch == straight.best_epoch
     np.testing.assert_array_equal(np.concatenate([w.ravel() for w in resumed.model.get_weights()]),
                                   np.concatenate([w.ravel() for w in straight.model.get_weights()]))
+
+
+def test_a_diverged_epoch_is_never_kept_and_a_run_that_never_converged_fails(tmp_path, monkeypatch):
+    """NaN probabilities score the share of label-0 clips as clip accuracy, so a diverged epoch could become
+    the "best" one and the bundle NaN weights. Now the epoch is not kept, training stops there with the last
+    finite best epoch, and a run diverged from its first epoch fails with advice instead of saving NaNs."""
+    import json
+
+    import genre_se.train
+    from genre_se.config import ModelConfig, TrainConfig
+    from genre_se.errors import ModelError
+    from genre_se.train import STATE_FILE, train_model
+    from tests.conftest import split_tone_store
+
+    store, _ = split_tone_store(tmp_path, seed=0)
+    model = ModelConfig(filters=[4, 4], dropout=0.0, reduction_ratios=2)
+    rows = dict(train_rows=store.rows("train"), valid_rows=store.rows("valid"), seed=1)
+    real, calls = genre_se.train.clip_scores, []
+
+    def diverging_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        scores = real(*args, **kwargs)
+        if len(calls) == 2:  # as NaN weights score: loss NaN, every clip "label 0", here all of them right
+            return {**scores, "loss": float("nan"), "clip_accuracy": 1.0}
+        return scores
+
+    monkeypatch.setattr(genre_se.train, "clip_scores", diverging_in_epoch_2)
+    lines = []
+    result = train_model(store, model, TrainConfig(epochs=4, patience=9, batch_size=16),
+                         state_dir=tmp_path / "s", log=lines.append, **rows)
+    assert len(calls) == 2  # stopped at the diverged epoch
+    assert result.best_epoch == 1 and result.epochs_run == 1 and result.best_score < 1.0
+    assert json.loads((tmp_path / "s" / STATE_FILE).read_text())["epoch"] == 1  # the diverged epoch not saved
+    assert "training diverged" in lines[-1] and "epoch 1's weights" in lines[-1]
+    monkeypatch.undo()
+    with pytest.raises(ModelError, match=r"diverged in epoch 1 .*lower train.learning_rate"):
+        train_model(store, model, TrainConfig(epochs=2, batch_size=16, learning_rate=1e10),
+                    state_dir=tmp_path / "nan", **rows)
