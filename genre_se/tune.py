@@ -348,11 +348,16 @@ class SETuner(keras_tuner.BayesianOptimization):
 
 
 def oracle_seed(seed: int) -> int:
-    """The oracle's seed for ``params.seed``: keras-tuner takes ``seed or random.randint(1, 10000)``, so seed 0 gave
-    every run other trials. 0 maps to ``SEED_MAX + 1``, which no other ``params.seed`` can be."""
-    from .config import SEED_MAX
+    """The oracle's seed for ``params.seed``: a hash of it, in [1, 2**31).
 
-    return int(seed) if seed else SEED_MAX + 1
+    keras-tuner draws trial k's random hyperparameters with ``seed + k``, so with the seed itself seed 43's trial k
+    was seed 42's trial k + 1 (searches over neighbouring seeds were not independent replicates); and it takes
+    ``seed or random.randint(1, 10000)``, so seed 0 gave every run other trials. Never 0.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"genre-se tune oracle {int(seed)}".encode()).digest()
+    return 1 + int.from_bytes(digest[:8], "big") % (2**31 - 1)
 
 
 def _format_values(values: dict) -> str:

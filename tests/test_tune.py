@@ -568,6 +568,27 @@ def test_seed_0_proposes_the_same_trials_every_run(workdir):
     assert first_proposal("a") == first_proposal("b")
 
 
+def test_neighbouring_seeds_propose_different_trials(workdir):
+    """keras-tuner draws trial k with ``seed + k``: seeded with params.seed itself, seed 43's trials were seed 42's
+    shifted by one, so searches over seeds 42, 43, ... were not independent replicates."""
+    from genre_se.tune import SearchSpace, SEHyperModel, SETuner, oracle_seed
+
+    def proposals(seed, n=4):
+        params = params_for(workdir, seed=seed, **{"tune.max_trials": n, "tune.initial_points": n})
+        hypermodel = SEHyperModel(SearchSpace.from_params(params), params.model, params.train, params.tune,
+                                  (16, 16, 1), 3, 0.0, 1.0)
+        tuner = SETuner(hypermodel, params.tune, params.seed, workdir / f"neighbours-{seed}", "p")
+        values = []
+        for i in range(n):
+            trial = tuner.oracle.create_trial(f"tuner{i}")
+            values.append(tuple(sorted(trial.hyperparameters.values.items())))
+        return values
+
+    a, b = proposals(42), proposals(43)
+    assert not set(a) & set(b)
+    assert len({oracle_seed(s) for s in range(1000)}) == 1000 and all(0 < oracle_seed(s) < 2**31 for s in (0, 2**31 - 1))
+
+
 def test_an_empty_references_list_still_writes_the_declared_references_table(workdir):
     """dvc.yaml declares reports/tune_references.csv: with tune.references: [] it was not written, so `dvc repro`
     failed ('output does not exist'), and outside DVC an earlier run's table stayed beside the new results."""
