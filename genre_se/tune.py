@@ -545,6 +545,16 @@ class TuneResult:
     references: pd.DataFrame | None = None
 
 
+def _remove_outputs(out_path, trials_path, plot_path) -> None:
+    """The last run's results go before a search: a search that then failed or was killed left them in place,
+    and the train stage took that earlier search's best_params.json for this one's (outside DVC, which removes
+    a stage's outputs itself). The search's own state (keras-tuner's project folder) stays, so it resumes."""
+    paths = [out_path, plot_path, trials_path, None if trials_path is None else references_path(trials_path)]
+    for path in paths:
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
+
+
 def _write_outputs(best: dict, table: pd.DataFrame, out_path, trials_path, plot_path, plot) -> None:
     if trials_path is not None:
         write_csv(trials_path, table)
@@ -719,6 +729,8 @@ def run_tune(
     hypermodel = SEHyperModel(space, params.model, params.train, params.tune, store.input_shape,
                               len(store.labels), mean, std, features=store.features)
     project_dir = Path(project_root) / key
+    if role != "worker":  # this search's results replace the last one's: a failed or killed search leaves none
+        _remove_outputs(out_path, trials_path, plot_path)
     with _keras_tuner_quiet():
         try:
             resuming = (project_dir / "oracle.json").exists() or _tuner_file(project_dir).exists()

@@ -551,6 +551,22 @@ def test_a_diverged_model_earns_no_clip_accuracy(workdir, monkeypatch):
     assert not (workdir / "diverged/best_params.json").exists()
 
 
+def test_a_failed_search_leaves_no_earlier_search_results_for_train_to_take(workdir, monkeypatch):
+    """A search that fails (here every trial diverges) or is killed left the last run's best_params.json, trials
+    table and plot in place, and `genre-se train` then applied the earlier search's r as this one's."""
+    from genre_se.errors import ModelError
+
+    out = workdir / "stale"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("best_params.json", "trials.csv", "objective.png", "references.csv"):
+        (out / name).write_text('{"source": "tune", "model": {"reduction_ratios": 3.0}}')
+    _nan_probabilities_from_epoch(monkeypatch, 1)
+    params = params_for(workdir, **{"tune.max_trials": 1, "tune.objective": "val_clip_accuracy"})
+    with pytest.raises(ModelError, match="no trial completed"):
+        tune_in(workdir, params, "stale")
+    assert sorted(p.name for p in out.iterdir()) == ["tuning"]  # keras-tuner's project (resumable) only
+
+
 def test_seed_0_proposes_the_same_trials_every_run(workdir):
     """keras-tuner seeds its oracle with ``seed or random.randint(1, 10000)``: params.seed 0 gave another search
     each run."""
