@@ -347,6 +347,12 @@ class SETuner(keras_tuner.BayesianOptimization):
             self.log(line)
 
 
+def initial_points(tune_cfg, space: SearchSpace) -> int:
+    """Random trials before the Gaussian process proposes any (keras-tuner's rule when
+    ``tune.initial_points`` is null: three per dimension, at least 3)."""
+    return int(tune_cfg.initial_points or max(3 * len(space.names), 3))
+
+
 def oracle_seed(seed: int) -> int:
     """The oracle's seed for ``params.seed``: a hash of it, in [1, 2**31).
 
@@ -745,6 +751,11 @@ def run_tune(
             before = 0 if role == "worker" else _completed(tuner.oracle)
             if role != "worker" and log is not None:
                 log(f"search {project_dir} ({role}): {before} of {params.tune.max_trials} trials completed")
+                random_trials = initial_points(params.tune, space)
+                if random_trials >= params.tune.max_trials:
+                    log(f"note: all {params.tune.max_trials} trials are random: the Gaussian process starts after "
+                        f"{random_trials} (tune.initial_points); raise tune.max_trials above {random_trials} for "
+                        "a Bayesian search")
             with interrupts_noted():
                 _search(tuner, role, store=store, train_rows=train_rows, valid_rows=valid_rows)
         except GenreSEError:

@@ -567,6 +567,24 @@ def test_a_failed_search_leaves_no_earlier_search_results_for_train_to_take(work
     assert sorted(p.name for p in out.iterdir()) == ["tuning"]  # keras-tuner's project (resumable) only
 
 
+def test_a_search_too_short_for_the_gaussian_process_says_so(workdir):
+    """keras-tuner proposes max(3, 3 x dimensions) random trials before its Gaussian process: the default
+    4 trials (shared r) get one Bayesian step, and a per-block search of 5 blocks none at all, silently."""
+    from genre_se.tune import SearchSpace, initial_points
+
+    five = {"model.filters": [4, 4, 4, 4, 4], "model.kernel_size": 3, "model.dropout": 0.0}
+    assert initial_points(params_for(workdir).tune, SearchSpace.from_params(params_for(workdir))) == 3
+    per_block = params_for(workdir, **five, **{"tune.mode": "per_block", "tune.r_min": 1.0, "tune.r_max": 4.0,
+                                                "tune.learning_rate": [1e-3, 1e-2]})
+    assert initial_points(per_block.tune, SearchSpace.from_params(per_block)) == 18
+    assert initial_points(params_for(workdir, **{"tune.initial_points": 2}).tune,
+                          SearchSpace.from_params(per_block)) == 2
+    lines = []
+    tune_in(workdir, params_for(workdir, **{"tune.max_trials": 1, "tune.references": []}), "short-search",
+            log=lines.append)
+    assert any("all 1 trials are random" in line and "above 3" in line for line in lines), lines
+
+
 def test_seed_0_proposes_the_same_trials_every_run(workdir):
     """keras-tuner seeds its oracle with ``seed or random.randint(1, 10000)``: params.seed 0 gave another search
     each run."""
