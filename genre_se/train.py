@@ -810,6 +810,22 @@ def _resolved(cls, base, section: str, params: Params, best_params_path):
                           "`genre-se tune` again)") from None
 
 
+def _ratios_source(params: Params, best_params_path: str | Path | None) -> str:
+    """Where the trained r comes from, in words: the tune stage's file, or params.yaml and why."""
+    if not params.model.se:
+        return "model.se is false: no SE blocks"
+    if _tuned(params, best_params_path, "model").get("reduction_ratios") is not None:
+        if _best_params(best_params_path).get("source") == "params":  # the stage's pass-through, tuning off
+            return f"model.reduction_ratios, passed through {best_params_path}; tune.enabled is false"
+        return f"tuned: {best_params_path}"
+    if not params.tune.enabled:
+        return "model.reduction_ratios; tune.enabled is false"
+    if best_params_path is None:  # the caller asked for params.yaml's (the CV, the study)
+        return "model.reduction_ratios"
+    return (f"model.reduction_ratios: no tuned value in {best_params_path}; run `genre-se tune` first to "
+            "train with the tuned r")
+
+
 def resolve_model_config(params: Params, best_params_path: str | Path | None) -> ModelConfig:
     """params.model with the tune stage's choices (``best_params.json``: ``{"model": {...}}``) applied."""
     return _resolved(ModelConfig, params.model, "model", params, best_params_path)
@@ -1046,6 +1062,8 @@ def run_train(
     store = FeatureStore.open(store_dir)
     model_cfg = resolve_model_config(params, best_params_path)
     train_cfg = resolve_train_config(params, best_params_path)
+    if log is not None:
+        log(f"reduction ratios {model_cfg.reduction_ratios} ({_ratios_source(params, best_params_path)})")
     if train_cfg.fit_all:  # the final model: every clip, no held-out split; the lowest training loss is kept
         train_rows, valid_rows = np.arange(len(store.table)), np.zeros(0, dtype=np.int64)
     else:

@@ -262,6 +262,7 @@ def test_train_stage_stores_the_fitted_calibration(trained):
     assert record["nll_after"] <= record["nll_before"]
     assert record["cnn_temperature"] == t  # no head: the softmax's own temperature is the bundle's
     assert any(line.startswith("calibration on 6 validation clips") for line in trained["log"])
+    assert trained["log"][0].startswith("reduction ratios ")  # and whence (train._ratios_source)
     # the fast path reads the same bundle.json
     assert load_litert_bundle(trained["bundle"]).extra["calibration"] == record
 

@@ -405,3 +405,24 @@ def test_a_diverged_epoch_is_never_kept_and_a_run_that_never_converged_fails(tmp
     with pytest.raises(ModelError, match=r"diverged in epoch 1 .*lower train.learning_rate"):
         train_model(store, model, TrainConfig(epochs=2, batch_size=16, learning_rate=1e10),
                     state_dir=tmp_path / "nan", **rows)
+
+
+def test_the_train_stage_says_where_its_reduction_ratios_come_from(tmp_path):
+    """Without a best_params.json (a `genre-se train` before any `genre-se tune`, or after a failed one) the
+    stage trained with params.yaml's r without a word; the log now says which r and whence."""
+    import json
+
+    from genre_se.config import ModelConfig, Params, TrainConfig, TuneConfig
+    from genre_se.train import _ratios_source
+
+    params = Params(model=ModelConfig(filters=[4], reduction_ratios=2), train=TrainConfig(epochs=1))
+    missing, tuned, passed = tmp_path / "none.json", tmp_path / "tuned.json", tmp_path / "passed.json"
+    tuned.write_text(json.dumps({"source": "tune", "model": {"reduction_ratios": 3.5}}))
+    passed.write_text(json.dumps({"source": "params", "model": {"reduction_ratios": 2}}))
+    assert "no tuned value" in _ratios_source(params, missing) and "genre-se tune" in _ratios_source(params, missing)
+    assert _ratios_source(params, tuned) == f"tuned: {tuned}"
+    off = Params(model=params.model, train=params.train, tune=TuneConfig(enabled=False))
+    assert "tune.enabled is false" in _ratios_source(off, tuned)  # an earlier search's file is not used
+    assert "passed through" in _ratios_source(off, passed)
+    no_se = Params(model=ModelConfig(filters=[4], se=False), train=params.train)
+    assert "no SE blocks" in _ratios_source(no_se, tuned)
