@@ -434,6 +434,17 @@ def _check_every_label_trains(index: pd.DataFrame) -> None:
         )
 
 
+def _check_two_labels(index: pd.DataFrame, cfg: DataConfig) -> None:
+    """A classifier needs two genres: a folder of one (data.root pointed at ``genres/blues`` instead of
+    ``genres/``) used to pass prepare and features and stop tune or train with 'n_classes must be >= 2'."""
+    labels = sorted(map(str, index.loc[_readable(index) & index["split"].ne(EXCLUDED), "label"].unique()))
+    if len(labels) < 2:
+        raise DatasetError(
+            f"data.root: {cfg.root} holds readable clips of one genre only ({', '.join(labels)}); a genre "
+            "classifier needs at least two (expected <root>/<genre>/<files>, e.g. GTZAN's genres/ folder)"
+        )
+
+
 def _check_something_held_out(index: pd.DataFrame, cfg: DataConfig) -> None:
     """The prepare stage's split must hold clips out: with every clip training, tune finds no validation clip,
     train early-stops on its own loss and evaluate has nothing to test, each saying so stages later."""
@@ -488,6 +499,7 @@ def run_prepare(
     unreadable = index.loc[index["status"].ne("ok"), ["path", "error"]]
     write_csv(errors_path, unreadable)
     index = assign_splits(index, params.data, params.seed, folds=params.evaluate.folds)
+    _check_two_labels(index, params.data)
     _check_something_held_out(index, params.data)
     _check_every_label_trains(index)
     write_csv(index_path, index)

@@ -419,7 +419,7 @@ def test_run_prepare_writes_index_and_error_report(tmp_path, monkeypatch):
 
 
 def test_run_prepare_with_all_files_readable_writes_empty_error_report(tmp_path, monkeypatch):
-    make_folders(tmp_path / "music", {"rock": 3})
+    make_folders(tmp_path / "music", {"rock": 3, "jazz": 3})
     monkeypatch.chdir(tmp_path)
     run_prepare(Params(data=DataConfig(root="music")), index_path="i.csv", errors_path="e.csv")
     assert pd.read_csv(tmp_path / "e.csv").empty
@@ -460,6 +460,19 @@ def test_prepare_refuses_a_dataset_that_holds_nothing_out(tmp_path):
     root = make_tone_dataset(tmp_path / "tones", per_label=2, seconds=0.5)
     params = Params(data=DataConfig(root=str(root)))
     with pytest.raises(DatasetError, match="nothing would be held out"):
+        run_prepare(params, tmp_path / "index.csv", tmp_path / "errors.csv")
+    assert not (tmp_path / "index.csv").exists()
+
+
+@pytest.mark.parametrize("broken_genre", [None, "rock"])
+def test_prepare_refuses_a_single_genre_naming_the_folder(tmp_path, broken_genre):
+    """data.root pointed at one genre's folder (or a tree with one genre of readable audio) used to pass prepare
+    and features, then stop tune with 'n_classes must be an int >= 2, got 1'."""
+    make_folders(tmp_path / "music", {"blues": 7})
+    if broken_genre:  # a second genre whose only file is unreadable does not count
+        write_garbage(tmp_path / "music" / broken_genre / "broken.wav")
+    params = Params(data=DataConfig(root=str(tmp_path / "music")))
+    with pytest.raises(DatasetError, match=r"data.root: .* one genre only \(blues\)"):
         run_prepare(params, tmp_path / "index.csv", tmp_path / "errors.csv")
     assert not (tmp_path / "index.csv").exists()
 

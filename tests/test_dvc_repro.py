@@ -108,3 +108,101 @@ def test_every_stage_depends_on_the_code_it_runs():
         assert needed - PLUMBING <= deps, f"dvc.yaml stage {stage} lacks {sorted(needed - PLUMBING - deps)}"
     for path in (d for stage in stages.values() for d in stage.get("deps", []) if d.startswith("genre_se/")):
         assert (ROOT / path).exists(), f"dvc.yaml names {path}, which does not exist"
+
+
+def _module_imports_closure(modules: set[str]) -> set[str]:
+    needed, todo = set(), list(modules)
+    while todo:
+        name = todo.pop()
+        if name not in needed and name not in PLUMBING and (ROOT / "genre_se" / f"{name}.py").exists():
+            needed.add(name)
+            todo += _module_level_imports(name)
+    return needed
+
+
+def test_every_listed_module_brings_its_own_imports():
+    """A module a stage lists runs with what it imports at load time: evaluate lists train.py (the CV trains each
+    fold) but not features.py, which train.py imports (the input pipeline's floor_db, model.py's front end)."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    for stage, spec in stages.items():
+        deps = {Path(d).stem for d in spec["deps"] if d.startswith("genre_se/") and d.endswith(".py")}
+        missing = _module_imports_closure(deps) - deps
+        assert not missing, f"dvc.yaml stage {stage} lacks {sorted(missing)}, imported by modules it lists"
+
+
+def _params_read(module: str) -> set[str]:
+    """The dotted ``params.<...>`` attribute chains a module reads (outermost chains, dunders cut off)."""
+    import ast
+
+    tree = ast.parse((ROOT / "genre_se" / f"{module}.py").read_text(encoding="utf-8"))
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner:
+            parts, base = [], node
+            while isinstance(base, ast.Attribute):
+                parts.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name) and base.id == "params":
+                parts = list(reversed(parts))
+                cut = next((i for i, p in enumerate(parts) if p.startswith("__")), len(parts))
+                found.add(".".join(parts[:min(cut, 2)]))
+    return found
+
+
+#: params keys a stage reads but leaves out of dvc.yaml on purpose (they never change an output)
+UNLISTED = {"features.workers"}
+
+
+def test_every_stage_lists_the_params_it_reads():
+    """DVC re-runs a stage only when a listed param changed: the train stage records data.root in the bundle
+    (training_data.root, builtin_corpus) but did not list it, so a new data.root with the same features kept a
+    bundle naming the old one."""
+    import dataclasses
+
+    import yaml
+
+    from genre_se.config import Params
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    defaults = Params()
+    for stage, module in STAGE_MODULES.items():
+        listed = set(stages[stage].get("params", []))
+
+        def covered(key):
+            return key in UNLISTED or any(key == k or key.startswith(k + ".") for k in listed)
+
+        for key in _params_read(module):
+            section = getattr(defaults, key.split(".")[0])
+            if "." not in key and dataclasses.is_dataclass(section):  # a whole section: each of its fields
+                assert all(covered(f"{key}.{f.name}") for f in dataclasses.fields(section)), \
+                    f"dvc.yaml stage {stage} reads params.{key} but lists only some of it"
+            else:
+                assert covered(key), f"dvc.yaml stage {stage} reads params.{key} but does not list it"
+
+
+def test_the_outputs_git_keeps_are_not_gitignored():
+    """Outputs with cache: false (the metrics, plots and reports) live in Git: `dvc exp run` commits them with each
+    experiment, and `dvc exp show` / `dvc plots diff` read them from there. Git-ignored, every experiment showed
+    '!' for every metric and no plot."""
+    import yaml
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+    kept = []
+    for stage in spec["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                if isinstance(entry, dict):
+                    (path, opts), = entry.items()
+                    if (opts or {}).get("cache", True) is False:
+                        kept.append(path)
+    assert "reports/metrics.json" in kept and "dvclive/metrics.json" in kept
+    for path in kept:
+        probe = path if Path(path).suffix else f"{path}/x.tsv"  # a folder: a file inside it
+        out = subprocess.run(["git", "check-ignore", "--no-index", "-v", probe], cwd=ROOT, capture_output=True,
+                             text=True)
+        assert out.returncode == 1, f"{path} has cache: false but is git-ignored ({out.stdout.strip()})"
