@@ -132,6 +132,21 @@ def test_every_listed_module_brings_its_own_imports():
         assert not missing, f"dvc.yaml stage {stage} lacks {sorted(missing)}, imported by modules it lists"
 
 
+def test_the_features_stage_lists_what_computes_the_waveform_copies():
+    """waveform_augment imports its MP3 round trip from robustness.py inside a function (the load-time closure
+    above misses it): the mp3 copies are features outputs, so an edit there must re-run the stage."""
+    import ast
+
+    import yaml
+
+    tree = ast.parse((ROOT / "genre_se" / "waveform_augment.py").read_text(encoding="utf-8"))
+    used = {node.module.split(".")[0] for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+    deps = {Path(d).stem for d in yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"][
+        "features"]["deps"] if d.startswith("genre_se/")}
+    assert "robustness" in used and used - PLUMBING <= deps, sorted(used - PLUMBING - deps)
+
+
 def _params_read(module: str) -> set[str]:
     """The dotted ``params.<...>`` attribute chains a module reads (outermost chains, dunders cut off)."""
     import ast
