@@ -665,6 +665,13 @@ def _run_study(
     done = {(r.variant, int(r.seed), int(r.fold)): r.config_key for r in results.itertuples()}
     features = labels = ext = None
     external = load_external(study.external, store.labels, store.features) if study.external else None
+    # rows of the seeds this run leaves alone (--seeds, --quick) stay as they are, even where the study file now
+    # says otherwise: say so, or a summary pools two configurations under one variant name without a word
+    for variant, seed, n, old, now in stale_rows(study, results, chosen, [s for s in study.seeds if s not in seeds],
+                                                 cnn_params, store, index, base, k, external):
+        print(f"study: warning: {variant} seed {seed}: {n} row(s) of {out_csv} were computed with another "
+              f"configuration than the study file's now (key {old}, now {now}); they are kept, and pooled with this "
+              f"run's rows in every summary: rerun with --seeds {seed} to recompute them", file=sys.stderr)
     with interrupts_noted():  # a Ctrl-C is never lost between folds (see genre_se.interrupts)
         for seed in seeds:
             folds_of_rows = row_folds(store, index, base, seed, k)
@@ -675,11 +682,7 @@ def _run_study(
                 offset = init_offset(study, variant)
                 if params is not None:
                     check_store_features(variant, params.features, store.features, store_dir)
-                what = (("svm", fold_key) + (("external", config_key(external.paths)) if external else ())
-                        if is_baseline else (_changed(params.model), _changed(params.train), fold_key)
-                        + (("robustness",) if study.robustness else ()) + _feature_key(store.features)
-                        + ((("init_offset", offset),) if offset else ()))
-                key = config_key(*what)
+                key = run_key(study, variant, params, fold_key, external, store.features)
                 for fold in range(k):
                     keep = state_root / "bundles" / variant / f"seed{seed}" / f"fold{fold}" \
                         if variant in (keep_models or []) and not is_baseline else None
@@ -721,6 +724,40 @@ def _run_study(
     order = {name: i for i, name in enumerate(study.variants)}
     return results.sort_values(["variant", "seed", "fold"], key=lambda c: c.map(order) if c.name == "variant" else c,
                                kind="mergesort").reset_index(drop=True)
+
+
+def run_key(study: Study, variant: str, params: Params | None, fold_key: str, external: ExternalSet | None,
+            features) -> str:
+    """The configuration key of a (variant, seed) run: what its rows were computed from (``params``: None for the
+    baseline; ``fold_key``: the seed's folds; ``features``: the store's)."""
+    if study.variants[variant] == BASELINE:
+        what = ("svm", fold_key) + (("external", config_key(external.paths)) if external else ())
+    else:
+        offset = init_offset(study, variant)
+        what = ((_changed(params.model), _changed(params.train), fold_key)
+                + (("robustness",) if study.robustness else ()) + _feature_key(features)
+                + ((("init_offset", offset),) if offset else ()))
+    return config_key(*what)
+
+
+def stale_rows(study: Study, results: pd.DataFrame, variants: list[str], seeds: list[int], cnn_params: dict,
+               store, index: pd.DataFrame, base: Params, k: int, external: ExternalSet | None) -> list[tuple]:
+    """``(variant, seed, rows, stored key, current key)`` for every (variant, seed) of ``seeds`` whose rows in
+    ``results`` were computed with another configuration key than the study file gives now."""
+    out = []
+    for seed in seeds:
+        fold_key = None
+        for variant in variants:
+            rows = results[(results["variant"] == variant) & (pd.to_numeric(results["seed"]) == seed)]
+            if rows.empty:
+                continue
+            if fold_key is None:
+                fold_key = config_key(row_folds(store, index, base, seed, k).tolist())
+            now = run_key(study, variant, cnn_params.get(variant), fold_key, external, store.features)
+            old = sorted(set(rows["config_key"].astype(str)) - {now})
+            if old:
+                out.append((variant, seed, int((rows["config_key"].astype(str) != now).sum()), ", ".join(old), now))
+    return out
 
 
 def _changed(config) -> dict:

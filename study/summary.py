@@ -56,31 +56,45 @@ def clip_sign_test(current: pd.DataFrame, variant: str, reference: str) -> dict:
     return {"clips_paired": len(share), "clips_better": better, "clips_worse": worse, "clips_p": float(p)}
 
 
-def detectable_difference(paired_sd: float, n_pairs: int, alpha: float = 0.05, power: float = 0.8) -> float:
+def detectable_difference(paired_sd: float, n_pairs: int, alpha: float = 0.05, power: float = 0.8,
+                          holdout_ratio: float = 0.0) -> float:
     """The smallest true mean paired difference that ``n_pairs`` paired folds detect with ``power``.
 
     Two-sided paired t-test at level ``alpha`` on differences with standard deviation ``paired_sd``:
-    (t[1 - alpha/2] + t[power]) * sd / sqrt(n), t with n - 1 degrees of freedom (the usual approximation; with
-    few pairs the t quantiles, not the normal ones, carry the uncertainty of sd itself). It says how far apart
-    two variants must be before a study of this size can tell them apart; on 71 clips the fold-to-fold spread,
-    not the model, sets it. NaN under three pairs (the spread of two differences says nothing).
+    (t[1 - alpha/2] + t[power]) * sd * sqrt(1/n + holdout_ratio), t with n - 1 degrees of freedom (the usual
+    approximation; with few pairs the t quantiles, not the normal ones, carry the uncertainty of sd itself). It
+    says how far apart two variants must be before a study of this size can tell them apart; on 71 clips the
+    fold-to-fold spread, not the model, sets it. ``holdout_ratio`` 0 is the plain paired t-test, which treats the
+    folds as independent; n_test / n_train of one fold is the corrected resampled t-test of Nadeau & Bengio
+    (2003) that the verdicts go by (``what_helped.fold_t_tests``): its variance term does not shrink with more
+    folds, so no number of seeds brings the detectable difference under
+    (z[1 - alpha/2] + z[power]) * sd * sqrt(holdout_ratio). NaN under three pairs (the spread of two
+    differences says nothing).
     """
     from scipy.stats import t
 
     if n_pairs < 3 or not np.isfinite(paired_sd):
         return float("nan")
     df = n_pairs - 1
-    return float((t.ppf(1 - alpha / 2, df) + t.ppf(power, df)) * paired_sd / np.sqrt(n_pairs))
+    return float((t.ppf(1 - alpha / 2, df) + t.ppf(power, df)) * paired_sd * np.sqrt(1 / n_pairs + holdout_ratio))
 
 
-def pairs_needed(paired_sd: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
+def pairs_needed(paired_sd: float, effect: float, alpha: float = 0.05, power: float = 0.8,
+                 holdout_ratio: float = 0.0) -> int:
     """Paired folds needed to detect a true mean difference ``effect``: the smallest n whose
-    :func:`detectable_difference` is at most ``effect``."""
+    :func:`detectable_difference` is at most ``effect``. A ValueError where no number of folds can
+    (``holdout_ratio`` > 0 and ``effect`` at or under the corrected test's floor)."""
+    from scipy.stats import norm
+
     if effect <= 0 or not np.isfinite(paired_sd):
         raise ValueError(f"effect must be > 0 and paired_sd finite, got {effect!r}, {paired_sd!r}")
+    floor = (norm.ppf(1 - alpha / 2) + norm.ppf(power)) * paired_sd * np.sqrt(holdout_ratio)
+    if effect <= floor:
+        raise ValueError(f"no number of folds detects {effect:g} with paired sd {paired_sd:g} when the test allows "
+                         f"for overlapping training sets (holdout ratio {holdout_ratio:g}): the floor is {floor:.3f}")
     n = 3
-    while detectable_difference(paired_sd, n, alpha, power) > effect:
-        n = n * 2 if detectable_difference(paired_sd, n * 2, alpha, power) > effect else n + 1
+    while detectable_difference(paired_sd, n, alpha, power, holdout_ratio) > effect:
+        n = n * 2 if detectable_difference(paired_sd, n * 2, alpha, power, holdout_ratio) > effect else n + 1
     return n
 
 

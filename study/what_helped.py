@@ -41,6 +41,7 @@ from study.summary import (
     answers_right,
     clip_sign_test,
     current_rows,
+    detectable_difference,
     paired_folds,
     paired_record,
 )
@@ -177,10 +178,14 @@ def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
     diffs = paired_folds(results, variant, reference)
     means = {name: results[results["variant"] == name].set_index(["seed", "fold"])["clip_accuracy"].loc[diffs.index]
              .mean() for name in (variant, reference)}
-    p_plain, p_corrected = fold_t_tests(diffs, holdout_ratio(results, reference))
+    ratio = holdout_ratio(results, reference)
+    p_plain, p_corrected = fold_t_tests(diffs, ratio)
+    sd = diffs.std(ddof=1) if len(diffs) > 1 else np.nan
     return {**paired_record(diffs), "folds": len(diffs), "seeds": diffs.index.get_level_values("seed").nunique(),
             "variant_mean": means[variant], "reference_mean": means[reference], "p_t": p_plain,
-            "p_corrected": p_corrected}
+            "p_corrected": p_corrected,
+            "detectable_corrected": detectable_difference(sd, len(diffs), holdout_ratio=ratio)
+            if np.isfinite(ratio) else np.nan}
 
 
 def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict], clips: pd.DataFrame | None = None,
@@ -188,12 +193,12 @@ def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict], clips: pd
     """The table; ``clips`` (:func:`pooled_clips`): also the clip-level column where both variants have them;
     ``external`` (:func:`pooled_external`): the real-clips answers paired where both variants kept them."""
     lines = ["| change | variant vs reference | clip acc. (paired folds) | Δ | W/T/L | folds (seeds) "
-             "| detectable Δ | p: t / corrected t | clips better/worse (p) | robustness agreement "
+             "| detectable Δ: t / corrected t | p: t / corrected t | clips better/worse (p) | robustness agreement "
              "| real-clips right (only one right: variant/reference, p) | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in contrasts:
         c = contrast(results, row["variant"], row["reference"])
-        detectable = "" if np.isnan(c["detectable"]) else f"{c['detectable']:.3f}"
+        detectable = "" if np.isnan(c["detectable"]) else f"{c['detectable']:.3f} / {c['detectable_corrected']:.3f}"
         paired = clip_sign_test(clips, row["variant"], row["reference"]) if clips is not None else {}
         by_clip = (f"{paired['clips_better']}/{paired['clips_worse']} of {paired['clips_paired']} "
                    f"(p {paired['clips_p']:.2g})") if paired else ""

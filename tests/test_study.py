@@ -124,6 +124,33 @@ def test_detectable_difference_and_pairs_needed_invert_each_other():
     assert "detectable Δ (80 % power)" in table and f"{row['detectable_delta']:.3f}" in table
 
 
+def test_detectable_difference_allows_for_overlapping_folds_as_the_corrected_t_test_does():
+    """The verdicts go by Nadeau & Bengio's corrected t-test, whose variance is (1/n + n_test/n_train) s^2, so the
+    difference the folds can detect must use the same variance: with a holdout ratio of 0.25 it stops shrinking with
+    more seeds (floor (z[.975] + z[.8]) * sd * 0.5), and pairs_needed says where no number of folds is enough."""
+    from study import what_helped
+
+    assert tables.detectable_difference(0.08, 25, holdout_ratio=0.25) == pytest.approx(
+        (2.064 + 0.857) * 0.08 * (1 / 25 + 0.25) ** 0.5, rel=1e-3)
+    assert tables.detectable_difference(0.08, 25, holdout_ratio=0.0) == tables.detectable_difference(0.08, 25)
+    assert tables.detectable_difference(0.08, 100_000, holdout_ratio=0.25) == pytest.approx(2.802 * 0.08 * 0.5,
+                                                                                            rel=1e-3)
+    with pytest.raises(ValueError, match="no number of folds"):
+        tables.pairs_needed(0.08, 0.05, holdout_ratio=0.25)  # the session-7 table's "23 folds" is out of reach
+    n = tables.pairs_needed(0.08, 0.15, holdout_ratio=0.25)
+    assert (tables.detectable_difference(0.08, n, holdout_ratio=0.25) <= 0.15
+            < tables.detectable_difference(0.08, n - 1, holdout_ratio=0.25))
+    # what_helped reports both, the corrected one from the reference's holdout ratio
+    results = pd.DataFrame({"variant": ["b"] * 5 + ["v"] * 5, "seed": 1, "fold": list(range(5)) * 2,
+                            "clip_accuracy": [0.5, 0.6, 0.7, 0.8, 0.6, 0.6, 0.6, 0.9, 0.8, 0.7],
+                            "n_test_clips": [15, 14, 14, 14, 14] * 2})
+    c = what_helped.contrast(results, "v", "b")
+    sd = np.std([0.1, 0.0, 0.2, 0.0, 0.1], ddof=1)
+    assert c["detectable_corrected"] == pytest.approx(
+        tables.detectable_difference(sd, 5, holdout_ratio=14.2 / (71 - 14.2)))
+    assert c["detectable_corrected"] > c["detectable"]
+
+
 def _clip_rows(variant, hits, key="k", seed=1):
     return pd.DataFrame({"variant": variant, "seed": seed, "fold": 0, "clip_id": [f"c{i}" for i in range(len(hits))],
                          "actual": "a", "predicted": ["a" if h else "b" for h in hits], "config_key": key})
@@ -289,6 +316,35 @@ def test_a_changed_variant_is_recomputed(tiny_study, tmp_path, monkeypatch):
     changed = compare.Study({**study.variants, "se_tuned": {"model.reduction_ratios": 3}}, study.seeds,
                             study.overrides, study.params_path)
     assert len(run(changed)) == 3 and calls[3:] == [3, 3, 3]
+
+
+def test_rows_of_seeds_left_alone_with_another_configuration_are_named(tiny_study, tmp_path, monkeypatch, capsys):
+    """--seeds keeps the other seeds' rows even where the variant changed since; the run must say so, or every
+    summary pools two configurations under one variant name (a resumed, unchanged run says nothing)."""
+    study, work = tiny_study
+
+    def fake_fold(*args, **kwargs):
+        return {"clip_accuracy": 0.5, "clip_macro_f1": 0.5, "params": 1, "train_seconds": 0.1, "epochs_run": 1,
+                "best_epoch": 1, "n_test_clips": 6}
+
+    monkeypatch.setattr(compare, "run_cnn_fold", fake_fold)
+    out = tmp_path / "study.csv"
+
+    def run(s, seeds):
+        return compare.run_study(s, work / "features", work / "index.csv", out, variants=["se"], seeds=seeds)
+
+    run(study, [42, 7])
+    run(study, [7])
+    assert "warning" not in capsys.readouterr().err  # nothing changed: nothing to say
+    changed = compare.Study({**study.variants, "se": {"model.reduction_ratios": 3}}, study.seeds, study.overrides,
+                            study.params_path)
+    results = run(changed, [7])  # seed 7 recomputed with r = 3, seed 42's rows (r = 2) kept
+    err = capsys.readouterr().err
+    assert "warning: se seed 42: 3 row(s)" in err and "--seeds 42" in err and "seed 7" not in err
+    assert results.groupby("seed")["config_key"].nunique().to_dict() == {7: 1, 42: 1}
+    run(changed, [42])  # recomputed: nothing left to warn about
+    run(changed, [7])
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_each_seed_deals_its_own_stratified_folds(tiny_study):
@@ -714,7 +770,8 @@ def test_what_helped_pairs_each_change_with_its_reference_on_the_same_folds(tmp_
     assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 0
     p_t, p_corrected = what_helped.fold_t_tests(pd.Series(diffs), what_helped.holdout_ratio(pooled, "base"))
     assert (p_t, p_corrected) == (pytest.approx(c["p_t"]), pytest.approx(c["p_corrected"]))
-    assert f"| 4 (1) | {c['detectable']:.3f} | {p_t:.2g} / {p_corrected:.2g} | 3/1 of 5 (p 0.62) |  |  | kept |" \
+    assert f"| 4 (1) | {c['detectable']:.3f} / {c['detectable_corrected']:.3f} | {p_t:.2g} / {p_corrected:.2g} " \
+        "| 3/1 of 5 (p 0.62) |  |  | kept |" \
         in out.read_text()  # c1-c3 better, c4 worse; neither measured robustness nor answered real songs
     spec.write_text("results: [results/a.csv]\ncontrasts:\n  - {change: x, variant: nope, reference: base, verdict: y}\n")
     assert what_helped.main(["--contrasts", str(spec), "--out", str(out)]) == 1
