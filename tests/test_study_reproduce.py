@@ -171,3 +171,33 @@ def test_an_unknown_reference_is_refused_before_any_run(tmp_path, capsys, monkey
     assert compare.main(["run", "--study", str(ROOT / "study/small_data.yaml"), "--work", str(tmp_path),
                          "--reference", "epoch30"]) == 1
     assert "--reference: 'epoch30' is not in the study" in capsys.readouterr().err
+
+
+def test_the_readme_bundle_recipe_is_the_cross_validated_one():
+    """README's `dvc exp run -S ...` for the gtzan-mini bundle must train what the study cross-validated
+    (small_data.yaml's set + e30_kept, answered by the SVM head on its embeddings as study.fold_embeddings scores
+    it): it ran with params.yaml's train.patience 8 against the CV's 6."""
+    import re
+
+    import yaml
+
+    from genre_se.config import load_params
+
+    study = yaml.safe_load((ROOT / "study/small_data.yaml").read_text(encoding="utf-8"))
+    wanted = {**study["set"], **study["variants"]["e30_kept"], "model.classifier": "svm"}
+    defaults = load_params(ROOT / "params.yaml")
+
+    def default(key):
+        section, name = key.split(".")
+        return getattr(getattr(defaults, section), name)
+
+    for readme in ("README.md", "study/README.md"):
+        text = (ROOT / readme).read_text(encoding="utf-8")
+        command = re.search(r"dvc exp run -S data\.root=\S+gtzan-mini/genres -S tune\.enabled=false(.*?)\n```",
+                            text, re.S).group(1)
+        given = {k: yaml.safe_load(v) for k, v in re.findall(r"-S (\S+?)=(\S+)", command)}
+        for key, value in wanted.items():
+            if key in ("data.root", "evaluate.folds"):  # where the data is; the CV itself
+                continue
+            if value != default(key):
+                assert key in given and given[key] == value, f"{readme}: the recipe lacks -S {key}={value}"
