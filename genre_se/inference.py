@@ -242,8 +242,8 @@ class Prediction:
         return [(self.labels[i], float(self.probabilities[i])) for i in self._ranking()[: check_top_k(k)]]
 
     def _ranking(self) -> np.ndarray:
-        probs = np.asarray(self.segment_probabilities, dtype=np.float64)
-        used = probs if self.all_silent or not self.silent.any() else probs[~self.silent]  # as aggregated
+        """Genre indices, most probable first, a tie broken by the mean of the segments aggregated."""
+        used = _audible(np.asarray(self.segment_probabilities, dtype=np.float64), self.silent)
         return rank_genres(self.probabilities, used.mean(axis=0) if len(used) else None)
 
     def distribution(self) -> dict[str, float]:
@@ -305,6 +305,13 @@ def rank_genres(probabilities: np.ndarray, tie_break: np.ndarray | None = None) 
     return np.lexsort((np.arange(len(probabilities)), -tie_break, -probabilities))
 
 
+def _audible(rows: np.ndarray, silent: np.ndarray) -> np.ndarray:
+    """The rows of the segments that are not near-silent, or all of them when every one is (``all_silent``): what
+    a file's distribution, the SVM head's and the familiarity check's mean embedding and the pooled embedding
+    are computed from."""
+    return rows if silent.all() else rows[~silent]
+
+
 def check_top_k(k) -> int:
     """``k`` as an int >= 1, or a ConfigError: ``top(0)`` or ``top(-1)`` used to answer one genre silently."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -317,7 +324,7 @@ def _top_k(labels: list[str], probabilities: np.ndarray, k: int) -> list[dict]:
 
     ``k`` larger than the number of genres gives them all.
     """
-    order = np.argsort(-np.asarray(probabilities), kind="stable")[: check_top_k(k)]
+    order = rank_genres(probabilities)[: check_top_k(k)]
     return [{"genre": labels[i], "probability": float(probabilities[i])} for i in order]
 
 
@@ -900,12 +907,12 @@ class GenreClassifier:
         starts, ends, duration = self._times(raw)
         silent = self._silent(raw)
         all_silent = bool(silent.all())
-        clip = aggregate_segments(probs if all_silent else probs[~silent], self.aggregate)  # silence left out
+        clip = aggregate_segments(_audible(probs, silent), self.aggregate)
         if self.head is not None:  # model.classifier: the SVM of the mean embedding of the same segments
             if embeddings.shape[1] != self.head.dim:
                 raise ModelError(f"{self.bundle.path}: the embedding SVM expects embeddings of size "
                                  f"{self.head.dim}, the model gives {embeddings.shape[1]}; retrain")
-            mean = (embeddings if all_silent else embeddings[~silent]).mean(axis=0, dtype=np.float64)
+            mean = _audible(embeddings, silent).mean(axis=0, dtype=np.float64)
             parts = {"cnn": clip, "svm": self.head.probabilities(mean[None, :])[0]}
             clip = apply_temperature(parts["svm"][None, :], self.temperature)[0]
         elif fused:  # model.fusion: the mean with the SVM's distribution, then the temperature (fitted so)
@@ -913,10 +920,10 @@ class GenreClassifier:
 
             parts = {"cnn": clip, "svm": np.asarray(svm_distribution, dtype=np.float64)}
             clip = apply_temperature(fuse(clip, svm_distribution)[None, :], self.temperature)[0]
-        short = bool(duration < self.feature_config.segment_seconds)  # one segment, mostly padding
+        short = self._short(duration)
         distance, unfamiliar = None, False
         if self.familiarity is not None:
-            distance = self.familiarity.distance(embeddings if all_silent else embeddings[~silent])
+            distance = self.familiarity.distance(_audible(embeddings, silent))
             unfamiliar = distance > self.familiarity.threshold
         return Prediction(
             path=raw.path,
@@ -936,6 +943,10 @@ class GenreClassifier:
             unfamiliar=bool(unfamiliar),
             parts=parts,
         )
+
+    def _short(self, duration: float) -> bool:
+        """Shorter than one segment: its one segment is mostly padding (``Prediction.short``)."""
+        return bool(duration < self.feature_config.segment_seconds)
 
     def _silent(self, raw: _FileOutputs) -> np.ndarray:
         """Near-silent segments: loudest frame below ``silence_db`` (none when it is None)."""
@@ -980,11 +991,9 @@ class GenreClassifier:
             starts, ends, duration = self._times(result)
             vectors = result.outputs.astype(np.float32, copy=False)
             silent = self._silent(result)
-            all_silent = bool(silent.all())
-            # near-silent segments left out as predict leaves them out of the head's and familiarity's mean
-            pooled = (vectors if all_silent else vectors[~silent]).mean(axis=0, dtype=np.float64).astype(np.float32)
+            pooled = _audible(vectors, silent).mean(axis=0, dtype=np.float64).astype(np.float32)
             yield Embedding(result.path, vectors, pooled, starts, ends, duration, segment_silent=silent,
-                            all_silent=all_silent, short=bool(duration < self.feature_config.segment_seconds))
+                            all_silent=bool(silent.all()), short=self._short(duration))
 
     # ------------------------------------------------------------------ the shared loop
 

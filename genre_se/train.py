@@ -464,8 +464,12 @@ def predict_rows(model, store: FeatureStore, rows: np.ndarray, batch_size: int =
 
 
 def clip_scores(model, store: FeatureStore, rows: np.ndarray, batch_size: int = 128) -> dict:
-    """Segment loss/accuracy and clip accuracy (mean of segment probabilities) on some rows."""
+    """Segment loss/accuracy and clip accuracy (mean of segment probabilities) on some rows; all NaN when the
+    probabilities are not finite (diverged weights), whose argmax of label 0 would score the share of label-0
+    clips as clip accuracy, a score the model never earned."""
     probs = predict_rows(model, store, rows, batch_size)
+    if not np.isfinite(probs).all():
+        return {"loss": float("nan"), "accuracy": float("nan"), "clip_accuracy": float("nan")}
     labels = store.table["label_index"].to_numpy()[rows]
     clips = aggregate_clips(store.table["clip_id"].to_numpy()[rows], probs, labels)
     return {
@@ -590,6 +594,9 @@ def train_model(
         _restore_seed_states(model, state.get("seed_states"))
         if log is not None:
             log(f"resuming after epoch {state['epoch']} (state in {state_dir})")
+            if "seed_states" not in state:  # saved before the draws became functions of (seed, epoch)
+                log("note: this state was saved by an earlier genre-se, whose input pipeline drew other batches; the "
+                    "epochs from here on draw this version's, so the run will not match an uninterrupted one")
     else:
         shutil.rmtree(state_dir, ignore_errors=True)
         mean, std = standardization_stats(store.segments, train_rows,
@@ -624,9 +631,8 @@ def train_model(
             logs = logs if logs is not None else {}
             val = clip_scores(self.model, store, valid_rows) if has_valid else {}
             if not np.isfinite(float(logs.get("loss", 0.0))) or not np.isfinite(val.get("loss", 0.0)):
-                # diverged weights do not recover, and their NaN probabilities would score the share of
-                # label-0 clips as clip accuracy (even "improving" on the best): the epoch is not kept, and the
-                # state stays at the last finite one (a rerun ends the same way, the draws being the same)
+                # diverged weights do not recover: the epoch is not kept, and the state stays at the last finite
+                # one (a rerun ends the same way, the draws being the same)
                 diverged.append(epoch + 1)
                 self.model.stop_training = True
                 if log is not None:
@@ -691,6 +697,7 @@ def _seed_state_variables(model) -> list:
 
 
 def _restore_seed_states(model, states: list | None) -> None:
+    """Put back the seed generator states the train state saved (:func:`_seed_state_variables`)."""
     variables = _seed_state_variables(model)
     if states is None or len(states) != len(variables):  # a state of an older version: fresh dropout draws
         return
@@ -800,6 +807,8 @@ def _tuned(params: Params, best_params_path: str | Path | None, section: str) ->
 
 
 def _resolved(cls, base, section: str, params: Params, best_params_path):
+    """``base`` (a params.yaml section) with :func:`_tuned`'s choices applied, checked as ``cls``; a tuned value
+    that does not fit names the file it came from."""
     tuned = _tuned(params, best_params_path, section)
     try:
         return from_dict(cls, {**base.__dict__, **tuned}, section)

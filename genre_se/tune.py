@@ -52,6 +52,8 @@ from .interrupts import interrupts_noted, raise_if_interrupted
 OBJECTIVES = {"val_clip_accuracy": ("clip_accuracy", "max"), "val_loss": ("loss", "min")}
 #: metrics every trial reports besides the objective (all end up in the trial table)
 TRIAL_METRICS = ("val_clip_accuracy", "val_loss", "epochs", "best_epoch", "seconds")
+#: The columns of the references table (:func:`run_references`, ``reports/tune_references.csv``)
+REFERENCE_COLUMNS = ("reference", "se_hidden", *TRIAL_METRICS, "params")
 #: execution k of a trial trains with seed ``params.seed + k * EXECUTION_SEED_STRIDE``
 EXECUTION_SEED_STRIDE = 1000
 CHIEF_POLL_SECONDS = 0.2
@@ -260,12 +262,8 @@ class SEHyperModel(keras_tuner.HyperModel):
         class ValidationEarlyStopping(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 raise_if_interrupted()
-                scores = clip_scores(self.model, store, valid_rows)
-                if not np.isfinite(scores["loss"]):
-                    # NaN probabilities (diverged weights): the argmax of a NaN row is label 0, so the clip
-                    # accuracy would be the share of label-0 clips, a score the model never earned. Such weights
-                    # do not recover: the epoch scores nothing and training stops.
-                    scores = {**scores, "loss": float("nan"), "accuracy": float("nan"), "clip_accuracy": float("nan")}
+                scores = clip_scores(self.model, store, valid_rows)  # all NaN for diverged weights
+                if not np.isfinite(scores["loss"]):  # such weights do not recover: the epoch scores nothing
                     self.model.stop_training = True
                 history.append(scores)
                 if len(history) - 1 - best_index() >= patience:
@@ -561,8 +559,13 @@ def _remove_outputs(out_path, trials_path, plot_path) -> None:
             Path(path).unlink(missing_ok=True)
 
 
-def _write_outputs(best: dict, table: pd.DataFrame, out_path, trials_path, plot_path, plot) -> None:
+def _write_outputs(best: dict, table: pd.DataFrame, references: pd.DataFrame | None, out_path, trials_path,
+                   plot_path, plot) -> None:
+    """The stage's results, ``best_params.json`` last; the references table is a declared output (dvc.yaml), so
+    it is written with its header only where no reference was trained (``tune.references: []``, tuning off)."""
     if trials_path is not None:
+        write_csv(references_path(trials_path),
+                  references if references is not None else pd.DataFrame(columns=list(REFERENCE_COLUMNS)))
         write_csv(trials_path, table)
     if plot_path is not None:
         plot(plot_path)
@@ -573,10 +576,7 @@ def _passthrough(params: Params, out_path, trials_path, plot_path) -> TuneResult
     best = {"source": "params", "model": {"reduction_ratios": params.model.reduction_ratios}}
     table = pd.DataFrame(columns=trial_columns(None))
     note = f"search disabled (tune.enabled: false)\nreduction ratios from params: {params.model.reduction_ratios}"
-    if trials_path is not None:  # declared as an output: present, and empty
-        write_csv(references_path(trials_path),
-                  pd.DataFrame(columns=["reference", "se_hidden", *TRIAL_METRICS, "params"]))
-    _write_outputs(best, table, out_path, trials_path, plot_path,
+    _write_outputs(best, table, None, out_path, trials_path, plot_path,
                    lambda path: plot_objective(table, None, params.tune.objective, path, note=note))
     return TuneResult(best, table, "single", "tuner0")
 
@@ -691,7 +691,7 @@ def run_references(hypermodel: SEHyperModel, tuner: SETuner, project_dir: Path, 
             if log is not None:
                 log(f"reference {label} done: {_format_values(metrics)}")
         rows.append({"reference": label, **{k: v for k, v in cache[label].items() if k != "protocol"}})
-    return pd.DataFrame(rows, columns=["reference", "se_hidden", *TRIAL_METRICS, "params"])
+    return pd.DataFrame(rows, columns=list(REFERENCE_COLUMNS))
 
 
 def _completed(oracle) -> int:
@@ -721,8 +721,10 @@ def run_tune(
     from .model import front_end
     from .train import standardization_stats
 
-    space = SearchSpace.from_params(params)
     role = distributed_role()
+    if role != "worker":  # this search's results replace the last one's: a failed or killed search leaves none
+        _remove_outputs(out_path, trials_path, plot_path)
+    space = SearchSpace.from_params(params)
     store = FeatureStore.open(store_dir)
     train_rows, valid_rows = store.rows("train"), store.rows("valid")
     if len(train_rows) == 0 or len(valid_rows) == 0:
@@ -735,8 +737,6 @@ def run_tune(
     hypermodel = SEHyperModel(space, params.model, params.train, params.tune, store.input_shape,
                               len(store.labels), mean, std, features=store.features)
     project_dir = Path(project_root) / key
-    if role != "worker":  # this search's results replace the last one's: a failed or killed search leaves none
-        _remove_outputs(out_path, trials_path, plot_path)
     with _keras_tuner_quiet():
         try:
             resuming = (project_dir / "oracle.json").exists() or _tuner_file(project_dir).exists()
@@ -782,10 +782,7 @@ def run_tune(
                                         store=store, train_rows=train_rows, valid_rows=valid_rows)
         best["references"] = {row.reference: {params.tune.objective: getattr(row, params.tune.objective),
                                               "epochs": row.epochs} for row in references.itertuples()}
-    if trials_path is not None:  # a declared output (dvc.yaml): present, and empty with tune.references: []
-        write_csv(references_path(trials_path), references if references is not None else
-                  pd.DataFrame(columns=["reference", "se_hidden", *TRIAL_METRICS, "params"]))
-    _write_outputs(best, table, out_path, trials_path, plot_path,
+    _write_outputs(best, table, references, out_path, trials_path, plot_path,
                    lambda path: plot_objective(table, space, params.tune.objective, path, references=references))
     return TuneResult(best, table, role, tuner.tuner_id, project_dir, tuner.trials_run, before, references)
 

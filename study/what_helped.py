@@ -2,7 +2,7 @@
 
 Each row of ``study/what_helped.yaml`` names a change, the study variant that has it and the reference that
 does not; the numbers come from the studies' result CSVs, paired by (seed, fold) on the same clip folds:
-mean difference in clip accuracy, folds won/tied/lost, the smallest difference those folds could detect
+mean difference in clip accuracy, folds won/tied/lost, the smallest difference each test could detect on them
 (``summary.detectable_difference``), and two p-values of the fold differences: the plain paired t-test, which
 treats the folds as independent, and the corrected resampled t-test of Nadeau & Bengio (2003), which does not:
 the folds of repeated k-fold CV share most of their training clips, so the plain test overstates the evidence, and
@@ -171,7 +171,9 @@ def holdout_ratio(results: pd.DataFrame, variant: str) -> float:
 
 def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
     """Paired clip-accuracy difference ``variant - reference`` over the (seed, fold) runs both have
-    (``summary.paired_record``), with the two means over those runs and the folds and seeds paired."""
+    (``summary.paired_record``), with the two means over those runs, the folds and seeds paired, the two
+    p-values (:func:`fold_t_tests`) and the difference the corrected test could detect (``detectable_corrected``,
+    at the reference's :func:`holdout_ratio`; ``detectable`` is the plain test's)."""
     for name in (variant, reference):
         if not (results["variant"] == name).any():
             raise ConfigError(f"no results for variant {name!r}")
@@ -184,8 +186,7 @@ def contrast(results: pd.DataFrame, variant: str, reference: str) -> dict:
     return {**paired_record(diffs), "folds": len(diffs), "seeds": diffs.index.get_level_values("seed").nunique(),
             "variant_mean": means[variant], "reference_mean": means[reference], "p_t": p_plain,
             "p_corrected": p_corrected,
-            "detectable_corrected": detectable_difference(sd, len(diffs), holdout_ratio=ratio)
-            if np.isfinite(ratio) else np.nan}
+            "detectable_corrected": detectable_difference(sd, len(diffs), holdout_ratio=ratio)}  # NaN ratio: NaN
 
 
 def what_helped_markdown(results: pd.DataFrame, contrasts: list[dict], clips: pd.DataFrame | None = None,

@@ -256,6 +256,25 @@ def test_load_channels_of_a_truncated_mp3_whose_data_ends_before_its_middle(tmp_
 # Comparing distributions and the report
 
 
+def test_a_tied_vote_agrees_as_the_genres_reported_say(tmp_path):
+    """With ``aggregate="vote"`` both files can tie blues/rock 0.5/0.5 and predict answer each by its segments'
+    mean (rock, then blues): argmax of the fractions said "blues" twice, so the row reported two genres and
+    top1_agree True."""
+    from genre_se.inference import Prediction
+
+    means = iter([np.array([[0.45, 0.1, 0.45], [0.05, 0.05, 0.9]]), np.array([[0.9, 0.05, 0.05], [0.45, 0.1, 0.45]])])
+
+    class Voting:
+        def predict_array(self, y, sr):
+            return Prediction(path=None, labels=["blues", "country", "rock"], probabilities=np.array([0.5, 0, 0.5]),
+                              segment_probabilities=next(means), segment_starts=np.zeros(2),
+                              segment_ends=np.ones(2), duration=2.0, aggregate="vote")
+
+    path = write(tmp_path / "a.wav", tone(BAND_HZ["mid"], 1.0))
+    (row,) = rb.file_robustness(Voting(), path, {"same": lambda y, sr: (y, sr)}).rows
+    assert (row["reference_genre"], row["genre"]) == ("rock", "blues") and not row["top1_agree"]
+
+
 def test_total_variation_and_top1_agreement_on_hand_made_distributions():
     p, q = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5])
     assert rb.total_variation(p, q) == pytest.approx(0.3)

@@ -302,11 +302,14 @@ def test_a_state_of_the_fixed_name_layout_resumes_and_keeps_its_best_weights(tmp
     (state_dir / state.pop("last_file")).rename(state_dir / LAST_MODEL)
     (state_dir / state.pop("best_file")).rename(state_dir / BEST_WEIGHTS)
     state.pop("waits")
+    state.pop("seed_states")  # nor the seed generators' states (before the draws were functions of the epoch)
     state["best_key"] = [float("inf")] * len(state["best_key"])  # nothing beats it: epoch 2 does not improve
     (state_dir / STATE_FILE).write_text(json.dumps(state))
-    resumed = train_model(store, model, TrainConfig(epochs=2, batch_size=16), **rows)
+    lines = []
+    resumed = train_model(store, model, TrainConfig(epochs=2, batch_size=16), log=lines.append, **rows)
     assert resumed.resumed_from == 1 and resumed.epochs_run == 2 and resumed.best_epoch == 1
     assert (state_dir / BEST_WEIGHTS).exists()  # still named by the state: the best weights are epoch 1's
+    assert any("saved by an earlier genre-se" in line for line in lines)  # it will not match an uninterrupted run
 
 
 def test_a_state_trained_past_a_smaller_budget_starts_afresh(tmp_path):

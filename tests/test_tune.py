@@ -567,6 +567,18 @@ def test_a_failed_search_leaves_no_earlier_search_results_for_train_to_take(work
     assert sorted(p.name for p in out.iterdir()) == ["tuning"]  # keras-tuner's project (resumable) only
 
 
+def test_a_search_refused_before_it_starts_leaves_no_earlier_results_either(workdir):
+    """A search that stops at its own checks (here: model.se false, nothing to tune) left the last run's
+    best_params.json for train to take, as a failed search did."""
+    out = workdir / "refused"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("best_params.json", "trials.csv", "objective.png", "references.csv"):
+        (out / name).write_text('{"source": "tune", "model": {"reduction_ratios": 3.0}}')
+    with pytest.raises(ConfigError, match="model.se is false"):
+        tune_in(workdir, params_for(workdir, **{"model.se": False}), "refused")
+    assert not list(out.iterdir())
+
+
 def test_a_search_too_short_for_the_gaussian_process_says_so(workdir):
     """keras-tuner proposes max(3, 3 x dimensions) random trials before its Gaussian process: the default
     4 trials (shared r) get one Bayesian step, and a per-block search of 5 blocks none at all, silently."""
