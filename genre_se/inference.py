@@ -228,9 +228,7 @@ class Prediction:
     @property
     def silent(self) -> np.ndarray:
         """Which segments are near-silent (all False when silence was not measured)."""
-        if self.segment_silent is None:
-            return np.zeros(self.n_segments, dtype=bool)
-        return np.asarray(self.segment_silent, dtype=bool)
+        return _silent_mask(self.segment_silent, self.n_segments)
 
     @property
     def genre(self) -> str:
@@ -305,6 +303,13 @@ def rank_genres(probabilities: np.ndarray, tie_break: np.ndarray | None = None) 
     return np.lexsort((np.arange(len(probabilities)), -tie_break, -probabilities))
 
 
+def _silent_mask(segment_silent: np.ndarray | None, n_segments: int) -> np.ndarray:
+    """``segment_silent`` as a bool array; all False when silence was not measured (None)."""
+    if segment_silent is None:
+        return np.zeros(n_segments, dtype=bool)
+    return np.asarray(segment_silent, dtype=bool)
+
+
 def _audible(rows: np.ndarray, silent: np.ndarray) -> np.ndarray:
     """The rows of the segments that are not near-silent, or all of them when every one is (``all_silent``): what
     a file's distribution, the SVM head's and the familiarity check's mean embedding and the pooled embedding
@@ -363,9 +368,7 @@ class Embedding:
     @property
     def silent(self) -> np.ndarray:
         """Which segments are near-silent (all False when silence was not measured)."""
-        if self.segment_silent is None:
-            return np.zeros(self.n_segments, dtype=bool)
-        return np.asarray(self.segment_silent, dtype=bool)
+        return _silent_mask(self.segment_silent, self.n_segments)
 
     @property
     def dim(self) -> int:

@@ -796,11 +796,11 @@ def _best_params(best_params_path: str | Path | None) -> dict:
     return best
 
 
-def _tuned(params: Params, best_params_path: str | Path | None, section: str) -> dict:
-    """The tune stage's choices for ``section``; none from a search (``"source": "tune"``) while
-    ``tune.enabled`` is false, which means "train with params.yaml's values": a best_params.json left by an
-    earlier search (the default path) applied its r, dropout and learning rate without a word."""
-    best = _best_params(best_params_path)
+def _tuned(params: Params, best: dict, section: str) -> dict:
+    """The tune stage's choices for ``section`` in ``best`` (a read best_params.json); none from a search
+    (``"source": "tune"``) while ``tune.enabled`` is false, which means "train with params.yaml's values": a
+    best_params.json left by an earlier search (the default path) applied its r, dropout and learning rate
+    without a word."""
     if not params.tune.enabled and best.get("source") == "tune":
         return {}
     return best.get(section, {})
@@ -809,7 +809,7 @@ def _tuned(params: Params, best_params_path: str | Path | None, section: str) ->
 def _resolved(cls, base, section: str, params: Params, best_params_path):
     """``base`` (a params.yaml section) with :func:`_tuned`'s choices applied, checked as ``cls``; a tuned value
     that does not fit names the file it came from."""
-    tuned = _tuned(params, best_params_path, section)
+    tuned = _tuned(params, _best_params(best_params_path), section)
     try:
         return from_dict(cls, {**base.__dict__, **tuned}, section)
     except ConfigError as exc:
@@ -823,8 +823,9 @@ def _ratios_source(params: Params, best_params_path: str | Path | None) -> str:
     """Where the trained r comes from, in words: the tune stage's file, or params.yaml and why."""
     if not params.model.se:
         return "model.se is false: no SE blocks"
-    if _tuned(params, best_params_path, "model").get("reduction_ratios") is not None:
-        if _best_params(best_params_path).get("source") == "params":  # the stage's pass-through, tuning off
+    best = _best_params(best_params_path)
+    if _tuned(params, best, "model").get("reduction_ratios") is not None:
+        if best.get("source") == "params":  # the stage's pass-through, tuning off
             return f"model.reduction_ratios, passed through {best_params_path}; tune.enabled is false"
         return f"tuned: {best_params_path}"
     if not params.tune.enabled:
