@@ -12,6 +12,7 @@ would have drawn, so it ends with the same weights. Different parameters start o
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import hashlib
 import json
@@ -168,11 +169,34 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     return max(1, -(-int(n_rows) // int(batch_size)))
 
 
-def _draw(key, op: int):
-    """The stateless seed of one augmentation's draws for one batch: its ``op`` number and the batch's key."""
+@enum.unique
+class Draw(enum.IntEnum):
+    """The stream each augmentation draws from, combined with the batch's key by :func:`_draw`. The numbers are
+    part of every training's draws: changing one changes the weights a seed gives, as a new seed would."""
+
+    EQ_TILT = 1
+    COMPRESSION = 2
+    NOISE_SNR = 3
+    NOISE_COLOUR = 4
+    PITCH_SHIFT = 5
+    TIME_STRETCH = 6
+    LOWPASS_CUTOFF = 7
+    LOWPASS_DEPTH = 8
+    GAIN = 100
+    FREQ_MASK_WIDTH = 200
+    FREQ_MASK_START = 201
+    TIME_MASK_WIDTH = 202
+    TIME_MASK_START = 203
+    MIXUP_WEIGHT_A = 300
+    MIXUP_WEIGHT_B = 301
+    MIXUP_PARTNER = 302
+
+
+def _draw(key, op: Draw):
+    """The stateless seed of one augmentation's draws for one batch: its stream (:class:`Draw`) and the batch's key."""
     import tensorflow as tf
 
-    return tf.stack([tf.cast(key, tf.int64), tf.constant(op, tf.int64)])
+    return tf.stack([tf.cast(key, tf.int64), tf.constant(int(op), tf.int64)])
 
 
 def _random_gain(x, key, gain_db: float, floor_db: float):
@@ -180,7 +204,7 @@ def _random_gain(x, key, gain_db: float, floor_db: float):
     of g dB adds g to every value; one uniform g per segment, never below the store's silence floor."""
     import tensorflow as tf
 
-    gain = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], _draw(key, 100), -gain_db, gain_db)
+    gain = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], _draw(key, Draw.GAIN), -gain_db, gain_db)
     return tf.maximum(x + gain, floor_db)
 
 
@@ -235,26 +259,28 @@ class RecordingConditions:
 
         batch = tf.shape(x)[0]
 
-        def uniform(op: int, low: float, high: float):
+        def uniform(op: Draw, low: float, high: float):
             return tf.random.stateless_uniform([batch], _draw(key, op), low, high)
 
         if self.eq_tilt_db > 0:
-            x = eq_tilt(x, uniform(1, -self.eq_tilt_db, self.eq_tilt_db), self.floor_db)
+            x = eq_tilt(x, uniform(Draw.EQ_TILT, -self.eq_tilt_db, self.eq_tilt_db), self.floor_db)
         if self.lowpass_hz is not None:
             low, high = np.log2(self.lowpass_hz)
-            x = low_pass(x, tf.pow(2.0, uniform(7, low, high)), self.mel_hz,  # cutoff log-uniform in the range
-                         slope_db=self.lowpass_slope_db, depth_db=uniform(8, *LOWPASS_DEPTH_DB))
+            cutoff_hz = tf.pow(2.0, uniform(Draw.LOWPASS_CUTOFF, low, high))  # log-uniform in the range
+            x = low_pass(x, cutoff_hz, self.mel_hz,
+                         slope_db=self.lowpass_slope_db, depth_db=uniform(Draw.LOWPASS_DEPTH, *LOWPASS_DEPTH_DB))
         if self.compression > 0:
-            x = compress(x, self.compression * uniform(2, 0.0, 1.0))
+            x = compress(x, self.compression * uniform(Draw.COMPRESSION, 0.0, 1.0))
         if self.noise_snr_db is not None:
             low, high = self.noise_snr_db
-            x = add_noise(x, uniform(3, low, high), self.floor_db, self.mel_hz, colour=uniform(4, 0.0, 1.0))
+            x = add_noise(x, uniform(Draw.NOISE_SNR, low, high), self.floor_db, self.mel_hz,
+                          colour=uniform(Draw.NOISE_COLOUR, 0.0, 1.0))
         if self.pitch_shift_semitones > 0:
             s = self.pitch_shift_semitones
-            x = pitch_shift(x, uniform(5, -s, s), self.mel_hz)
+            x = pitch_shift(x, uniform(Draw.PITCH_SHIFT, -s, s), self.mel_hz)
         if self.time_stretch > 0:
             r = self.time_stretch
-            x = time_stretch(x, uniform(6, 1.0 - r, 1.0 + r))
+            x = time_stretch(x, uniform(Draw.TIME_STRETCH, 1.0 - r, 1.0 + r))
         return tf.maximum(x, self.floor_db)
 
 
@@ -424,14 +450,15 @@ def _spec_augment(x, key, max_freq: float = 0.15, max_time: float = 0.15):
     n_mels, n_frames = x.shape[1], x.shape[2]
     fill = tf.reduce_mean(x)
 
-    def mask(size, fraction, op):
-        width = tf.random.stateless_uniform([batch, 1], _draw(key, op), 0, int(size * fraction) + 1, dtype=tf.int32)
-        start = tf.random.stateless_uniform([batch, 1], _draw(key, op + 1), 0, size, dtype=tf.int32)
+    def mask(size, fraction, width_op, start_op):
+        width = tf.random.stateless_uniform([batch, 1], _draw(key, width_op), 0, int(size * fraction) + 1,
+                                            dtype=tf.int32)
+        start = tf.random.stateless_uniform([batch, 1], _draw(key, start_op), 0, size, dtype=tf.int32)
         idx = tf.range(size)[None, :]
         return (idx >= start) & (idx < start + width)
 
-    freq = mask(n_mels, max_freq, 200)[:, :, None, None]
-    time = mask(n_frames, max_time, 202)[:, None, :, None]
+    freq = mask(n_mels, max_freq, Draw.FREQ_MASK_WIDTH, Draw.FREQ_MASK_START)[:, :, None, None]
+    time = mask(n_frames, max_time, Draw.TIME_MASK_WIDTH, Draw.TIME_MASK_START)[:, None, :, None]
     return tf.where(freq | time, fill, x)
 
 
@@ -440,10 +467,10 @@ def _mixup(x, y, key, alpha: float):
     import tensorflow as tf
 
     batch = tf.shape(x)[0]
-    g1 = tf.random.stateless_gamma([batch], _draw(key, 300), alpha)
-    g2 = tf.random.stateless_gamma([batch], _draw(key, 301), alpha)
+    g1 = tf.random.stateless_gamma([batch], _draw(key, Draw.MIXUP_WEIGHT_A), alpha)
+    g2 = tf.random.stateless_gamma([batch], _draw(key, Draw.MIXUP_WEIGHT_B), alpha)
     lam = g1 / (g1 + g2)
-    perm = tf.argsort(tf.random.stateless_uniform([batch], _draw(key, 302)))
+    perm = tf.argsort(tf.random.stateless_uniform([batch], _draw(key, Draw.MIXUP_PARTNER)))
     lx = tf.reshape(lam, [-1, 1, 1, 1])
     ly = tf.reshape(lam, [-1, 1])
     return lx * x + (1 - lx) * tf.gather(x, perm), ly * y + (1 - ly) * tf.gather(y, perm)
