@@ -243,9 +243,12 @@ def _cv_train_config(params: Params, bundle_extra: dict):
     return dataclasses.replace(params.train, learning_rate=float(recorded))
 
 
-#: What the evaluate stage writes under ``reports/`` (``cv_folds.csv`` with ``evaluate.folds`` > 1).
+#: What the evaluate stage writes under ``reports/``: every run writes each (a declared DVC output must exist).
 REPORTS = ("metrics.json", "per_class.csv", "predictions.csv", "confusion_matrix.png", "reliability.png",
            "cv_folds.csv")
+#: ``cv_folds.csv``'s columns (with ``model.fusion``, each part's accuracy too); with ``evaluate.folds: 1`` it holds
+#: only them, no row, so it never sits beside metrics without ``cv`` as an earlier k-fold run's table
+CV_FOLD_COLUMNS = ("fold", "clip_accuracy", "clip_macro_f1", "segment_accuracy", "n_clips")
 
 
 def run_evaluate(
@@ -288,12 +291,11 @@ def run_evaluate(
     per_class = pd.DataFrame([{"genre": g, **s} for g, s in metrics.pop("per_class").items()])
     matrix = metrics.pop("confusion_matrix")
     # the reports are one set: the last run's go first, so an interrupted write leaves some missing (and no
-    # metrics.json, written last), never new files beside old ones. An earlier k-fold run's cv_folds.csv goes
-    # too: it would sit beside metrics that have no cv any more
+    # metrics.json, written last), never new files beside old ones
     for name in REPORTS:
         (reports / name).unlink(missing_ok=True)
-    if params.evaluate.folds > 1:
-        write_csv(reports / "cv_folds.csv", pd.DataFrame(cv["per_fold"]))
+    write_csv(reports / "cv_folds.csv", pd.DataFrame(cv["per_fold"]) if params.evaluate.folds > 1
+              else pd.DataFrame(columns=list(CV_FOLD_COLUMNS)))
     write_csv(reports / "per_class.csv", per_class)
     write_csv(reports / "predictions.csv", predictions)
     plot_confusion(matrix, store.labels, reports / "confusion_matrix.png",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, TINY_PARAMS, write_params
 
@@ -57,6 +58,15 @@ def test_dvc_repro_runs_everything_then_nothing(repo_copy):
     assert 0.0 <= metrics["clip"]["accuracy"] <= 1.0
     assert (repo / "models/bundle/bundle.json").exists()
     assert len(list((repo / "data/corpus").rglob("*.wav"))) == 15
+
+    declared = set()
+    for stage in yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            declared |= {next(iter(e)) if isinstance(e, dict) else e for e in stage.get(kind, [])}
+    written = {p.relative_to(repo).as_posix() for folder in ("reports", "dvclive") for p in (repo / folder).rglob("*")
+               if p.is_file()}
+    undeclared = {w for w in written if not any(w == d or w.startswith(d.rstrip("/") + "/") for d in declared)}
+    assert not undeclared, f"the stages wrote files no stage declares (dvc exp/plots cannot see them): {undeclared}"
 
     second = dvc(repo, env, "repro")
     assert "Running stage" not in second  # nothing changed, nothing re-runs

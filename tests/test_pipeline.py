@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from genre_se.cli import main
+from genre_se.evaluate import CV_FOLD_COLUMNS
 from tests.conftest import TINY_PARAMS, write_params
 
 pytestmark = pytest.mark.slow
@@ -85,13 +86,14 @@ def test_kfold_reports_mean_and_std(workdir, capsys, fit_all):
     assert cv["folds"] == 3 and 0 <= cv["clip_accuracy_mean"] <= 1 and cv["clip_accuracy_std"] >= 0
     folds = pd.read_csv(workdir / "reports/cv_folds.csv")
     assert len(folds) == 3 and folds["n_clips"].sum() == 18  # every clip tested exactly once
+    assert list(folds.columns) == list(CV_FOLD_COLUMNS)  # the header a run without folds writes
     assert cv["std_ddof"] == 1 and cv["clip_accuracy_std"] == pytest.approx(folds["clip_accuracy"].std(ddof=1))
     if not fit_all:  # back to one split: no stale per-fold table beside metrics without cv
         write_params(workdir / "params.yaml", {**TINY_PARAMS, "data.root": str(workdir / "tones"),
                                                "evaluate.folds": 1, "train.epochs": 1})
         run("evaluate")
         assert "cv" not in json.loads((workdir / "reports/metrics.json").read_text())
-        assert not (workdir / "reports/cv_folds.csv").exists()
+        assert pd.read_csv(workdir / "reports/cv_folds.csv").empty  # the header alone (a declared DVC output)
 
 
 def test_training_resumes_after_being_killed(workdir):
