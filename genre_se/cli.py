@@ -13,8 +13,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from . import __version__
 from .errors import ConfigError, GenreSEError
 
@@ -36,14 +34,14 @@ def _progress(quiet: bool):
 
 
 def _params(args):
-    from .config import load_params
+    from .config import load_params, parse_value
 
     overrides = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"-S {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = parse_value(value, f"-S {key.strip()}")
     return load_params(args.params, overrides)
 
 

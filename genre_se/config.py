@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -443,6 +444,13 @@ class Params:
         _require(self.evaluate.folds != 2 or self.train.fit_all, "evaluate.folds",
                  "2 folds leave no training fold (fold f is tested, fold f+1 early-stops); use 1, 3 or more, or "
                  "train.fit_all: true (the early-stopping fold trains too)")
+        # the low-pass cuts the mel bands above its cutoff: a range wholly above the top band never cuts anything
+        lowpass = self.train.lowpass_hz
+        if lowpass is not None:
+            top = self.features.sample_rate / 2 if self.features.fmax is None else self.features.fmax
+            _require(lowpass[0] < top, "train.lowpass_hz",
+                     f"low {lowpass[0]:g} Hz is at or above the top of the mel bands ({top:g} Hz: features.fmax, or "
+                     "features.sample_rate / 2), so no cutoff in the range would take anything away; start it below")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -527,6 +535,33 @@ def from_dict(cls: type, raw: Any, prefix: str = ""):
     return obj
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` and ``1.0e3`` as floats as YAML 1.2 does (and DVC, which reads
+    ``params.yaml`` itself): YAML 1.1's float needs a dot and a signed exponent, so PyYAML took them for text."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def parse_value(text: str, key: str = "") -> Any:
+    """One YAML value as ``params.yaml`` would hold it (``-S KEY=VALUE``'s VALUE), read as :func:`load_params` does.
+
+    Raises
+    ------
+    ConfigError
+        ``text`` is not valid YAML (``[16, 16`` without its bracket); the message names ``key``.
+    """
+    try:
+        return yaml.load(text, Loader=ParamsLoader)  # a SafeLoader
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{key or 'value'}: {text!r} is not a valid YAML value ({problem})") from None
+
+
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
     """Load and validate ``params.yaml``; ``overrides`` maps dotted keys to values (``{"train.epochs": 1}``)."""
     path = Path(path)
@@ -537,20 +572,28 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=ParamsLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if raw is None:  # an empty file: every default
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (seed, data, features, ...), "
+                          f"got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
     return from_dict(Params, raw)
 
 
 def set_dotted(raw: dict, dotted: str, value: Any) -> None:
-    """Set ``raw['a']['b'] = value`` for ``dotted == 'a.b'``, creating sections as needed."""
+    """Set ``raw['a']['b'] = value`` for ``dotted == 'a.b'``, creating sections as needed (an empty one, a
+    ``features:`` whose keys are all commented out, reads as null and is created too)."""
     *parents, last = dotted.split(".")
     node = raw
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"{dotted}: {part} is not a section")
     node[last] = value

@@ -434,8 +434,10 @@ def run_features(
 ) -> tuple[FeatureStore, pd.DataFrame]:
     """The `genre-se features` stage: index -> feature store, plus a CSV of clips that failed to decode."""
     from .datasets import read_index
+    from .features import check_mel_bands
     from .fileio import write_csv
 
+    check_mel_bands(params.features)  # before any audio is decoded
     index_path = Path(index_path)
     if not index_path.exists():
         raise DatasetError(f"{index_path}: no dataset index (run `genre-se prepare` first)")

@@ -51,6 +51,7 @@ __all__ = [
     "k_weighting_power",
     "loudness_band_weights",
     "pcen_smoothing",
+    "check_mel_bands",
 ]
 
 
@@ -64,6 +65,35 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
     import librosa
 
     return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
+
+
+def check_mel_bands(cfg: FeatureConfig) -> None:
+    """Refuse a feature configuration whose mel filter bank has empty bands.
+
+    A band narrower than the FFT's bin spacing (many ``n_mels`` for a small ``n_fft``, or a narrow
+    ``fmin``..``fmax``) holds no bin: its value is the dB floor for every input, a band the model can never use.
+    librosa only warns about it, so the features stage checks before decoding any audio.
+
+    Raises
+    ------
+    ConfigError
+        Some band is empty; the message names ``features.n_mels`` and how many bands are empty.
+    """
+    import warnings
+
+    from .errors import ConfigError
+
+    with warnings.catch_warnings():  # librosa's "Empty filters detected": said below, naming the keys
+        warnings.simplefilter("ignore", UserWarning)
+        basis = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+    empty = np.flatnonzero(basis.max(axis=1) <= 0)
+    if empty.size:
+        fmax = cfg.sample_rate / 2 if cfg.fmax is None else cfg.fmax
+        raise ConfigError(
+            f"features.n_mels: {cfg.n_mels} mel bands over {cfg.fmin:g}-{fmax:g} Hz with n_fft {cfg.n_fft} leave "
+            f"{empty.size} of them without an FFT bin (a constant floor for every clip); use fewer mel bands, a "
+            "larger features.n_fft or a wider features.fmin..fmax"
+        )
 
 
 @lru_cache(maxsize=8)

@@ -905,7 +905,7 @@ def calibration_record(model, store: FeatureStore, valid_rows: np.ndarray, fit: 
         record = Calibration(uncertain_below=uncertain_below, cnn_temperature=1.0) if fixed is None else \
             Calibration(temperature=fixed, uncertain_below=uncertain_below, fit_on="fixed", cnn_temperature=fixed)
         if log is not None and fit is True:
-            log("calibration: no validation clips (train.fit_all), temperature 1")
+            log("calibration: no validation clips (train.fit_all, or an empty valid split), temperature 1")
         return record.to_dict()
     codes, uniques = pd.factorize(store.table["clip_id"].to_numpy()[valid_rows], sort=False)
     first = np.zeros(len(uniques), dtype=np.intp)
@@ -951,7 +951,8 @@ def familiarity_of(model, store: FeatureStore, train_rows: np.ndarray, valid_row
 
     if quantile is None or len(valid_rows) == 0:
         if log is not None and quantile is not None:
-            log("familiarity: no validation clips (train.fit_all), no unfamiliar flag in the bundle")
+            log("familiarity: no validation clips (train.fit_all, or an empty valid split), no unfamiliar flag in "
+                "the bundle")
         return None
     embed = embedding_model(model)
     clip_ids = store.table["clip_id"].to_numpy()[valid_rows]

@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from genre_se.config import Params, load_params
+from genre_se.config import Params, ParamsLoader, load_params, parse_value
 from genre_se.errors import ConfigError, DatasetError, GenreSEError
 from genre_se.fileio import write_csv, write_text
 from genre_se.interrupts import interrupts_noted, raise_if_interrupted
@@ -103,7 +103,7 @@ def load_study(path: str | Path) -> Study:
     """Read and check a study file; every problem is a ConfigError naming the file and the key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ParamsLoader) or {}  # 1e-3 a float, as params.yaml
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the study file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
@@ -852,7 +852,7 @@ def _overrides(items: list[str] | None) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"-S {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_value(value, f"-S {key.strip()}")
     return out
 
 

@@ -14,9 +14,8 @@ import sys
 import time
 
 import numpy as np
-import yaml
 
-from genre_se.config import load_params
+from genre_se.config import load_params, parse_value
 from genre_se.errors import GenreSEError
 
 
@@ -57,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
     variants = {}
-    for item in args.variants:
-        name, _, rest = item.partition("=")
-        pairs = [p.partition("=") for p in rest.split(",") if p]
-        variants[name] = {key: yaml.safe_load(value) for key, _, value in pairs}
     try:
+        for item in args.variants:
+            name, _, rest = item.partition("=")
+            pairs = [p.partition("=") for p in rest.split(",") if p]
+            variants[name] = {key: parse_value(value, f"--variants {name}: {key}") for key, _, value in pairs}
         results = step_times(variants, args.params, args.rounds)
     except GenreSEError as exc:  # a mistyped key or value: one line, not a traceback
         print(f"timing: error: {exc}", file=sys.stderr)

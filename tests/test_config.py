@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from genre_se.config import Params, load_params
-from genre_se.errors import ConfigError
+from genre_se.errors import ConfigError, DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,3 +142,71 @@ def test_a_ctrl_c_while_the_command_line_is_built_is_one_line_not_a_traceback(ca
     monkeypatch.setattr(cli, "build_parser", ctrl_c)
     assert cli.main(["train"]) == 130
     assert capsys.readouterr().err.strip().endswith("interrupted")
+
+
+def test_an_override_that_is_not_yaml_is_one_line_naming_the_key(tmp_path, capsys):
+    """`-S model.filters=[16,16` (a bracket left open) ended in PyYAML's ParserError traceback."""
+    from genre_se import cli
+
+    for value in ("[16,16", "[16, 16]: x"):
+        rc = cli.main(["features", "--params", str(ROOT / "params.yaml"), "--index", str(tmp_path / "none.csv"),
+                       "-S", f"model.filters={value}"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "-S model.filters" in err and "not a valid YAML value" in err
+
+
+def test_scientific_floats_read_as_numbers_in_files_and_overrides(tmp_path):
+    """PyYAML (YAML 1.1) read `1e-3` as the text '1e-3', so `learning_rate: 1e-3` (a float to DVC, which reads
+    params.yaml as YAML 1.2) and `-S train.learning_rate=1e-3` were refused with "expected float, got '1e-3'"."""
+    from genre_se.config import parse_value
+
+    assert parse_value("1e-3") == 0.001 and parse_value("1.0e3") == 1000.0 and parse_value("-2.5E+1") == -25.0
+    assert parse_value("16") == 16 and isinstance(parse_value("16"), int) and parse_value("abc") == "abc"
+    assert parse_value("[1e-4, 1.0e-2]") == [0.0001, 0.01]
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  learning_rate: 1e-3\ntune:\n  learning_rate: [1e-4, 1e-2]\n")
+    params = load_params(path, {"features.amin": parse_value("1e-8")})
+    assert params.train.learning_rate == 0.001 and params.tune.learning_rate == [0.0001, 0.01]
+    assert params.features.amin == 1e-8
+
+
+def test_overrides_reach_an_empty_section_and_a_file_that_is_no_mapping_is_refused(tmp_path):
+    """A section whose keys are all commented out is null: -S into it said "features is not a section"; a file
+    holding a list crashed set_dotted with an AttributeError, and one holding 0 or false gave every default."""
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\nfeatures:\n  # n_fft: 1024\n")
+    assert load_params(path, {"features.n_fft": 1024}).features.n_fft == 1024
+    for text, kind in (("- 1\n- 2\n", "list"), ("0\n", "int"), ("false\n", "bool")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=f"expected a mapping of sections.*got {kind}"):
+            load_params(path, {"features.n_fft": 1024})
+
+
+def test_a_low_pass_range_wholly_above_the_mel_bands_is_refused(tmp_path):
+    """train.lowpass_hz cuts the mel bands above a random cutoff: [20000, 30000] at 22050 Hz never cut anything,
+    silently; a range that starts below the top band (the study's [6000, 14000]) is kept."""
+    raw = shipped()
+    raw["train"]["lowpass_hz"] = [20000.0, 30000.0]
+    with pytest.raises(ConfigError, match=r"train\.lowpass_hz: low 20000 Hz .*\(11025 Hz"):
+        load_params(write(tmp_path, raw))
+    raw["train"]["lowpass_hz"] = [6000.0, 14000.0]
+    assert load_params(write(tmp_path, raw)).train.lowpass_hz == [6000.0, 14000.0]
+    raw["features"]["fmax"] = 5000.0
+    with pytest.raises(ConfigError, match=r"train\.lowpass_hz: low 6000 Hz .*\(5000 Hz"):
+        load_params(write(tmp_path, raw))
+
+
+def test_the_features_stage_refuses_mel_bands_no_fft_bin_falls_in(tmp_path):
+    """128 mel bands at n_fft 256 (22050 Hz) leave 20 bands empty, a constant floor for every clip: the stage ran
+    on with librosa's UserWarning; now it stops before reading the index, naming features.n_mels."""
+    from genre_se.feature_store import run_features
+
+    params = load_params(ROOT / "params.yaml", {"features.n_fft": 256, "features.hop_length": 128})
+    with pytest.raises(ConfigError, match=r"features\.n_mels: 128 mel bands .* n_fft 256 leave 20 of them"):
+        run_features(params, index_path=tmp_path / "none.csv", out_dir=tmp_path / "f", cache_dir=tmp_path / "c",
+                     errors_path=tmp_path / "e.csv")
+    params = load_params(ROOT / "params.yaml", {"features.n_fft": 512, "features.hop_length": 128})
+    with pytest.raises(DatasetError, match="no dataset index"):  # 512: every band has a bin; on to the index
+        run_features(params, index_path=tmp_path / "none.csv", out_dir=tmp_path / "f", cache_dir=tmp_path / "c",
+                     errors_path=tmp_path / "e.csv")
