@@ -201,3 +201,30 @@ def test_the_readme_bundle_recipe_is_the_cross_validated_one():
                 continue
             if value != default(key):
                 assert key in given and given[key] == value, f"{readme}: the recipe lacks -S {key}={value}"
+
+
+@pytest.mark.parametrize("skip_tune", [False, True])
+def test_the_study_script_runs_prepare_tune_run_and_skip_tune_keeps_best_params(tmp_path, skip_tune):
+    """`run_gtzan_mini.sh` calls the three steps with its arguments going to `run`; SKIP_TUNE=1 leaves out the tune
+    step (to rerun se_tuned at a given r), and refuses before any step when there is no best_params.json to keep."""
+    import os
+    import subprocess
+
+    (tmp_path / "study").mkdir()
+    shutil.copy(ROOT / "study/run_gtzan_mini.sh", tmp_path / "study")
+    calls = tmp_path / "calls.txt"
+    python = tmp_path / "fake-python"
+    python.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "SKIP_TUNE": "1" if skip_tune else "0"}
+    script = ["bash", str(tmp_path / "study/run_gtzan_mini.sh"), "--variants", "svm"]
+    if skip_tune:
+        out = subprocess.run(script, env=env, capture_output=True, text=True)
+        assert out.returncode == 2 and "best_params.json is missing" in out.stderr and not calls.exists()
+        (tmp_path / "study/work/gtzan").mkdir(parents=True)
+        (tmp_path / "study/work/gtzan/best_params.json").write_text("{}")
+    out = subprocess.run(script, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    steps = [line.split()[2] for line in calls.read_text().splitlines()]  # -m study.compare STEP ...
+    assert steps == (["prepare", "run"] if skip_tune else ["prepare", "tune", "run"])
+    assert calls.read_text().splitlines()[-1].endswith("--variants svm")
