@@ -60,6 +60,11 @@ CHIEF_POLL_SECONDS = 0.2
 #: train.* settings a trial's training reads besides batch_size, spec_augment, mixup_alpha (see search_key)
 TRIAL_TRAIN_KEYS = ("label_smoothing", "gain_db", "eq_tilt_db", "compression", "noise_snr_db",
                     "pitch_shift_semitones", "time_stretch", "lowpass_hz", "lowpass_slope_db", "waveform_augment")
+#: every train.* setting a trial trains with (:func:`trial_train_config`); the train stage's own (epochs, patience,
+#: monitor, lr_schedule, fit_all, calibrate) are not among them. dvc.yaml's tune stage lists exactly these, so
+#: changing only the train stage's settings does not rerun the search
+TRIAL_TRAIN_FIELDS = ("batch_size", "learning_rate", "spec_augment", "mixup_alpha", "deterministic",
+                      *TRIAL_TRAIN_KEYS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,6 +161,12 @@ class SearchSpace:
         }
 
 
+def trial_train_config(train: TrainConfig) -> TrainConfig:
+    """The TrainConfig a trial (and a reference) trains with: ``train``'s :data:`TRIAL_TRAIN_FIELDS`, every other
+    setting at its default. Built, not trusted: a trial cannot depend on a setting dvc.yaml does not list."""
+    return TrainConfig(**{name: getattr(train, name) for name in TRIAL_TRAIN_FIELDS})
+
+
 def search_key(params: Params, space: SearchSpace, store: FeatureStore) -> str:
     """A short hash of everything a trial's result depends on: the keras-tuner project name.
 
@@ -170,7 +181,7 @@ def search_key(params: Params, space: SearchSpace, store: FeatureStore) -> str:
     # trials train on train.* augmentations and loss too; those added later count only when switched on, so
     # searches made before they existed keep their key
     defaults = dataclasses.asdict(TrainConfig())
-    train = {k: v for k, v in dataclasses.asdict(params.train).items()
+    train = {k: v for k, v in dataclasses.asdict(trial_train_config(params.train)).items()
              if k in ("batch_size", "spec_augment", "mixup_alpha")
              or (k in TRIAL_TRAIN_KEYS and v != defaults[k])
              or (k == "learning_rate" and space.learning_rate is None)}
@@ -734,8 +745,8 @@ def run_tune(
         )
     key = search_key(params, space, store)
     mean, std = standardization_stats(store.segments, train_rows, transform=front_end(params.model, store.features))
-    hypermodel = SEHyperModel(space, params.model, params.train, params.tune, store.input_shape,
-                              len(store.labels), mean, std, features=store.features)
+    hypermodel = SEHyperModel(space, params.model, trial_train_config(params.train), params.tune,
+                              store.input_shape, len(store.labels), mean, std, features=store.features)
     project_dir = Path(project_root) / key
     with _keras_tuner_quiet():
         try:

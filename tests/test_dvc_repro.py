@@ -81,6 +81,7 @@ def test_dvc_repro_runs_everything_then_nothing(repo_copy):
     third = dvc(repo, env, "repro")
     assert "Running stage 'train'" in third and "Running stage 'evaluate'" in third
     assert "Running stage 'features'" not in third and "Running stage 'corpus'" not in third
+    assert "Running stage 'tune'" not in third  # train.epochs is the train stage's own, not a trial's
 
 
 #: the module whose function each stage runs (cli.py dispatches to it)
@@ -161,9 +162,15 @@ def _params_read(module: str) -> set[str]:
     """The dotted ``params.<...>`` attribute chains a module reads (outermost chains, dunders cut off)."""
     import ast
 
+    from genre_se.tune import TRIAL_TRAIN_FIELDS
+
     tree = ast.parse((ROOT / "genre_se" / f"{module}.py").read_text(encoding="utf-8"))
     inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     found = set()
+    for node in ast.walk(tree):  # trial_train_config(params.train) reads only the trial's fields of it
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "trial_train_config":
+            inner |= {id(arg) for arg in node.args}
+            found |= {f"train.{name}" for name in TRIAL_TRAIN_FIELDS}
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and id(node) not in inner:
             parts, base = [], node
@@ -206,6 +213,25 @@ def test_every_stage_lists_the_params_it_reads():
                     f"dvc.yaml stage {stage} reads params.{key} but lists only some of it"
             else:
                 assert covered(key), f"dvc.yaml stage {stage} reads params.{key} but does not list it"
+
+
+def test_the_tune_stage_lists_what_trials_train_with_and_not_the_train_stage_settings():
+    """A trial trains with trial_train_config(params.train) only, so dvc.yaml lists those fields: a change of the
+    train stage's own epochs, patience or schedule (a bundle recipe's -S flags) no longer reruns the search."""
+    import dataclasses
+
+    from genre_se.config import TrainConfig
+    from genre_se.tune import TRIAL_TRAIN_FIELDS, trial_train_config
+
+    listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["tune"]["params"])
+    assert {k for k in listed if k.startswith("train")} == {f"train.{name}" for name in TRIAL_TRAIN_FIELDS}
+    own = TrainConfig(epochs=7, patience=2, monitor="val_loss", lr_schedule="cosine", lr_decay_patience=1,
+                      fit_all=True, calibrate=False)
+    assert trial_train_config(own) == TrainConfig()  # none of them reaches a trial
+    changed = TrainConfig(batch_size=8, spec_augment=True, gain_db=3.0)
+    assert trial_train_config(changed) == changed
+    others = {f.name for f in dataclasses.fields(TrainConfig)} - set(TRIAL_TRAIN_FIELDS)
+    assert others == {"epochs", "patience", "monitor", "lr_schedule", "lr_decay_patience", "fit_all", "calibrate"}
 
 
 def test_the_outputs_git_keeps_are_not_gitignored():
