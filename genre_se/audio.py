@@ -70,6 +70,12 @@ _EXACT_SEEK_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AU", "AIFF", "F
 #: the whole-stream samples within 3e-7).
 WINDOW_CONTEXT_SECONDS = 0.1
 
+#: Largest sample magnitude accepted (240 dB above full scale). Float files hold any value, and integer PCM
+#: stored as float without scaling reaches 2.1e9, which decodes fine (the features do not overflow below
+#: about 1e15); but beyond about 2e16 a frame's float32 power spectrum overflows to infinity, so every such
+#: file (a corrupt float file with one wild sample among them) got the same meaningless answer.
+MAX_SAMPLE_MAGNITUDE = 1e12
+
 #: libmpg123's note when it lost the frame sync inside the stream and found it again further on ("Note: Skipped
 #: 38 bytes in input."): it dropped what lay between and joined the audio either side with no gap, so the file's
 #: middle is missing or damaged (bytes cut out, a bad stretch overwritten). It is the only report of that splice:
@@ -360,11 +366,22 @@ def _decoded_mono(
 
 
 def _downmix(path: str, block: np.ndarray) -> np.ndarray:
-    """Average ``(frames, channels)`` to ``(frames,)`` float32, refusing NaN/inf samples."""
+    """Average ``(frames, channels)`` to ``(frames,)`` float32, refusing NaN/inf samples and samples beyond
+    :data:`MAX_SAMPLE_MAGNITUDE`."""
     mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
-    if not np.isfinite(mono).all():
-        raise AudioError(f"{path}: contains non-finite samples (NaN or infinity)")
+    check_samples(path, mono)
     return mono
+
+
+def check_samples(where: str, samples: np.ndarray) -> None:
+    """Refuse NaN/inf samples and samples beyond :data:`MAX_SAMPLE_MAGNITUDE`: an AudioError naming ``where``
+    (a file, or "array input")."""
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{where}: contains non-finite samples (NaN or infinity)")
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
+    if peak > MAX_SAMPLE_MAGNITUDE:
+        raise AudioError(f"{where}: sample values up to {peak:.3g}, far beyond full scale (1.0): not audio at any "
+                         "scale (corrupt float data)")
 
 
 def _resample_stream(pieces: Iterable[np.ndarray], in_sr: int, out_sr: int) -> Iterator[np.ndarray]:

@@ -300,8 +300,8 @@ STDIN_SHOWN = "<stdin>"
 class _Inputs:
     """The audio files under the given paths, as a context: a ``-`` among them is standard input, spooled to a
     temporary file (bounded memory; any format decodes as it would from disk) that is removed on exit.
-    Empty folders are reported and counted as failed inputs. :meth:`shown` renames a result of the spool
-    back to ``<stdin>`` (its ``path`` and, for a failure, its message)."""
+    Empty folders and folders that cannot be read are reported and counted as failed inputs. :meth:`shown`
+    renames a result of the spool back to ``<stdin>`` (its ``path`` and, for a failure, its message)."""
 
     def __init__(self, paths: list[str]):
         if paths.count(STDIN_PATH) > 1:
@@ -317,10 +317,13 @@ class _Inputs:
         if STDIN_PATH in paths:
             self.spool = _spool_stdin()
             paths = [self.spool if p == STDIN_PATH else p for p in paths]
-        files, empty_folders = expand_paths(paths)
+        unreadable: list[GenreSEError] = []
+        files, empty_folders = expand_paths(paths, unreadable=unreadable)
+        for problem in unreadable:
+            _err(f"error: {problem}")
         for folder in empty_folders:
             _err(f"error: {folder}: no audio files found (looked for .{', .'.join(AUDIO_EXTENSIONS)})")
-        return files, len(empty_folders)
+        return files, len(empty_folders) + len(unreadable)
 
     def __exit__(self, *exc_info) -> bool:
         if self.spool is not None and os.path.exists(self.spool):

@@ -120,31 +120,51 @@ def uses_litert(bundle_dir: str | os.PathLike, backend: str = "auto") -> bool:
     return has_litert_export(bundle_dir)
 
 
-def expand_paths(paths: Iterable[str | os.PathLike], extensions: Sequence[str] | None = None):
+def expand_paths(paths: Iterable[str | os.PathLike], extensions: Sequence[str] | None = None,
+                 unreadable: list[AudioError] | None = None):
     """Files to process: files as given, folders searched recursively for audio extensions.
 
     Hidden files and folders (names starting with ``.``, e.g. macOS ``._song.mp3`` shadows) are skipped.
     A path that does not exist is kept, so it is reported as a failed file like any unreadable one.
+
+    Parameters
+    ----------
+    unreadable : list, optional
+        Receives an :class:`~genre_se.errors.AudioError` naming each folder that cannot be listed (no
+        permission, an I/O error): the files in it were not searched, so the caller reports it as a failed
+        input and goes on. Without it, the first such folder raises its error (never skipped unsaid).
 
     Returns
     -------
     files : list of str
         In argument order; each folder's files sorted.
     empty_folders : list of str
-        Folders in which no audio file was found.
+        Folders in which no audio file was found (one in which a folder could not be listed is reported as
+        that, ``unreadable``, instead).
     """
     if extensions is None:
         from .audio import AUDIO_EXTENSIONS as extensions
     wanted = {ext.lower().lstrip(".") for ext in extensions}
     files: list[str] = []
     empty_folders: list[str] = []
+    problems: list[AudioError] = [] if unreadable is None else unreadable
+
+    def cannot_list(exc: OSError) -> None:
+        folder = exc.filename if exc.filename is not None else path
+        problem = AudioError(f"{os.fsdecode(folder)}: cannot read this folder ({exc.strerror or exc}); "
+                             "its audio files were not searched")
+        if unreadable is None:
+            raise problem from exc
+        problems.append(problem)
+
     for raw in paths:
         path = os.fspath(raw)
         if not os.path.isdir(path):
             files.append(path)
             continue
         found = []
-        for folder, subfolders, names in os.walk(path):
+        reported = len(problems)
+        for folder, subfolders, names in os.walk(path, onerror=cannot_list):
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
             found += [
                 os.path.join(folder, name)
@@ -153,7 +173,7 @@ def expand_paths(paths: Iterable[str | os.PathLike], extensions: Sequence[str] |
             ]
         if found:
             files += found
-        else:
+        elif len(problems) == reported:  # nothing found where a folder could not be read: that is the report
             empty_folders.append(path)
     return files, empty_folders
 
@@ -1133,8 +1153,9 @@ def _as_mono(y) -> np.ndarray:
         signal = array.astype(np.float32, copy=False)
     if info is not None:
         signal = (signal - np.float32(offset)) / np.float32(scale)
-    if not np.isfinite(signal).all():
-        raise AudioError("array input: contains non-finite samples (NaN or infinity)")
+    from .audio import check_samples
+
+    check_samples("array input", signal)
     return signal
 
 

@@ -178,13 +178,17 @@ def mp3_roundtrip(y: np.ndarray, sr: int, *, bitrate_kbps: int = 128) -> tuple[n
     """Encode to a constant-bitrate MP3 (LAME, via libsndfile) in a temp file and decode it back.
 
     A rate MPEG cannot carry at this bitrate is resampled to the next MPEG-1/2 rate first (and returned at
-    it). The written file's frame header is checked to carry ``bitrate_kbps``. The decoder trims LAME's
-    delay and padding when the file has its gapless info, so the length usually comes back exactly; it
-    may differ by at most one codec delay (about 1105-2257 samples) otherwise.
+    it). MP3 carries one or two channels: more (a 5.1 file) are mixed down to mono first and come back as
+    one channel (the model hears their mean either way). The written file's frame header is checked to carry
+    ``bitrate_kbps``. The decoder trims LAME's delay and padding when the file has its gapless info, so the
+    length usually comes back exactly; it may differ by at most one codec delay (about 1105-2257 samples)
+    otherwise.
     """
     from .audio import resample
 
     signal, was_1d = _as_2d(y)
+    if signal.shape[1] > 2:
+        signal = signal.mean(axis=1, keepdims=True, dtype=np.float32)
     encode_sr = _mp3_encoding_rate(int(sr))
     if encode_sr != sr:
         signal = resample(signal, int(sr), encode_sr)
@@ -203,9 +207,12 @@ def write_mp3(path: str | os.PathLike, y: np.ndarray, sr: int, *, bitrate_kbps: 
     Raises
     ------
     AudioError
-        ``sr`` is not an MPEG-1/2 rate, the bitrate is not a Layer III bitrate there, or the encoder wrote
-        another bitrate than asked.
+        ``sr`` is not an MPEG-1/2 rate, ``y`` has more than two channels, the bitrate is not a Layer III
+        bitrate there, or the encoder wrote another bitrate than asked.
     """
+    channels = 1 if np.ndim(y) == 1 else np.shape(y)[1]
+    if channels > 2:  # libsndfile's own words for it are "Format not recognised"
+        raise AudioError(f"write_mp3: MP3 carries one or two channels, got {channels}; mix them down first")
     if sr not in _MPEG1_RATES + _MPEG2_RATES:
         raise AudioError(f"write_mp3: {sr} Hz is not an MPEG-1/2 sample rate "
                          f"({', '.join(map(str, sorted(_MPEG1_RATES + _MPEG2_RATES)))})")
@@ -373,7 +380,7 @@ def load_channels(path: str | os.PathLike, max_seconds: float | None = None) -> 
     ``max_seconds``: only that many seconds from the middle of a longer file (by its header's length; a
     truncated file whose data ends before that middle gives its first ``max_seconds`` instead).
     """
-    from .audio import _check_path, _open_decoder
+    from .audio import _check_path, _open_decoder, check_samples
 
     checked = _check_path(path)
     with _open_decoder(checked) as decoder:
@@ -388,7 +395,9 @@ def load_channels(path: str | os.PathLike, max_seconds: float | None = None) -> 
             blocks = list(decoder.blocks(0, stop - start))
     if not blocks:
         raise AudioError(f"{checked}: no audio samples")
-    return np.concatenate(blocks).astype(np.float32, copy=False), int(sr)
+    signal = np.concatenate(blocks).astype(np.float32, copy=False)
+    check_samples(checked, signal)  # refused as predict refuses it, naming the file, not an "array input"
+    return signal, int(sr)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -340,6 +340,12 @@ def _nan_wav(tmp_path: Path) -> Path:
     return _write(tmp_path / "nan.wav", samples, 8000, subtype="FLOAT")
 
 
+def _wild_sample_wav(tmp_path: Path) -> Path:
+    samples = _sine(100, 8000, 0.5)
+    samples[100] = 3e38  # finite, but its power spectrum overflows float32: the features were all inf
+    return _write(tmp_path / "wild.wav", samples, 8000, subtype="FLOAT")
+
+
 BAD_FILES = {
     "missing": (lambda tmp: tmp / "missing.wav", "file not found"),
     "directory": (lambda tmp: tmp, "is a directory"),
@@ -350,6 +356,7 @@ BAD_FILES = {
     "text file": (_text_file, "not a readable audio file"),
     "text named .mp3": (_text_named_mp3, "not a readable audio file"),
     "NaN samples": (_nan_wav, "non-finite"),
+    "wild float sample": (_wild_sample_wav, r"sample values up to 3e\+38, far beyond full scale"),
 }
 READERS = {
     "audio_info": audio_info,
@@ -363,7 +370,7 @@ READERS = {
 def test_every_bad_file_raises_audio_error_naming_file_and_cause(tmp_path, case, reader):
     make, cause = BAD_FILES[case]
     path = make(tmp_path)
-    if case == "NaN samples" and reader == "audio_info":
+    if case in ("NaN samples", "wild float sample") and reader == "audio_info":
         assert audio_info(path).frames == 4000  # the header is fine; only decoding finds the NaN
         return
     with pytest.raises(AudioError, match=cause) as caught:
@@ -371,6 +378,13 @@ def test_every_bad_file_raises_audio_error_naming_file_and_cause(tmp_path, case,
     message = str(caught.value)
     assert message.startswith(f"{path}: ")
     assert "Error opening" not in message and "LibsndfileError" not in message
+
+
+def test_float_samples_far_above_full_scale_but_not_wild_decode_unchanged(tmp_path):
+    """Integer PCM stored as float without scaling (up to 2^31) is loud, not corrupt: it still decodes."""
+    samples = _sine(100, 8000, 0.5, amp=2.0**31)
+    path = _write(tmp_path / "unscaled.wav", samples, 8000, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(path, sr=None), samples)
 
 
 def test_header_claiming_more_data_than_present_decodes_what_is_there(tmp_path):

@@ -195,6 +195,18 @@ def test_exit_codes(capsys, bundle, folder, tmp_path, monkeypatch):
     assert usage.value.code == 2
 
 
+def test_a_folder_that_cannot_be_read_is_reported_and_the_run_fails(capsys, bundle, folder, monkeypatch):
+    from tests.test_inference import _unlistable
+
+    _unlistable(monkeypatch, "sub")  # holds b_high.flac
+    code, out, err = run(capsys, "predict", str(folder), "--model", bundle, "--format", "json")
+    assert code == 1 and "Traceback" not in err
+    assert [Path(p["path"]).name for p in json.loads(out)["predictions"]] == ["a_low.wav"]
+    errors = error_lines(err)
+    assert f"genre-se: error: {folder / 'sub'}: cannot read this folder (Permission denied)" in err
+    assert len(errors) == 2 and "2 of 3 inputs failed" in err  # the folder and c_corrupt.mp3
+
+
 def test_default_model_and_quiet_flag_in_a_pipeline_checkout(capsys, tiny, folder, tmp_path, monkeypatch):  # noqa: F811
     import shutil
 

@@ -374,6 +374,40 @@ def test_expand_paths_finds_audio_recursively(tmp_path):
     assert empty == [str(tmp_path / "empty")]
 
 
+def _unlistable(monkeypatch, *names):
+    """Make os.scandir (what os.walk lists folders with) refuse folders of these names, as a chmod 000 folder
+    does for anyone but root (the tests may run as root, which no permission stops)."""
+    import os
+
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fsdecode(path)) in names:
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_expand_paths_reports_a_folder_it_cannot_read(tmp_path, monkeypatch):
+    from genre_se.inference import expand_paths
+
+    (tmp_path / "music" / "locked").mkdir(parents=True)
+    (tmp_path / "alone").mkdir()
+    for name in ["music/1.wav", "music/locked/2.wav", "alone/3.wav"]:
+        (tmp_path / name).write_bytes(b"x")
+    _unlistable(monkeypatch, "locked", "alone")
+    unreadable: list = []
+    files, empty = expand_paths([tmp_path / "music", tmp_path / "alone"], unreadable=unreadable)
+    assert files == [str(tmp_path / "music" / "1.wav")] and empty == []  # "alone" is unreadable, not empty
+    messages = [str(problem) for problem in unreadable]
+    assert all(isinstance(problem, AudioError) for problem in unreadable) and len(messages) == 2
+    assert messages[0].startswith(f"{tmp_path / 'music' / 'locked'}: cannot read this folder (Permission denied)")
+    assert messages[1].startswith(f"{tmp_path / 'alone'}: cannot read this folder")
+    with pytest.raises(AudioError, match="locked: cannot read this folder"):  # never skipped without a word
+        expand_paths([tmp_path / "music"])
+
+
 def test_default_bundle_is_models_bundle_then_the_shipped_one_or_a_clear_error(tiny, tmp_path, monkeypatch):
     import shutil
 

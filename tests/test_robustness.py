@@ -122,6 +122,19 @@ def test_mp3_round_trip_of_a_rate_mpeg_cannot_carry_is_encoded_at_16k():
     assert out_sr == 16000 and abs(len(out) - 32000) <= 2257
 
 
+def test_mp3_round_trip_of_more_than_two_channels_is_their_mix(tmp_path):
+    """MP3 carries two channels at most: a 5.1 file goes through as its mono mix (what the model hears)."""
+    sr = 44100
+    y = np.stack([music_like(2.0, sr, seed=seed) for seed in range(6)], axis=1)
+    out, out_sr = rb.mp3_roundtrip(y, sr)
+    assert out_sr == sr and out.shape[1] == 1 and abs(len(out) - len(y)) <= 2257
+    mix = y.mean(axis=1)
+    n = min(len(out), len(mix))
+    assert np.corrcoef(out[2048 : n - 2048, 0], mix[2048 : n - 2048])[0, 1] > 0.98
+    with pytest.raises(AudioError, match="one or two channels, got 6"):
+        rb.write_mp3(tmp_path / "x.mp3", y, sr)
+
+
 def test_mp3_rejects_a_bitrate_layer_iii_does_not_have(tmp_path):
     with pytest.raises(AudioError, match="129 kbit/s"):
         rb.write_mp3(tmp_path / "x.mp3", music_like(1.0, 44100), 44100, bitrate_kbps=129)
@@ -344,6 +357,21 @@ def test_report_rows_summary_and_failures(tmp_path):
 
     with pytest.raises(AudioError, match="corrupt.mp3"):
         rb.robustness_report(classifier, [corrupt])
+
+
+def test_files_of_six_channels_and_non_finite_samples(tmp_path):
+    """Every transform runs on a 5.1 file; a float file with NaN fails naming the file, as predict says it."""
+    sr = 48000
+    surround = tmp_path / "surround.wav"
+    sf.write(surround, np.stack([music_like(2.0, sr, seed=seed) for seed in range(6)], axis=1), sr)
+    y = music_like(2.0, 22050)
+    y[100] = np.nan
+    broken = tmp_path / "nan.wav"
+    sf.write(broken, y, 22050, subtype="FLOAT")
+    failures: list = []
+    report = rb.robustness_report(BandClassifier(), [surround, broken], failures=failures)
+    assert list(report["transform"]) == list(rb.TRANSFORMS) and set(report["path"]) == {str(surround)}
+    assert [f.message for f in failures] == [f"{broken}: contains non-finite samples (NaN or infinity)"]
 
 
 def test_summarize_averages_over_files():
