@@ -51,7 +51,7 @@ def segment_statistics(data: np.ndarray, cfg, mel_hz: np.ndarray | None = None) 
     ``mel_hz``: the centre frequency of every mel band (computed from ``cfg`` when None).
     """
     from genre_se.features import MelFrontend, frame_loudness
-    from genre_se.train import mel_centre_frequencies
+    from genre_se.augment import mel_centre_frequencies
 
     data = np.asarray(data, dtype=np.float64)
     if data.ndim == 4:
@@ -254,10 +254,10 @@ def _around_median(below: float, above: float):
 
 
 def _tilt(db: float):
-    """The training augmentation's EQ tilt (:func:`genre_se.train.eq_tilt`) at a fixed ``db``: a linear ramp
+    """The training augmentation's EQ tilt (:func:`genre_se.augment.eq_tilt`) at a fixed ``db``: a linear ramp
     over the mel bands, ``-db`` at the lowest band to ``+db`` at the top one."""
     def change(x: np.ndarray) -> np.ndarray:
-        from genre_se.train import eq_tilt
+        from genre_se.augment import eq_tilt
 
         return np.asarray(eq_tilt(x, np.full(len(x), db, np.float32), -np.inf))
 

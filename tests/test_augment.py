@@ -11,19 +11,18 @@ import pytest
 from genre_se.config import FeatureConfig, ModelConfig, TrainConfig, from_dict, load_params
 from genre_se.errors import ConfigError
 from genre_se.feature_store import FeatureStore
-from genre_se.train import (
+from genre_se.augment import (
     RecordingConditions,
     add_noise,
     compress,
     eq_tilt,
     low_pass,
-    make_dataset,
     mel_centre_frequencies,
     pitch_shift,
     segment_median,
     time_stretch,
-    training_dataset,
 )
+from genre_se.train import make_dataset, training_dataset
 
 from .conftest import ROOT
 
@@ -247,7 +246,7 @@ def test_the_default_slope_empties_the_bands_above_8_khz_as_an_encoder_does():
 
 
 def test_random_low_pass_stops_between_a_transfers_floor_and_digital_silence():
-    from genre_se.train import LOWPASS_DEPTH_DB
+    from genre_se.augment import LOWPASS_DEPTH_DB
 
     x = np.full((64, 32, 16, 1), -20.0, np.float32)
     x[:, :, :9] = -60.0  # median -60

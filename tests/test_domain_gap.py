@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 
 from genre_se.config import FeatureConfig
-from genre_se.train import mel_centre_frequencies
+from genre_se.augment import mel_centre_frequencies
 from study import domain_gap
 
 CFG = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=32, segment_frames=16, segment_hop=8)
