@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ModelError
-from .inference import POOLS, Embedding, Failure, Prediction, check_top_k
+from .inference import POOLS
+from .results import Embedding, Failure, Prediction, check_top_k
 
 __all__ = ["EMBED_FORMATS", "PredictionFormatter", "embedding_format", "embedding_table", "write_embeddings"]
 

@@ -55,7 +55,7 @@ def clip_rule(segment_probs: np.ndarray, rule: str) -> np.ndarray:
 def _top(segment_probs: np.ndarray, rule: str) -> int:
     """The clip's answer under ``rule``, a tie (common under "vote") broken as predict breaks it: by the mean
     of the segment probabilities."""
-    from genre_se.inference import rank_genres
+    from genre_se.results import rank_genres
 
     probs = np.asarray(segment_probs, dtype=np.float64)
     return int(rank_genres(clip_rule(probs, rule), probs.mean(axis=0))[0])
