@@ -50,9 +50,10 @@ def features_key(cfg: FeatureConfig) -> str:
 
 
 def _shard_name(clip_id: str, path: str, augment: str = "", amount: float = 0.0) -> str:
-    """The cached shard of one clip (or copy). The file's size and modification time are part of the name: a run
-    interrupted, then resumed after the audio at that path changed (corpus regenerated, a file fixed), must
-    compute it again rather than store the old audio's segments."""
+    """The cached shard of one clip (or copy). The file's identity, size, modification and change times are part
+    of the name: a run interrupted, then resumed after the audio at that path changed (corpus regenerated, a file
+    fixed), must compute it again rather than store the old audio's segments, even when the new file has the old
+    one's size and modification time (``rsync -a``, ``cp -p``, ``touch -r``: only the inode and ctime tell)."""
     key = f"{clip_id}\0{path}\0{_file_stamp(path)}" + (f"\0{augment}\0{amount!r}" if augment else "")
     return hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:20] + ".npz"
 
@@ -62,7 +63,7 @@ def _file_stamp(path: str) -> str:
         st = os.stat(path)
     except OSError:  # missing or unreadable: the worker reports it
         return ""
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def _compute_shard(task: tuple) -> tuple[str, str, int, str | None]:
@@ -142,29 +143,52 @@ class FeatureStore:
 
     @classmethod
     def open(cls, root: str | Path = "data/features") -> "FeatureStore":
+        """Open the store at ``root``, checked against itself: the tables must describe the array row by row.
+
+        Raises
+        ------
+        DatasetError
+            No store, or a damaged one (a file missing, truncated, or not matching the others); the message names
+            the file.
+        """
         root = Path(root)
         meta_path = root / "meta.json"
         if not meta_path.exists():
             raise DatasetError(f"{root}: no feature store here (run `genre-se features` first)")
+        from .fileio import read_json_object
+
+        meta = read_json_object(meta_path, DatasetError)
+        if meta.get("store_version") != STORE_VERSION:
+            raise DatasetError(
+                f"{root}: feature store version {meta.get('store_version')!r}, expected {STORE_VERSION}; "
+                "run `genre-se features` again"
+            )
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("store_version") != STORE_VERSION:
-                raise DatasetError(
-                    f"{root}: feature store version {meta.get('store_version')!r}, expected {STORE_VERSION}; "
-                    "run `genre-se features` again"
-                )
-            segments = np.load(root / "segments.npy", mmap_mode="r")
-            table = pd.read_csv(root / "segments.csv", keep_default_na=False, dtype=TEXT_COLUMNS)
-            copies = root / "augmented.csv"
-            augmented = pd.read_csv(copies, keep_default_na=False, dtype=TEXT_COLUMNS) if copies.exists() else None
-        except (OSError, ValueError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"{root}: corrupt feature store ({exc})") from None
+            labels = [str(label) for label in meta["labels"]]
+            features = FeatureConfig(**meta["features"])
+        except (KeyError, TypeError) as exc:
+            raise DatasetError(f"{meta_path}: corrupt feature store metadata ({type(exc).__name__}: {exc})") from None
+        current = root / "segments.npy"
+        try:
+            segments = np.load(current, mmap_mode="r")
+            current = root / "segments.csv"
+            table = pd.read_csv(current, keep_default_na=False, dtype=TEXT_COLUMNS)
+            current = root / "augmented.csv"
+            augmented = pd.read_csv(current, keep_default_na=False, dtype=TEXT_COLUMNS) if current.exists() else None
+        except (OSError, ValueError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise DatasetError(f"{current}: corrupt feature store ({exc})") from None
         n_copies = 0 if augmented is None else len(augmented)
         if len(table) + n_copies != len(segments):
             raise DatasetError(f"{root}: segments.csv and augmented.csv have {len(table) + n_copies} rows but "
                                f"segments.npy {len(segments)}")
-        return cls(root, segments, table, list(meta["labels"]), FeatureConfig(**meta["features"]), augmented,
-                   meta.get("content_sha1"))
+        expected = (features.n_mels, features.segment_frames, 1)
+        if segments.ndim != 4 or tuple(segments.shape[1:]) != expected:
+            raise DatasetError(f"{root / 'segments.npy'}: segments of shape {tuple(segments.shape[1:])}, but "
+                               f"meta.json's features give {expected}; run `genre-se features` again")
+        _check_table(root / "segments.csv", table, 0, labels, ("clip_id", "label", "split", "start_frame"))
+        if augmented is not None:
+            _check_table(root / "augmented.csv", augmented, len(table), labels, ("clip_id", "augment", "label"))
+        return cls(root, segments, table, labels, features, augmented, meta.get("content_sha1"))
 
     @property
     def label_indices(self) -> np.ndarray:
@@ -222,6 +246,36 @@ class FeatureStore:
         return np.flatnonzero(mask)
 
 
+def _check_table(path: Path, table: pd.DataFrame, first: int, labels: list[str], columns: tuple) -> None:
+    """A store table must list its segments.npy rows in order from ``first`` (the ``segment`` column), each with a
+    label of the store and its index: an edited, reordered or swapped table would pair segments with the wrong
+    labels or clips without any error."""
+    missing = sorted({"segment", "label_index", *columns} - set(table.columns))
+    if missing:
+        raise DatasetError(f"{path}: corrupt feature store table, no column(s) {', '.join(missing)}")
+    try:
+        segment = table["segment"].to_numpy(dtype=np.int64)
+        label_index = table["label_index"].to_numpy(dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{path}: corrupt feature store table ({exc})") from None
+    bad = np.flatnonzero(segment != np.arange(first, first + len(table)))
+    if bad.size:
+        raise DatasetError(f"{path}: corrupt feature store table, row {bad[0] + 2} lists segment {segment[bad[0]]} "
+                           f"where segments.npy row {first + bad[0]} belongs; run `genre-se features` again")
+    known = np.asarray(labels, dtype=object)
+    in_range = (label_index >= 0) & (label_index < len(labels))
+    wrong = ~in_range
+    wrong[in_range] = known[label_index[in_range]] != table["label"].to_numpy(dtype=object)[in_range]
+    if wrong.any():
+        row = int(np.flatnonzero(wrong)[0])
+        raise DatasetError(f"{path}: corrupt feature store table, row {row + 2} has label {table['label'].iloc[row]!r} "
+                           f"with label_index {label_index[row]} (meta.json's labels: {labels})")
+    if "split" in columns:
+        splits = set(table["split"]) - {"train", "valid", "test"}
+        if splits:
+            raise DatasetError(f"{path}: corrupt feature store table, unknown split(s) {sorted(splits)}")
+
+
 def build_store(
     index: pd.DataFrame,
     cfg: FeatureConfig,
@@ -233,6 +287,8 @@ def build_store(
     augment: list | tuple = (),
     seed: int = 0,
     clip_stats: bool = False,
+    errors_path: str | Path | None = None,
+    every_label_trains: bool = False,
 ) -> tuple[FeatureStore, pd.DataFrame]:
     """Compute (or resume) every usable clip's segments and assemble the store.
 
@@ -249,6 +305,17 @@ def build_store(
     clip_stats : bool
         Also store the baseline's statistics of every clip's windows (``clip_stats.npz``), which the SVM of
         ``model.fusion: svm`` trains on (:mod:`genre_se.fusion`).
+    errors_path : path, optional
+        Where to write the failures table (CSV) as soon as every clip is done, before the store is assembled: the
+        report names the files even when the build then stops because too few of them could be decoded.
+    every_label_trains : bool
+        Refuse a store in which some label has no decodable clip in the train split (the features stage: all its
+        training clips failed to decode, and the model would get an output it never learns).
+
+    Raises
+    ------
+    DatasetError
+        No clip could be decoded, or (``every_label_trains``) a label lost every training clip.
 
     Returns
     -------
@@ -321,8 +388,24 @@ def build_store(
         for (clip_id, kind), (shard, amount) in copy_tasks.items()
         if clip_id not in errors and (clip_id, kind) not in copy_errors
     ]
-    _assemble(ok, shards, labels, cfg, out_dir, copies, clip_stats)
     failures = pd.concat([failures, copy_failures], ignore_index=True) if len(copy_failures) else failures
+    report = ""
+    if errors_path is not None:
+        from .fileio import write_csv
+
+        write_csv(errors_path, failures.reset_index(drop=True))
+        report = f" (see {errors_path})"
+    if ok.empty:
+        first = next(iter(errors.values()), "")
+        raise DatasetError(f"none of the {len(usable)} clips of the index could be decoded{report}; the first: {first}")
+    if every_label_trains:
+        untrained = sorted(set(labels) - set(ok.loc[ok["split"].eq("train"), "label"]))
+        if untrained:
+            raise DatasetError(
+                f"label(s) {', '.join(map(str, untrained))} have no training clip that could be decoded{report}; "
+                "fix or replace those files, or remove the label's folder"
+            )
+    _assemble(ok, shards, labels, cfg, out_dir, copies, clip_stats)
     shutil.rmtree(cache, ignore_errors=True)
     return FeatureStore.open(out_dir), failures.reset_index(drop=True)
 
@@ -435,7 +518,6 @@ def run_features(
     """The `genre-se features` stage: index -> feature store, plus a CSV of clips that failed to decode."""
     from .datasets import read_index
     from .features import check_mel_bands
-    from .fileio import write_csv
 
     check_mel_bands(params.features)  # before any audio is decoded
     index_path = Path(index_path)
@@ -447,6 +529,6 @@ def run_features(
         raise DatasetError(f"{index_path}: index lacks columns {sorted(missing)}")
     store, failures = build_store(index, params.features, out_dir, cache_dir, progress=progress,
                                   augment=params.train.waveform_augment, seed=params.seed,
-                                  clip_stats=params.model.fusion == "svm")
-    write_csv(errors_path, failures)
+                                  clip_stats=params.model.fusion == "svm", errors_path=errors_path,
+                                  every_label_trains=True)
     return store, failures

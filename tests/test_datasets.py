@@ -120,6 +120,24 @@ def test_folders_layout_finds_nested_files_and_labels_by_first_level(tmp_path):
     }
 
 
+def test_clip_ids_stay_unique_when_a_stem_is_another_files_name(tmp_path):
+    """a.wav and a.flac keep their extensions (their stems collide) and a.wav.flac's stem is a.wav: two clips had
+    the id jazz/a.wav, so the store kept one file's segments for both (one shard per id) and scored them as one
+    clip. Folder and manifest layouts alike."""
+    write_tone(tmp_path / "jazz" / "a.wav")
+    write_tone(tmp_path / "jazz" / "a.flac", fmt="FLAC")
+    write_tone(tmp_path / "jazz" / "a.wav.flac", fmt="FLAC")
+    write_tone(tmp_path / "rock" / "b.wav")
+    clips = find_clips(DataConfig(root=str(tmp_path), layout="folders"))
+    assert clips["clip_id"].is_unique and len(clips) == 4
+    assert dict(zip(clips["clip_id"], clips["path"].map(lambda p: Path(p).name))) == {
+        "jazz/a.flac": "a.flac", "jazz/a.wav": "a.wav", "jazz/a.wav.flac": "a.wav.flac", "rock/b": "b.wav"}
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text("path,label\njazz/a.wav,jazz\njazz/a.flac,jazz\njazz/a.wav.flac,jazz\nrock/b.wav,rock\n")
+    listed = find_clips(DataConfig(root="unused", layout="manifest", manifest=str(manifest)))
+    assert listed["clip_id"].tolist() == clips["clip_id"].tolist()
+
+
 def test_folders_layout_respects_extensions(tmp_path):
     write_tone(tmp_path / "rock" / "a.wav")
     write_tone(tmp_path / "rock" / "b.flac", fmt="FLAC")

@@ -1,6 +1,7 @@
 """The features stage: store contents, failures reported not fatal, resume after an interruption."""
 
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -116,8 +117,10 @@ def test_numeric_label_folders_stay_labels_through_the_features_stage(tmp_path, 
     from genre_se.feature_store import run_features
     from genre_se.fileio import write_csv
 
+    # c/4 trains: the stage refuses a label whose training clips all fail to decode (c/broken)
     numeric = index.assign(label=index["label"].map({"a": "0", "b": "1", "c": "2"}),
-                           clip_id=[str(i) for i in range(len(index))])
+                           clip_id=[str(i) for i in range(len(index))],
+                           split=index["split"].mask(index["clip_id"].eq("c/4"), "train"))
     write_csv(tmp_path / "index.csv", numeric)
     store, _ = run_features(Params(features=dataclasses.replace(CFG, workers=1)), index_path=tmp_path / "index.csv",
                             out_dir=tmp_path / "features", cache_dir=tmp_path / "cache",
@@ -194,3 +197,142 @@ def test_the_workers_die_with_a_killed_stage(tmp_path):
     for pid in alive:  # do not leave them behind when the test fails
         os.kill(pid, signal.SIGKILL)
     assert not alive
+
+
+@pytest.mark.parametrize("how", ["in place", "renamed over"])
+def test_resume_recomputes_a_file_replaced_with_the_same_size_and_mtime(tmp_path, index, monkeypatch, how):
+    """features interrupted, then a clip's audio replaced by other audio of the same size whose modification time
+    was kept or restored (rsync -a, cp -p, touch -r): the shard name knew only size and mtime, so the rerun
+    stored the old audio's segments for the new file, silently."""
+    import time
+
+    cfg = dataclasses.replace(CFG, workers=1)
+    real, calls = feature_store._compute_shard, []
+
+    def interrupted(task):
+        calls.append(task[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(feature_store, "_compute_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(index, cfg, tmp_path / "features", tmp_path / "cache")
+    monkeypatch.setattr(feature_store, "_compute_shard", real)
+    path = Path(index.set_index("clip_id").loc[calls[0], "path"])  # its shard survived the interruption
+    before = os.stat(path)
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    other = np.random.default_rng(9).standard_normal(sf.info(path).frames).astype(np.float32) * 0.5
+    if how == "in place":
+        sf.write(path, other, 22050)
+    else:
+        sf.write(tmp_path / "new.wav", other, 22050)
+        os.replace(tmp_path / "new.wav", path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    store, _ = build_store(index, cfg, tmp_path / "features", tmp_path / "cache")
+    rows = store.table[store.table["clip_id"] == calls[0]]["segment"].to_numpy()
+    np.testing.assert_allclose(store.segments[rows], extract_segments(path, cfg).data, atol=0.05)
+
+
+def _damage(store: Path, how: str) -> None:
+    table = store / "segments.csv"
+    lines = table.read_text().splitlines(keepends=True)
+    if how == "empty segments.npy":
+        (store / "segments.npy").write_bytes(b"")
+    elif how == "rows reordered":
+        table.write_text("".join([lines[0], *lines[2:], lines[1]]))
+    elif how == "label_index out of range":
+        frame = pd.read_csv(table)
+        frame.loc[3, "label_index"] = 7
+        frame.to_csv(table, index=False)
+    elif how == "label and index disagree":
+        frame = pd.read_csv(table)
+        frame.loc[0, "label"] = "c" if frame.loc[0, "label"] != "c" else "a"
+        frame.to_csv(table, index=False)
+    elif how == "no label_index column":
+        pd.read_csv(table).drop(columns="label_index").to_csv(table, index=False)
+    elif how == "meta without labels":
+        meta = json.loads((store / "meta.json").read_text())
+        del meta["labels"]
+        (store / "meta.json").write_text(json.dumps(meta))
+    elif how == "meta not an object":
+        (store / "meta.json").write_text("[]")
+    elif how == "meta of other features":
+        meta = json.loads((store / "meta.json").read_text())
+        meta["features"]["n_mels"] = 32
+        (store / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("how, file", [
+    ("empty segments.npy", "segments.npy"),
+    ("rows reordered", "segments.csv"),
+    ("label_index out of range", "segments.csv"),
+    ("label and index disagree", "segments.csv"),
+    ("no label_index column", "segments.csv"),
+    ("meta without labels", "meta.json"),
+    ("meta not an object", "meta.json"),
+    ("meta of other features", "segments.npy"),
+])
+def test_a_store_whose_files_do_not_match_is_refused_naming_the_file(tmp_path, index, how, file):
+    """train, evaluate and tune open the store with FeatureStore.open: a table that no longer describes the array
+    row by row (edited, reordered, from another build) was accepted when its row count matched, pairing segments
+    with other clips' labels; an empty segments.npy or a meta.json without labels was a traceback."""
+    build_store(index, dataclasses.replace(CFG, workers=1), tmp_path / "features", tmp_path / "cache")
+    _damage(tmp_path / "features", how)
+    with pytest.raises(DatasetError, match=str(tmp_path / "features" / file).replace("\\", "\\\\")):
+        FeatureStore.open(tmp_path / "features")
+
+
+def _float_wav(path: Path, value: float) -> None:
+    """A float WAV whose header reads fine; samples of 1e13 are refused when decoded (corrupt float data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.full(4000, value, dtype=np.float32), 22050, subtype="FLOAT")
+
+
+def _run_features(tmp_path, rows):
+    from genre_se.config import Params
+    from genre_se.feature_store import run_features
+    from genre_se.fileio import write_csv
+
+    write_csv(tmp_path / "index.csv", pd.DataFrame(rows))
+    (tmp_path / "reports").mkdir(exist_ok=True)
+    (tmp_path / "reports" / "errors.csv").write_text("clip_id,path,error\nold,old.wav,an earlier run's\n")
+    return run_features(Params(features=dataclasses.replace(CFG, workers=1)), index_path=tmp_path / "index.csv",
+                        out_dir=tmp_path / "features", cache_dir=tmp_path / "cache",
+                        errors_path=tmp_path / "reports" / "errors.csv")
+
+
+def test_features_of_only_undecodable_clips_report_them_and_stop_in_words(tmp_path):
+    """Every clip failing to decode stopped the stage with 'no clip could be decoded' before the errors report
+    was written: the report naming the files was missing, or an earlier run's was left in its place."""
+    rows = []
+    for i, label in enumerate("aabb"):
+        _float_wav(tmp_path / label / f"{i}.wav", 1e13)
+        rows.append(dict(clip_id=f"{label}/{i}", path=str(tmp_path / label / f"{i}.wav"), label=label,
+                         status="ok", error="", split="train"))
+    with pytest.raises(DatasetError, match=r"none of the 4 clips .*errors\.csv.*0\.wav"):
+        _run_features(tmp_path, rows)
+    report = pd.read_csv(tmp_path / "reports" / "errors.csv")
+    assert sorted(report["clip_id"]) == ["a/0", "a/1", "b/2", "b/3"]
+    assert not (tmp_path / "features").exists()
+
+
+def test_a_label_whose_training_clips_all_fail_to_decode_stops_the_features_stage(tmp_path):
+    """prepare checks every label has a training clip by the files' headers; when all of one label's training
+    clips then failed to decode, the store kept the label (an output the model never learns, scored as if it
+    had) and the stage exited 0."""
+    rows = []
+    for i, (label, split) in enumerate([("a", "train"), ("a", "test"), ("b", "train"), ("b", "test"),
+                                        ("c", "train"), ("c", "test")]):
+        _float_wav(tmp_path / label / f"{i}.wav", 1e13 if (label, split) == ("c", "train") else 0.1)
+        rows.append(dict(clip_id=f"{label}/{i}", path=str(tmp_path / label / f"{i}.wav"), label=label,
+                         status="ok", error="", split=split))
+    with pytest.raises(DatasetError, match=r"label\(s\) c have no training clip"):
+        _run_features(tmp_path, rows)
+    assert pd.read_csv(tmp_path / "reports" / "errors.csv")["clip_id"].tolist() == ["c/4"]
+    rows[4]["split"] = "valid"  # a label with training clips that decode: the stage goes on, the failure reported
+    rows[5]["split"] = "train"
+    store, failures = _run_features(tmp_path, rows)
+    assert store.labels == ["a", "b", "c"] and failures["clip_id"].tolist() == ["c/4"]
+    assert pd.read_csv(tmp_path / "reports" / "errors.csv")["clip_id"].tolist() == ["c/4"]
