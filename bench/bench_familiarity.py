@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, time_rounds, with_without_table  # noqa: E402
+from common import failed_files, machine_description, positive_int, time_rounds, with_without_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "gtzan-mini" / "genres"
@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="bundle with familiarity.npz (default: the shipped model)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of audio files (recursive)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default: 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (default: 3)")
     parser.add_argument("--smoke", action="store_true", help="3 generated clips, one round: checks the script runs")
     args = parser.parse_args(argv)
 
+    from genre_se.errors import ModelError
     from genre_se.inference import SHIPPED_BUNDLE, GenreClassifier
 
     model = args.model or SHIPPED_BUNDLE
@@ -64,17 +65,27 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             files = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in {".wav", ".au", ".mp3", ".flac"})
             repeats = args.repeats
+            if not files:
+                print(f"--data {args.data}: no audio files in it", file=sys.stderr)
+                return 2
         classifiers = {}
         for backend in ("litert", "keras"):
             for flag in (True, False):
-                clf = GenreClassifier.load(model, backend=backend, familiarity=flag)
+                try:
+                    clf = GenreClassifier.load(model, backend=backend, familiarity=flag)
+                except ModelError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
                 if flag and clf.familiarity is None:
                     print(f"{model}: has no familiarity statistics (genre-se familiarity adds them)", file=sys.stderr)
                     return 2
                 classifiers[f"{backend}, {'with' if flag else 'without'} familiarity"] = clf
         methods = {name: (lambda c=clf: list(c.predict_many(files))) for name, clf in classifiers.items()}
         for run in methods.values():  # warm-up: graph tracing, interpreter allocation, page cache
-            run()
+            failed = failed_files(run())
+            if failed:
+                print(f"{len(failed)} of {len(files)} files failed, e.g. {failed[0]}", file=sys.stderr)
+                return 2
         timings = time_rounds(methods, repeats)
     print(f"{len(files)} files, {repeats} round(s), model {model}\n")
     print(with_without_table(timings, "familiarity", lambda name: len(files)))

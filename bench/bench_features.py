@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_range, machine_description, markdown_table, time_rounds
+from common import fmt_range, machine_description, markdown_table, positive_int, time_rounds
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "gtzan-mini" / "genres"
@@ -221,7 +221,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help=f"dataset root (GTZAN or folder-per-genre tree); default {DEFAULT_DATA}")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up (default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed rounds after the warm-up (default 3)")
     parser.add_argument("--smoke", action="store_true",
                         help="a few generated clips and one round: checks the script runs, times nothing useful")
     parser.add_argument("--no-cold", action="store_true", help="skip the fresh-process first runs")
@@ -229,8 +229,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--index", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
     if args.smoke:
         args.repeats = 1
     return args
@@ -250,7 +248,13 @@ def main(argv=None) -> int:
             if not data_dir.is_dir():
                 print(f"error: no data at {data_dir} (use --data DIR, or --smoke)", file=sys.stderr)
                 return 2
-        index, index_seconds = build_index(data_dir)
+        from genre_se.errors import DatasetError
+
+        try:
+            index, index_seconds = build_index(data_dir)
+        except DatasetError as exc:  # e.g. a folder without label folders of audio files
+            print(f"error: {exc} (use --data DIR, or --smoke)", file=sys.stderr)
+            return 2
         clips = usable_clips(index)
         n_clips = len(clips)
         audio_seconds = float(clips["duration"].sum())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_familiarity import generated_clips  # noqa: E402
-from common import machine_description, time_rounds, with_without_table  # noqa: E402
+from common import failed_files, machine_description, positive_int, time_rounds, with_without_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "gtzan-mini" / "genres"
@@ -64,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="bundle with svm.npz")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of audio files (recursive)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default: 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (default: 3)")
     parser.add_argument("--smoke", action="store_true", help="generated clips, one round: checks the script runs")
     args = parser.parse_args(argv)
 
+    from genre_se.errors import ModelError
     from genre_se.inference import GenreClassifier
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -81,10 +82,19 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             files = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in {".wav", ".au", ".mp3", ".flac"})
             model, repeats = args.model, args.repeats
+            if not files:
+                print(f"--data {args.data}: no audio files in it", file=sys.stderr)
+                return 2
         song = [long_song(scratch / "song.wav", 90.0 if args.smoke else 360.0)]
         methods = {}
         for flag in (True, False):
-            clf = GenreClassifier.load(model, backend="litert", fusion=flag)
+            try:
+                clf = GenreClassifier.load(model, backend="litert", fusion=flag)
+            except ModelError as exc:  # e.g. the default models/fusion/bundle, not trained yet (see the docstring)
+                hint = (" (train it: PARAMS=configs/fusion-gtzan-mini.yaml WORK=models/fusion INSTALL=0 bash "
+                        "scripts/train_shipped_model.sh; or pass --model B)") if model == DEFAULT_MODEL else ""
+                print(f"error: {exc}{hint}", file=sys.stderr)
+                return 2
             if flag and clf.svm is None:
                 print(f"{model}: has no fusion SVM (train with model.fusion: svm)", file=sys.stderr)
                 return 2
@@ -93,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             methods[f"one {'90-s' if args.smoke else '6-min'} song, {way} fusion"] = \
                 lambda c=clf: list(c.predict_many(song))
         for run in methods.values():  # warm-up: interpreter allocation, librosa's first calls, page cache
-            run()
+            failed = failed_files(run())
+            if failed:
+                print(f"{len(failed)} files failed, e.g. {failed[0]}", file=sys.stderr)
+                return 2
         timings = time_rounds(methods, repeats)
     print(f"{len(files)} files + 1 song, {repeats} round(s), model {model}, LiteRT\n")
     print(with_without_table(timings, "fusion", lambda name: len(files) if "clips" in name else 1))

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_range, machine_description, markdown_table, time_rounds  # noqa: E402
+from common import fmt_range, machine_description, markdown_table, positive_int, time_rounds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "gtzan-mini" / "genres"
@@ -309,7 +309,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, help="bundle (default: models/bundle, else an untrained one)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="folder of clips for the warm pass (default: ../shared/data/gtzan-mini/genres)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default: 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (default: 3)")
     parser.add_argument("--long-seconds", type=float, default=3600.0, help="length of the long file (3600)")
     parser.add_argument("--song-seconds", type=float, default=360.0,
                         help="length of the whole-song file (360; --smoke: 60)")
@@ -321,6 +321,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     elif not args.data.is_dir():
         parser.error(f"--data {args.data}: not a folder (the shared GTZAN clips are absent?); pass --data DIR "
                      "or use --smoke")
+    if args.model is not None:  # before the work: a missing or broken bundle failed in copytree or Keras
+        from genre_se.bundle import read_bundle_meta
+        from genre_se.errors import ModelError
+
+        try:
+            read_bundle_meta(args.model)
+        except ModelError as exc:
+            parser.error(f"--model: {exc}")
     return args
 
 
@@ -328,6 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp_name:
         tmp = Path(tmp_name)
+        if args.smoke:  # first: a --data without audio is refused before the model is built
+            (tmp / "clips").mkdir()
+            files = [write_audio(tmp / "clips" / f"clip{i}.wav", 5.0, 16000, seed=i) for i in range(2)]
+            data_note = "2 generated 5-s clips"
+        else:
+            files = folder_clips(args.data)
+            if not files:
+                print(f"error: --data {args.data}: no audio files in it", file=sys.stderr)
+                return 2
+            data_note = f"{len(files)} clips of {args.data}"
         if args.model:
             source, model_note = args.model, str(args.model)
         elif (REPO / "models" / "bundle").exists() and not args.smoke:
@@ -342,23 +360,16 @@ def main(argv: list[str] | None = None) -> int:
         from genre_se.config import FeatureConfig, from_dict
 
         features = from_dict(FeatureConfig, read_bundle_meta(source)["features"], "features")
-        if args.smoke:
-            (tmp / "clips").mkdir()
-            files = [write_audio(tmp / "clips" / f"clip{i}.wav", 5.0, 16000, seed=i) for i in range(2)]
-            data_note = "2 generated 5-s clips"
-        else:
-            files = folder_clips(args.data)
-            data_note = f"{len(files)} clips of {args.data}"
         clip = files[0]
-        clip_seconds = 5.0 if args.smoke else 30.0
         long_file = write_audio(tmp / "long.wav", args.long_seconds, features.sample_rate, seed=99)
         song = write_audio(tmp / "song.wav", args.song_seconds, 44100, seed=7)  # resampled, as most songs are
 
         cold = cold_starts(bundles, clip, args.repeats)
         warm, outputs = warm_folder(bundles, files, args.repeats)
+        clip_seconds = outputs[REFERENCE][0].duration  # files[0]: the cold-start clip, whatever --data holds
         sizes = [(f"{args.long_seconds / 60:g}-min file", long_file)]
         if not args.smoke:  # the clip shows what the long file adds
-            sizes.insert(0, (f"{clip_seconds:g}-s clip", clip))
+            sizes.insert(0, (f"{clip_seconds:.0f}-s clip", clip))
         measured = [name for name in METHODS if not (args.smoke and name == REFERENCE)]  # smoke: no 2nd TF start
         memory = {(name, label): peak_rss(bundles[METHODS[name][0]], METHODS[name][1], audio)
                   for name in measured for label, audio in sizes}

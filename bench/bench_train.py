@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Timings, fmt_range, machine_description, markdown_table, time_rounds  # noqa: E402
+from common import Timings, fmt_range, machine_description, markdown_table, positive_int, time_rounds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -239,7 +239,7 @@ def se_table(facts: dict, timings: dict, batch: int) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--segments", type=int, default=640, help="segments in the generated store (640)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs / rounds (default: 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed epochs / rounds (default: 3)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model and store, one round, all in this process (CI)")
     parser.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)

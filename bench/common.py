@@ -6,6 +6,7 @@ importing this module.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -40,6 +41,24 @@ class Timings:
     def rate(self, items: int) -> tuple[float, float, float]:
         """``(median, min, max)`` items per second; the fastest run gives the max rate."""
         return items / self.median, items / self.max, items / self.min
+
+
+def positive_int(text: str) -> int:
+    """The argparse type of ``--repeats``: a whole number >= 1, refused when the command line is read (0 failed
+    with a traceback from :func:`time_rounds`, after the setup: exports, warm-up passes, a whole training)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def failed_files(results) -> list[str]:
+    """The messages (each naming its file) of the failures among ``GenreClassifier.predict_many`` results: a
+    file that fails takes no model time, so timing it as predicted would inflate files/s."""
+    return [r.message for r in results if hasattr(r, "message")]
 
 
 def time_call(fn: Callable[[], object]) -> float:

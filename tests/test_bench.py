@@ -1,5 +1,6 @@
 """The benchmark scripts run (``--smoke``) and their helpers compute what they claim; no timing assertions."""
 
+import argparse
 import importlib.util
 import re
 import subprocess
@@ -141,3 +142,77 @@ def test_fusion_bench_smoke_prints_clips_and_a_long_song_with_and_without_the_sv
     for label, (rate, _, seconds, ratio) in rows.items():
         assert float(rate) > 0 and float(seconds) > 0 and float(ratio.rstrip("x")) > 0, label
     assert rows["3 clips, without fusion"][3] == "1.00x"
+
+
+def _bench(script: str, *args, timeout=300):
+    return subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT, check=False, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_positive_int_refuses_what_time_rounds_would_raise_on():
+    assert common.positive_int("3") == 3
+    for text in ("0", "-2", "x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="whole number >= 1"):
+            common.positive_int(text)
+
+
+@pytest.mark.parametrize("script, extra", [
+    ("bench_features.py", ()),
+    ("bench_predict.py", ()),
+    ("bench_familiarity.py", ()),
+    ("bench_fusion.py", ()),
+    ("bench_train.py", ("--segments", "1")),  # --segments 1 stops it before a training either way
+])
+def test_every_script_refuses_a_bad_repeats_before_any_work(script, extra, tmp_path):
+    """--repeats 0 was checked by bench_features alone: the others ran their setup (exports, warm-up passes, a
+    training) and then died with time_rounds' ValueError, or a StatisticsError over no timed epochs."""
+    data = () if script == "bench_train.py" else ("--data", str(tmp_path / "nowhere"))
+    done = _bench(script, "--repeats", "0", *data, *extra, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "--repeats" in done.stderr and "whole number >= 1" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _clip(path: Path, seconds: float = 4.0, sr: int = 22050) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype("float32"), sr)
+    return path
+
+
+@pytest.mark.parametrize("script, args, says", [
+    # a folder that is not a dataset: DatasetError traceback
+    ("bench_features.py", ("--data", "{empty}", "--no-cold"), "no audio files"),
+    # a folder without audio: IndexError traceback, after building and exporting a model
+    ("bench_predict.py", ("--data", "{empty}", "--model", "{shipped}"), "no audio files"),
+    # a --model that is not there: FileNotFoundError from copytree / ModelError tracebacks
+    ("bench_predict.py", ("--data", "{clips}", "--model", "{nowhere}"), "model bundle not found"),
+    ("bench_familiarity.py", ("--data", "{clips}", "--model", "{nowhere}"), "model bundle not found"),
+    ("bench_fusion.py", ("--data", "{clips}", "--model", "{nowhere}"), "model bundle not found"),
+    # an empty folder: a table of 0.00 files/s
+    ("bench_familiarity.py", ("--data", "{empty}"), "no audio files"),
+    ("bench_fusion.py", ("--data", "{empty}", "--model", "{shipped}"), "no audio files"),
+])
+def test_bad_data_or_model_is_one_clear_line(script, args, says, tmp_path):
+    from genre_se.inference import SHIPPED_BUNDLE
+
+    (tmp_path / "empty").mkdir()
+    _clip(tmp_path / "clips" / "blues" / "a.wav")
+    names = {"empty": tmp_path / "empty", "clips": tmp_path / "clips", "nowhere": tmp_path / "nowhere",
+             "shipped": SHIPPED_BUNDLE}
+    done = _bench(script, *(a.format(**names) for a in args))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert says in done.stderr and "Traceback" not in done.stderr
+
+
+def test_familiarity_bench_refuses_to_time_files_that_fail(tmp_path):
+    """A file predict_many cannot read yields a Failure in no time: it was counted as a predicted file, so
+    files/s came out too high, without a word."""
+    _clip(tmp_path / "clips" / "blues" / "good.wav")
+    (tmp_path / "clips" / "blues" / "broken.wav").write_text("not audio")
+    done = _bench("bench_familiarity.py", "--data", str(tmp_path / "clips"), "--repeats", "1")
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert "broken.wav" in done.stderr and "| method" not in done.stdout

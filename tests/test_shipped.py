@@ -143,3 +143,23 @@ def test_install_model_never_replaces_a_folder_that_is_not_a_bundle(tmp_path):
     assert a_file.read_text() == "mine"
     installed = install_shipped(SHIPPED_BUNDLE, tmp_path / "gtzan-mini", quantize="none")
     install_shipped(SHIPPED_BUNDLE, installed, quantize="none")  # an installed model is replaced, as before
+
+
+def test_train_script_installs_into_this_checkout(tmp_path):
+    """scripts/train_shipped_model.sh says it installs into genre_se/pretrained/gtzan-mini, but it called
+    `install-model` without --target: the model went to the package of whichever genre_se the command imports
+    (another checkout's, with a shared editable environment, or site-packages), not this checkout's."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "fake-genre-se"
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{log}"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "GENRE_SE": str(fake), "WORK": str(tmp_path / "work"), "INSTALL": "1"}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "train_shipped_model.sh"), "-S", "train.epochs=1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert [c.split()[1] for c in calls] == ["prepare", "features", "train", "evaluate", "install-model"]
+    assert all("-S train.epochs=1" in c for c in calls[:4])
+    install = calls[-1].split()
+    target = install[install.index("--target") + 1]
+    assert (ROOT / target).resolve() == SHIPPED_BUNDLE.resolve()  # the script runs from the repository root
