@@ -195,6 +195,8 @@ def cmd_model_summary(args) -> int:
     from .model import build_model, summary_text
 
     fusion = head = None
+    if args.model and args.classes is not None:
+        raise ConfigError("model summary: --classes sizes the params' architecture; a bundle (--model) has its genres")
     if args.model:
         from .bundle import load_bundle
         from .embedding_svm import load_embedding_svm
@@ -206,7 +208,8 @@ def cmd_model_summary(args) -> int:
     else:
         params = _params(args)
         feats = params.features
-        model = build_model(params.model, (feats.n_mels, feats.segment_frames, 1), args.classes, features=feats)
+        model = build_model(params.model, (feats.n_mels, feats.segment_frames, 1), args.classes or 10,
+                            features=feats)
     print(summary_text(model), end="")
     if fusion is not None:
         print(f"Fused with an MFCC + spectral-statistics SVM (model.fusion: svm): {len(fusion.support_vectors)} "
@@ -871,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = model_sub.add_parser("summary", help="layer table and per-block SE hidden sizes")
     _add_params(s)
     s.add_argument("--model", help="summarise this trained bundle instead of the params' architecture")
-    s.add_argument("--classes", type=int, default=10, help="number of genres (default: %(default)s)")
+    s.add_argument("--classes", type=int, help="number of genres of the params' architecture (default: 10)")
     s.set_defaults(func=cmd_model_summary, needs_tf=True)
     # -q after the subcommand too (`genre-se features -q`), as predict has always taken it
     for command in [*sub.choices.values(), *model_sub.choices.values()]:

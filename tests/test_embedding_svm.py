@@ -198,6 +198,8 @@ def test_the_cli_says_which_classifier_answered_and_softmax_switches_the_head_of
     assert alone["model"]["classifier"] == {"kind": "softmax"} and "parts" not in alone["predictions"][0]
     assert main(["model", "summary", "--model", str(headed["bundle"])]) == 0
     assert "Classifier: an SVM on the mean embedding (model.classifier: svm)" in capsys.readouterr().out
+    assert main(["model", "summary", "--model", str(headed["bundle"]), "--classes", "3"]) == 1  # was ignored
+    assert "--classes" in capsys.readouterr().err
 
 
 @pytest.mark.slow
