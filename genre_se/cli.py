@@ -86,6 +86,12 @@ def cmd_prepare(args) -> int:
     counts = index[index["status"] == "ok"]["split"].value_counts().to_dict()
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"indexed {len(index)} clips ({len(bad)} unreadable): {summary} -> {args.index}", file=sys.stderr)
+    ok = index[index["status"] == "ok"]
+    untested = sorted(set(ok["label"]) - set(ok.loc[ok["split"] == "test", "label"]), key=str)
+    if untested and params.data.test_fraction > 0:  # a genre of 1-2 clips goes wholly to train
+        sizes = ok["label"].value_counts()
+        _err("note: no test clip of " + ", ".join(f"{label} ({sizes[label]} clip{'s' if sizes[label] != 1 else ''})" for label in untested)
+             + ": the test split cannot score them (evaluate.folds > 1 tests every clip once)")
     return 0
 
 

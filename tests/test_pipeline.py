@@ -126,6 +126,20 @@ def test_training_resumes_after_being_killed(workdir):
     assert steps == done + 1  # DVCLive continued the curve instead of restarting it (0-based step)
 
 
+def test_prepare_notes_a_genre_with_no_test_clip(workdir, capsys):
+    import shutil
+
+    from tests.conftest import make_tone_dataset
+
+    root = make_tone_dataset(workdir / "uneven", per_label=6)
+    for extra in sorted((root / "high").iterdir())[1:]:  # high keeps one clip: it can only train
+        extra.unlink() if extra.is_file() else shutil.rmtree(extra)
+    write_params(workdir / "params.yaml", {**TINY_PARAMS, "data.root": str(root)})
+    run("prepare")
+    err = capsys.readouterr().err
+    assert "note: no test clip of high (1 clip)" in err and "low (" not in err
+
+
 def test_bad_data_root_is_a_clear_error(workdir, capsys):
     write_params(workdir / "params.yaml", {**TINY_PARAMS, "data.root": str(workdir / "nope")})
     assert main(["prepare"]) == 1
