@@ -501,6 +501,9 @@ def _embed_files(args, classifier, files: list[str], n_empty: int, shown) -> int
                 _report(f"error: {result.message}", bar)
             else:
                 embeddings.append(result)
+                if result.truncated and not args.quiet:  # written, and marked in the rows (truncated)
+                    _report(f"note: {result.path}: cut short: the header declares {result.declared_duration:.1f} s, "
+                            f"{result.duration:.1f} s decode (the embeddings are of what is there)", bar)
             if bar is not None and on_progress is None:
                 bar.update(1)
     finally:

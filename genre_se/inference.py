@@ -190,6 +190,7 @@ class _FileOutputs:
     duration_hint: float | None
     loudness: np.ndarray | None = None  # each segment's loudest frame, dB re full scale
     n_segments_in_file: int | None = None  # None: these are all of them
+    header: object | None = None  # the file's audio.AudioInfo (None: an array, or no header could be read)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ class _Source:
 class _SegmentProducer:
     """Decodes sources into segment batches on a background thread, into a bounded queue.
 
-    Items are ``(index, Segments)``, ``(index, (_END, duration_hint, n_segments_in_file))`` or
+    Items are ``(index, Segments)``, ``(index, (_END, duration_hint, n_segments_in_file, header))`` or
     ``(index, GenreSEError)``, then ``(None, _DONE)``. Closing the consumer's iteration stops the thread at
     its next put. With ``max_segments``, a source of known length with more segments than that gives only
     a spread of them, computed from windows of the signal, or, for a file that cannot seek, streamed but
@@ -266,7 +267,8 @@ class _SegmentProducer:
         from .features import iter_segment_batches
 
         try:
-            hint = source.duration if source.path is None else _header_duration(source.path)
+            header = None if source.path is None else _header(source.path)
+            hint = source.duration if source.path is None else _header_duration(header)
             with contextlib.ExitStack() as stack:
                 batches, n_in_file, wanted = None, None, None
                 if self._max_segments:
@@ -284,7 +286,7 @@ class _SegmentProducer:
                 for batch in batches:
                     if not self._put((index, batch)):
                         return False
-            item = (index, (_END, hint, n_in_file))
+            item = (index, (_END, hint, n_in_file, header))
         except GenreSEError as exc:
             item = (index, exc)
         except Exception as exc:  # a decoder/feature bug must fail this file, not hang or kill the batch
@@ -345,15 +347,32 @@ def _window_reader(source: _Source, sr: int):
         yield reader
 
 
-def _header_duration(path: str) -> float | None:
-    """The duration the file header declares (None if unknown); refined against the frame count later."""
+def _header(path: str):
+    """The file's :class:`~genre_se.audio.AudioInfo` (None if its header cannot be read)."""
     from .audio import audio_info
 
     try:
-        seconds = audio_info(path).duration
+        return audio_info(path)
     except GenreSEError:
         return None  # the decoding itself will report the problem
-    return seconds if seconds > 0 else None
+
+
+def _header_duration(header) -> float | None:
+    """The duration of the audio the header says will decode (None if unknown); refined against the frame count
+    later."""
+    seconds = None if header is None else header.duration
+    return seconds if seconds is not None and seconds > 0 else None
+
+
+def _cut_short(raw: _FileOutputs, duration: float) -> tuple[bool, float | None]:
+    """(truncated, the seconds the header declares when it is): the decoded audio ends short of the header's
+    length by more than a codec's slack (:func:`genre_se.audio.cut_short`), in either reading mode: ``duration``
+    is the stream's decoded length or the window reader's (where the data really ends), within one hop."""
+    from .audio import cut_short
+
+    if not cut_short(raw.header, duration):
+        return False, None
+    return True, float(raw.header.declared_duration)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -716,6 +735,7 @@ class GenreClassifier:
             parts = {"cnn": clip, "svm": np.asarray(svm_distribution, dtype=np.float64)}
             clip = apply_temperature(fuse(clip, svm_distribution)[None, :], self.temperature)[0]
         short = self._short(duration)
+        truncated, declared = _cut_short(raw, duration)
         distance, unfamiliar = None, False
         if self.familiarity is not None:
             distance = self.familiarity.distance(audible(embeddings, silent))
@@ -737,6 +757,8 @@ class GenreClassifier:
             distance=distance,
             unfamiliar=bool(unfamiliar),
             parts=parts,
+            truncated=truncated,
+            declared_duration=declared,
         )
 
     def _short(self, duration: float) -> bool:
@@ -787,8 +809,10 @@ class GenreClassifier:
             vectors = result.outputs.astype(np.float32, copy=False)
             silent = self._silent(result)
             pooled = audible(vectors, silent).mean(axis=0, dtype=np.float64).astype(np.float32)
+            truncated, declared = _cut_short(result, duration)
             yield Embedding(result.path, vectors, pooled, starts, ends, duration, segment_silent=silent,
-                            all_silent=bool(silent.all()), short=self._short(duration))
+                            all_silent=bool(silent.all()), short=self._short(duration), truncated=truncated,
+                            declared_duration=declared)
 
     # ------------------------------------------------------------------ the shared loop
 
@@ -813,7 +837,7 @@ class GenreClassifier:
                 yield Failure(source.path, item)
             elif isinstance(item, tuple) and item[0] is _END:
                 raw = _FileOutputs(source.path, np.concatenate(outputs), np.concatenate(starts), n_frames, item[1],
-                                   np.concatenate(loudness), item[2])
+                                   np.concatenate(loudness), item[2], item[3])
                 yield _spread_outputs(raw, max_segments)
                 outputs, starts, loudness, n_frames = [], [], [], 0
             else:
@@ -875,7 +899,7 @@ def _spread_outputs(raw: _FileOutputs, max_segments: int) -> _FileOutputs:
         return raw
     keep = spread_indices(len(raw.outputs), max_segments)
     return _FileOutputs(raw.path, raw.outputs[keep], raw.start_frames[keep], raw.n_frames, raw.duration_hint,
-                        None if raw.loudness is None else raw.loudness[keep], len(raw.outputs))
+                        None if raw.loudness is None else raw.loudness[keep], len(raw.outputs), raw.header)
 
 
 def _duration(n_frames: int, hint: float | None, cfg: FeatureConfig) -> float:

@@ -65,9 +65,10 @@ class PredictionFormatter:
         if self.timeline:
             return _csv_line(["path", "segment", "start", "end", "genre", "probability", "silent"])
         ranks = [[f"genre_{r}", f"probability_{r}"] for r in range(1, self.top_k + 1)]
-        # short / all_silent / distance say why a row is uncertain, as the table's reason and the JSON do
+        # short / all_silent / distance say why a row is uncertain, as the table's reason and the JSON do;
+        # truncated / declared_duration: the file is cut short, answered from what decodes
         return _csv_line(["path", "duration", "n_segments", *[c for pair in ranks for c in pair], "uncertain",
-                          "unfamiliar", "short", "all_silent", "distance"])
+                          "unfamiliar", "short", "all_silent", "distance", "truncated", "declared_duration"])
 
     def add(self, prediction: Prediction) -> str:
         """Text for one prediction (empty for JSON, which is written by :meth:`end`)."""
@@ -101,9 +102,11 @@ class PredictionFormatter:
         for genre, probability in prediction.top(self.top_k):
             cells += [genre, f"{probability:.6f}"]
         measured = prediction.distance is not None  # "": no familiarity statistics in the bundle
+        declared = prediction.declared_duration  # "": not cut short
         return _csv_line([*cells, _flag(prediction.uncertain), _flag(prediction.unfamiliar) if measured else "",
                           _flag(prediction.short), _flag(prediction.all_silent),
-                          f"{prediction.distance:.3f}" if measured else ""])  # as the JSON rounds it
+                          f"{prediction.distance:.3f}" if measured else "",  # as the JSON rounds it
+                          _flag(prediction.truncated), f"{declared:.3f}" if declared is not None else ""])
 
     def _table(self, prediction: Prediction) -> str:
         top = prediction.top(self.top_k)
@@ -112,6 +115,8 @@ class PredictionFormatter:
         lines += [f"  {rank}. {genre:<{width}}  {p:.3f}" for rank, (genre, p) in enumerate(top, start=1)]
         if prediction.uncertain:  # the answer is a guess: said on the top line, the top-k stays
             lines[1] += f"  (uncertain{_uncertain_reason(prediction)})"
+        if prediction.truncated:  # answered from what is there, but the user should know the file is partial
+            lines.append(f"  {_cut_short_note(prediction)}")
         if self.timeline:
             lines.append("  timeline:")
             lines += [
@@ -146,6 +151,13 @@ def _uncertain_reason(prediction: Prediction) -> str:
     if prediction.unfamiliar:
         return ": unlike the training recordings"
     return ""
+
+
+def _cut_short_note(prediction: Prediction) -> str:
+    """"cut short: the header declares 600.0 s, 226.8 s decode": a partial download, answered from what is there
+    (not a failure: the exit status stays 0)."""
+    return (f"cut short: the header declares {prediction.declared_duration:.1f} s, {prediction.duration:.1f} s "
+            "decode (answered from what is there)")
 
 
 def _segments_note(prediction: Prediction) -> str:
@@ -185,6 +197,10 @@ def embedding_table(embeddings: Sequence[Embedding], pool: str) -> tuple[dict, n
             "silent_segments": np.array([int(e.silent.sum()) for e in embeddings], dtype=np.int64),
             "all_silent": np.array([e.all_silent for e in embeddings], dtype=bool),
             "short": np.array([e.short for e in embeddings], dtype=bool),
+            # cut short: the header declares more than decodes (declared_duration NaN where not)
+            "truncated": np.array([e.truncated for e in embeddings], dtype=bool),
+            "declared_duration": np.array([np.nan if e.declared_duration is None else e.declared_duration
+                                           for e in embeddings], dtype=np.float64),
         }
         return columns, np.stack([e.pooled for e in embeddings]).astype(np.float32)
     columns = {

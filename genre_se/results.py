@@ -58,6 +58,13 @@ class Prediction:
         (the segments' aggregate, untempered) and ``"svm"`` (the mean over the SVM's windows); with an embedding
         SVM (``model.classifier: svm``) the softmax's aggregate (``"cnn"``) and the head's (``"svm"``), both
         untempered; None otherwise.
+    truncated : bool
+        The file is cut short (a partial download): the audio that decodes ends more than a codec's slack
+        (:data:`genre_se.audio.TRUNCATION_SLACK_FRAMES`) before the length its header declares. The answer is
+        from what is there (``duration``); it is not marked uncertain for it. Told for WAV, AU, AIFF, FLAC and an
+        MP3 with a Xing/Info header; never for Ogg, an MP3 without one, or arrays (nothing declares a length).
+    declared_duration : float, optional
+        The seconds the header declares, when ``truncated``; None otherwise.
     """
 
     path: str | None
@@ -76,6 +83,8 @@ class Prediction:
     distance: float | None = None
     unfamiliar: bool = False
     parts: dict | None = None
+    truncated: bool = False
+    declared_duration: float | None = None
 
     @property
     def n_segments(self) -> int:
@@ -133,7 +142,10 @@ class Prediction:
             "probabilities": self.distribution(),
             "silent_segments": int(self.silent.sum()),
             "all_silent": bool(self.all_silent),
+            "truncated": bool(self.truncated),
         }
+        if self.declared_duration is not None:  # cut short: what the header claims
+            record["declared_duration"] = round(float(self.declared_duration), 4)
         if self.n_segments_in_file is not None and self.n_segments_in_file != self.n_segments:
             record["segments_in_file"] = int(self.n_segments_in_file)
         if self.distance is not None:
@@ -205,6 +217,10 @@ class Embedding:
     all_silent : bool
     short : bool
         The audio is shorter than one segment (the one segment is mostly padding), as ``Prediction.short``.
+    truncated : bool
+        The file is cut short (its header declares more than decodes), as ``Prediction.truncated``.
+    declared_duration : float, optional
+        The seconds the header declares, when ``truncated``; None otherwise.
     """
 
     path: str | None
@@ -216,6 +232,8 @@ class Embedding:
     segment_silent: np.ndarray | None = None
     all_silent: bool = False
     short: bool = False
+    truncated: bool = False
+    declared_duration: float | None = None
 
     @property
     def n_segments(self) -> int:

@@ -79,7 +79,7 @@ def test_extensions_are_lower_case_without_dots_and_cover_the_usual_formats():
 def test_audio_info_reads_the_header(tmp_path):
     path = _write(tmp_path / "x.flac", _pcm16_noise(12345, channels=2), 16000, subtype="PCM_16")
     info = audio_info(path)  # a PathLike is accepted
-    assert info == AudioInfo(str(path), 16000, 2, 12345, 12345 / 16000, "FLAC")
+    assert info == AudioInfo(str(path), 16000, 2, 12345, 12345 / 16000, "FLAC", declared_frames=12345)
     with pytest.raises(AttributeError):
         info.frames = 1  # frozen
 
@@ -606,21 +606,26 @@ def _mp3(tmp_path: Path, kind: str, seconds: float = 6.0) -> Path:
     """A 44.1 kHz stereo MP3 of a given make, all from libsndfile's LAME: ``vbr_xing`` (the default: VBR with a
     Xing/LAME header), ``cbr_info`` (CBR with LAME's Info header), ``cbr_plain`` (CBR without any header frame,
     as older encoders write), ``tagged`` (VBR with ID3v2 before and ID3v1 after), ``cbr_plain_ape`` (an APE
-    tag after the last frame)."""
+    tag after the last frame), ``vbr_plain`` (VBR without a header frame, starting with a quiet second: its
+    first frame is small, so libmpg123 estimates a length far beyond the real one from the file's size)."""
     rng = np.random.default_rng(RNG_SEED)
     t = np.arange(int(44100 * seconds)) / 44100
     swell = 0.5 + 0.5 * np.sin(2 * np.pi * 0.3 * t)  # louder and quieter stretches: frame sizes vary in VBR
     left = 0.3 * swell * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
     right = 0.2 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(t.size)
     signal = np.stack([left, right], axis=1).astype(np.float32)
+    if kind == "vbr_plain":
+        signal[:44100] *= 1e-4
     cbr = kind.startswith("cbr")
     options = {"bitrate_mode": "CONSTANT", "compression_level": 0.5} if cbr else {}
     path = _write(tmp_path / f"{kind}.mp3", signal, 44100, format="MP3", **options)
     data = path.read_bytes()
     assert (b"Info" if cbr else b"Xing") in data[:200]  # what LAME writes into the first frame
-    if kind.startswith("cbr_plain"):
+    if kind.endswith("_plain") or kind == "cbr_plain_ape":
         data = data[_frame_size(data) :]
-        assert b"Info" not in data[:200] and data[0] == 0xFF
+        assert b"Info" not in data[:200] and b"Xing" not in data[:200] and data[0] == 0xFF
+    if kind == "vbr_plain":  # and the first audio frame, a large one: the next, of the quiet second, is small
+        data = data[_frame_size(data) :]
     if kind == "tagged":
         data = _id3v2(3000) + data + b"TAG" + b" " * 125
     if kind == "cbr_plain_ape":
@@ -813,3 +818,102 @@ def test_progress_bar_writes_wait_for_fd2_to_come_back():
     assert out.returncode == 0, out.stderr
     assert "locked bar" in out.stderr
     assert "plain bar" not in out.stderr  # what happened to the bar before: the test can tell
+
+
+# ----------------------------------------------------------------------------- files cut short
+#
+# A partial download keeps the header of the whole file. libsndfile reads what is there, and the length the
+# header declares (AudioInfo.declared_frames) tells a cut file from a whole one (cut_short).
+
+
+def _cut(path: Path, fraction: float) -> Path:
+    """The first ``fraction`` of a file's bytes, as a partial download leaves it."""
+    data = path.read_bytes()
+    cut = path.with_name(f"cut-{path.name}")
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    return cut
+
+
+def _decoded_seconds(path: Path) -> float:
+    info = audio_info(path)
+    return len(load_audio(path, sr=None)) / info.sample_rate
+
+
+def _healthy(tmp_path: Path, kind: str) -> Path:
+    """A 6-s file of each make the tests write: PCM containers, FLAC, Ogg, and MP3s of every kind."""
+    if kind in MP3_KINDS or kind == "vbr_plain":
+        return _mp3(tmp_path, kind)
+    if kind == "mp3_mpeg2_mono":  # 16 kHz mono: MPEG-2 Layer III, whose Xing tag sits after 9 bytes of side info
+        return _write(tmp_path / "lsf.mp3", _sine(440, 16000, 6.0) + 0.01 * _pcm16_noise(96000), 16000)
+    extension, subtype = kind.split("_", 1) if "_" in kind else (kind, None)
+    return _write(tmp_path / f"x.{extension}", _pcm16_noise(6 * 44100, channels=2), 44100,
+                  **({"subtype": subtype} if subtype else {}))
+
+
+#: every make of file the tests write, and whether its header declares a length a cut copy can be held to
+HEALTHY_KINDS = {"wav": True, "au": True, "aiff": True, "flac": True, "ogg": False, "wav_FLOAT": True,
+                 "wav_IMA_ADPCM": True,
+                 "vbr_xing": True, "cbr_info": True, "tagged": True, "mp3_mpeg2_mono": True,
+                 "cbr_plain": False, "cbr_plain_ape": False, "vbr_plain": False}
+
+
+@pytest.mark.parametrize("kind", list(HEALTHY_KINDS))
+def test_a_healthy_file_of_every_make_is_not_cut_short(tmp_path, kind):
+    from genre_se.audio import cut_short
+
+    path = _healthy(tmp_path, kind)
+    info = audio_info(path)
+    seconds = _decoded_seconds(path)
+    assert not cut_short(info, seconds)
+    if HEALTHY_KINDS[kind]:
+        assert info.declared_duration == pytest.approx(seconds, abs=0.03)
+    else:
+        assert info.declared_frames is None  # nothing in the file declares its length
+    if kind == "vbr_plain":  # libmpg123's estimate: were it trusted, every such file would look cut short
+        assert info.frames > 1.5 * seconds * info.sample_rate
+
+
+@pytest.mark.parametrize("kind", list(HEALTHY_KINDS))
+def test_a_file_cut_in_half_is_cut_short_where_its_header_declares_a_length(tmp_path, kind):
+    """A WAV/AU/AIFF header's data size, an MP3's Xing/Info frame count: a cut copy decodes half of what they
+    declare. Ogg and MP3s without an Info frame declare nothing (their length is read from what is there), so a
+    cut copy cannot be told; a cut FLAC fails to decode instead (tests/test_whole_song.py)."""
+    from genre_se.audio import cut_short
+
+    whole = _healthy(tmp_path, kind)
+    cut = _cut(whole, 0.5)
+    info = audio_info(cut)
+    if kind == "flac":
+        assert info.declared_duration == pytest.approx(6.0)
+        with pytest.raises(AudioError, match="corrupt or truncated"):
+            load_audio(cut, sr=None)
+        return
+    seconds = _decoded_seconds(cut)
+    assert 2.0 < seconds < 4.0
+    assert cut_short(info, seconds) is HEALTHY_KINDS[kind]
+    if HEALTHY_KINDS[kind]:
+        assert info.declared_duration == pytest.approx(6.0, abs=0.02)  # PCM exact, ADPCM to a block
+        assert not cut_short(info, info.declared_duration - 0.9 * 4608 / info.sample_rate)  # within the slack
+    assert not cut_short(None, seconds)
+
+
+@pytest.mark.parametrize("placeholder", [0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000])
+def test_a_streaming_writers_placeholder_size_declares_no_length(tmp_path, placeholder):
+    """ffmpeg writing a WAV to a pipe leaves 0xFFFFFFFF as the data size (others 0x7FFFFFFF, 0x7FFFF000): the
+    file is whole, its length unknown to the header; an AU's -1 says "unknown" by the format's own rule."""
+    from genre_se.audio import cut_short
+
+    wav = _write(tmp_path / "piped.wav", _pcm16_noise(8000), 8000, subtype="PCM_16")
+    data = bytearray(wav.read_bytes())
+    at = data.find(b"data")
+    data[at + 4 : at + 8] = placeholder.to_bytes(4, "little")
+    data[4:8] = placeholder.to_bytes(4, "little")
+    wav.write_bytes(bytes(data))
+    au = _write(tmp_path / "piped.au", _pcm16_noise(8000), 8000, subtype="PCM_16")
+    data = bytearray(au.read_bytes())
+    data[8:12] = b"\xff\xff\xff\xff"
+    au.write_bytes(bytes(data))
+    for path in (wav, au):
+        info = audio_info(path)
+        assert info.frames == 8000 and len(load_audio(path, sr=None)) == 8000
+        assert info.declared_frames in (None, 8000) and not cut_short(info, 1.0)

@@ -443,7 +443,7 @@ def test_predict_applies_the_temperature_and_flags_uncertain_answers(trained, tm
     table = pd.read_csv(csv_path)
     assert list(table.columns) == ["path", "duration", "n_segments", "genre_1", "probability_1", "genre_2",
                                    "probability_2", "genre_3", "probability_3", "uncertain", "unfamiliar",
-                                   "short", "all_silent", "distance"]
+                                   "short", "all_silent", "distance", "truncated", "declared_duration"]
     assert table["uncertain"].tolist() == [True] and table["unfamiliar"].isna().all()  # not measured
     assert table["distance"].isna().all() and table["short"].tolist() == [False]
     with pytest.raises(SystemExit) as usage:

@@ -93,17 +93,56 @@ def test_top_k_beyond_the_genres_lists_every_genre_once(capsys, bundle, folder):
     code, out, _ = run(capsys, "predict", good, "--model", bundle, "--format", "csv", "--top-k", "5")
     assert code == 0
     header, row = [line.split(",") for line in out.splitlines()]
-    assert len(header) == len(row) and header[-7:] == ["genre_3", "probability_3", "uncertain", "unfamiliar",
-                                                       "short", "all_silent", "distance"]
+    assert len(header) == len(row) and header[-9:] == ["genre_3", "probability_3", "uncertain", "unfamiliar",
+                                                       "short", "all_silent", "distance", "truncated",
+                                                       "declared_duration"]
     code, out, _ = run(capsys, "predict", good, "--model", bundle, "--format", "json", "--top-k", "5")
     record = json.loads(out)["predictions"][0]
     assert sorted(t["genre"] for t in record["top"]) == ["high", "low", "mid"]
     # the CSV says why a row is uncertain as the JSON does
     cells = dict(zip(header, row))
-    for key in ("uncertain", "short", "all_silent"):
+    for key in ("uncertain", "short", "all_silent", "truncated"):
         assert cells[key] == str(record[key]).lower()
+    assert cells["declared_duration"] == "" and "declared_duration" not in record  # not cut short
     assert cells["unfamiliar"] == (str(record["unfamiliar"]).lower() if "distance" in record else "")
     assert cells["distance"] == (f"{record['distance']:.3f}" if "distance" in record else "")
+
+
+@pytest.mark.parametrize("options", [[], ["--max-segments", "0"], ["--timeline"]])
+def test_a_file_cut_short_is_answered_and_said_to_be(capsys, bundle, tmp_path, options):
+    """A partial download (the first 40 % of a 30-s WAV whose header still declares 30 s) is answered from what is
+    there, exit 0, and every output says so: a note line in the table, ``truncated`` and ``declared_duration`` in
+    the JSON and the CSV; ``embed`` notes it on stderr and marks its row. Read in windows (the default) or whole."""
+    whole = write(tmp_path / "song.wav", tone(BAND_HZ["mid"], 30.0))
+    data = whole.read_bytes()
+    cut = tmp_path / "partial.wav"
+    cut.write_bytes(data[: int(len(data) * 0.4)])
+    paths = [str(cut), str(whole)]
+
+    code, out, err = run(capsys, "predict", *paths, "--model", bundle, *options)
+    assert code == 0 and "error" not in err
+    notes = [line for line in out.splitlines() if "cut short" in line]
+    assert notes == ["  cut short: the header declares 30.0 s, 12.0 s decode (answered from what is there)"]
+    assert out.index(notes[0]) < out.index(str(whole))  # under the file it is about
+
+    code, out, _ = run(capsys, "predict", *paths, "--model", bundle, "--format", "json", *options)
+    cut_record, whole_record = json.loads(out)["predictions"]
+    assert code == 0 and cut_record["truncated"] is True and whole_record["truncated"] is False
+    assert cut_record["declared_duration"] == pytest.approx(30.0) and "declared_duration" not in whole_record
+    assert cut_record["duration"] == pytest.approx(12.0, abs=0.05)
+
+    code, out, _ = run(capsys, "predict", *paths, "--model", bundle, "--format", "csv", *options)
+    table = pd.read_csv(io.StringIO(out))
+    assert code == 0
+    if "--timeline" not in options:  # a timeline's CSV has a row per segment, no per-file columns
+        assert table["truncated"].tolist() == [True, False]
+        assert table["declared_duration"].iloc[0] == pytest.approx(30.0) and np.isnan(table["declared_duration"][1])
+
+    code, _, err = run(capsys, "embed", *paths, "--model", bundle, "-o", str(tmp_path / "e.npz"))
+    assert code == 0 and f"note: {cut}: cut short: the header declares 30.0 s, 12.0 s decode" in err
+    with np.load(tmp_path / "e.npz") as z:
+        assert z["truncated"].tolist() == [True, False]
+        assert z["declared_duration"][0] == pytest.approx(30.0) and np.isnan(z["declared_duration"][1])
 
 
 def test_timeline_csv_covers_each_file(capsys, bundle, folder):

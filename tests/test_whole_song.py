@@ -392,6 +392,102 @@ def test_a_truncated_flac_fails_as_its_sequential_decode_does(tiny, tmp_path):  
 
 
 # --------------------------------------------------------------------------------------------------
+# A file cut short: answered from what is there, and said to be cut short
+
+
+def _cut_copy(path, fraction: float):
+    """The first ``fraction`` of a file's bytes (a partial download: the header still declares the whole)."""
+    data = path.read_bytes()
+    cut = path.with_name(f"cut-{path.name}")
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    return cut
+
+
+@pytest.mark.parametrize("ext", ["wav", "au", "mp3"])
+def test_a_file_cut_short_is_flagged_in_both_reading_modes(tiny, tmp_path, ext):  # noqa: F811
+    """The first 40 % of a 60-s song, its header still declaring 60 s, was answered as a 24-s song without a word.
+    The window reader (``max_segments``, the CLI's default) and the full stream (``max_segments=0``, the API's
+    default, ``--timeline``, and ``embed``) now both say it is cut short and what the header declares."""
+    from genre_se.inference import GenreClassifier
+
+    full = tmp_path / f"song.{ext}"
+    sf.write(full, noisy_music(60.0, 22050), 22050)
+    cut = _cut_copy(full, 0.4)
+    bounded = GenreClassifier.load(tiny["bundle"], max_segments=8)
+    streamed = GenreClassifier.load(tiny["bundle"], max_segments=0)
+    answers = {}
+    for mode, classifier in (("windows", bounded), ("stream", streamed)):
+        whole = classifier.predict(full)
+        assert not whole.truncated and whole.declared_duration is None
+        assert whole.to_dict()["truncated"] is False and "declared_duration" not in whole.to_dict()
+        answers[mode] = prediction = classifier.predict(cut)
+        assert prediction.truncated, mode
+        assert prediction.declared_duration == pytest.approx(60.0, abs=0.01)
+        assert prediction.duration == pytest.approx(24.0, abs=2.0)
+        record = prediction.to_dict()
+        assert record["truncated"] is True and record["declared_duration"] == pytest.approx(60.0, abs=0.01)
+    assert answers["windows"].n_segments == 8 < answers["windows"].n_segments_in_file  # read in windows
+    assert answers["stream"].n_segments == answers["windows"].n_segments_in_file
+    assert answers["windows"].duration == pytest.approx(answers["stream"].duration)
+    embedding = streamed.embed(cut)
+    assert embedding.truncated and embedding.declared_duration == pytest.approx(60.0, abs=0.01)
+    assert not streamed.embed(full).truncated and streamed.embed(full).declared_duration is None
+
+
+def _makes():
+    from tests.test_audio import HEALTHY_KINDS
+
+    return list(HEALTHY_KINDS)
+
+
+@pytest.mark.parametrize("kind", _makes())
+def test_a_healthy_file_of_every_make_is_not_flagged_in_either_mode(tiny, tmp_path, kind):  # noqa: F811
+    """WAV, AU, AIFF, FLAC, Ogg and MP3 CBR and VBR, with and without an Info frame or tags: an MP3 codec's delay
+    and padding, or libmpg123's estimate of a length no header declares, are no alarm."""
+    from genre_se.inference import GenreClassifier
+    from tests.test_audio import _healthy
+
+    path = _healthy(tmp_path, kind)
+    for max_segments in (8, 0):  # 6 s at the tiny bundle's 0.128-s hop: about 45 segments, window-read with 8
+        prediction = GenreClassifier.load(tiny["bundle"], max_segments=max_segments).predict(path)
+        assert not prediction.truncated and prediction.declared_duration is None, max_segments
+
+
+def test_the_real_clips_and_gtzan_clips_are_not_flagged_and_their_cut_copies_are(tiny, shared_data,  # noqa: F811
+                                                                                  tmp_path):
+    """No false alarm on real files (12 LAME VBR MP3s of commercial recordings, GTZAN's 71 WAVs and its 2 .au):
+    each decodes exactly the length its header declares, whole or in windows, and neither reading mode flags
+    it; copies cut in half are flagged."""
+    from genre_se.audio import audio_info, load_audio, open_windows
+    from genre_se.inference import GenreClassifier, Prediction
+
+    mp3s = sorted((shared_data / "real-clips").glob("*/*.mp3"))
+    wavs = sorted((shared_data / "gtzan-mini" / "genres").glob("*/*.wav"))
+    aus = sorted((shared_data / "gtzan-au").glob("*.au"))
+    assert len(mp3s) == 12 and len(wavs) == 71 and len(aus) == 2
+    files = mp3s + wavs + aus
+    for path in files:
+        decoded = len(load_audio(path, sr=None))
+        assert audio_info(path).declared_frames == decoded, path
+        with open_windows(path, 22050) as reader:
+            assert reader is not None and reader.frames == decoded, path
+    for max_segments in (4, 0):
+        predictions = list(GenreClassifier.load(tiny["bundle"], max_segments=max_segments).predict_many(files))
+        assert all(isinstance(p, Prediction) for p in predictions)
+        assert [str(p.path) for p in predictions if p.truncated] == [], max_segments
+    cuts = []
+    for path in (mp3s[0], wavs[0], aus[0]):
+        local = tmp_path / path.name
+        local.write_bytes(path.read_bytes())
+        cuts.append(_cut_copy(local, 0.5))
+    for max_segments in (4, 0):
+        for path, prediction in zip(cuts, GenreClassifier.load(tiny["bundle"], max_segments=max_segments)
+                                    .predict_many(cuts)):
+            assert prediction.truncated, (path, max_segments)
+            assert prediction.declared_duration == pytest.approx(2 * prediction.duration, rel=0.05)
+
+
+# --------------------------------------------------------------------------------------------------
 # The command line
 
 
