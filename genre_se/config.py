@@ -401,7 +401,7 @@ class TuneConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     folds: int = 1
-    aggregate: Literal["mean"] = "mean"
+    aggregate: Literal["mean", "vote"] = "mean"
 
     def validate(self, p: str) -> None:
         _require(self.folds >= 1, f"{p}.folds", "must be >= 1 (1: the fixed train/valid/test split)")

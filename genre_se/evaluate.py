@@ -21,8 +21,12 @@ from .metrics import aggregate_clips, classification_scores
 
 
 def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: float = 1.0,
-                  svm=None, embedding_svm=None) -> tuple[dict, pd.DataFrame]:
+                  svm=None, embedding_svm=None, aggregate: str = "mean") -> tuple[dict, pd.DataFrame]:
     """Scores of ``model`` on some store rows, and the per-clip predictions table.
+
+    ``aggregate`` (``evaluate.aggregate``) is how a clip's segments become the softmax's clip distribution, as
+    ``predict --aggregate`` makes it: ``"mean"`` of their probabilities, or ``"vote"``, the share of segments whose
+    top genre each genre is (ties to the larger mean probability).
 
     ``temperature`` is the bundle's calibration: accuracies do not depend on it, the clip ECE is reported
     without (``ece``) and with it (``ece_calibrated``), and the table has both confidences.
@@ -43,7 +47,7 @@ def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: flo
     probs = predict_rows(model, store, rows)
     table = store.table.iloc[rows]
     seg_true = table["label_index"].to_numpy()
-    clips = aggregate_clips(table["clip_id"].to_numpy(), probs, seg_true)
+    clips = aggregate_clips(table["clip_id"].to_numpy(), probs, seg_true, aggregate)
     seg = classification_scores(seg_true, probs.argmax(axis=1), store.labels)
     extra_scores = {}
     if embedding_svm is not None:
@@ -53,12 +57,12 @@ def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: flo
         if [str(c) for c in clips.index] != ids:  # both in first-seen order of the rows
             raise DatasetError("the embedding SVM's clips are not in the evaluation's order")
         calibrated_probs = apply_temperature(clip_probs, temperature)
-        scores = classification_scores(clips["label"].to_numpy(), np.stack(clips["probs"]).argmax(axis=1),
-                                       store.labels)
+        scores = classification_scores(clips["label"].to_numpy(), clips["pred"].to_numpy(), store.labels)
         extra_scores["clip_cnn"] = {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
         clips["pred"] = clip_probs.argmax(axis=1)
     elif svm is None:
-        calibrated = aggregate_clips(table["clip_id"].to_numpy(), apply_temperature(probs, temperature), seg_true)
+        calibrated = aggregate_clips(table["clip_id"].to_numpy(), apply_temperature(probs, temperature), seg_true,
+                                     aggregate)
         clip_probs, calibrated_probs = np.stack(clips["probs"]), np.stack(calibrated["probs"])
     else:
         from .fusion import fuse, svm_clip_distributions
@@ -67,8 +71,8 @@ def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: flo
         svm_probs = svm_clip_distributions(svm, store, [str(c) for c in clips.index])
         clip_probs = fuse(cnn_probs, svm_probs)
         calibrated_probs = apply_temperature(clip_probs, temperature)
-        for name, part in (("clip_cnn", cnn_probs), ("clip_svm", svm_probs)):
-            scores = classification_scores(clips["label"].to_numpy(), part.argmax(axis=1), store.labels)
+        for name, pred in (("clip_cnn", clips["pred"].to_numpy()), ("clip_svm", svm_probs.argmax(axis=1))):
+            scores = classification_scores(clips["label"].to_numpy(), pred, store.labels)
             extra_scores[name] = {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
         clips["pred"] = clip_probs.argmax(axis=1)
     clip = classification_scores(clips["label"].to_numpy(), clips["pred"].to_numpy(), store.labels)
@@ -216,7 +220,8 @@ def cross_validate(
             from .embedding_svm import fit_embedding_svm
 
             head = fit_embedding_svm(result.model, store, train_rows, params.seed + f)
-        metrics, _ = evaluate_rows(result.model, store, test_rows, svm=svm, embedding_svm=head)
+        metrics, _ = evaluate_rows(result.model, store, test_rows, svm=svm, embedding_svm=head,
+                                   aggregate=params.evaluate.aggregate)
         parts = {f"{part}_clip_accuracy": metrics[f"clip_{part}"]["accuracy"]
                  for part in ("cnn", "svm") if f"clip_{part}" in metrics}  # model.fusion: each part on its own
         folds.append({"fold": f, "clip_accuracy": metrics["clip"]["accuracy"],
@@ -278,7 +283,9 @@ def run_evaluate(
     calibration = Calibration.from_dict(bundle.extra.get("calibration"), str(bundle_dir))
     metrics, predictions = evaluate_rows(bundle.model, store, store.rows("test"), calibration.temperature,
                                          svm=load_svm(bundle_dir, bundle.labels),
-                                         embedding_svm=load_embedding_svm(bundle_dir, bundle.labels))
+                                         embedding_svm=load_embedding_svm(bundle_dir, bundle.labels),
+                                         aggregate=params.evaluate.aggregate)
+    metrics["aggregate"] = params.evaluate.aggregate
     # train.fit_all trains the bundle on every clip, the test split's too: its test numbers are in-sample
     metrics["in_sample"] = bool((bundle.extra.get("train_config") or {}).get("fit_all", False))
     reports = Path(reports_dir)

@@ -25,8 +25,10 @@ def mean_per_clip(codes: np.ndarray, probs: np.ndarray, n_clips: int) -> tuple[n
         return sums / counts[:, None], counts
 
 
-def aggregate_clips(clip_ids, probs: np.ndarray, labels=None) -> pd.DataFrame:
-    """Mean segment probabilities per clip.
+def aggregate_clips(clip_ids, probs: np.ndarray, labels=None, how: str = "mean") -> pd.DataFrame:
+    """Mean segment probabilities per clip (``how="mean"``), or the share of a clip's segments whose most
+    probable genre each genre is (``how="vote"``, ``predict --aggregate vote``: a tie goes to the genre with the
+    larger mean probability, as :func:`genre_se.results.rank_genres` breaks it).
 
     Parameters
     ----------
@@ -34,6 +36,7 @@ def aggregate_clips(clip_ids, probs: np.ndarray, labels=None) -> pd.DataFrame:
     probs : ndarray (n_segments, n_classes)
     labels : sequence of int, optional
         True class index per segment (constant within a clip).
+    how : {"mean", "vote"}
 
     Returns
     -------
@@ -44,8 +47,18 @@ def aggregate_clips(clip_ids, probs: np.ndarray, labels=None) -> pd.DataFrame:
 
     codes, uniques = pd.factorize(pd.Series(clip_ids), sort=False)
     means, counts = mean_per_clip(codes, probs, len(uniques))
-    frame = pd.DataFrame({"clip_id": uniques, "n_segments": counts, "pred": means.argmax(axis=1)})
-    frame["probs"] = list(means)
+    if how == "mean":
+        clip_probs, pred = means, means.argmax(axis=1)
+    elif how == "vote":
+        from .results import rank_genres
+
+        probs = np.asarray(probs)
+        clip_probs, _ = mean_per_clip(codes, np.eye(probs.shape[1])[probs.argmax(axis=1)], len(uniques))
+        pred = np.array([rank_genres(v, m)[0] for v, m in zip(clip_probs, means)], dtype=np.int64)
+    else:
+        raise ValueError(f"how must be 'mean' or 'vote', got {how!r}")
+    frame = pd.DataFrame({"clip_id": uniques, "n_segments": counts, "pred": pred})
+    frame["probs"] = list(clip_probs)
     if labels is not None:
         labels = np.asarray(labels)
         first = np.zeros(len(uniques), dtype=int)

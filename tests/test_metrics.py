@@ -20,3 +20,52 @@ def test_a_genre_predicted_but_absent_still_costs_macro_f1():
     assert abs(scores["macro_f1"] - (2 / 3 + 1 + 0) / 3) < 1e-12
     never = classification_scores([0, 1, 2], [0, 0, 0], ["a", "b", "c"])["per_class"]["b"]
     assert never["recall"] == 0.0 and never["f1"] == 0.0  # present, never predicted: 0, not NaN
+
+
+def test_vote_counts_segments_top_genres_and_breaks_ties_by_the_mean():
+    import numpy as np
+
+    from genre_se.metrics import aggregate_clips
+
+    probs = np.array([[0.6, 0.4], [0.6, 0.4], [0.0, 1.0],  # clip a: mean says 1, two votes of three say 0
+                      [0.1, 0.9], [0.6, 0.4]])             # clip b: one vote each; the mean (0.35, 0.65) says 1
+    ids, labels = ["a", "a", "a", "b", "b"], [0, 0, 0, 1, 1]
+    mean = aggregate_clips(ids, probs, labels)
+    vote = aggregate_clips(ids, probs, labels, how="vote")
+    assert mean["pred"].tolist() == [1, 1] and vote["pred"].tolist() == [0, 1]  # label order would say 0 for b
+    np.testing.assert_allclose(np.stack(vote["probs"]), [[2 / 3, 1 / 3], [0.5, 0.5]])
+    assert vote["n_segments"].tolist() == [3, 2] and vote["label"].tolist() == [0, 1]
+
+
+def test_evaluate_scores_the_clip_rule_evaluate_aggregate_names(tmp_path, monkeypatch):
+    """evaluate.aggregate: vote scores what `predict --aggregate vote` answers (the key used to allow only mean)."""
+    import numpy as np
+
+    import genre_se.train
+    from genre_se.config import load_params
+    from genre_se.evaluate import evaluate_rows
+    from tests.conftest import split_tone_store
+
+    store, _ = split_tone_store(tmp_path, seed=0)
+    rows = store.rows("test")
+    clip_ids = store.table["clip_id"].to_numpy()[rows]
+    truth = store.label_indices[rows]
+    n = len(store.labels)
+    # every test clip: one segment is sure of the next genre, the others lean to the truth by a margin that adds
+    # up to less than that one's, so the mean answers the next genre and the vote the truth
+    probs = np.zeros((len(rows), n))
+    for clip in np.unique(clip_ids):
+        at = np.flatnonzero(clip_ids == clip)
+        assert len(at) >= 3  # two segments would tie the vote
+        right, other = truth[at[0]], (truth[at[0]] + 1) % n
+        probs[at[0], other] = 1.0
+        probs[at[1:], right] = 0.6
+        probs[at[1:], other] = 0.6 - 0.5 / (len(at) - 1)
+    probs /= probs.sum(axis=1, keepdims=True)
+    monkeypatch.setattr(genre_se.train, "predict_rows", lambda model, store, rows: probs)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    assert load_params(tmp_path / "params.yaml", {"evaluate.aggregate": "vote"}).evaluate.aggregate == "vote"
+    by_mean, _ = evaluate_rows(None, store, rows)
+    by_vote, predictions = evaluate_rows(None, store, rows, aggregate="vote")
+    assert by_mean["clip"]["accuracy"] == 0.0 and by_vote["clip"]["accuracy"] == 1.0
+    assert (predictions["actual"] == predictions["predicted"]).all()
