@@ -67,6 +67,17 @@ def test_ece_of_a_hand_computed_example():
     assert calibration_error([0.9, 0.9, 0.6, 0.7], [True, False, True, True]) == pytest.approx(0.375, abs=1e-12)
 
 
+def test_a_confidence_on_a_bin_edge_belongs_to_the_bin_it_closes():
+    """Bins are (b / n, (b + 1) / n]: with 4 bins a top probability of exactly 0.5 is in (0.25, 0.5], not with
+    0.625 in (0.5, 0.75]; that decides the ECE when the two answers differ (binary fractions: no rounding)."""
+    from genre_se.calibration import calibration_error, reliability_bins
+
+    bins = reliability_bins([0.5, 0.625, 1.0, 0.0], [True, False, True, False], n_bins=4)
+    assert bins["counts"].tolist() == [1, 1, 1, 1]  # 0 goes to the first bin, 1 to the last
+    np.testing.assert_array_equal(bins["accuracy"], [0.0, 1.0, 0.0, 1.0])
+    # apart: |1 - 0.5| and |0 - 0.625|, each of weight 1/2; pooled in one bin they would give |0.5 - 0.5625|
+    assert calibration_error([0.5, 0.625], [True, False], n_bins=4) == pytest.approx(0.5625, abs=1e-12)
+
 def test_ece_is_near_zero_when_calibrated_and_large_when_overconfident():
     rng = np.random.default_rng(0)
     n, c = 20000, 4

@@ -145,6 +145,27 @@ def test_a_file_cut_short_is_answered_and_said_to_be(capsys, bundle, tmp_path, o
         assert z["declared_duration"][0] == pytest.approx(30.0) and np.isnan(z["declared_duration"][1])
 
 
+def test_each_csv_flag_column_holds_its_own_flag():
+    """A short file, a silent one and an unfamiliar one (made by hand, no model): each says so in its own column,
+    under the header's name, so a table filtered on "short" finds the blips and not the silent files."""
+    from genre_se.outputs import PredictionFormatter
+    from genre_se.results import Prediction
+
+    def made(**flags):
+        return Prediction(path="x.wav", labels=["a", "b", "c"], probabilities=np.array([0.5, 0.3, 0.2]),
+                          segment_probabilities=np.array([[0.5, 0.3, 0.2]]), segment_starts=np.array([0.0]),
+                          segment_ends=np.array([0.1]), duration=0.1, uncertain=True, **flags)
+
+    formatter = PredictionFormatter("csv", top_k=5, n_classes=3)
+    header = formatter.begin().strip().split(",")
+    rows = [dict(zip(header, formatter.add(p).strip().split(",")))
+            for p in (made(short=True), made(all_silent=True, segment_silent=np.array([True])),
+                      made(distance=2.5, unfamiliar=True))]
+    assert [(r["short"], r["all_silent"], r["unfamiliar"], r["distance"]) for r in rows] == [
+        ("true", "false", "", ""), ("false", "true", "", ""), ("false", "false", "true", "2.500")]
+    assert all(r["uncertain"] == "true" and r["genre_1"] == "a" and r["probability_2"] == "0.300000" for r in rows)
+
+
 def test_timeline_csv_covers_each_file(capsys, bundle, folder):
     path = str(folder / "sub" / "b_high.flac")
     code, out, _ = run(capsys, "predict", path, "--model", bundle, "--format", "csv", "--timeline")

@@ -321,6 +321,16 @@ def test_small_classes_still_get_a_test_clip():
     assert (counts[["train", "valid", "test"]] >= 1).all().all()  # 3 * 0.1 rounds to 0, yet one test clip
 
 
+def test_large_held_out_fractions_still_leave_every_label_a_training_clip():
+    """4 clips at 0.4 + 0.4 round to 2 test and 2 valid clips: all four held out, a genre the model never trains
+    on. One is given back to training (valid first), and a test clip always stays."""
+    cfg = DataConfig(val_fraction=0.4, test_fraction=0.4)
+    for seed in range(3):
+        split = assign_splits(ok_index({"a": 4, "b": 3, "c": 5}), cfg, seed)
+        counts = split.groupby(["label", "split"]).size().unstack(fill_value=0)
+        assert (counts["train"] >= 1).all() and (counts["test"] >= 1).all(), counts
+        assert counts.loc["a"].tolist() == [2, 1, 1] and counts.loc["c"].tolist() == [2, 1, 2]  # test, train, valid
+
 def test_too_few_clips_per_genre_to_hold_any_out_is_refused_at_prepare():
     """With 2 clips per genre every clip would train: named here, not as 'set data.val_fraction > 0' by tune
     and 'the split has no segments' by evaluate, stages later. assign_splits itself still deals folds (a

@@ -115,6 +115,23 @@ def test_evaluate_and_predict_answer_with_the_heads_distribution_the_temperature
     np.testing.assert_allclose(quick.parts["svm"], answer.parts["svm"], atol=0.02)
 
 
+def test_the_head_answers_from_the_mean_embedding_of_the_audible_segments(headed, tmp_path):
+    """Silence before the music takes no part in the file's genre: the head sees the mean embedding of the
+    segments that are not near-silent (the pooled vector ``embed`` gives), not one pulled towards silence."""
+    from genre_se.inference import GenreClassifier
+    from tests.test_inference import BAND_HZ, tone, write
+
+    path = write(tmp_path / "pause_then_high.wav",
+                 np.concatenate([np.zeros(8000 * 3, np.float32), tone(BAND_HZ["high"], 1.5, seed=3)]))
+    clf = GenreClassifier.load(headed["bundle"], backend="keras")
+    answer, embedding = clf.predict(path), clf.embed(path)
+    assert answer.silent.any() and not answer.silent.all()
+    head = load_embedding_svm(headed["bundle"])
+    audible = head.probabilities(embedding.pooled[None, :].astype(np.float64))[0]
+    everything = head.probabilities(embedding.segments.mean(axis=0, dtype=np.float64)[None, :])[0]
+    np.testing.assert_allclose(answer.parts["svm"], audible, atol=1e-5)
+    assert np.abs(everything - audible).max() > 0.01  # the silent segments would have moved the answer
+
 @pytest.mark.slow
 def test_the_softmax_alone_is_scaled_by_its_own_temperature_not_the_heads(headed, tmp_path, capsys):
     """--softmax: the bundle's temperature was fitted on the head's distribution, so the softmax answers with its

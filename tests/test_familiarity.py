@@ -150,6 +150,24 @@ def test_predict_flags_a_recording_unlike_the_training_data(trained, tmp_path, c
 
 
 @pytest.mark.slow
+def test_near_silent_segments_take_no_part_in_the_distance(trained, tmp_path):  # noqa: F811
+    """Three seconds of digital silence before the music: silence is far from every training segment, so
+    counted it would make an ordinary recording look unfamiliar; the distance is that of the audible segments,
+    as the file's genre is."""
+    from genre_se.inference import GenreClassifier
+    from tests.test_inference import BAND_HZ, tone, write
+
+    path = write(tmp_path / "pause_then_low.wav",
+                 np.concatenate([np.zeros(8000 * 3, np.float32), tone(BAND_HZ["low"], 2.0, seed=5)]))
+    clf = GenreClassifier.load(trained["bundle"], backend="keras")
+    result, embedding = clf.predict(path), clf.embed(path)
+    assert result.silent.any() and not result.silent.all()
+    np.testing.assert_array_equal(embedding.silent, result.silent)
+    audible = clf.familiarity.distance(embedding.segments[~embedding.silent])
+    assert result.distance == pytest.approx(audible, rel=1e-4)
+    assert clf.familiarity.distance(embedding.segments) > 1.05 * audible  # the silence would have counted
+
+@pytest.mark.slow
 def test_statistics_of_another_model_stop_predict_with_a_clear_message(trained, tmp_path, capsys):  # noqa: F811
     from genre_se.cli import main
 

@@ -87,6 +87,36 @@ def test_short_clip_is_padded_not_dropped_and_padding_recorded():
     assert len(empty) == 1 and empty.pad_frames[0] == SMALL.segment_frames - 1
 
 
+@pytest.mark.parametrize("ref_power", [1.0, 1e-3, 50.0])
+def test_short_clip_padding_is_the_silence_of_the_configured_reference(ref_power):
+    """The padding of a short clip must be what digital silence gives under the same ``ref_power``, not the
+    floor of the default reference (a 1e-3 reference moves every dB value, silence included, by +30 dB)."""
+    cfg = dataclasses.replace(SMALL, ref_power=ref_power)
+    silence = log_mel(np.zeros(4000, np.float32), cfg)
+    np.testing.assert_allclose(silence, floor_db(cfg), rtol=0, atol=1e-4)
+    y = noise(0.05)
+    segs = extract_segments(y, cfg)
+    n_frames = 1 + len(y) // cfg.hop_length
+    np.testing.assert_allclose(segs.data[0, :, n_frames:, 0], silence.min(), rtol=0, atol=1e-4)
+    # the clip's own frames move with the reference by exactly -10 log10(ref_power) dB
+    np.testing.assert_allclose(segs.data[0, :, :n_frames, 0], log_mel(y, SMALL) - 10 * np.log10(ref_power),
+                               rtol=0, atol=1e-3)
+
+
+def test_spread_indices_keep_the_first_and_the_last_and_one_alone_from_the_middle():
+    from genre_se.features import spread_indices
+
+    assert spread_indices(7, None).tolist() == spread_indices(7, 0).tolist() == list(range(7))
+    assert spread_indices(4, 9).tolist() == [0, 1, 2, 3]  # more asked than there are: all of them
+    assert spread_indices(9, 1).tolist() == [4] and spread_indices(10, 1).tolist() == [4]  # the middle one
+    assert spread_indices(10, 4).tolist() == [0, 3, 6, 9]
+    for n in range(2, 30):
+        for k in range(2, n):
+            chosen = spread_indices(n, k)
+            assert chosen[0] == 0 and chosen[-1] == n - 1  # the whole song is covered
+            assert len(chosen) == k and (np.diff(chosen) >= 1).all()  # k distinct, in order
+            assert np.diff(chosen).max() - np.diff(chosen).min() <= 1  # evenly spread
+
 @pytest.mark.parametrize("seconds", [0.01, 0.37, 0.743, 1.0, 2.9])
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
 def test_streamed_segments_equal_batch_definition(seconds, batch_size):

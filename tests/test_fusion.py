@@ -202,6 +202,22 @@ def _cnn_clip(model, store, rows):
 
 
 @pytest.mark.slow
+def test_each_clips_svm_distribution_in_evaluate_is_the_one_predict_gives_from_its_windows(fused):
+    """svm_clip_distributions (train and evaluate) against SvmScorer.distribution (predict): each clip's row is the
+    mean over that clip's own windows, a distribution, whatever other clips are asked for with it."""
+    from genre_se.fusion import svm_clip_distributions
+
+    store, svm = fused["store"], load_svm(fused["bundle"])
+    stats, owners, _ = store.clip_stats()
+    owners = np.asarray(owners).astype(str)
+    clips = list(dict.fromkeys(store.table["clip_id"].astype(str)))[:5]
+    together = svm_clip_distributions(svm, store, clips)
+    for clip, row in zip(clips, together):
+        np.testing.assert_allclose(row, svm.distribution(stats[owners == clip]), atol=1e-12)
+    np.testing.assert_allclose(together.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(svm_clip_distributions(svm, store, clips[2:3])[0], together[2], atol=1e-12)
+
+@pytest.mark.slow
 def test_evaluate_and_predict_answer_with_the_fused_distribution_the_temperature_fitted_on_it(fused, tmp_path):
     from genre_se.bundle import load_bundle
     from genre_se.calibration import apply_temperature, fit_temperature

@@ -332,6 +332,15 @@ def test_a_tied_vote_is_broken_by_the_segments_mean_not_by_label_order():
     assert predicted(segments[[0, 1, 2]]).genre == "blues"
 
 
+def test_a_complete_tie_is_ranked_in_label_order():
+    """Equal probabilities and equal tie-breaks (a parts record, the uniform answer of a dead model): the labels'
+    own order decides, the same on every run and in every output."""
+    from genre_se.results import rank_genres, top_k_records
+
+    assert rank_genres(np.array([0.25, 0.25, 0.5, 0.0])).tolist() == [2, 0, 1, 3]
+    assert rank_genres(np.array([0.4, 0.4, 0.2]), np.array([0.3, 0.3, 0.4])).tolist() == [0, 1, 2]
+    assert [r["genre"] for r in top_k_records(["a", "b", "c"], np.full(3, 1 / 3), 3)] == ["a", "b", "c"]
+
 # --------------------------------------------------------------------------------------------------
 # Many files, failures, the decoding thread
 
@@ -478,3 +487,16 @@ def test_import_stays_cheap_and_exports_the_classifier():
         "assert 'tensorflow' not in sys.modules and 'librosa' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_duration_is_the_headers_within_what_the_frames_allow_else_the_frames_lower_bound():
+    """n_frames frames come from (n_frames - 1) * hop <= n < n_frames * hop samples: a header's duration inside that
+    range is kept, one outside it (an MP3 estimate, a lying header) is clamped, and without one the lower bound
+    (the samples the frames certainly hold) is the answer, never a hop more than was heard."""
+    from genre_se.inference import _duration
+
+    hop_s = FEATURES.hop_length / FEATURES.sample_rate
+    assert _duration(10, None, FEATURES) == pytest.approx(9 * hop_s)
+    assert _duration(10, 9.5 * hop_s, FEATURES) == pytest.approx(9.5 * hop_s)
+    assert _duration(10, 3 * hop_s, FEATURES) == pytest.approx(9 * hop_s)
+    assert _duration(10, 60.0, FEATURES) == pytest.approx(10 * hop_s)

@@ -69,3 +69,29 @@ def test_evaluate_scores_the_clip_rule_evaluate_aggregate_names(tmp_path, monkey
     by_vote, predictions = evaluate_rows(None, store, rows, aggregate="vote")
     assert by_mean["clip"]["accuracy"] == 0.0 and by_vote["clip"]["accuracy"] == 1.0
     assert (predictions["actual"] == predictions["predicted"]).all()
+
+
+def test_confusion_matrix_rows_are_the_actual_genre_and_columns_the_predicted_one():
+    """evaluate's PNG labels rows "actual" and columns "predicted": two "a" clips (one answered "b") and one "b"
+    clip answered "c". A symmetric example cannot tell the orientation, nor precision from recall."""
+    scores = classification_scores([0, 0, 1], [0, 1, 2], ["a", "b", "c"])
+    assert scores["confusion_matrix"] == [[1, 1, 0], [0, 0, 1], [0, 0, 0]]
+    a, b, c = (scores["per_class"][name] for name in "abc")
+    assert (a["precision"], a["recall"], a["support"]) == (1.0, 0.5, 2)
+    assert (b["precision"], b["recall"], b["support"]) == (0.0, 0.0, 1)
+    assert c["precision"] == 0.0 and c["support"] == 0 and math.isnan(c["recall"])
+    assert abs(scores["macro_f1"] - (2 / 3 + 0 + 0) / 3) < 1e-12 and abs(scores["accuracy"] - 1 / 3) < 1e-12
+
+
+def test_clip_aggregation_means_each_clips_own_segments_in_first_seen_order():
+    """Interleaved segments of two clips: each clip's distribution is the mean of its rows only, counted once."""
+    import numpy as np
+
+    from genre_se.metrics import aggregate_clips
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6], [0.0, 1.0]])
+    clips = aggregate_clips(["y", "x", "y", "x", "x"], probs, labels=[0, 1, 0, 1, 1])
+    assert list(clips.index) == ["y", "x"] and clips["n_segments"].tolist() == [2, 3]
+    np.testing.assert_allclose(clips.loc["y", "probs"], [0.8, 0.2])
+    np.testing.assert_allclose(clips.loc["x", "probs"], [0.2, 0.8])
+    assert clips["pred"].tolist() == [0, 1] and clips["label"].tolist() == [0, 1]

@@ -330,3 +330,16 @@ def test_tiny_model_overfits_a_tiny_batch():
     assert math.isfinite(history[-1])
     assert history[-1] < 0.25 * history[0], history
     assert not np.allclose(keras.ops.convert_to_numpy(se_blocks(model)[0].reduce_kernel), se_kernel_before)
+
+
+def test_batch_norm_moving_statistics_catch_up_within_a_few_dozen_steps():
+    """A small dataset gives a few hundred training steps: the statistics used in inference mode must reach the
+    data's within the first epochs, or inference-mode outputs collapse to one class (Keras' default momentum,
+    0.99, still has three quarters of its initial 0 after 30 steps)."""
+    model = build_model(tiny_config(), TINY_SHAPE, 3)
+    bn = model.get_layer("block1_bn")
+    x = np.random.default_rng(0).normal(5.0, 2.0, size=(8, 16, 16, 4)).astype("float32")
+    for _ in range(30):
+        bn(x, training=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), x.mean(axis=(0, 1, 2)), rtol=0.1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), x.var(axis=(0, 1, 2)), rtol=0.15)

@@ -368,6 +368,23 @@ def test_each_seed_deals_its_own_stratified_folds(tiny_study):
     assert set(other[test]) == {1} and len(valid) == 0 and set(other[train]) == {0, 2}
 
 
+@pytest.mark.parametrize("fit_all", [False, True])
+def test_cv_folds_never_train_on_the_test_fold_or_on_excluded_rows(fit_all):
+    """Rows of fold -1 (unreadable, or left out by a fault filter) take part in no fold; every other row is
+    tested exactly once over the k folds and never trained on in the fold that tests it."""
+    from genre_se.evaluate import cv_fold_rows
+
+    folds_of_rows = np.array([0, 1, 2, -1, 0, 1, 2, -1, 2, 0])
+    tested = []
+    for fold in range(3):
+        train, valid, test = cv_fold_rows(folds_of_rows, fold, 3, fit_all=fit_all)
+        assert set(folds_of_rows[test]) == {fold}
+        used = np.concatenate([train, valid, test])
+        assert len(np.unique(used)) == len(used) == 8 and -1 not in folds_of_rows[used]  # disjoint, all dealt rows
+        assert fold not in set(folds_of_rows[train]) and fold not in set(folds_of_rows[valid])
+        tested += test.tolist()
+    assert sorted(tested) == np.flatnonzero(folds_of_rows >= 0).tolist()
+
 def test_pipeline_cv_honours_fit_all_like_the_study(tiny_study, monkeypatch):
     """evaluate.cross_validate (the evaluate stage's k-fold) trains each fold the way the study does."""
     import genre_se.train as train_module

@@ -668,3 +668,24 @@ def test_train_ignores_a_searchs_best_params_when_tuning_is_off(tmp_path):
     best.write_text(json.dumps({"source": "tune", "model": {"reduction_ratios": [3.5, 7.5, 9.0]}}))
     with pytest.raises(ConfigError, match=re.escape(f"{best}: model.reduction_ratios: has 3 entries")):
         resolve_model_config(on, best)
+
+
+@pytest.mark.parametrize("objective, winner", [("val_clip_accuracy", 2), ("val_loss", 1)])
+def test_best_params_take_the_best_completed_trial_in_the_objectives_direction(tmp_path, objective, winner):
+    """The trial table decides (no search needed): accuracy is maximised, loss minimised, a trial that did not
+    complete never wins whatever its score, and a tie goes to the earlier trial."""
+    from genre_se.tune import SearchSpace, best_params
+
+    params = load_params(write_params(tmp_path / "params.yaml", {**SEARCH, "tune.objective": objective}))
+    space = SearchSpace.from_params(params)
+    table = pd.DataFrame({
+        "trial": [0, 1, 2, 3, 4],
+        "status": ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED", "COMPLETED"],
+        "r": [1.5, 2.5, 3.5, 4.0, 3.0],
+        "se_hidden": ["3-5", "2-3", "1-2", "1-2", "1-3"],
+        "objective": {"val_clip_accuracy": [0.5, 0.4, 0.9, 1.0, 0.9], "val_loss": [0.8, 0.3, 0.6, 0.1, 0.3]}[objective],
+    })
+    best = best_params(table, space, params, "key")
+    assert best["trial"] == winner and best["model"]["reduction_ratios"] == table.loc[winner, "r"]
+    assert best["objective"] == {"name": objective, "value": table.loc[winner, "objective"]}
+    assert best["trials_completed"] == 4 and best["se_hidden"] == table.loc[winner, "se_hidden"]

@@ -72,6 +72,24 @@ def test_frame_loudness_reads_db_re_full_scale():
     assert silence.max() < floor_db(DEFAULT) < -99.0  # the power floor, far below any threshold
 
 
+def test_a_segment_is_as_loud_as_its_loudest_frame():
+    """A segment whose music starts in its last quarter (a song's first note after a pause) has music: it must
+    not be called near-silent by the silence around it, so it is as loud as its loudest frame, each segment
+    on its own."""
+    from genre_se.features import frame_loudness, log_mel, segment_loudness
+
+    frames, hop = FEATURES.segment_frames, FEATURES.hop_length
+    y = np.zeros(2 * frames * hop, np.float32)
+    start = frames * hop + (3 * frames // 4) * hop  # into the second segment's last quarter
+    y[start:] = tone(BAND_HZ["mid"], len(y[start:]) / FEATURES.sample_rate)
+    spec = log_mel(y, FEATURES)
+    segments = np.stack([spec[:, :frames], spec[:, frames : 2 * frames]])[..., None]
+    per_frame = frame_loudness(spec, FEATURES)
+    loudness = segment_loudness(segments, FEATURES)
+    np.testing.assert_allclose(loudness, [per_frame[:frames].max(), per_frame[frames : 2 * frames].max()], atol=1e-4)
+    assert loudness[0] < -90 and loudness[1] > -20  # silence, then a segment with a note in it
+    assert np.median(per_frame[frames : 2 * frames]) < -90  # though most of its frames are silent
+
 def test_default_threshold_separates_gtzan_quiet_passages_from_silence_and_noise(shared_data):
     """The default -60 dB: GTZAN's quietest genres never count as silent; silence, dither and -80 dB noise do."""
     from genre_se.audio import load_audio
@@ -174,6 +192,18 @@ def test_audio_shorter_than_a_segment_is_marked_short_and_uncertain(tiny, tmp_pa
     assert "(uncertain: shorter than one segment)" in far and "unlike the training" not in far
     assert "padded" not in PredictionFormatter("table").add(whole)
 
+
+def test_audio_of_exactly_one_segment_is_not_short(tiny, tmp_path):  # noqa: F811
+    """The boundary: a file as long as one segment fills it, so it is answered like any other file."""
+    from genre_se.inference import GenreClassifier
+
+    confident = GenreClassifier.load(tiny["bundle"], uncertain_below=0.0)
+    n = FEATURES.segment_frames * FEATURES.hop_length  # segment_seconds of samples
+    exact = confident.predict(write(tmp_path / "exact.wav", tone(BAND_HZ["mid"], n / FEATURES.sample_rate)))
+    assert exact.duration == pytest.approx(FEATURES.segment_seconds)
+    assert not exact.short and not exact.uncertain and exact.to_dict()["short"] is False
+    shorter = confident.predict(write(tmp_path / "shorter.wav", tone(BAND_HZ["mid"], (n - 1) / FEATURES.sample_rate)))
+    assert shorter.short and shorter.uncertain
 
 def test_silence_db_is_validated(tiny):  # noqa: F811
     from genre_se.inference import GenreClassifier
