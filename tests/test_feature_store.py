@@ -131,10 +131,8 @@ def test_numeric_label_folders_stay_labels_through_the_features_stage(tmp_path, 
     assert again.table["clip_id"].map(type).eq(str).all()
 
 
-def test_resumed_features_do_not_reuse_the_shard_of_a_file_that_changed(tmp_path, index, monkeypatch):
-    """features interrupted, then the audio at the same path changes (corpus regenerated, dataset fixed):
-    the rerun must compute that clip again, not store the old audio's segments."""
-    cfg = dataclasses.replace(CFG, workers=1)
+def _interrupted_after_two_shards(index, cfg, tmp_path, monkeypatch) -> list:
+    """A features build interrupted (Ctrl-C) while computing its third shard; the clip ids it had started."""
     real, calls = feature_store._compute_shard, []
 
     def interrupted(task):
@@ -147,6 +145,14 @@ def test_resumed_features_do_not_reuse_the_shard_of_a_file_that_changed(tmp_path
     with pytest.raises(KeyboardInterrupt):
         build_store(index, cfg, tmp_path / "features", tmp_path / "cache")
     monkeypatch.setattr(feature_store, "_compute_shard", real)
+    return calls
+
+
+def test_resumed_features_do_not_reuse_the_shard_of_a_file_that_changed(tmp_path, index, monkeypatch):
+    """features interrupted, then the audio at the same path changes (corpus regenerated, dataset fixed):
+    the rerun must compute that clip again, not store the old audio's segments."""
+    cfg = dataclasses.replace(CFG, workers=1)
+    calls = _interrupted_after_two_shards(index, cfg, tmp_path, monkeypatch)
     clip = calls[0]  # its shard survived the interruption
     path = index.set_index("clip_id").loc[clip, "path"]
     old = sf.info(path)
@@ -207,18 +213,7 @@ def test_resume_recomputes_a_file_replaced_with_the_same_size_and_mtime(tmp_path
     import time
 
     cfg = dataclasses.replace(CFG, workers=1)
-    real, calls = feature_store._compute_shard, []
-
-    def interrupted(task):
-        calls.append(task[0])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(task)
-
-    monkeypatch.setattr(feature_store, "_compute_shard", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        build_store(index, cfg, tmp_path / "features", tmp_path / "cache")
-    monkeypatch.setattr(feature_store, "_compute_shard", real)
+    calls = _interrupted_after_two_shards(index, cfg, tmp_path, monkeypatch)
     path = Path(index.set_index("clip_id").loc[calls[0], "path"])  # its shard survived the interruption
     before = os.stat(path)
     time.sleep(0.05)  # past the file system's timestamp granularity
