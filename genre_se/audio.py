@@ -88,9 +88,9 @@ _MPG123_RESYNCED = re.compile(r"Skipped (\d+) bytes in input")
 #: Native frames a healthy file may decode short of the length its header declares before it counts as cut short.
 #: An MP3 decoder trims the encoder's delay and padding (at most 576 + 529 + 1152 = 2257 frames) only where a LAME
 #: tag says how many, and libmpg123 drops a last frame that is itself cut or damaged (1152 more): 4608, four
-#: MPEG-1 Layer III frames, is twice the most a healthy file loses that way (0.1 s at 44.1 kHz; the exact formats
-#: lose nothing). A partial download loses far more. Measured: every real clip and GTZAN clip decodes exactly its
-#: declared length (tests/test_whole_song.py).
+#: MPEG-1 Layer III frames, is more than the 3409 a healthy file loses at most that way (and over twice the delay
+#: and padding alone; 0.1 s at 44.1 kHz; the exact formats lose nothing). A partial download loses far more.
+#: Measured: every real clip and GTZAN clip decodes exactly its declared length (tests/test_whole_song.py).
 TRUNCATION_SLACK_FRAMES = 4608
 
 #: libsndfile's log line for a WAV, AU or AIFF whose data chunk claims more bytes than the file holds: it reads

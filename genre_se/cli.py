@@ -214,8 +214,8 @@ def cmd_model_summary(args) -> int:
     else:
         params = _params(args)
         feats = params.features
-        model = build_model(params.model, (feats.n_mels, feats.segment_frames, 1), args.classes or 10,
-                            features=feats)
+        classes = 10 if args.classes is None else args.classes  # --classes 0 is refused, not taken for 10
+        model = build_model(params.model, (feats.n_mels, feats.segment_frames, 1), classes, features=feats)
     print(summary_text(model), end="")
     if fusion is not None:
         print(f"Fused with an MFCC + spectral-statistics SVM (model.fusion: svm): {len(fusion.support_vectors)} "

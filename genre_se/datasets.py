@@ -148,13 +148,18 @@ def _audio_files_below(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
 
 
 def _unique_ids(relative_paths: list[str]) -> list[str]:
-    """Clip ids: the relative path without extension, keeping the extension only where that collides, with
-    another file's stem or with another file's whole name (``a.wav`` and ``a.flac`` beside ``a.wav.ogg``: the
-    latter's stem is ``a.wav``, the id the first keeps). The relative paths are distinct, so the ids are."""
+    """Clip ids: the relative path without extension, keeping the extension only where that collides with another
+    file's id (``a.wav`` and ``a.flac`` beside ``a.wav.ogg``: the first keeps ``a.wav``, the latter's stem; both
+    then keep their whole names). The relative paths are distinct, so the ids are."""
     stems = [p.rsplit(".", 1)[0] for p in relative_paths]
     counts = pd.Series(stems).value_counts()
-    whole = set(relative_paths)
-    return [stem if counts[stem] == 1 and stem not in whole else rel for stem, rel in zip(stems, relative_paths)]
+    ids = [stem if counts[stem] == 1 else rel for stem, rel in zip(stems, relative_paths)]
+    while True:  # an id kept whole can equal another file's stem: both keep their whole names (rarely twice)
+        seen = pd.Series(ids, dtype=object).value_counts()
+        clash = set(seen.index[seen > 1])
+        if not clash:
+            return ids
+        ids = [rel if i in clash else i for i, rel in zip(ids, relative_paths)]
 
 
 def _folder_clips(root: Path, extensions: tuple[str, ...]) -> pd.DataFrame:

@@ -28,8 +28,9 @@ def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: flo
     ``predict --aggregate`` makes it: ``"mean"`` of their probabilities, or ``"vote"``, the share of segments whose
     top genre each genre is (ties to the larger mean probability).
 
-    ``temperature`` is the bundle's calibration: accuracies do not depend on it, the clip ECE is reported
-    without (``ece``) and with it (``ece_calibrated``), and the table has both confidences.
+    ``temperature`` is the bundle's calibration: the clip answers are predict's, from the tempered segment
+    probabilities aggregated (a temperature can move the mean of a clip's segments to another genre, rarely), the
+    clip ECE is reported without (``ece``) and with it (``ece_calibrated``), and the table has both confidences.
 
     ``svm`` (a :class:`genre_se.fusion.SvmScorer`, ``model.fusion: svm``): the clip answer is the fused
     distribution, as ``predict`` gives it (the temperature then scales the fused distribution); the CNN's and
@@ -64,6 +65,9 @@ def evaluate_rows(model, store: FeatureStore, rows: np.ndarray, temperature: flo
         calibrated = aggregate_clips(table["clip_id"].to_numpy(), apply_temperature(probs, temperature), seg_true,
                                      aggregate)
         clip_probs, calibrated_probs = np.stack(clips["probs"]), np.stack(calibrated["probs"])
+        # predict answers from the tempered segments, aggregated: the mean (or a vote's tie-break) of tempered
+        # probabilities can name another genre than the untempered one's, so the answer scored is that one
+        clips["pred"] = calibrated["pred"].to_numpy()
     else:
         from .fusion import fuse, svm_clip_distributions
 

@@ -167,7 +167,8 @@ class FeatureStore:
             labels = [str(label) for label in meta["labels"]]
             features = FeatureConfig(**meta["features"])
         except (KeyError, TypeError) as exc:
-            raise DatasetError(f"{meta_path}: corrupt feature store metadata ({type(exc).__name__}: {exc})") from None
+            raise DatasetError(f"{meta_path}: corrupt feature store metadata ({type(exc).__name__}: {exc}); "
+                               "run `genre-se features` again") from None
         current = root / "segments.npy"
         try:
             segments = np.load(current, mmap_mode="r")

@@ -61,8 +61,9 @@ class Prediction:
     truncated : bool
         The file is cut short (a partial download): the audio that decodes ends more than a codec's slack
         (:data:`genre_se.audio.TRUNCATION_SLACK_FRAMES`) before the length its header declares. The answer is
-        from what is there (``duration``); it is not marked uncertain for it. Told for WAV, AU, AIFF, FLAC and an
-        MP3 with a Xing/Info header; never for Ogg, an MP3 without one, or arrays (nothing declares a length).
+        from what is there (``duration``); it is not marked uncertain for it. Told for WAV, AU, AIFF and an MP3
+        with a Xing/Info header; never for Ogg, an MP3 without one, or arrays (nothing declares a length); a
+        FLAC cut short fails to decode instead.
     declared_duration : float, optional
         The seconds the header declares, when ``truncated``; None otherwise.
     """

@@ -527,3 +527,13 @@ def test_prepare_refuses_a_label_without_training_clips():
     with pytest.raises(DatasetError, match="b have no training clip"):
         _check_every_label_trains(index)
     _check_every_label_trains(index.assign(split=["train", "test", "train", "test", "excluded"]))
+
+
+def test_clip_ids_keep_a_stem_that_collides_with_nothing():
+    """a.wav beside a.wav.ogg: ids a and a.wav are already unique, so neither keeps its extension (renaming a clip
+    that never collided would give existing indexes new ids)."""
+    from genre_se.datasets import _unique_ids
+
+    assert _unique_ids(["jazz/a.wav", "jazz/a.wav.ogg"]) == ["jazz/a", "jazz/a.wav"]
+    assert _unique_ids(["jazz/a.wav", "jazz/a.flac", "jazz/a.wav.flac"]) == ["jazz/a.wav", "jazz/a.flac",
+                                                                             "jazz/a.wav.flac"]

@@ -331,3 +331,19 @@ def test_a_label_whose_training_clips_all_fail_to_decode_stops_the_features_stag
     store, failures = _run_features(tmp_path, rows)
     assert store.labels == ["a", "b", "c"] and failures["clip_id"].tolist() == ["c/4"]
     assert pd.read_csv(tmp_path / "reports" / "errors.csv")["clip_id"].tolist() == ["c/4"]
+
+
+@pytest.mark.parametrize("how", ["meta without labels", "meta of unknown features"])
+def test_a_store_with_unreadable_metadata_says_what_to_do(tmp_path, index, how):
+    """meta.json without labels, or with features this version has no field for (a store from another version):
+    the message named the file but not the way out, which every other refusal of a store gives."""
+    build_store(index, dataclasses.replace(CFG, workers=1), tmp_path / "features", tmp_path / "cache")
+    store = tmp_path / "features"
+    if how == "meta of unknown features":
+        meta = json.loads((store / "meta.json").read_text())
+        meta["features"]["window"] = "hann"
+        (store / "meta.json").write_text(json.dumps(meta))
+    else:
+        _damage(store, how)
+    with pytest.raises(DatasetError, match=r"meta\.json: corrupt feature store metadata .*run `genre-se features` again"):
+        FeatureStore.open(store)

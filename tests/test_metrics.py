@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from genre_se.metrics import classification_scores
 
 
@@ -95,3 +97,38 @@ def test_clip_aggregation_means_each_clips_own_segments_in_first_seen_order():
     np.testing.assert_allclose(clips.loc["y", "probs"], [0.8, 0.2])
     np.testing.assert_allclose(clips.loc["x", "probs"], [0.2, 0.8])
     assert clips["pred"].tolist() == [0, 1] and clips["label"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "vote"])
+def test_evaluate_scores_the_answer_predict_gives_from_tempered_segments(tmp_path, monkeypatch, aggregate):
+    """predict aggregates the tempered segment probabilities; a temperature can move a clip's mean (or a tied
+    vote's tie-break) to another genre, and evaluate scored the untempered answer."""
+    import numpy as np
+
+    import genre_se.train
+    from genre_se.calibration import apply_temperature
+    from genre_se.evaluate import evaluate_rows
+    from genre_se.inference import aggregate_segments
+    from genre_se.results import rank_genres
+    from tests.conftest import split_tone_store
+
+    store, _ = split_tone_store(tmp_path, seed=0)
+    rows = store.rows("test")
+    clip_ids = store.table["clip_id"].to_numpy()[rows]
+    pattern = np.array([[0.90, 0.09, 0.01], [0.02, 0.58, 0.40]])  # mean says 0; at T = 4 the tempered mean says 1
+    probs = np.zeros((len(rows), len(store.labels)))
+    for clip in np.unique(clip_ids):
+        at = np.flatnonzero(clip_ids == clip)
+        probs[at[: len(at) // 2 * 2], :3] = np.tile(pattern, (len(at) // 2, 1))
+        if len(at) % 2:
+            probs[at[-1], :3] = [0.3, 0.3, 0.4]  # its vote ties all three; it barely moves the means
+    monkeypatch.setattr(genre_se.train, "predict_rows", lambda model, store, rows: probs)
+    _, predictions = evaluate_rows(None, store, rows, temperature=4.0, aggregate=aggregate)
+    expected, untempered = [], []
+    for clip in predictions["clip_id"]:
+        tempered = apply_temperature(probs[clip_ids == clip], 4.0)
+        expected.append(store.labels[rank_genres(aggregate_segments(tempered, aggregate), tempered.mean(axis=0))[0]])
+        plain = probs[clip_ids == clip]
+        untempered.append(store.labels[rank_genres(aggregate_segments(plain, aggregate), plain.mean(axis=0))[0]])
+    assert predictions["predicted"].tolist() == expected
+    assert expected != untempered  # the example can tell the two

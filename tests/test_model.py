@@ -343,3 +343,19 @@ def test_batch_norm_moving_statistics_catch_up_within_a_few_dozen_steps():
         bn(x, training=True)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), x.mean(axis=(0, 1, 2)), rtol=0.1)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), x.var(axis=(0, 1, 2)), rtol=0.15)
+
+
+def test_model_summary_refuses_classes_it_cannot_build_instead_of_taking_ten(tmp_path, capsys):
+    """`model summary --classes 0` became `args.classes or 10` when --classes lost its default (to refuse it with
+    --model): a summary of 10 genres instead of the n_classes error every other count below 2 gets."""
+    from pathlib import Path
+
+    from genre_se.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
+    for classes in ("0", "1"):
+        assert main(["model", "summary", "--params", str(params), "--classes", classes]) == 1
+        assert f"n_classes must be an int >= 2, got {classes}" in capsys.readouterr().err
+    assert main(["model", "summary", "--params", str(params), "--classes", "3"]) == 0
+    assert "(batch, 3)" in capsys.readouterr().out
