@@ -483,3 +483,50 @@ def keras_tuner_hp():
     import keras_tuner
 
     return keras_tuner.HyperParameters()
+
+
+def test_spec_augment_masks_one_band_and_one_span_per_segment_with_the_batch_mean():
+    """Per segment: a contiguous band of at most 15 % of the mel bands and a contiguous span of at most 15 % of the
+    frames are set to the batch mean; nothing else changes, and the masks differ between segments."""
+    import tensorflow as tf
+
+    from genre_se.augment import spec_augment
+
+    x = _random((64, 32, 40, 1), seed=3)
+    out = _np(spec_augment(tf.constant(x), tf.constant(11, tf.int64)))
+    fill = float(np.mean(x, dtype=np.float64))
+    changed = out[..., 0] != x[..., 0]
+    np.testing.assert_allclose(out[..., 0][changed], fill, atol=1e-4)  # masked cells hold the batch mean
+    widths = {"band": [], "span": []}
+    for seg in changed:
+        bands, frames = np.flatnonzero(seg.all(axis=1)), np.flatnonzero(seg.all(axis=0))
+        np.testing.assert_array_equal(seg, np.isin(np.arange(32), bands)[:, None] | np.isin(np.arange(40), frames))
+        for name, idx in (("band", bands), ("span", frames)):
+            assert idx.size == 0 or idx[-1] - idx[0] + 1 == idx.size  # contiguous
+            widths[name].append(idx.size)
+    assert max(widths["band"]) <= int(32 * 0.15) and max(widths["span"]) <= int(40 * 0.15)
+    assert min(widths["band"]) == 0 and max(widths["band"]) == int(32 * 0.15)  # the whole range of widths is drawn
+    assert len({tuple(np.flatnonzero(seg.all(axis=1))) for seg in changed}) > 10
+
+
+def test_mixup_mixes_each_segment_and_its_label_with_one_partner_by_one_weight():
+    """x_i' = l x_i + (1 - l) x_j and y_i' = l y_i + (1 - l) y_j with the same l and j: labels are mixed exactly as
+    the segments are."""
+    import tensorflow as tf
+
+    from genre_se.augment import mixup
+
+    n = 16
+    x, y = _random((n, 4, 5, 1), seed=2), np.eye(n, dtype=np.float32)  # each segment its own class
+    xm, ym = (_np(t) for t in mixup(tf.constant(x), tf.constant(y), tf.constant(5, tf.int64), 0.4))
+    np.testing.assert_allclose(ym.sum(axis=1), 1.0, atol=1e-6)
+    mixed = 0
+    for i in range(n):
+        others = ym[i].copy()
+        others[i] = 0.0
+        j = int(np.argmax(others)) if others.max() > 0 else i
+        lam = ym[i, i] if j != i else 1.0
+        assert np.count_nonzero(ym[i] > 1e-6) <= 2  # one partner
+        np.testing.assert_allclose(xm[i], lam * x[i] + (1 - lam) * x[j], atol=1e-3)
+        mixed += 0.05 < lam < 0.95
+    assert mixed >= n // 4  # the weights are drawn, not all 0 or 1

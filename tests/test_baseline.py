@@ -45,3 +45,18 @@ def test_features_equal_librosas_defaults_computed_from_the_signal_feature_by_fe
     tempo = librosa.feature.tempo(onset_envelope=librosa.onset.onset_strength(y=y, sr=sr), sr=sr)[0]
     expected = np.concatenate([frames.mean(1), frames.std(1), [tempo]])
     np.testing.assert_allclose(clip_features(y), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cross_validation_never_trains_on_clips_left_out_of_every_fold():
+    """Rows of fold -1 (excluded clips: unreadable, or outside the CV) take no part in any fold's training: here
+    they are points on label 0's side labelled 1, so an SVM trained with them would miss label 0's clips."""
+    rng = np.random.default_rng(2)
+    centres = np.array([[0.0, 0.0], [6.0, 6.0]])
+    labels = np.repeat([0, 1], 6)
+    features = centres[labels] + 0.3 * rng.standard_normal((12, 2))
+    folds = np.tile(np.arange(3), 4)
+    decoys = centres[0] + 0.3 * rng.standard_normal((40, 2))
+    scores = cross_validate(np.vstack([features, decoys]), np.r_[labels, np.ones(40, int)],
+                            np.r_[folds, -np.ones(40, int)])
+    assert scores["n_clips"].sum() == 12 and list(scores["fold"]) == [0, 1, 2]
+    assert (scores["clip_accuracy"] == 1.0).all()

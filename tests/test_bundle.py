@@ -69,6 +69,15 @@ def test_round_trip_gives_identical_predictions(tmp_path, model, batch, saved):
     }
 
 
+
+def test_labels_keep_the_models_output_order_not_an_alphabetical_one(tmp_path, model):
+    """Label i names output i: a bundle of genres in any other order than the alphabet's (a manifest's labels, a
+    store built with its own order) must load them in that order, or every prediction is named wrongly."""
+    order = ["metal", "blues", "jazz"]
+    loaded = load_bundle(save_bundle(tmp_path / "bundle", model, order, FEATURES, CONFIG))
+    assert loaded.labels == order
+    assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["labels"] == order
+
 def test_a_trained_model_is_saved_without_its_optimizer_state(tmp_path, model, batch):
     """Adam's moments would triple the file and serve no prediction; the weights and BN statistics stay."""
     model.compile(optimizer="adam", loss="categorical_crossentropy")

@@ -40,6 +40,10 @@ def test_shipped_params_load_and_match_defaults_where_documented():
         ("features.fmax", 20000.0, "features.fmax"),
         ("features.segment_hop", 500, "features.segment_hop"),
         ("data.test_fraction", 1.5, "data.test_fraction"),
+        # the edges of each range: a zero rate, a dropout of everything, a threshold no probability reaches
+        ("train.learning_rate", 0.0, "train.learning_rate"),
+        ("model.dropout", 1.0, "model.dropout"),
+        ("predict.uncertain_below", 1.5, "predict.uncertain_below"),
         ("data.layout", "zip", "data.layout"),
         ("train.epochs", "ten", "train.epochs"),
         ("model.head", "dense", "model.head"),

@@ -74,6 +74,7 @@ def test_gtzan_layout_from_parent_and_from_genres_folder(tmp_path, subfolder):
     genres_dir = make_gtzan(tmp_path / subfolder)
     (genres_dir / "blues" / "blues.mf").write_text("not a clip")  # GTZAN's own listing files are ignored
     write_tone(genres_dir / "blues" / "._blues.00000.wav")  # macOS shadow files are ignored
+    write_tone(genres_dir / "blues" / "rock.00007.wav")  # a clip misfiled in another genre's folder: neither's
     for root in (tmp_path, genres_dir):
         clips = find_clips(DataConfig(root=str(root), layout="gtzan"))
         assert list(clips.columns) == ["clip_id", "path", "label"]
@@ -168,6 +169,9 @@ def test_manifest_relative_to_params_dir_and_bad_manifests(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\na.wav,rock\n")
     clips = find_clips(DataConfig(layout="manifest", manifest="m.csv"), params_dir=tmp_path)
     assert clips["path"].tolist() == [str((tmp_path / "a.wav").resolve())]
+    (tmp_path / "spaced.csv").write_text("Path , LABEL\n a.wav , rock \n")  # a hand-edited manifest's padding
+    clips = find_clips(DataConfig(layout="manifest", manifest="spaced.csv"), params_dir=tmp_path)
+    assert clips[["path", "label"]].values.tolist() == [[str((tmp_path / "a.wav").resolve()), "rock"]]
 
     (tmp_path / "nolabel.csv").write_text("path,genre\na.wav,rock\n")
     with pytest.raises(DatasetError, match=r"nolabel\.csv.*label"):

@@ -146,6 +146,36 @@ def test_export_writes_the_files_and_records_its_parity(exported):
     assert record["source_sha1"] == file_sha1(bundle / "model.keras")
 
 
+
+def test_an_export_that_answers_otherwise_than_keras_is_refused(tiny, tmp_path, monkeypatch):  # noqa: F811
+    """The parity check compares the largest difference on the probes with the tolerance: one probability off by
+    1e-3 (a mean over all outputs would hide it) or an embedding off by 1 % of its RMS stops the export."""
+    from genre_se import litert
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny["bundle"], bundle)
+    real = litert.LiteRTModel.run
+
+    def nudged(output, by):
+        def run(self, x):
+            out = {name: value.copy() for name, value in real(self, x).items()}
+            out[output][0, 0] += by(out[output])  # one value of one probe
+            return out
+        return run
+
+    monkeypatch.setattr(litert.LiteRTModel, "run", nudged("genre", lambda _: 1e-3))
+    with pytest.raises(ModelError, match=r"LiteRT model differs from Keras by 0\.001 in probability"):
+        litert.export_litert(bundle)
+    def one_percent_of_the_rms(e):
+        return 1e-2 * float(np.sqrt(np.mean(np.square(e, dtype=np.float64))))
+
+    monkeypatch.setattr(litert.LiteRTModel, "run", nudged("embedding", one_percent_of_the_rms))
+    with pytest.raises(ModelError, match=r"LiteRT embedding differs from Keras by 0\.01\d* of its RMS"):
+        litert.export_litert(bundle)
+    monkeypatch.undo()
+    assert litert.export_litert(bundle)["parity"]["max_abs_diff"]["genre"] < 1e-5
+
+
 def test_litert_predictions_equal_keras(tiny, classifiers):  # noqa: F811
     keras_clf, fast_clf = classifiers
     assert (keras_clf.runtime, fast_clf.runtime) == ("keras", "litert")

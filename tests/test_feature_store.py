@@ -347,3 +347,23 @@ def test_a_store_with_unreadable_metadata_says_what_to_do(tmp_path, index, how):
         _damage(store, how)
     with pytest.raises(DatasetError, match=r"meta\.json: corrupt feature store metadata .*run `genre-se features` again"):
         FeatureStore.open(store)
+
+
+def test_the_cache_key_changes_with_every_feature_setting_but_workers(tmp_path):
+    """Shards cached under one features key are reused by any run with that key: every setting that changes the
+    values must change it (workers only changes the speed); a waveform copy's shard is keyed by its amount too."""
+    from genre_se.feature_store import _shard_name, features_key
+
+    base = FeatureConfig()
+    changed = {"sample_rate": 16000, "n_fft": 1024, "hop_length": 256, "n_mels": 64, "fmin": 20.0, "fmax": 8000.0,
+               "ref_power": 2.0, "amin": 1e-8, "segment_frames": 64, "segment_hop": 32}
+    assert set(changed) | {"workers"} == {f.name for f in dataclasses.fields(FeatureConfig)}
+    for name, value in changed.items():
+        assert features_key(dataclasses.replace(base, **{name: value})) != features_key(base), name
+    assert features_key(dataclasses.replace(base, workers=7)) == features_key(base)
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"x")
+    plain = _shard_name("a", str(path))
+    assert _shard_name("a", str(path)) == plain and _shard_name("b", str(path)) != plain
+    assert _shard_name("a", str(path), "mp3", 64.0) != _shard_name("a", str(path), "mp3", 128.0)
+    assert _shard_name("a", str(path), "mp3", 64.0) != _shard_name("a", str(path), "pitch", 64.0) != plain

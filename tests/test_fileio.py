@@ -23,6 +23,21 @@ def test_atomic_path_writes_whole_files_and_names_the_output_when_it_cannot(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "new"]  # no temporary left behind
 
 
+
+def test_outputs_get_the_usual_permissions_not_the_temporary_files_private_ones(tmp_path):
+    """mkstemp makes its file 0600: an output left so could not be read by the group (a shared models/ folder);
+    it gets 0666 less the umask, as open() would have given it."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert stat.S_IMODE(write_text(tmp_path / "a.json", "{}").stat().st_mode) == 0o644
+        os.umask(0o002)
+        assert stat.S_IMODE(write_text(tmp_path / "b.json", "{}").stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
+
 def test_check_writable_fails_early_and_creates_nothing(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

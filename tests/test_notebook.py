@@ -54,6 +54,28 @@ def test_excitations_are_clip_means_averaged_per_genre(outputs):
     assert exc.clips_per_genre.sum() == len(exc.clip_ids)
 
 
+
+def test_a_clips_excitation_is_the_mean_over_its_own_segments_when_clips_differ_in_length(outputs):
+    """Clips of unequal length (here one clip cut to its last segments): each clip's mean divides by its own
+    segment count, and the genre mean weighs every clip once whatever its length."""
+    from genre_se.model import excitations
+
+    bundle, store = outputs["bundle"], outputs["store"]
+    rows = split_rows(store, "valid,test")
+    clip_ids = store.table["clip_id"].to_numpy()
+    first_clip = clip_ids[rows[0]]
+    rows = np.r_[rows[clip_ids[rows] == first_clip][-2:], rows[clip_ids[rows] != first_clip]]
+    exc = class_excitations(bundle, store, rows, batch_size=5)
+    table = store.table.iloc[np.sort(rows)]
+    assert table["clip_id"].value_counts().nunique() > 1  # the clips' lengths differ
+    gates = excitations(bundle.model, np.asarray(store.segments[np.sort(rows)], dtype=np.float32))
+    label_of = table.groupby("clip_id")["label_index"].first()
+    for block, segment_gates in enumerate(gates):
+        per_clip = pd.DataFrame(segment_gates).groupby(table["clip_id"].to_numpy()).mean().loc[exc.clip_ids]
+        np.testing.assert_allclose(exc.clip_means[block], per_clip.to_numpy(), rtol=1e-5, atol=1e-6)
+        expected = per_clip.groupby(label_of.loc[per_clip.index].to_numpy()).mean()
+        np.testing.assert_allclose(exc.means[block][expected.index], expected.to_numpy(), rtol=1e-5, atol=1e-6)
+
 def test_a_genre_without_clips_gets_nan_and_no_line(outputs):
     store = outputs["store"]
     rows = np.flatnonzero(store.table["label"].isin(["low", "mid"]).to_numpy())
@@ -232,6 +254,22 @@ def test_pooling_analyses_of_one_model_equals_one_analysis_of_all_their_clips(ou
     with pytest.raises(Exception, match="nope"):
         clip_rows(store, ["nope"])
 
+
+
+def test_split_rows_unites_the_splits_and_folds_named(tmp_path):
+    """``--split valid,test`` analyses the clips of both splits, ``fold1,fold2`` of both folds, ``all`` every row."""
+    from genre_se.config import FeatureConfig
+    from genre_se.feature_store import FeatureStore
+
+    splits = ["train", "valid", "test", "train", "valid", "test", "train", "train"]
+    table = pd.DataFrame({"segment": range(8), "clip_id": [f"c{i}" for i in range(8)], "label_index": 0,
+                          "split": splits, "fold": [0, 1, 2, 0, 1, 2, 1, 2]})
+    store = FeatureStore(tmp_path, np.zeros((8, 2, 2, 1), np.float16), table, ["a"], FeatureConfig())
+    assert split_rows(store, "valid,test").tolist() == [1, 2, 4, 5]
+    assert split_rows(store, "test, valid").tolist() == [1, 2, 4, 5]
+    assert split_rows(store, "train").tolist() == [0, 3, 6, 7]
+    assert split_rows(store, "fold1,fold2").tolist() == [1, 2, 4, 5, 6, 7]
+    assert split_rows(store, "all").tolist() == list(range(8))
 
 def test_analyze_warns_when_the_clips_are_the_bundles_training_clips(outputs):
     from genre_se.analyze import not_held_out, run_analyze, too_few_clips

@@ -160,6 +160,18 @@ def test_stereo_outputs_two_channels_at_the_stated_rate(name, rate):
     np.testing.assert_allclose(out2[:, 0], -out2[:, 1], atol=1e-6)  # true stereo is kept
 
 
+
+def test_stereo_of_more_than_two_channels_is_their_mix_on_both_sides():
+    """A 5.1 file goes to stereo as its mono mix, duplicated (not its first two channels)."""
+    from genre_se.audio import resample
+
+    sr = 22050
+    y = np.stack([music_like(1.0, sr, seed=seed) for seed in range(6)], axis=1)
+    out, out_sr = rb.to_stereo(y, sr, target_sr=44100)
+    assert out_sr == 44100 and out.shape == (44100, 2)
+    np.testing.assert_array_equal(out[:, 0], out[:, 1])
+    np.testing.assert_allclose(out[:, 0], resample(y.mean(axis=1), sr, 44100), atol=1e-5)
+
 def test_lowpass_removes_everything_above_8k():
     sr = 44100
     rng = np.random.default_rng(RNG_SEED)
@@ -192,6 +204,17 @@ def test_pink_noise_has_the_stated_snr_and_a_minus_3db_per_octave_slope():
     np.testing.assert_array_equal(rb.add_pink_noise(silence, sr)[0], silence)
 
 
+
+def test_pink_noise_has_no_energy_below_20_hz_and_unit_power():
+    """Sub-sonic bins are left out of the noise (an SNR should count noise one can hear)."""
+    sr = 8000
+    noise = rb.pink_noise((sr * 4, 2), sr, seed=3)
+    assert np.mean(noise.astype(np.float64) ** 2) == pytest.approx(1.0, rel=1e-9)
+    spectrum = np.abs(np.fft.rfft(noise, axis=0))
+    freqs = np.fft.rfftfreq(len(noise), 1 / sr)
+    assert spectrum[freqs < 20].max() < 1e-9 * spectrum.max()
+    assert spectrum[(freqs >= 20) & (freqs < 25)].min() > 0
+
 def test_compression_reduces_dynamic_range_and_crest_factor():
     sr = 22050
     t = np.arange(sr) / sr
@@ -221,6 +244,26 @@ def test_compression_leaves_audio_below_the_threshold_alone():
     y = music_like(2.0, 22050, peak=0.05)  # about -35 dBFS RMS, under the -24 dBFS threshold
     np.testing.assert_array_equal(rb.compress_dynamics(y, 22050)[0], y)
 
+
+
+def test_compressor_gain_is_steady_on_a_steady_level_up_to_a_short_last_block():
+    """A steady level (DC, so every 1 ms block has the same power) gets one gain throughout, the last block included
+    when the length is no whole number of blocks: its power is the mean over its real samples, not the padding."""
+    sr = 22050
+    y = np.full(sr + 7, 0.5, dtype=np.float32)  # 1 ms blocks of 22 samples: the last holds 7
+    out, _ = rb.compress_dynamics(y, sr, makeup=False)
+    gain = out / y
+    expected = 10 ** (-(10 * np.log10(0.25) + 24.0) * (1 - 1 / 4.0) / 20)  # 3/4 of the excess over -24 dB
+    np.testing.assert_allclose(gain, expected, rtol=1e-5)
+
+
+def test_the_level_detector_attacks_fast_and_releases_slowly():
+    """The envelope follows a rise with the attack time and a fall with the release time."""
+    step = 1e-3
+    up = rb._ballistics(np.r_[np.zeros(1), np.ones(20)], step, attack_s=5e-3, release_s=50e-3)
+    assert up[5] == pytest.approx(1 - np.exp(-5 * step / 5e-3), rel=1e-9)  # 5 blocks: one attack time constant
+    down = rb._ballistics(np.r_[np.ones(1), np.zeros(20)], step, attack_s=5e-3, release_s=50e-3)
+    assert down[5] == pytest.approx(np.exp(-5 * step / 50e-3), rel=1e-9)  # a tenth of the release time
 
 @pytest.mark.parametrize("shape", [(1000,), (1000, 2)])
 def test_leading_silence_adds_exactly_five_seconds_of_zeros(shape):
@@ -293,6 +336,8 @@ def test_total_variation_and_top1_agreement_on_hand_made_distributions():
     assert rb.total_variation(p, q) == pytest.approx(0.3)
     assert rb.total_variation(p, p) == 0.0
     assert rb.total_variation([1, 0, 0], [0, 0.5, 0.5]) == pytest.approx(1.0)
+    # mass moved from two classes to two others: half the summed differences, not the largest one
+    assert rb.total_variation([0.4, 0.4, 0.1, 0.1], [0.1, 0.1, 0.4, 0.4]) == pytest.approx(0.6)
     assert rb.total_variation(p, q) == rb.total_variation(q, p)
     assert not rb.top1_agreement(p, q)
     assert rb.top1_agreement(p, [0.4, 0.35, 0.25])

@@ -528,6 +528,7 @@ def test_gain_shifts_each_segment_by_one_amount_within_range_and_respects_the_fl
     assert np.allclose(per_segment, per_segment[:, :1], atol=1e-3)  # one gain per segment
     gains = per_segment[:, 0]
     assert np.all(np.abs(gains) <= 6.0 + 1e-3) and gains.std() > 1.0  # spread over the range
+    assert gains.min() < -3.0 and gains.max() > 3.0  # cuts as well as boosts: uniform in [-6, 6] dB
     assert np.all(x.numpy()[:, 0, 0, 0] >= -100.0)
     (plain, _), = make_dataset(store, rows, 64, shuffle=False, seed=0, n_classes=2)
     np.testing.assert_array_equal(plain.numpy(), data.astype(np.float32))  # off: untouched

@@ -29,6 +29,10 @@ def test_standardization_stats_match_numpy_on_the_selected_rows():
     ref = data[np.sort(rows)].astype(np.float64)
     assert abs(mean - ref.mean()) < 1e-9
     assert abs(std - ref.std()) < 1e-9
+    # with the model's front end: the statistics of what the standardisation layer receives
+    mean, std = standardization_stats(data, rows, chunk=3, transform=lambda block: 2.0 * block[:, :2] + 1.0)
+    assert abs(mean - (2.0 * ref[:, :2] + 1.0).mean()) < 1e-6
+    assert abs(std - (2.0 * ref[:, :2]).std()) < 1e-6
 
 
 def test_dataset_yields_the_requested_rows_with_one_hot_labels(tmp_path):
@@ -47,6 +51,34 @@ def test_dataset_yields_the_requested_rows_with_one_hot_labels(tmp_path):
     for value, onehot in zip(firsts, labels):
         row = int(value) // 6
         assert onehot.argmax() == row % 3 and onehot.sum() == 1.0
+
+
+def test_every_epoch_covers_each_row_once_in_a_new_order_ending_with_the_short_batch(tmp_path):
+    """make_dataset over several epochs: each epoch is steps_per_epoch batches holding every requested row once
+    (the last batch the short one), a shuffle draws a new order every epoch, and shuffle=False keeps the given
+    order."""
+    from genre_se.train import steps_per_epoch
+
+    segments = np.arange(13, dtype=np.float16).reshape(13, 1, 1, 1) * np.ones((1, 2, 3, 1), np.float16)
+    table = pd.DataFrame({"segment": range(13), "clip_id": [f"c{i}" for i in range(13)],
+                          "label_index": [i % 2 for i in range(13)], "split": "train"})
+    store = FeatureStore(tmp_path, segments, table, ["a", "b"], FeatureConfig())
+    rows = np.array([12, 0, 3, 4, 5, 7, 8, 9, 10, 11])
+    steps = steps_per_epoch(len(rows), 4)
+    assert steps == 3
+    batches = [x.numpy()[:, 0, 0, 0].astype(int).tolist()
+               for x, _ in make_dataset(store, rows, 4, shuffle=True, seed=2, n_classes=2, epochs=(0, 4))]
+    assert len(batches) == 4 * steps
+    epochs = [batches[e * steps : (e + 1) * steps] for e in range(4)]
+    for epoch in epochs:
+        assert [len(b) for b in epoch] == [4, 4, 2]
+        assert sorted(row for batch in epoch for row in batch) == sorted(rows.tolist())  # every row once
+    orders = {tuple(tuple(b) for b in epoch) for epoch in epochs}
+    assert len(orders) == 4  # a new order every epoch
+    plain = [x.numpy()[:, 0, 0, 0].astype(int).tolist()
+             for x, _ in make_dataset(store, rows, 4, shuffle=False, seed=2, n_classes=2, epochs=(0, 2))]
+    given = [sorted(rows[i : i + 4].tolist()) for i in range(0, 10, 4)]  # each batch is read in row order
+    assert plain == given + given
 
 
 def test_the_deterministic_pipeline_logs_no_tensorflow_error_line(tmp_path):
@@ -196,6 +228,31 @@ def test_training_state_key_changes_with_the_store_content(tmp_path):
     assert _state_key(model, train, a, a.rows("train"), 42) != _state_key(model, train, b, b.rows("train"), 42)
 
 
+def test_the_state_key_leaves_out_the_budget_but_not_a_cosine_curves_length_the_rows_or_the_seed(tmp_path):
+    """A longer train.epochs or another patience resumes the same run, except under the cosine schedule, whose
+    curve spans train.epochs (resuming would continue another curve); other training rows or another seed are
+    another run."""
+    from genre_se.config import ModelConfig, TrainConfig
+    from genre_se.train import _state_key
+
+    segments = np.zeros((20, 2, 3, 1), np.float16)
+    table = pd.DataFrame({"segment": range(20), "clip_id": [f"c{i}" for i in range(20)],
+                          "label_index": [i % 2 for i in range(20)], "split": "train"})
+    store = FeatureStore(tmp_path, segments, table, ["a", "b"], FeatureConfig())
+    model, rows = ModelConfig(filters=[4]), np.arange(10)
+
+    def key(cfg, rows=rows, seed=0):
+        return _state_key(model, cfg, store, rows, seed)
+
+    assert key(TrainConfig(epochs=5, patience=3)) == key(TrainConfig(epochs=9, patience=1))
+    assert key(TrainConfig(epochs=5, lr_schedule="plateau")) == key(TrainConfig(epochs=9, lr_schedule="plateau"))
+    cosine = TrainConfig(epochs=5, lr_schedule="cosine")
+    assert key(cosine) != key(dataclasses.replace(cosine, epochs=9))
+    assert key(cosine) == key(dataclasses.replace(cosine, patience=1))
+    assert key(TrainConfig()) != key(TrainConfig(), rows=np.arange(10, 20))  # as many rows, other ones
+    assert key(TrainConfig()) != key(TrainConfig(), seed=1)
+
+
 def test_training_curves_of_an_abandoned_run_are_not_continued(tmp_path):
     """An interrupted run's state of other params starts training afresh, and so must DVCLive (dvc.yaml keeps
     dvclive/ with persist: true): no steps 0..n of the old run followed by 0..m of the new one."""
@@ -332,6 +389,8 @@ def test_a_state_trained_past_a_smaller_budget_starts_afresh(tmp_path):
     assert _trained_past(state, TrainConfig(epochs=5, patience=2)) is None  # stops after epoch 3: the same run
     assert "patience" in _trained_past(state, TrainConfig(epochs=5, patience=1))  # would stop after epoch 2
     assert _trained_past({"epoch": 3}, TrainConfig(epochs=5, patience=1)) is None  # an older state: resumed
+    assert _trained_past({"epoch": 3}, TrainConfig(epochs=3)) is None  # a finished run of the same budget
+    assert "train.epochs: 2" in _trained_past({"epoch": 3}, TrainConfig(epochs=2))
 
 
 def test_a_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
@@ -408,6 +467,86 @@ def test_a_diverged_epoch_is_never_kept_and_a_run_that_never_converged_fails(tmp
     with pytest.raises(ModelError, match=r"diverged in epoch 1 .*lower train.learning_rate"):
         train_model(store, model, TrainConfig(epochs=2, batch_size=16, learning_rate=1e10),
                     state_dir=tmp_path / "nan", **rows)
+
+
+def test_early_stopping_counts_patience_keeps_ties_out_and_returns_the_best_epochs_weights(tmp_path, monkeypatch):
+    """Scripted validation scores: the best epoch is the first to reach the best score (a tie does not move it),
+    training stops once ``patience`` epochs in a row have not improved, the model handed back holds the best
+    epoch's weights (not the last epoch's), and ``monitor: val_loss`` picks by the loss alone."""
+    import json
+
+    import keras
+
+    import genre_se.train
+    from genre_se.config import ModelConfig, TrainConfig
+    from genre_se.train import STATE_FILE, train_model
+    from tests.conftest import split_tone_store
+
+    store, _ = split_tone_store(tmp_path, seed=0)
+    model = ModelConfig(filters=[4], dropout=0.0, reduction_ratios=2)
+    rows = {"train_rows": store.rows("train"), "valid_rows": store.rows("valid"), "seed": 1}
+    # (clip accuracy, loss) per epoch: epoch 2 is best, epoch 3 ties it, epoch 4 is worse by accuracy but has the
+    # lowest loss, epochs 5-6 are worse by both
+    script = [(0.5, 1.0), (0.8, 0.9), (0.8, 0.9), (0.7, 0.5), (0.6, 2.0), (0.6, 2.0)]
+
+    def scripted(calls):
+        def clip_scores(*args, **kwargs):
+            accuracy, loss = script[len(calls)]
+            calls.append(1)
+            return {"loss": loss, "accuracy": accuracy, "clip_accuracy": accuracy}
+        return clip_scores
+
+    calls = []
+    monkeypatch.setattr(genre_se.train, "clip_scores", scripted(calls))
+    state_dir = tmp_path / "acc"
+    result = train_model(store, model, TrainConfig(epochs=6, patience=2, batch_size=16), state_dir=state_dir, **rows)
+    # epochs 3 and 4 do not improve on epoch 2: patience 2 is spent after epoch 4
+    assert (result.epochs_run, len(calls)) == (4, 4)
+    assert result.best_epoch == 2 and result.best_score == 0.8
+    state = json.loads((state_dir / STATE_FILE).read_text())
+    assert state["waits"] == [0, 0, 1, 2] and state["best_file"] == "best-2.weights.h5"
+    last = keras.saving.load_model(state_dir / state["last_file"], compile=False)
+    last_weights = np.concatenate([w.ravel() for w in last.get_weights()])
+    last.load_weights(state_dir / state["best_file"])
+    kept = np.concatenate([w.ravel() for w in result.model.get_weights()])
+    np.testing.assert_array_equal(kept, np.concatenate([w.ravel() for w in last.get_weights()]))
+    assert not np.array_equal(kept, last_weights)  # epoch 4's weights were trained on: not those
+
+    calls = []
+    monkeypatch.setattr(genre_se.train, "clip_scores", scripted(calls))
+    by_loss = train_model(store, model, TrainConfig(epochs=4, patience=2, batch_size=16, monitor="val_loss"),
+                          state_dir=tmp_path / "loss", **rows)
+    assert by_loss.best_epoch == 4 and by_loss.best_score == 0.5  # the lowest loss, whatever its accuracy
+
+
+def test_clip_scores_judge_a_clip_by_the_mean_of_its_segments_and_diverged_weights_score_nan(tmp_path):
+    """Validation scores on hand-made probabilities (the "model" reads them off the segments): segment accuracy
+    counts segments, clip accuracy the argmax of each clip's mean probability; non-finite outputs score NaN, not
+    the share of label-0 clips."""
+    from genre_se.train import clip_scores
+
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.4, 0.6],  # clip a (label 0): mean 0.57 / 0.43, right
+                      [0.3, 0.7], [0.6, 0.4],              # clip b (label 1): mean 0.45 / 0.55, right
+                      [0.8, 0.2]])                         # clip c (label 1): wrong
+    labels = [0, 0, 0, 1, 1, 1]
+    table = pd.DataFrame({"segment": range(6), "clip_id": list("aaabbc"), "label_index": labels, "split": "valid"})
+    store = FeatureStore(tmp_path, probs.astype(np.float16)[:, None, :, None], table, ["x", "y"], FeatureConfig())
+
+    def model(x, training=False):
+        return x[:, 0, :, 0]
+
+    rows = np.arange(6)
+    scores = clip_scores(model, store, rows, batch_size=4)  # batches cut through clip b
+    stored = store.segments[:, 0, :, 0].astype(np.float64)
+    assert scores["accuracy"] == pytest.approx(2 / 6)  # segments 0 and 3
+    assert scores["clip_accuracy"] == pytest.approx(2 / 3)  # clips a and b
+    assert scores["loss"] == pytest.approx(-np.mean(np.log(stored[rows, labels])), rel=1e-6)
+    assert clip_scores(model, store, rows[3:])["clip_accuracy"] == pytest.approx(0.5)  # only clips b and c
+
+    def diverged(x, training=False):
+        return np.full((len(x), 2), np.nan, np.float32)
+
+    assert all(np.isnan(v) for v in clip_scores(diverged, store, rows).values())
 
 
 def test_the_train_stage_says_where_its_reduction_ratios_come_from(tmp_path):

@@ -369,6 +369,27 @@ def test_mp3_window_reads_equal_a_sequential_decode(tmp_path):
             np.testing.assert_allclose(window, expected, atol=1e-6)
 
 
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_resampled_window_reads_equal_the_whole_stream_sample_for_sample(tmp_path, rate):
+    """A window read at another rate decodes context on both sides of it, so neither end carries the resampler's
+    start-up or flush transient: its samples are the whole stream's (zeros outside the signal)."""
+    from genre_se.audio import load_audio, open_windows
+
+    path = tmp_path / "music.flac"
+    sf.write(path, noisy_music(6.0, rate), rate, subtype="PCM_24")
+    whole = load_audio(path, 22050)
+    rng = np.random.default_rng(7)
+    with open_windows(path, 22050) as reader:
+        assert reader is not None and reader.n_samples == len(whole)
+        for start in [-300, 0, 1, len(whole) - 2000, *rng.integers(1, len(whole) - 4000, 5)]:
+            window = reader.read(int(start), int(start) + 4000)
+            expected = np.zeros(4000, np.float32)
+            lo = max(int(start), 0)
+            piece = whole[lo : int(start) + 4000]
+            expected[lo - int(start) : lo - int(start) + len(piece)] = piece
+            np.testing.assert_allclose(window, expected, atol=1e-5)
+
 def _truncated(tmp_path, ext: str, seconds: float, sr: int):
     """A file cut to its first third, as a partial download is: its header still claims the whole length."""
     from genre_se.audio import audio_info
