@@ -23,7 +23,7 @@ import re
 import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +129,8 @@ class AudioInfo:
     data size of a WAV, AU or AIFF header (more than ``frames`` when the file is cut short), FLAC's STREAMINFO, the
     frame count of an MP3's Xing/Info frame. None where nothing declares a length the decoding could fall short
     of: Ogg (its length is read from its last page), an MP3 without an Info frame (libmpg123 estimates its length
-    from the file's size), a streaming writer's placeholder size, a file only audioread reads.
+    from the file's size), a streaming writer's placeholder size, a file only audioread reads. Filled by
+    :func:`audio_info`; the info of an open decoder leaves it None (decoding needs no declared length).
     """
 
     path: str
@@ -161,7 +162,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     """
     checked = _check_path(path)
     with _open_decoder(checked) as decoder:
-        return decoder.info
+        return replace(decoder.info, declared_frames=decoder.declared_frames())
 
 
 def load_audio(
@@ -424,9 +425,9 @@ def _downmix(path: str, block: np.ndarray) -> np.ndarray:
 def check_samples(where: str, samples: np.ndarray) -> None:
     """Refuse NaN/inf samples and samples beyond :data:`MAX_SAMPLE_MAGNITUDE`: an AudioError naming ``where``
     (a file, or "array input")."""
-    if not np.isfinite(samples).all():
+    peak = float(np.abs(samples).max()) if samples.size else 0.0  # one pass: NaN or inf anywhere shows in the max
+    if not math.isfinite(peak):
         raise AudioError(f"{where}: contains non-finite samples (NaN or infinity)")
-    peak = float(np.abs(samples).max()) if samples.size else 0.0
     if peak > MAX_SAMPLE_MAGNITUDE:
         raise AudioError(f"{where}: sample values up to {peak:.3g}, far beyond full scale (1.0): not audio at any "
                          "scale (corrupt float data)")
@@ -503,8 +504,12 @@ class _SoundFileDecoder:
             frames=int(handle.frames),
             duration=handle.frames / handle.samplerate if handle.samplerate > 0 else 0.0,
             format=str(handle.format),
-            declared_frames=_declared_frames(path, handle),
         )
+
+    def declared_frames(self) -> int | None:
+        """The length the header declares (:func:`_declared_frames`): read for :func:`audio_info` only, not on
+        every open (an MP3 costs a look at its first frame)."""
+        return _declared_frames(self._path, self._handle)
 
     def blocks(self, start: int, stop: int | None) -> Iterator[np.ndarray]:
         """Yield ``(n, channels)`` float32 arrays for frames ``[start, stop)``."""
@@ -690,6 +695,10 @@ class _AudioreadDecoder:
             duration=seconds,
             format=Path(path).suffix.lstrip(".").upper() or "UNKNOWN",
         )
+
+    def declared_frames(self) -> None:
+        """audioread declares no length that can be trusted (see :attr:`AudioInfo.declared_frames`)."""
+        return None
 
     def blocks(self, start: int, stop: int | None) -> Iterator[np.ndarray]:
         """Yield ``(n, channels)`` float32 arrays for frames ``[start, stop)`` (decode and discard)."""

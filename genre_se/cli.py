@@ -76,7 +76,7 @@ def cmd_corpus(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from .datasets import run_prepare
+    from .datasets import labels_missing_from, run_prepare
 
     params = _params(args)
     index = run_prepare(params, index_path=args.index, errors_path=args.errors)
@@ -87,7 +87,7 @@ def cmd_prepare(args) -> int:
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"indexed {len(index)} clips ({len(bad)} unreadable): {summary} -> {args.index}", file=sys.stderr)
     ok = index[index["status"] == "ok"]
-    untested = sorted(set(ok["label"]) - set(ok.loc[ok["split"] == "test", "label"]), key=str)
+    untested = labels_missing_from(ok, "test")
     if untested and params.data.test_fraction > 0:  # a genre of 1-2 clips goes wholly to train
         sizes = ok["label"].value_counts()
         _err("note: no test clip of " + ", ".join(f"{label} ({sizes[label]} clip{'s' if sizes[label] != 1 else ''})" for label in untested)

@@ -429,12 +429,17 @@ def assign_splits(index: pd.DataFrame, cfg: DataConfig, seed: int, folds: int = 
     return result
 
 
+def labels_missing_from(index: pd.DataFrame, split: str, labels=None) -> list:
+    """The labels (``labels``, default every label of ``index``) without a clip of ``split`` in ``index``, sorted."""
+    labels = set(index["label"]) if labels is None else set(labels)
+    return sorted(labels - set(index.loc[index["split"].eq(split), "label"]), key=str)
+
+
 def _check_every_label_trains(index: pd.DataFrame) -> None:
     """Every label that takes part in a split must have a training clip: a fixed split (the fault-filtered
     lists on a partial GTZAN copy) can leave a genre only in valid or test, and the model would then have an
     output it never learnt, scored as if it had."""
-    members = index[index["split"].ne(EXCLUDED)]
-    untrained = sorted(set(members["label"]) - set(members.loc[members["split"].eq("train"), "label"]))
+    untrained = labels_missing_from(index[index["split"].ne(EXCLUDED)], "train")
     if untrained:
         raise DatasetError(
             f"data.split: label(s) {', '.join(map(str, untrained))} have no training clip "

@@ -400,7 +400,9 @@ def build_store(
         first = next(iter(errors.values()), "")
         raise DatasetError(f"none of the {len(usable)} clips of the index could be decoded{report}; the first: {first}")
     if every_label_trains:
-        untrained = sorted(set(labels) - set(ok.loc[ok["split"].eq("train"), "label"]))
+        from .datasets import labels_missing_from
+
+        untrained = labels_missing_from(ok, "train", labels)
         if untrained:
             raise DatasetError(
                 f"label(s) {', '.join(map(str, untrained))} have no training clip that could be decoded{report}; "
